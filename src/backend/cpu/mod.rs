@@ -1,0 +1,6 @@
+//! The CPU backend: the reference implementation of every op, written for speed.
+//!
+//! Kernels work on f32 slices (activations are f32 on the CPU); weights of any stored dtype are
+//! widened to f32 panel by panel inside the GEMM. Threads come from rayon.
+
+pub mod gemm;

@@ -1,0 +1,2 @@
+//! The `wanrt` command line.
+fn main() {}

@@ -1,0 +1,19 @@
+//! # wanrt
+//!
+//! Wan2.1 text-to-video generation (and LoRA fine-tuning) as an embeddable native library.
+//!
+//! The crate is organised bottom-up, one module per concern:
+//! - [`tensor`]: dtypes (including fp8), shapes, host tensors that own their data or borrow it
+//!   from a memory map, and the op surface the models are written against;
+//! - [`backend`]: the devices behind the tensor ops (the CPU reference backend; CUDA behind the
+//!   `cuda` feature);
+//! - [`io`]: model files (safetensors, PyTorch `.pth`), key layouts and config inference.
+#![deny(missing_docs)]
+
+pub mod backend;
+pub mod error;
+pub mod io;
+pub mod tensor;
+
+pub use error::{Error, Result, Status};
+pub use tensor::{DType, Shape, Tensor};

@@ -1,0 +1,79 @@
+//! Stored parameters: a tensor in its file dtype plus the per-tensor scale of ComfyUI "scaled
+//! fp8" checkpoints.
+
+use std::ops::Range;
+
+use super::{convert, DType, Tensor};
+use crate::error::{Error, Result};
+
+/// A model parameter as stored: its tensor (any float dtype, usually memory-mapped) and an
+/// optional scale (`value = stored × scale`, the `<module>.scale_weight` of ComfyUI scaled fp8).
+///
+/// The value is dequantized lazily: ops widen the rows they need ([`Weight::widen_rows`]).
+#[derive(Clone, Debug)]
+pub struct Weight {
+    /// The stored tensor.
+    pub tensor: Tensor,
+    /// Multiplier applied on widening; `None` means 1.
+    pub scale: Option<f32>,
+}
+
+impl Weight {
+    /// A weight without a scale.
+    pub fn new(tensor: Tensor) -> Weight {
+        Weight { tensor, scale: None }
+    }
+
+    /// The dimensions of the stored tensor.
+    pub fn dims(&self) -> &[usize] {
+        self.tensor.dims()
+    }
+
+    /// The stored dtype.
+    pub fn dtype(&self) -> DType {
+        self.tensor.dtype()
+    }
+
+    /// Widens rows `rows` (of the tensor viewed as `[dims[0], rest]`) into `out`, applying the
+    /// scale. `out.len()` must be `rows.len() × rest`.
+    pub fn widen_rows(&self, rows: Range<usize>, out: &mut [f32]) -> Result<()> {
+        let dims = self.tensor.dims();
+        let outer = dims.first().copied().unwrap_or(1);
+        let row = self.tensor.elem_count().checked_div(outer).unwrap_or(0);
+        if rows.end > outer || out.len() != rows.len() * row {
+            return Err(Error::InvalidArgument(format!(
+                "widen_rows: rows {rows:?} into {} values for a weight of shape {:?}",
+                out.len(),
+                dims
+            )));
+        }
+        let es = self.dtype().size_in_bytes();
+        let bytes = &self.tensor.raw_bytes()?[rows.start * row * es..rows.end * row * es];
+        convert::widen_to_f32(bytes, self.dtype(), out)?;
+        if let Some(s) = self.scale {
+            out.iter_mut().for_each(|v| *v *= s);
+        }
+        Ok(())
+    }
+
+    /// The whole value as an f32 tensor (scale applied).
+    pub fn to_f32(&self) -> Result<Tensor> {
+        let mut out = vec![0.0; self.tensor.elem_count()];
+        let outer = self.tensor.dims().first().copied().unwrap_or(1);
+        if self.tensor.dims().is_empty() {
+            out = self.tensor.to_f32_vec()?;
+            if let Some(s) = self.scale {
+                out.iter_mut().for_each(|v| *v *= s);
+            }
+        } else {
+            self.widen_rows(0..outer, &mut out)?;
+        }
+        Tensor::from_f32(out, self.tensor.shape().clone())
+    }
+}
+
+impl From<Tensor> for Weight {
+    fn from(tensor: Tensor) -> Weight {
+        Weight::new(tensor)
+    }
+}
