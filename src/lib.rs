@@ -13,6 +13,8 @@
 pub mod backend;
 pub mod error;
 pub mod io;
+pub mod model;
+pub mod sampler;
 pub mod tensor;
 
 pub use error::{Error, Result, Status};

@@ -11,6 +11,7 @@ pub mod fp8;
 mod shape;
 mod storage;
 mod weight;
+pub mod ops;
 
 use std::borrow::Cow;
 use std::ops::Range;

@@ -3,4 +3,12 @@
 //! Kernels work on f32 slices (activations are f32 on the CPU); weights of any stored dtype are
 //! widened to f32 panel by panel inside the GEMM. Threads come from rayon.
 
+pub mod attention;
+pub mod conv;
+pub mod elementwise;
 pub mod gemm;
+pub mod linear;
+pub mod norm;
+pub mod reduce;
+pub mod rope;
+pub mod shape;

@@ -1,0 +1,1 @@
+//! CPU kernels: conv (to be written).

@@ -1,0 +1,1 @@
+//! CPU kernels: linear (to be written).

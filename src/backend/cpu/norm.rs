@@ -1,0 +1,1 @@
+//! CPU kernels: norm (to be written).

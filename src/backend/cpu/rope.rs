@@ -1,0 +1,1 @@
+//! CPU kernels: rope (to be written).

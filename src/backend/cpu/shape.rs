@@ -1,0 +1,1 @@
+//! CPU kernels: shape (to be written).

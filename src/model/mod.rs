@@ -1,0 +1,3 @@
+//! Models, written once against the tensor ops.
+
+pub mod dit;

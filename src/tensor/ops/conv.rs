@@ -1,0 +1,1 @@
+//! Tensor ops: conv (to be written).

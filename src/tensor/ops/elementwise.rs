@@ -1,0 +1,1 @@
+//! Tensor ops: elementwise (to be written).

@@ -1,0 +1,1 @@
+//! Tensor ops: linalg (to be written).

@@ -1,0 +1,9 @@
+//! The op surface the models are written against. Each op checks dtypes and shapes, then
+//! dispatches on the tensor's storage to a backend kernel. Activations are f32; weights are
+//! [`super::Weight`]s in any stored dtype.
+
+mod conv;
+mod elementwise;
+mod linalg;
+mod nn;
+mod shape;

@@ -1,0 +1,1 @@
+//! Tensor ops: nn (to be written).

@@ -1,0 +1,1 @@
+//! Tensor ops: shape (to be written).

@@ -1,0 +1,2 @@
+//! The fixture harness (to be written).
+fn main() {}
