@@ -18,9 +18,10 @@ use rayon::prelude::*;
 pub const PAR_CHUNK: usize = 1 << 15;
 
 /// Runs `body` compiled for the widest SIMD instruction set of this CPU (AVX-512, AVX2+FMA, or
-/// the baseline). `body` should be a straight loop over slices calling `#[inline(always)]`
-/// helpers: it is inlined into a function built with those target features, so the compiler
-/// vectorizes it with 16 (or 8) lanes instead of the baseline's 4.
+/// the baseline), so that the compiler vectorizes it with 16 (or 8) lanes instead of the
+/// baseline's 4. This only works when `body` is inlined into the functions built with those
+/// target features: pass an `#[inline(always)]` closure whose loops call only
+/// `#[inline(always)]` helpers.
 #[inline(always)]
 pub fn simd<R>(body: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
@@ -260,10 +261,10 @@ pub fn binary(
     }
     let plan = Plan::new(a_dims, b_dims, out_dims);
     match op {
-        BinaryOp::Add => binary_with(&plan, a, b, out, |x, y| x + y),
-        BinaryOp::Sub => binary_with(&plan, a, b, out, |x, y| x - y),
-        BinaryOp::Mul => binary_with(&plan, a, b, out, |x, y| x * y),
-        BinaryOp::Div => binary_with(&plan, a, b, out, |x, y| x / y),
+        BinaryOp::Add => binary_with(&plan, a, b, out, #[inline(always)] |x, y| x + y),
+        BinaryOp::Sub => binary_with(&plan, a, b, out, #[inline(always)] |x, y| x - y),
+        BinaryOp::Mul => binary_with(&plan, a, b, out, #[inline(always)] |x, y| x * y),
+        BinaryOp::Div => binary_with(&plan, a, b, out, #[inline(always)] |x, y| x / y),
     }
 }
 
@@ -276,11 +277,11 @@ fn binary_with(
     f: impl Fn(f32, f32) -> f32 + Copy + Sync,
 ) {
     if out.len() <= PAR_CHUNK {
-        simd(|| plan.fill(a, b, out, 0, f));
+        simd(#[inline(always)] || plan.fill(a, b, out, 0, f));
     } else {
         out.par_chunks_mut(PAR_CHUNK)
             .enumerate()
-            .for_each(|(i, o)| simd(|| plan.fill(a, b, o, i * PAR_CHUNK, f)));
+            .for_each(|(i, o)| simd(#[inline(always)] || plan.fill(a, b, o, i * PAR_CHUNK, f)));
     }
 }
 
@@ -324,23 +325,27 @@ pub enum UnaryOp {
 
 /// `out[i] = op(x[i])`.
 ///
+/// Every op is an `#[inline(always)]` closure (not a function item, which the compiler may leave
+/// as a call per element) so that it vectorizes inside [`simd`].
+///
 /// # Panics
 /// If `x` and `out` differ in length (a bug in the caller).
+#[allow(clippy::redundant_closure)]
 pub fn unary(op: UnaryOp, x: &[f32], out: &mut [f32]) {
     assert_eq!(x.len(), out.len(), "unary: lengths differ");
     match op {
-        UnaryOp::Silu => map(x, out, silu),
-        UnaryOp::GeluTanh => map(x, out, gelu_tanh),
-        UnaryOp::GeluErf => map(x, out, gelu_erf),
-        UnaryOp::Tanh => map(x, out, tanh),
-        UnaryOp::Exp => map(x, out, exp),
-        UnaryOp::Abs => map(x, out, f32::abs),
-        UnaryOp::Sqr => map(x, out, |v| v * v),
-        UnaryOp::Sqrt => map(x, out, f32::sqrt),
-        UnaryOp::Affine { mul, add } => map(x, out, |v| v * mul + add),
+        UnaryOp::Silu => map(x, out, #[inline(always)] |v| silu(v)),
+        UnaryOp::GeluTanh => map(x, out, #[inline(always)] |v| gelu_tanh(v)),
+        UnaryOp::GeluErf => map(x, out, #[inline(always)] |v| gelu_erf(v)),
+        UnaryOp::Tanh => map(x, out, #[inline(always)] |v| tanh(v)),
+        UnaryOp::Exp => map(x, out, #[inline(always)] |v| exp(v)),
+        UnaryOp::Abs => map(x, out, #[inline(always)] |v| v.abs()),
+        UnaryOp::Sqr => map(x, out, #[inline(always)] |v| v * v),
+        UnaryOp::Sqrt => map(x, out, #[inline(always)] |v| v.sqrt()),
+        UnaryOp::Affine { mul, add } => map(x, out, #[inline(always)] move |v| v * mul + add),
         // Written as compare-and-select (not f32::clamp) so that it never panics on bad bounds
         // and lets NaN through.
-        UnaryOp::Clamp { min, max } => map(x, out, move |v| {
+        UnaryOp::Clamp { min, max } => map(x, out, #[inline(always)] move |v| {
             let v = if v < min { min } else { v };
             if v > max {
                 max
@@ -354,7 +359,7 @@ pub fn unary(op: UnaryOp, x: &[f32], out: &mut [f32]) {
 #[inline(always)]
 fn map(x: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32 + Copy + Sync) {
     par_zip(x, out, |x, o| {
-        simd(|| {
+        simd(#[inline(always)] || {
             for (o, &v) in o.iter_mut().zip(x) {
                 *o = f(v);
             }

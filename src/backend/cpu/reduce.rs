@@ -45,7 +45,7 @@ pub fn reduce(op: ReduceOp, x: &[f32], outer: usize, n: usize, inner: usize, out
     if inner == 1 {
         let rows = (PAR_CHUNK / n.max(1)).max(1);
         let task = |i: usize, out: &mut [f32]| {
-            simd(|| {
+            simd(#[inline(always)] || {
                 for (j, o) in out.iter_mut().enumerate() {
                     let row = &x[(i * rows + j) * n..][..n];
                     *o = if op == ReduceOp::Max {
@@ -69,7 +69,7 @@ pub fn reduce(op: ReduceOp, x: &[f32], outer: usize, n: usize, inner: usize, out
     let task = |o: usize, c0: usize, out: &mut [f32]| {
         let w = out.len();
         let rows = (0..n).map(|k| &x[(o * n + k) * inner + c0..][..w]);
-        simd(|| {
+        simd(#[inline(always)] || {
             if op == ReduceOp::Max {
                 out.fill(f32::NEG_INFINITY);
                 for row in rows {
@@ -173,7 +173,7 @@ pub fn softmax_last(x: &[f32], n: usize, out: &mut [f32]) {
     }
     assert!(n > 0 && x.len().is_multiple_of(n), "softmax: row length");
     let task = |x: &[f32], out: &mut [f32]| {
-        simd(|| {
+        simd(#[inline(always)] || {
             for (x, out) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
                 let m = row_max(x);
                 for (o, &v) in out.iter_mut().zip(x) {

@@ -10,8 +10,6 @@ use rayon::prelude::*;
 /// Bytes per parallel task: below this, handing a copy to another thread costs more than it
 /// saves.
 const PAR_BYTES: usize = 1 << 17;
-/// Contiguous runs at least this long are copied as rows; shorter ones go through cache tiles.
-const MIN_RUN: usize = 64;
 /// Side of the square tiles of a transposing copy, in elements.
 const TILE: usize = 16;
 
@@ -103,8 +101,15 @@ pub fn permute(src: &[u8], elem: usize, dims: &[usize], perm: &[usize], dst: &mu
         dst.copy_from_slice(src);
         return;
     }
-    match view.iter().position(|&(_, s)| s == run) {
-        Some(p) if run < MIN_RUN => tiled(src, &view, run, p, dst),
+    // Short runs of a size that is one machine move go through tiles; long runs (and odd sizes,
+    // rare) are copied as rows.
+    match (view.iter().position(|&(_, s)| s == run), run) {
+        (Some(p), 1) => tiled::<[u8; 1]>(src, &view, p, dst),
+        (Some(p), 2) => tiled::<[u8; 2]>(src, &view, p, dst),
+        (Some(p), 4) => tiled::<[u8; 4]>(src, &view, p, dst),
+        (Some(p), 8) => tiled::<[u8; 8]>(src, &view, p, dst),
+        (Some(p), 16) => tiled::<[u8; 16]>(src, &view, p, dst),
+        (Some(p), 32) => tiled::<[u8; 32]>(src, &view, p, dst),
         _ => runs(src, &view, run, dst),
     }
 }
@@ -134,29 +139,31 @@ fn runs(src: &[u8], view: &[(usize, usize)], run: usize, dst: &mut [u8]) {
     });
 }
 
-/// The permuted copy through square tiles, for layouts whose contiguous runs are short. Units of
-/// `unit` bytes are moved; output dim `p` is the one the input stores contiguously (stride
-/// `unit`), the last output dim is read with a large stride. A tile of `TILE × TILE` units
-/// reads whole cache lines of the input and writes whole lines of the output. Parallel over
-/// slabs of output dim 0.
-fn tiled(src: &[u8], view: &[(usize, usize)], unit: usize, p: usize, dst: &mut [u8]) {
+/// The permuted copy through square tiles, for layouts whose contiguous runs are short: units
+/// of `T` are moved, a byte array because tensor bytes need not be aligned. Output dim `p` is
+/// the one the input stores contiguously (stride one unit) and the last output dim is read with
+/// a large stride; a tile of `TILE × TILE` units reads whole cache lines of the input and writes
+/// whole lines of the output. Parallel over slabs of output dim 0.
+fn tiled<T: bytemuck::Pod + Send + Sync>(
+    src: &[u8],
+    view: &[(usize, usize)],
+    p: usize,
+    dst: &mut [u8],
+) {
+    const { assert!(std::mem::align_of::<T>() == 1) };
+    let (src, dst): (&[T], &mut [T]) = (bytemuck::cast_slice(src), bytemuck::cast_slice_mut(dst));
+    // Input strides in units (every stride is a multiple of the run, see `permute`).
+    let unit = std::mem::size_of::<T>();
+    let view: Vec<(usize, usize)> = view.iter().map(|&(n, s)| (n, s / unit)).collect();
     let slab = dst.len() / view[0].0;
-    let mut per_task = PAR_BYTES.div_ceil(slab);
+    let mut per_task = (PAR_BYTES / unit).div_ceil(slab);
     if p == 0 {
         per_task = per_task.max(TILE);
     }
-    let task = |i: usize, dst: &mut [u8]| {
-        let mut sub = view.to_vec();
+    let task = |i: usize, dst: &mut [T]| {
+        let mut sub = view.clone();
         sub[0].0 = dst.len() / slab;
-        let src = &src[i * per_task * view[0].1..];
-        match unit {
-            1 => tile_copy::<1>(src, &sub, unit, p, dst),
-            2 => tile_copy::<2>(src, &sub, unit, p, dst),
-            4 => tile_copy::<4>(src, &sub, unit, p, dst),
-            8 => tile_copy::<8>(src, &sub, unit, p, dst),
-            16 => tile_copy::<16>(src, &sub, unit, p, dst),
-            _ => tile_copy::<0>(src, &sub, unit, p, dst),
-        }
+        tile_copy(&src[i * per_task * view[0].1..], &sub, p, dst);
     };
     if view[0].0 <= per_task {
         task(0, dst);
@@ -167,23 +174,14 @@ fn tiled(src: &[u8], view: &[(usize, usize)], unit: usize, p: usize, dst: &mut [
     }
 }
 
-/// See [`tiled`]; `N` is `unit` as a constant so that each move is one load and store (0 for
-/// other sizes).
-fn tile_copy<const N: usize>(
-    src: &[u8],
-    view: &[(usize, usize)],
-    unit: usize,
-    p: usize,
-    dst: &mut [u8],
-) {
-    let len = if N > 0 { N } else { unit };
+/// One slab of [`tiled`], sequentially; strides in units.
+fn tile_copy<T: Copy>(src: &[T], view: &[(usize, usize)], p: usize, dst: &mut [T]) {
     let k = view.len();
-    let mut out_strides = vec![len; k];
+    let mut out_strides = vec![1; k];
     for i in (0..k - 1).rev() {
         out_strides[i] = out_strides[i + 1] * view[i + 1].0;
     }
-    let (np, nl, sl) = (view[p].0, view[k - 1].0, view[k - 1].1);
-    let op = out_strides[p];
+    let (np, nl, sl, op) = (view[p].0, view[k - 1].0, view[k - 1].1, out_strides[p]);
     // Odometer over every dim but `p` and the last.
     let others: Vec<usize> = (0..k - 1).filter(|&d| d != p).collect();
     let mut idx = vec![0; k];
@@ -191,10 +189,12 @@ fn tile_copy<const N: usize>(
     loop {
         for p0 in (0..np).step_by(TILE) {
             for l0 in (0..nl).step_by(TILE) {
+                let l1 = (l0 + TILE).min(nl);
                 for pi in p0..(p0 + TILE).min(np) {
-                    let (s, d) = (si + pi * len, di + pi * op);
-                    for l in l0..(l0 + TILE).min(nl) {
-                        dst[d + l * len..][..len].copy_from_slice(&src[s + l * sl..][..len]);
+                    let mut s = si + pi + l0 * sl;
+                    for d in &mut dst[di + pi * op + l0..di + pi * op + l1] {
+                        *d = src[s];
+                        s += sl;
                     }
                 }
             }
