@@ -26,12 +26,12 @@ pub const PAR_CHUNK: usize = 1 << 15;
 pub fn simd<R>(body: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx512f") && has!("avx512bw") && has!("avx512dq") && has!("avx512vl") {
             // SAFETY: the CPU supports the features the function is compiled for.
             return unsafe { simd_avx512(body) };
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
+        if has!("avx2") && has!("fma") {
             // SAFETY: as above.
             return unsafe { simd_avx2(body) };
         }
@@ -261,10 +261,38 @@ pub fn binary(
     }
     let plan = Plan::new(a_dims, b_dims, out_dims);
     match op {
-        BinaryOp::Add => binary_with(&plan, a, b, out, #[inline(always)] |x, y| x + y),
-        BinaryOp::Sub => binary_with(&plan, a, b, out, #[inline(always)] |x, y| x - y),
-        BinaryOp::Mul => binary_with(&plan, a, b, out, #[inline(always)] |x, y| x * y),
-        BinaryOp::Div => binary_with(&plan, a, b, out, #[inline(always)] |x, y| x / y),
+        BinaryOp::Add => binary_with(
+            &plan,
+            a,
+            b,
+            out,
+            #[inline(always)]
+            |x, y| x + y,
+        ),
+        BinaryOp::Sub => binary_with(
+            &plan,
+            a,
+            b,
+            out,
+            #[inline(always)]
+            |x, y| x - y,
+        ),
+        BinaryOp::Mul => binary_with(
+            &plan,
+            a,
+            b,
+            out,
+            #[inline(always)]
+            |x, y| x * y,
+        ),
+        BinaryOp::Div => binary_with(
+            &plan,
+            a,
+            b,
+            out,
+            #[inline(always)]
+            |x, y| x / y,
+        ),
     }
 }
 
@@ -277,11 +305,19 @@ fn binary_with(
     f: impl Fn(f32, f32) -> f32 + Copy + Sync,
 ) {
     if out.len() <= PAR_CHUNK {
-        simd(#[inline(always)] || plan.fill(a, b, out, 0, f));
+        simd(
+            #[inline(always)]
+            || plan.fill(a, b, out, 0, f),
+        );
     } else {
         out.par_chunks_mut(PAR_CHUNK)
             .enumerate()
-            .for_each(|(i, o)| simd(#[inline(always)] || plan.fill(a, b, o, i * PAR_CHUNK, f)));
+            .for_each(|(i, o)| {
+                simd(
+                    #[inline(always)]
+                    || plan.fill(a, b, o, i * PAR_CHUNK, f),
+                )
+            });
     }
 }
 
@@ -334,36 +370,89 @@ pub enum UnaryOp {
 pub fn unary(op: UnaryOp, x: &[f32], out: &mut [f32]) {
     assert_eq!(x.len(), out.len(), "unary: lengths differ");
     match op {
-        UnaryOp::Silu => map(x, out, #[inline(always)] |v| silu(v)),
-        UnaryOp::GeluTanh => map(x, out, #[inline(always)] |v| gelu_tanh(v)),
-        UnaryOp::GeluErf => map(x, out, #[inline(always)] |v| gelu_erf(v)),
-        UnaryOp::Tanh => map(x, out, #[inline(always)] |v| tanh(v)),
-        UnaryOp::Exp => map(x, out, #[inline(always)] |v| exp(v)),
-        UnaryOp::Abs => map(x, out, #[inline(always)] |v| v.abs()),
-        UnaryOp::Sqr => map(x, out, #[inline(always)] |v| v * v),
-        UnaryOp::Sqrt => map(x, out, #[inline(always)] |v| v.sqrt()),
-        UnaryOp::Affine { mul, add } => map(x, out, #[inline(always)] move |v| v * mul + add),
+        UnaryOp::Silu => map(
+            x,
+            out,
+            #[inline(always)]
+            |v| silu(v),
+        ),
+        UnaryOp::GeluTanh => map(
+            x,
+            out,
+            #[inline(always)]
+            |v| gelu_tanh(v),
+        ),
+        UnaryOp::GeluErf => map(
+            x,
+            out,
+            #[inline(always)]
+            |v| gelu_erf(v),
+        ),
+        UnaryOp::Tanh => map(
+            x,
+            out,
+            #[inline(always)]
+            |v| tanh(v),
+        ),
+        UnaryOp::Exp => map(
+            x,
+            out,
+            #[inline(always)]
+            |v| exp(v),
+        ),
+        UnaryOp::Abs => map(
+            x,
+            out,
+            #[inline(always)]
+            |v| v.abs(),
+        ),
+        UnaryOp::Sqr => map(
+            x,
+            out,
+            #[inline(always)]
+            |v| v * v,
+        ),
+        UnaryOp::Sqrt => map(
+            x,
+            out,
+            #[inline(always)]
+            |v| v.sqrt(),
+        ),
+        UnaryOp::Affine { mul, add } => map(
+            x,
+            out,
+            #[inline(always)]
+            move |v| v * mul + add,
+        ),
         // Written as compare-and-select (not f32::clamp) so that it never panics on bad bounds
         // and lets NaN through.
-        UnaryOp::Clamp { min, max } => map(x, out, #[inline(always)] move |v| {
-            let v = if v < min { min } else { v };
-            if v > max {
-                max
-            } else {
-                v
-            }
-        }),
+        UnaryOp::Clamp { min, max } => map(
+            x,
+            out,
+            #[inline(always)]
+            move |v| {
+                let v = if v < min { min } else { v };
+                if v > max {
+                    max
+                } else {
+                    v
+                }
+            },
+        ),
     }
 }
 
 #[inline(always)]
 fn map(x: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32 + Copy + Sync) {
     par_zip(x, out, |x, o| {
-        simd(#[inline(always)] || {
-            for (o, &v) in o.iter_mut().zip(x) {
-                *o = f(v);
-            }
-        })
+        simd(
+            #[inline(always)]
+            || {
+                for (o, &v) in o.iter_mut().zip(x) {
+                    *o = f(v);
+                }
+            },
+        )
     });
 }
 

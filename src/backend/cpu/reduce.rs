@@ -45,16 +45,19 @@ pub fn reduce(op: ReduceOp, x: &[f32], outer: usize, n: usize, inner: usize, out
     if inner == 1 {
         let rows = (PAR_CHUNK / n.max(1)).max(1);
         let task = |i: usize, out: &mut [f32]| {
-            simd(#[inline(always)] || {
-                for (j, o) in out.iter_mut().enumerate() {
-                    let row = &x[(i * rows + j) * n..][..n];
-                    *o = if op == ReduceOp::Max {
-                        row_max(row)
-                    } else {
-                        finish(row_sum(row))
-                    };
-                }
-            })
+            simd(
+                #[inline(always)]
+                || {
+                    for (j, o) in out.iter_mut().enumerate() {
+                        let row = &x[(i * rows + j) * n..][..n];
+                        *o = if op == ReduceOp::Max {
+                            row_max(row)
+                        } else {
+                            finish(row_sum(row))
+                        };
+                    }
+                },
+            )
         };
         if outer <= rows {
             task(0, out);
@@ -69,40 +72,53 @@ pub fn reduce(op: ReduceOp, x: &[f32], outer: usize, n: usize, inner: usize, out
     let task = |o: usize, c0: usize, out: &mut [f32]| {
         let w = out.len();
         let rows = (0..n).map(|k| &x[(o * n + k) * inner + c0..][..w]);
-        simd(#[inline(always)] || {
-            if op == ReduceOp::Max {
-                out.fill(f32::NEG_INFINITY);
-                for row in rows {
-                    for (m, &v) in out.iter_mut().zip(row) {
-                        *m = max_nan(*m, v);
-                    }
-                }
-            } else {
-                let mut total = vec![0f64; w];
-                out.fill(0.0);
-                for (k, row) in rows.enumerate() {
-                    for (s, &v) in out.iter_mut().zip(row) {
-                        *s += v;
-                    }
-                    if (k + 1) % BLOCK == 0 || k + 1 == n {
-                        for (t, s) in total.iter_mut().zip(out.iter_mut()) {
-                            *t += *s as f64;
-                            *s = 0.0;
+        simd(
+            #[inline(always)]
+            || {
+                if op == ReduceOp::Max {
+                    out.fill(f32::NEG_INFINITY);
+                    for row in rows {
+                        for (m, &v) in out.iter_mut().zip(row) {
+                            *m = max_nan(*m, v);
                         }
                     }
+                } else {
+                    let mut total = vec![0f64; w];
+                    out.fill(0.0);
+                    for (k, row) in rows.enumerate() {
+                        for (s, &v) in out.iter_mut().zip(row) {
+                            *s += v;
+                        }
+                        if (k + 1) % BLOCK == 0 || k + 1 == n {
+                            for (t, s) in total.iter_mut().zip(out.iter_mut()) {
+                                *t += *s as f64;
+                                *s = 0.0;
+                            }
+                        }
+                    }
+                    for (s, &t) in out.iter_mut().zip(&total) {
+                        *s = finish(t);
+                    }
                 }
-                for (s, &t) in out.iter_mut().zip(&total) {
-                    *s = finish(t);
-                }
-            }
-        })
+            },
+        )
     };
-    if outer * n * inner <= PAR_CHUNK {
-        for (o, out) in out.chunks_mut(inner).enumerate() {
+    // Tasks of whole outer indices (`group` of them, at least PAR_CHUNK inputs); when one outer
+    // index is already that large, its column blocks run in parallel too.
+    let group = (PAR_CHUNK / (n * inner).max(1)).max(1);
+    let seq = |o0: usize, out: &mut [f32]| {
+        for (j, out) in out.chunks_mut(inner).enumerate() {
             for (b, out) in out.chunks_mut(COLS).enumerate() {
-                task(o, b * COLS, out);
+                task(o0 + j, b * COLS, out);
             }
         }
+    };
+    if outer * n * inner <= PAR_CHUNK {
+        seq(0, out);
+    } else if group > 1 {
+        out.par_chunks_mut(group * inner)
+            .enumerate()
+            .for_each(|(i, out)| seq(i * group, out));
     } else {
         out.par_chunks_mut(inner).enumerate().for_each(|(o, out)| {
             out.par_chunks_mut(COLS)
@@ -173,18 +189,21 @@ pub fn softmax_last(x: &[f32], n: usize, out: &mut [f32]) {
     }
     assert!(n > 0 && x.len().is_multiple_of(n), "softmax: row length");
     let task = |x: &[f32], out: &mut [f32]| {
-        simd(#[inline(always)] || {
-            for (x, out) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
-                let m = row_max(x);
-                for (o, &v) in out.iter_mut().zip(x) {
-                    *o = exp(v - m);
+        simd(
+            #[inline(always)]
+            || {
+                for (x, out) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+                    let m = row_max(x);
+                    for (o, &v) in out.iter_mut().zip(x) {
+                        *o = exp(v - m);
+                    }
+                    let scale = (1.0 / row_sum(out)) as f32;
+                    for o in out.iter_mut() {
+                        *o *= scale;
+                    }
                 }
-                let scale = (1.0 / row_sum(out)) as f32;
-                for o in out.iter_mut() {
-                    *o *= scale;
-                }
-            }
-        })
+            },
+        )
     };
     let chunk = (PAR_CHUNK / n).max(1) * n;
     if x.len() <= chunk {
@@ -242,6 +261,7 @@ mod tests {
             (0, 4, 2),
             (64, 2000, 1),
             (3, 600, 100),
+            (5000, 4, 3),
         ];
         for (s, &(outer, n, inner)) in shapes.iter().enumerate() {
             let x = rand_vec(outer * n * inner, s as u64);
