@@ -852,6 +852,41 @@ mod tests {
         }
     }
 
+    /// A broadcast pair: `out` dims, and for each input a suffix of them with some dims set to 1.
+    fn broadcast_case() -> impl proptest::strategy::Strategy<Value = (Vec<usize>, Vec<usize>)> {
+        use proptest::prelude::*;
+        (prop::collection::vec(0usize..5, 0..5), any::<u64>()).prop_map(|(out, bits)| {
+            let pick = |shift: u32| {
+                let keep = (bits >> shift) as usize % (out.len() + 1);
+                out[out.len() - keep..]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &d)| {
+                        if (bits >> (shift + 8 + i as u32)) & 1 == 1 {
+                            1
+                        } else {
+                            d
+                        }
+                    })
+                    .collect::<Vec<usize>>()
+            };
+            (pick(0), pick(24))
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn binary_matches_reference_on_random_shapes((ad, bd) in broadcast_case(), seed in 0u64..1000) {
+            let od = broadcast_dims(&ad, &bd).unwrap();
+            let a = rand_vec(ad.iter().product(), seed, 2.0);
+            let b = rand_vec(bd.iter().product(), seed + 1, 2.0);
+            let mut out = vec![f32::NAN; od.iter().product()];
+            binary(BinaryOp::Sub, &a, &ad, &b, &bd, &mut out, &od);
+            let want = binary_ref(&a, &ad, &b, &bd, |x, y| x - y);
+            proptest::prop_assert!(out.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()));
+        }
+    }
+
     #[test]
     fn unary_ops_match_scalar_functions() {
         let x = rand_vec(100_003, 3, 5.0);

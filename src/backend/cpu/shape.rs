@@ -376,6 +376,36 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn permute_matches_reference_on_random_shapes(
+            dims in proptest::collection::vec(0usize..5, 0..6),
+            order in proptest::collection::vec(proptest::num::u32::ANY, 6),
+            elem in proptest::sample::select(vec![1usize, 2, 4, 8]),
+        ) {
+            // A permutation: dims sorted by random keys.
+            let mut perm: Vec<usize> = (0..dims.len()).collect();
+            perm.sort_by_key(|&i| order[i]);
+            let src = bytes(dims.iter().product::<usize>() * elem);
+            let mut dst = vec![0; src.len()];
+            permute(&src, elem, &dims, &perm, &mut dst);
+            proptest::prop_assert!(dst == permute_ref(&src, elem, &dims, &perm));
+        }
+
+        #[test]
+        fn pad_matches_reference_on_random_shapes(
+            dims in proptest::collection::vec(0usize..5, 0..5),
+            pads in proptest::collection::vec((0usize..3, 0usize..3), 5),
+        ) {
+            let pads = &pads[..dims.len()];
+            let src = bytes(dims.iter().product::<usize>() * 2);
+            let want = pad_ref(&src, 2, &dims, pads);
+            let mut dst = vec![0; want.len()];
+            pad(&src, 2, &dims, pads, &mut dst);
+            proptest::prop_assert!(dst == want);
+        }
+    }
+
     #[test]
     fn gather_and_cat_rows() {
         let src = bytes(6 * 10);

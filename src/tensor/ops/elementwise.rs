@@ -340,6 +340,10 @@ mod tests {
         let mx = x.max_keepdim(0).unwrap();
         assert_eq!(mx.dims(), &[1, 3, 4]);
         assert_eq!(mx.f32_data().unwrap(), &d[12..]);
+        let v = seq(&[5]);
+        assert_eq!(v.sum_keepdim(0).unwrap().dims(), &[1]);
+        assert_eq!(v.max_keepdim(0).unwrap().to_f32_vec().unwrap(), [-1.0]);
+        assert_eq!(v.mean_keepdim(0).unwrap().to_f32_vec().unwrap(), [-2.0]);
         let e = seq(&[2, 0]).sum_keepdim(1).unwrap();
         assert_eq!(e.to_f32_vec().unwrap(), [0.0, 0.0]);
         assert!(seq(&[2, 0]).mean_keepdim(1).unwrap().to_f32_vec().unwrap()[0].is_nan());

@@ -379,6 +379,24 @@ mod tests {
         assert!(matches!(cat(&[&a, &h], 0), Err(Error::InvalidArgument(_))));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn cat_of_chunks_is_the_identity(
+            dims in proptest::collection::vec(1usize..6, 1..5),
+            dim in 0usize..4,
+            n in 1usize..7,
+        ) {
+            let dim = dim % dims.len();
+            let x = seq(&dims).to_dtype(DType::BF16).unwrap();
+            let parts = x.chunk(n, dim).unwrap();
+            proptest::prop_assert!(parts.len() <= n);
+            let refs: Vec<&Tensor> = parts.iter().collect();
+            let y = cat(&refs, dim).unwrap();
+            proptest::prop_assert_eq!(y.dims(), x.dims());
+            proptest::prop_assert_eq!(y.raw_bytes().unwrap(), x.raw_bytes().unwrap());
+        }
+    }
+
     #[test]
     fn pad_zeros_surrounds_with_zeros() {
         let x = seq(&[2, 2]);
