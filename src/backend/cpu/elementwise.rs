@@ -149,6 +149,32 @@ impl Plan {
         }
     }
 
+    /// Computes the broadcast result `out = f(a, b)`, in parallel chunks when it is large.
+    #[inline(always)]
+    fn run(
+        &self,
+        a: &[f32],
+        b: &[f32],
+        out: &mut [f32],
+        f: impl Fn(f32, f32) -> f32 + Copy + Sync,
+    ) {
+        if out.len() <= PAR_CHUNK {
+            simd(
+                #[inline(always)]
+                || self.fill(a, b, out, 0, f),
+            );
+        } else {
+            out.par_chunks_mut(PAR_CHUNK)
+                .enumerate()
+                .for_each(|(i, o)| {
+                    simd(
+                        #[inline(always)]
+                        || self.fill(a, b, o, i * PAR_CHUNK, f),
+                    )
+                });
+        }
+    }
+
     /// Computes `out` = elements `start..start + out.len()` of the broadcast result.
     #[inline(always)]
     fn fill(
@@ -260,64 +286,12 @@ pub fn binary(
         return;
     }
     let plan = Plan::new(a_dims, b_dims, out_dims);
+    // Closures this small are always inlined into `Plan::fill`.
     match op {
-        BinaryOp::Add => binary_with(
-            &plan,
-            a,
-            b,
-            out,
-            #[inline(always)]
-            |x, y| x + y,
-        ),
-        BinaryOp::Sub => binary_with(
-            &plan,
-            a,
-            b,
-            out,
-            #[inline(always)]
-            |x, y| x - y,
-        ),
-        BinaryOp::Mul => binary_with(
-            &plan,
-            a,
-            b,
-            out,
-            #[inline(always)]
-            |x, y| x * y,
-        ),
-        BinaryOp::Div => binary_with(
-            &plan,
-            a,
-            b,
-            out,
-            #[inline(always)]
-            |x, y| x / y,
-        ),
-    }
-}
-
-#[inline(always)]
-fn binary_with(
-    plan: &Plan,
-    a: &[f32],
-    b: &[f32],
-    out: &mut [f32],
-    f: impl Fn(f32, f32) -> f32 + Copy + Sync,
-) {
-    if out.len() <= PAR_CHUNK {
-        simd(
-            #[inline(always)]
-            || plan.fill(a, b, out, 0, f),
-        );
-    } else {
-        out.par_chunks_mut(PAR_CHUNK)
-            .enumerate()
-            .for_each(|(i, o)| {
-                simd(
-                    #[inline(always)]
-                    || plan.fill(a, b, o, i * PAR_CHUNK, f),
-                )
-            });
+        BinaryOp::Add => plan.run(a, b, out, |x, y| x + y),
+        BinaryOp::Sub => plan.run(a, b, out, |x, y| x - y),
+        BinaryOp::Mul => plan.run(a, b, out, |x, y| x * y),
+        BinaryOp::Div => plan.run(a, b, out, |x, y| x / y),
     }
 }
 
@@ -369,76 +343,35 @@ pub enum UnaryOp {
 #[allow(clippy::redundant_closure)]
 pub fn unary(op: UnaryOp, x: &[f32], out: &mut [f32]) {
     assert_eq!(x.len(), out.len(), "unary: lengths differ");
+    macro_rules! map_inline {
+        ($f:expr) => {
+            map(
+                x,
+                out,
+                #[inline(always)]
+                $f,
+            )
+        };
+    }
     match op {
-        UnaryOp::Silu => map(
-            x,
-            out,
-            #[inline(always)]
-            |v| silu(v),
-        ),
-        UnaryOp::GeluTanh => map(
-            x,
-            out,
-            #[inline(always)]
-            |v| gelu_tanh(v),
-        ),
-        UnaryOp::GeluErf => map(
-            x,
-            out,
-            #[inline(always)]
-            |v| gelu_erf(v),
-        ),
-        UnaryOp::Tanh => map(
-            x,
-            out,
-            #[inline(always)]
-            |v| tanh(v),
-        ),
-        UnaryOp::Exp => map(
-            x,
-            out,
-            #[inline(always)]
-            |v| exp(v),
-        ),
-        UnaryOp::Abs => map(
-            x,
-            out,
-            #[inline(always)]
-            |v| v.abs(),
-        ),
-        UnaryOp::Sqr => map(
-            x,
-            out,
-            #[inline(always)]
-            |v| v * v,
-        ),
-        UnaryOp::Sqrt => map(
-            x,
-            out,
-            #[inline(always)]
-            |v| v.sqrt(),
-        ),
-        UnaryOp::Affine { mul, add } => map(
-            x,
-            out,
-            #[inline(always)]
-            move |v| v * mul + add,
-        ),
-        // Written as compare-and-select (not f32::clamp) so that it never panics on bad bounds
-        // and lets NaN through.
-        UnaryOp::Clamp { min, max } => map(
-            x,
-            out,
-            #[inline(always)]
-            move |v| {
-                let v = if v < min { min } else { v };
-                if v > max {
-                    max
-                } else {
-                    v
-                }
-            },
-        ),
+        UnaryOp::Silu => map_inline!(|v| silu(v)),
+        UnaryOp::GeluTanh => map_inline!(|v| gelu_tanh(v)),
+        UnaryOp::GeluErf => map_inline!(|v| gelu_erf(v)),
+        UnaryOp::Tanh => map_inline!(|v| tanh(v)),
+        UnaryOp::Exp => map_inline!(|v| exp(v)),
+        UnaryOp::Abs => map_inline!(|v| v.abs()),
+        UnaryOp::Sqr => map_inline!(|v| v * v),
+        UnaryOp::Sqrt => map_inline!(|v| v.sqrt()),
+        UnaryOp::Affine { mul, add } => map_inline!(move |v| v * mul + add),
+        // Compare-and-select rather than f32::clamp, which panics on bad bounds; NaN stays NaN.
+        UnaryOp::Clamp { min, max } => map_inline!(move |v| {
+            let v = if v < min { min } else { v };
+            if v > max {
+                max
+            } else {
+                v
+            }
+        }),
     }
 }
 
