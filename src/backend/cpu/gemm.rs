@@ -18,7 +18,13 @@ pub struct MatRef<'a> {
 impl<'a> MatRef<'a> {
     /// A row-major `rows × cols` matrix.
     pub fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
-        MatRef { data, rows, cols, row_stride: cols, col_stride: 1 }
+        MatRef {
+            data,
+            rows,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        }
     }
 
     /// The transpose of this view (no copy).
@@ -59,7 +65,11 @@ pub fn sgemm(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32], accumulate: bool, thre
         }
         return;
     }
-    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
     // SAFETY: the asserts above keep every access of the three views inside their slices;
     // `c` is exclusively borrowed. gemm computes dst = alpha·dst + beta·(lhs·rhs).
     unsafe {
