@@ -435,6 +435,21 @@ fn non_json_headers_are_rejected() {
 }
 
 #[test]
+fn header_errors_point_at_the_offending_file_byte() {
+    let t = r#"{"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}"#;
+    for header in [
+        format!(r#"{{"a": {t} x}}"#),
+        format!("{{\n  \"a\": {t},\n  \"b\": {t} x\n}}"),
+    ] {
+        let at = 8 + header.find(" x").unwrap() + 1;
+        assert_mentions(
+            &bad_bytes(&raw(&header, 8)),
+            &[&format!("near file byte {at}:")],
+        );
+    }
+}
+
+#[test]
 fn directory_instead_of_file_is_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let sub = dir.path().join("model.safetensors");

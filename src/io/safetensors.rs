@@ -56,16 +56,15 @@ pub fn read_file(path: &Path) -> Result<Checkpoint> {
     if !meta.is_file() {
         return Err(Error::bad_file(path, "is not a regular file"));
     }
-    if meta.len() < LEN_BYTES as u64 {
-        return Err(too_short(path, meta.len()));
-    }
     let map = map_file(path)?;
-    // The length is checked again on the map: the file may have changed since `metadata`.
     let file_len = map.len();
-    if file_len < LEN_BYTES {
-        return Err(too_short(path, file_len as u64));
-    }
-    let header_len = u64::from_le_bytes(map[..LEN_BYTES].try_into().expect("8 bytes"));
+    let Some(len_bytes) = map.get(..LEN_BYTES) else {
+        return Err(Error::bad_file(
+            path,
+            format!("file is {file_len} bytes long, shorter than the 8-byte header length of a safetensors file"),
+        ));
+    };
+    let header_len = u64::from_le_bytes(len_bytes.try_into().expect("8 bytes"));
     let room = (file_len - LEN_BYTES) as u64;
     if header_len > room {
         return Err(Error::bad_file(
@@ -109,15 +108,6 @@ pub fn read_file(path: &Path) -> Result<Checkpoint> {
         tensors,
         metadata: header.metadata,
     })
-}
-
-fn too_short(path: &Path, len: u64) -> Error {
-    Error::bad_file(
-        path,
-        format!(
-            "file is {len} bytes long, shorter than the 8-byte header length of a safetensors file"
-        ),
-    )
 }
 
 fn tensor_error(path: &Path, name: &str, e: Error) -> Error {
@@ -169,20 +159,19 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header> {
     })
 }
 
-/// The byte index of serde_json's (1-based line, 0-based byte column) position in `text`.
+/// The byte index in `text` of serde_json's error position (1-based line and column; the
+/// column counts bytes).
 fn byte_of(text: &[u8], line: usize, column: usize) -> usize {
-    let line_start = text
-        .iter()
-        .enumerate()
-        .filter(|&(_, &b)| b == b'\n')
-        .nth(line.saturating_sub(2))
-        .map_or(0, |(i, _)| i + 1);
-    if line <= 1 {
-        column
-    } else {
-        line_start + column
-    }
-    .min(text.len())
+    let line_start = match line.checked_sub(2) {
+        None => 0,
+        Some(n) => text
+            .iter()
+            .enumerate()
+            .filter(|&(_, &b)| b == b'\n')
+            .nth(n)
+            .map_or(0, |(i, _)| i + 1),
+    };
+    (line_start + column.saturating_sub(1)).min(text.len())
 }
 
 /// Visits the top-level header object; `context` tracks the entry being read so that errors
@@ -457,7 +446,6 @@ fn read_sharded(dir: &Path, index_path: &Path) -> Result<Checkpoint> {
         shards.entry(shard).or_insert(tensor);
     }
     let mut tensors: BTreeMap<String, Tensor> = BTreeMap::new();
-    let mut origin: BTreeMap<String, &str> = BTreeMap::new();
     let mut metadata = BTreeMap::new();
     for (&shard, &example) in &shards {
         let shard_path = dir.join(shard);
@@ -468,7 +456,9 @@ fn read_sharded(dir: &Path, index_path: &Path) -> Result<Checkpoint> {
         }
         let ck = read_file(&shard_path)?;
         for (name, t) in ck.tensors {
-            if let Some(first) = origin.get(&name) {
+            if tensors.contains_key(&name) {
+                // It came from the shard the weight map names (checked below when it was added).
+                let first = &weight_map[&name];
                 return Err(bad(format!(
                     "tensor `{name}` appears in two shards: `{first}` and `{shard}`"
                 )));
@@ -486,7 +476,6 @@ fn read_sharded(dir: &Path, index_path: &Path) -> Result<Checkpoint> {
                     )))
                 }
             }
-            origin.insert(name.clone(), shard);
             tensors.insert(name, t);
         }
         for (k, v) in ck.metadata {
