@@ -170,7 +170,6 @@ fn describes_pth_fixtures() {
 }
 
 #[test]
-#[ignore = "needs read_folder (sharded safetensors)"]
 fn describes_sharded_folder() {
     check_described(|r| r == "tiny-dit-sharded");
 }

@@ -263,7 +263,6 @@ fn detects_pth_fixtures() {
 }
 
 #[test]
-#[ignore = "needs read_folder (sharded safetensors)"]
 fn detects_sharded_folder() {
     check_detection(|r| r == "tiny-dit-sharded");
 }
@@ -297,7 +296,6 @@ fn dit_comfy_bf16_equals_bf16() {
 }
 
 #[test]
-#[ignore = "needs read_folder (sharded safetensors)"]
 fn dit_sharded_equals_bf16() {
     assert_identical(
         &canonical("tiny-dit/dit_bf16.safetensors"),
