@@ -72,36 +72,36 @@ impl<'a> Archive<'a> {
             return Ok(None);
         };
         let path = self.path;
-        let bad = |what: String| Error::bad_file(path, format!("zip member `{name}`: {what}"));
+        let bad = |what: String| Error::bad_file(path, format!("zip member `{name}` {what}"));
         let file = self
             .zip
             .by_index_raw(index)
-            .map_err(|e| bad(format!("unreadable header: {e}")))?;
+            .map_err(|e| bad(format!("has an unreadable header: {e}")))?;
         if file.encrypted() {
             return Err(bad("is encrypted".into()));
         }
         if file.compression() != CompressionMethod::Stored {
             return Err(bad(format!(
-                "is compressed ({:?}); only stored members can be memory-mapped, as torch.save writes them",
+                "is compressed ({}); only stored members can be memory-mapped, as torch.save writes them",
                 file.compression()
             )));
         }
         if file.size() != file.compressed_size() {
             return Err(bad(format!(
-                "stored member declares {} bytes but occupies {}",
+                "is stored but declares {} bytes and occupies {}",
                 file.size(),
                 file.compressed_size()
             )));
         }
         let start = file
             .data_start()
-            .ok_or_else(|| bad("data offset unknown".into()))?;
+            .ok_or_else(|| bad("has no known data offset".into()))?;
         let end = start
             .checked_add(file.size())
             .filter(|&e| e <= self.len as u64)
             .ok_or_else(|| {
                 bad(format!(
-                    "data at offset {start} of {} bytes runs past the end of the file ({} bytes)",
+                    "has {} bytes at offset {start}, past the end of the file ({} bytes)",
                     file.size(),
                     self.len
                 ))
