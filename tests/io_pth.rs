@@ -8,8 +8,21 @@ use proptest::prelude::*;
 use wanrt::io::{open, pth, FileFormat};
 use wanrt::{DType, Error};
 
+/// The fixture models: under `$WANRT_FIXTURES`, by default `../shared/fixtures` next to the
+/// crate (or one level further up, from a worktree).
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/models")
+    let root = std::env::var_os("WANRT_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let near = crate_dir.join("../shared/fixtures");
+            if near.exists() {
+                near
+            } else {
+                crate_dir.join("../../shared/fixtures")
+            }
+        });
+    root.join("models")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -809,6 +822,10 @@ fn malformed_structures_are_errors() {
         (
             P::new().op(b'}').op(0xff).stop(),
             "unsupported pickle opcode 0xff",
+        ),
+        (
+            P::new().op(b'}').op(b')').op(b'}').op(b's').stop(),
+            "the top-level dict has a tuple key",
         ),
         (vec![0x80, 6, b'}', b'.'], "unsupported pickle protocol 6"),
         (P::new().int(1).op(b'Q').stop(), "persistent id is not"),

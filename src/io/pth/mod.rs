@@ -3,10 +3,10 @@
 //!
 //! A checkpoint is a zip archive of stored members under one folder: `data.pkl` (the pickled
 //! object), `data/<key>` (the raw little-endian bytes of each storage), `byteorder` and a few
-//! version files. The pickle is read by [`unpickle`], which executes nothing; the tensors it
-//! describes then borrow their bytes straight from the memory-mapped file. Nested dicts
-//! (`{"state_dict": {...}}`) are flattened with `.` joins; leaves that are not tensors are
-//! skipped.
+//! version files. The pickle is read by an unpickler that executes nothing and knows only the
+//! globals of a state dict; the tensors it describes then borrow their bytes straight from the
+//! memory-mapped file. Nested dicts (`{"state_dict": {...}}`) are flattened with `.` joins;
+//! leaves that are not tensors are skipped.
 
 mod unpickle;
 mod zip;
@@ -110,10 +110,12 @@ impl Flattener<'_> {
                 Obj::Str(s) => s.clone(),
                 Obj::Int(i) => i.to_string(),
                 other => {
-                    return Err(self.bad(format!(
-                        "a dict under `{prefix}` has a {} key",
-                        other.kind()
-                    )))
+                    let place = if prefix.is_empty() {
+                        "the top-level dict".to_string()
+                    } else {
+                        format!("the dict `{prefix}`")
+                    };
+                    return Err(self.bad(format!("{place} has a {} key", other.kind())));
                 }
             };
             let name = if prefix.is_empty() {
