@@ -63,7 +63,6 @@ opcodes! {
 }
 
 /// An unpickled object.
-#[derive(Debug)]
 pub(super) enum Obj {
     None,
     /// A bool (`requires_grad` …); its value is never needed.
@@ -101,7 +100,7 @@ impl Obj {
 }
 
 /// An allow-listed global.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Global {
     OrderedDict,
     RebuildTensorV2,
@@ -190,7 +189,6 @@ impl Global {
 }
 
 /// A storage named by a persistent id `('storage', type, key, location, numel)`.
-#[derive(Debug)]
 pub(super) struct StorageRef {
     /// Element type, from the storage class.
     pub dtype: DType,
@@ -201,7 +199,6 @@ pub(super) struct StorageRef {
 }
 
 /// The arguments of a `_rebuild_tensor_v2` call.
-#[derive(Debug)]
 pub(super) struct TensorRef {
     /// The storage (a [`Obj::Storage`]).
     pub storage: Id,
