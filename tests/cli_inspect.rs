@@ -164,7 +164,6 @@ fn describes_every_safetensors_fixture() {
 }
 
 #[test]
-#[ignore = "needs the pth reader"]
 fn describes_pth_fixtures() {
     check_described(|r| r.ends_with(".pth"));
 }

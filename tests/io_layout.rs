@@ -257,7 +257,6 @@ fn detects_safetensors_fixtures() {
 }
 
 #[test]
-#[ignore = "needs the pth reader"]
 fn detects_pth_fixtures() {
     check_detection(|r| r.ends_with(".pth"));
 }
@@ -407,7 +406,6 @@ fn umt5_transformers_equals_original() {
 }
 
 #[test]
-#[ignore = "needs the pth reader"]
 fn pth_fixtures_are_f32_rounded_to_bf16() {
     for (pth, f32_file) in [
         ("tiny-vae/vae_bf16.pth", "tiny-vae/vae_f32.safetensors"),
