@@ -5,7 +5,9 @@
 //! vanishes because λ(1) = −∞, exactly as upstream).
 //!
 //! Scalar coefficients are computed in f32 from the f32 sigmas (upstream's 0-dim tensors), the
-//! elementwise update in f64.
+//! elementwise update in f64, except that the sample term `(σ_t/σ_s)·x` is an f32 product:
+//! upstream's `step` casts the sample to float32 before the update (the x0 predictions keep the
+//! sample's precision).
 
 use super::kernels::{check_step, ensure_len, fill, update};
 use super::unipc::lambda;
@@ -27,7 +29,13 @@ pub struct DpmPp2m<T: Real> {
 impl<T: Real> DpmPp2m<T> {
     /// A solver at step 0 of `schedule`.
     pub fn new(schedule: Schedule) -> Self {
-        DpmPp2m { schedule, step: 0, len: None, m_cur: Vec::new(), m_prev: Vec::new() }
+        DpmPp2m {
+            schedule,
+            step: 0,
+            len: None,
+            m_cur: Vec::new(),
+            m_prev: Vec::new(),
+        }
     }
 }
 
@@ -42,7 +50,14 @@ impl<T: Real> Solver<T> for DpmPp2m<T> {
 
     fn step(&mut self, model_output: &[T], sample: &mut [T]) -> Result<()> {
         let n = self.schedule.steps();
-        check_step("dpm++", &mut self.len, self.step, n, model_output.len(), sample.len())?;
+        check_step(
+            "dpm++",
+            &mut self.len,
+            self.step,
+            n,
+            model_output.len(),
+            sample.len(),
+        )?;
         let i = self.step;
         let sig = |j: usize| self.schedule.sigmas[j] as f32;
         let (s_t, s_0) = (sig(i + 1), sig(i));
@@ -50,15 +65,18 @@ impl<T: Real> Solver<T> for DpmPp2m<T> {
         ensure_len(&mut self.m_cur, sample.len());
         {
             let x: &[T] = sample;
-            fill(&mut self.m_cur, |k| x[k].to_f64() - sigma * model_output[k].to_f64());
+            fill(&mut self.m_cur, |k| {
+                x[k].to_f64() - sigma * model_output[k].to_f64()
+            });
         }
         let h = lambda(s_t) - lambda(s_0);
-        let c_x = (s_t / s_0) as f64;
+        let c_x = s_t / s_0;
+        let sample_term = |x: f64| (c_x * x as f32) as f64;
         let c_m = (1.0 - s_t) * ((-h).exp() - 1.0);
         let m = &self.m_cur;
         if i == 0 || i + 1 == n {
             let c_m = c_m as f64;
-            update(sample, |k, x| c_x * x - c_m * m[k].to_f64());
+            update(sample, |k, x| sample_term(x) - c_m * m[k].to_f64());
         } else {
             let h0 = lambda(s_0) - lambda(sig(i - 1));
             let inv_r0 = (1.0 / (h0 / h)) as f64;
@@ -67,7 +85,7 @@ impl<T: Real> Solver<T> for DpmPp2m<T> {
             let mp = &self.m_prev;
             update(sample, |k, x| {
                 let (m, mp) = (m[k].to_f64(), mp[k].to_f64());
-                c_x * x - c_m * m - c_half * (inv_r0 * (m - mp))
+                sample_term(x) - c_m * m - c_half * (inv_r0 * (m - mp))
             });
         }
         std::mem::swap(&mut self.m_prev, &mut self.m_cur);

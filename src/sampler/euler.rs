@@ -1,6 +1,7 @@
 //! Flow-matching Euler (diffusers' FlowMatchEulerDiscreteScheduler without stochastic sampling):
-//! `x_{i+1} = x_i + (σ_{i+1} − σ_i)·v_i`, the step `σ_{i+1} − σ_i` taken in f32 as upstream
-//! subtracts its f32 sigmas.
+//! `x_{i+1} = x_i + (σ_{i+1} − σ_i)·v_i`. As upstream, the step `σ_{i+1} − σ_i` is an f32
+//! difference of the f32 sigmas, and the sample enters in f32 (its `step` casts the sample to
+//! float32 before the update, whatever the model output's dtype).
 
 use super::kernels::{check_step, update};
 use super::{Real, Schedule, Solver};
@@ -17,7 +18,11 @@ pub struct Euler {
 impl Euler {
     /// A solver at step 0 of `schedule`.
     pub fn new(schedule: Schedule) -> Self {
-        Euler { schedule, step: 0, len: None }
+        Euler {
+            schedule,
+            step: 0,
+            len: None,
+        }
     }
 }
 
@@ -32,10 +37,19 @@ impl<T: Real> Solver<T> for Euler {
 
     fn step(&mut self, model_output: &[T], sample: &mut [T]) -> Result<()> {
         let n = self.schedule.steps();
-        check_step("euler", &mut self.len, self.step, n, model_output.len(), sample.len())?;
+        check_step(
+            "euler",
+            &mut self.len,
+            self.step,
+            n,
+            model_output.len(),
+            sample.len(),
+        )?;
         let i = self.step;
         let dt = (self.schedule.sigmas[i + 1] as f32 - self.schedule.sigmas[i] as f32) as f64;
-        update(sample, |k, x| x + dt * model_output[k].to_f64());
+        update(sample, |k, x| {
+            (x as f32 as f64) + dt * model_output[k].to_f64()
+        });
         self.step += 1;
         Ok(())
     }

@@ -32,7 +32,9 @@ impl Guidance {
     pub fn validate(&self) -> Result<()> {
         let (Guidance::Cfg { scale } | Guidance::CfgZeroStar { scale, .. }) = *self;
         if !scale.is_finite() {
-            return Err(Error::InvalidArgument(format!("guidance scale must be finite, got {scale}")));
+            return Err(Error::InvalidArgument(format!(
+                "guidance scale must be finite, got {scale}"
+            )));
         }
         Ok(())
     }
@@ -99,7 +101,9 @@ impl Guidance {
 }
 
 fn len_error(got: usize, want: usize) -> Error {
-    Error::InvalidArgument(format!("guidance: velocity has {got} elements, expected {want}"))
+    Error::InvalidArgument(format!(
+        "guidance: velocity has {got} elements, expected {want}"
+    ))
 }
 
 /// CFG-Zero*'s optimised scale `s* = ⟨v_c, v_u⟩ / (‖v_u‖² + 1e-8)`, accumulated in f64.
@@ -124,19 +128,25 @@ mod tests {
     fn cfg_combines_and_skips_uncond_at_scale_one() {
         let g = Guidance::Cfg { scale: 5.0 };
         let mut out = [0.0f32; 2];
-        g.combine(0, &[1.0, 2.0], Some(&[0.5, 1.0]), &mut out).unwrap();
+        g.combine(0, &[1.0, 2.0], Some(&[0.5, 1.0]), &mut out)
+            .unwrap();
         assert_eq!(out, [3.0, 6.0]);
         let g1 = Guidance::Cfg { scale: 1.0 };
         assert!(!g1.needs_uncond(0));
         g1.combine(0, &[1.0, 2.0], None, &mut out).unwrap();
         assert_eq!(out, [1.0, 2.0]);
         assert!(g.combine(0, &[1.0, 2.0], None, &mut out).is_err());
-        assert!(Guidance::Cfg { scale: f64::NAN }.combine(0, &[1.0, 2.0], None, &mut out).is_err());
+        assert!(Guidance::Cfg { scale: f64::NAN }
+            .combine(0, &[1.0, 2.0], None, &mut out)
+            .is_err());
     }
 
     #[test]
     fn cfg_zero_star_zero_init_and_scale() {
-        let g = Guidance::CfgZeroStar { scale: 3.0, zero_steps: Some(1) };
+        let g = Guidance::CfgZeroStar {
+            scale: 3.0,
+            zero_steps: Some(1),
+        };
         assert!(g.skips_model(0) && g.skips_model(1) && !g.skips_model(2));
         let mut out = [1.0f64; 2];
         g.combine(1, &[], None, &mut out).unwrap();

@@ -18,23 +18,35 @@ const CHUNK: usize = 1 << 13;
 /// callers pass its old values through explicitly when an update is in place.
 pub(crate) fn fill<T: Real>(out: &mut [T], f: impl Fn(usize) -> f64 + Sync) {
     if out.len() < PAR_MIN_LEN {
-        out.iter_mut().enumerate().for_each(|(i, o)| *o = T::from_f64(f(i)));
+        out.iter_mut()
+            .enumerate()
+            .for_each(|(i, o)| *o = T::from_f64(f(i)));
     } else {
-        out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
-            let base = c * CHUNK;
-            chunk.iter_mut().enumerate().for_each(|(j, o)| *o = T::from_f64(f(base + j)));
-        });
+        out.par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(c, chunk)| {
+                let base = c * CHUNK;
+                chunk
+                    .iter_mut()
+                    .enumerate()
+                    .for_each(|(j, o)| *o = T::from_f64(f(base + j)));
+            });
     }
 }
 
 /// `x[i] = f(i, x[i])` in place, evaluated in f64.
 pub(crate) fn update<T: Real>(x: &mut [T], f: impl Fn(usize, f64) -> f64 + Sync) {
     if x.len() < PAR_MIN_LEN {
-        x.iter_mut().enumerate().for_each(|(i, o)| *o = T::from_f64(f(i, o.to_f64())));
+        x.iter_mut()
+            .enumerate()
+            .for_each(|(i, o)| *o = T::from_f64(f(i, o.to_f64())));
     } else {
         x.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
             let base = c * CHUNK;
-            chunk.iter_mut().enumerate().for_each(|(j, o)| *o = T::from_f64(f(base + j, o.to_f64())));
+            chunk
+                .iter_mut()
+                .enumerate()
+                .for_each(|(j, o)| *o = T::from_f64(f(base + j, o.to_f64())));
         });
     }
 }

@@ -22,14 +22,23 @@ pub struct Lcm<T: Real> {
 
 impl<T: Real> std::fmt::Debug for Lcm<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lcm").field("schedule", &self.schedule).field("step", &self.step).finish()
+        f.debug_struct("Lcm")
+            .field("schedule", &self.schedule)
+            .field("step", &self.step)
+            .finish()
     }
 }
 
 impl<T: Real> Lcm<T> {
     /// A solver at step 0 of `schedule`, drawing fresh noise from `noise`.
     pub fn new(schedule: Schedule, noise: NoiseFn<T>) -> Self {
-        Lcm { schedule, step: 0, len: None, noise, eps: Vec::new() }
+        Lcm {
+            schedule,
+            step: 0,
+            len: None,
+            noise,
+            eps: Vec::new(),
+        }
     }
 }
 
@@ -44,7 +53,14 @@ impl<T: Real> Solver<T> for Lcm<T> {
 
     fn step(&mut self, model_output: &[T], sample: &mut [T]) -> Result<()> {
         let n = self.schedule.steps();
-        check_step("lcm", &mut self.len, self.step, n, model_output.len(), sample.len())?;
+        check_step(
+            "lcm",
+            &mut self.len,
+            self.step,
+            n,
+            model_output.len(),
+            sample.len(),
+        )?;
         let i = self.step;
         let sigma = self.schedule.sigmas[i];
         let next = self.schedule.sigmas[i + 1];
@@ -54,7 +70,9 @@ impl<T: Real> Solver<T> for Lcm<T> {
             ensure_len(&mut self.eps, sample.len());
             (self.noise)(i, &mut self.eps)?;
             if self.eps.len() != sample.len() {
-                return Err(Error::InvalidArgument("lcm: the noise source resized its buffer".into()));
+                return Err(Error::InvalidArgument(
+                    "lcm: the noise source resized its buffer".into(),
+                ));
             }
             let eps = &self.eps;
             update(sample, |k, x| {

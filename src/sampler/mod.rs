@@ -136,8 +136,9 @@ impl SolverKind {
             SolverKind::Euler => Schedule::flow_match_euler(steps, shift),
             SolverKind::Lcm => {
                 schedule::check_steps(steps)?;
-                let list: Vec<f64> =
-                    (0..steps).map(|i| 1000.0 - 1000.0 * i as f64 / steps as f64).collect();
+                let list: Vec<f64> = (0..steps)
+                    .map(|i| 1000.0 - 1000.0 * i as f64 / steps as f64)
+                    .collect();
                 Schedule::distilled(&list, shift)
             }
         }

@@ -41,14 +41,18 @@ fn linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
 
 pub(crate) fn check_steps(steps: usize) -> Result<()> {
     if steps == 0 {
-        return Err(Error::InvalidArgument("a schedule needs at least one step".into()));
+        return Err(Error::InvalidArgument(
+            "a schedule needs at least one step".into(),
+        ));
     }
     Ok(())
 }
 
 fn check_shift(shift: f64) -> Result<()> {
     if !(shift.is_finite() && shift > 0.0) {
-        return Err(Error::InvalidArgument(format!("shift must be finite and positive, got {shift}")));
+        return Err(Error::InvalidArgument(format!(
+            "shift must be finite and positive, got {shift}"
+        )));
     }
     Ok(())
 }
@@ -69,7 +73,10 @@ impl Schedule {
             return bad(format!("sigma {s} outside [0, 1]"));
         }
         if let Some(w) = sigmas.windows(2).find(|w| w[1] >= w[0]) {
-            return bad(format!("sigmas must decrease strictly, got {} then {}", w[0], w[1]));
+            return bad(format!(
+                "sigmas must decrease strictly, got {} then {}",
+                w[0], w[1]
+            ));
         }
         if sigmas[sigmas.len() - 1] != 0.0 {
             return bad("the last sigma must be 0".into());
@@ -106,8 +113,10 @@ impl Schedule {
     pub fn wan_dpm(steps: usize, shift: f64) -> Result<Schedule> {
         check_steps(steps)?;
         check_shift(shift)?;
-        let sig: Vec<f64> =
-            linspace(1.0, 0.0, steps + 1)[..steps].iter().map(|&s| shift_sigma(s, shift)).collect();
+        let sig: Vec<f64> = linspace(1.0, 0.0, steps + 1)[..steps]
+            .iter()
+            .map(|&s| shift_sigma(s, shift))
+            .collect();
         Self::truncated_f32(&sig)
     }
 
@@ -141,15 +150,23 @@ impl Schedule {
         check_steps(sigmas.len())?;
         check_shift(shift)?;
         if let Some(s) = sigmas.iter().find(|s| !(**s > 0.0 && **s <= 1.0)) {
-            return Err(Error::InvalidArgument(format!("explicit sigma {s} outside (0, 1]")));
+            return Err(Error::InvalidArgument(format!(
+                "explicit sigma {s} outside (0, 1]"
+            )));
         }
         let s32 = shift as f32;
-        let sig: Vec<f32> = sigmas.iter().map(|&s| shift_sigma_f32(s as f32, s32)).collect();
+        let sig: Vec<f32> = sigmas
+            .iter()
+            .map(|&s| shift_sigma_f32(s as f32, s32))
+            .collect();
         Self::new_f32(&sig)
     }
 
     fn new_f32(sig: &[f32]) -> Result<Schedule> {
-        let timesteps = sig.iter().map(|&s| (s * TRAIN_STEPS as f32) as f64).collect();
+        let timesteps = sig
+            .iter()
+            .map(|&s| (s * TRAIN_STEPS as f32) as f64)
+            .collect();
         let sigmas = sig.iter().map(|&s| s as f64).chain([0.0]).collect();
         Schedule::new(timesteps, sigmas)
     }
@@ -161,8 +178,13 @@ impl Schedule {
     pub fn distilled(step_list: &[f64], shift: f64) -> Result<Schedule> {
         check_steps(step_list.len())?;
         check_shift(shift)?;
-        if let Some(d) = step_list.iter().find(|d| !(**d > 0.0 && **d <= TRAIN_STEPS)) {
-            return Err(Error::InvalidArgument(format!("denoising step {d} outside (0, 1000]")));
+        if let Some(d) = step_list
+            .iter()
+            .find(|d| !(**d > 0.0 && **d <= TRAIN_STEPS))
+        {
+            return Err(Error::InvalidArgument(format!(
+                "denoising step {d} outside (0, 1000]"
+            )));
         }
         let sig: Vec<f64> = step_list
             .iter()
@@ -197,9 +219,15 @@ mod tests {
         assert!(s.sigmas.iter().all(|&x| x as f32 as f64 == x));
 
         let t3 = ints(&Schedule::wan_unipc(50, 3.0).unwrap().timesteps);
-        assert_eq!((&t3[..4], &t3[47..]), (&[999, 992, 985, 978][..], &[160, 111, 57][..]));
+        assert_eq!(
+            (&t3[..4], &t3[47..]),
+            (&[999, 992, 985, 978][..], &[160, 111, 57][..])
+        );
         let t8 = ints(&Schedule::wan_unipc(50, 8.0).unwrap().timesteps);
-        assert_eq!((&t8[..3], &t8[47..]), (&[999, 997, 994][..], &[337, 249, 140][..]));
+        assert_eq!(
+            (&t8[..3], &t8[47..]),
+            (&[999, 997, 994][..], &[337, 249, 140][..])
+        );
     }
 
     #[test]
@@ -220,7 +248,11 @@ mod tests {
         assert_eq!(s.timesteps[0], 1000.0);
         let m = shift_sigma(0.001, 5.0);
         let last = shift_sigma(m, 5.0);
-        assert!((s.sigmas[9] - last).abs() < 1e-7, "{} vs {last}", s.sigmas[9]);
+        assert!(
+            (s.sigmas[9] - last).abs() < 1e-7,
+            "{} vs {last}",
+            s.sigmas[9]
+        );
         assert_eq!(s.sigmas[10], 0.0);
     }
 
@@ -232,7 +264,11 @@ mod tests {
             assert!((t - w).abs() < 1e-9, "{t} vs {w}");
         }
         let s8 = Schedule::distilled(&[1000.0, 750.0, 500.0, 250.0], 8.0).unwrap();
-        for (t, w) in s8.timesteps.iter().zip([1000.0, 960.0, 8000.0 / 9.0, 8000.0 / 11.0]) {
+        for (t, w) in s8
+            .timesteps
+            .iter()
+            .zip([1000.0, 960.0, 8000.0 / 9.0, 8000.0 / 11.0])
+        {
             assert!((t - w).abs() < 1e-9, "{t} vs {w}");
         }
         assert_eq!(s.sigmas, vec![1.0, 0.9375, 2.5 / 3.0, 0.625, 0.0]);

@@ -93,7 +93,12 @@ impl<T: Real> UniPc<T> {
         let rk = rk as f64;
         let mpp = &self.m_prev2;
         fill(sample, |k| {
-            let (xl, mp, mpp, m) = (xl[k].to_f64(), mp[k].to_f64(), mpp[k].to_f64(), m[k].to_f64());
+            let (xl, mp, mpp, m) = (
+                xl[k].to_f64(),
+                mp[k].to_f64(),
+                mpp[k].to_f64(),
+                m[k].to_f64(),
+            );
             let d1 = (mpp - mp) / rk;
             (c_x * xl - c_m * mp) - c_d * (rho0 * d1 + rho1 * (m - mp))
         });
@@ -155,7 +160,14 @@ impl<T: Real> Solver<T> for UniPc<T> {
 
     fn step(&mut self, model_output: &[T], sample: &mut [T]) -> Result<()> {
         let n = self.schedule.steps();
-        check_step("unipc", &mut self.len, self.step, n, model_output.len(), sample.len())?;
+        check_step(
+            "unipc",
+            &mut self.len,
+            self.step,
+            n,
+            model_output.len(),
+            sample.len(),
+        )?;
         let len = sample.len();
         let i = self.step;
         // Convert the velocity to an x0 prediction at σ_i.
@@ -163,7 +175,9 @@ impl<T: Real> Solver<T> for UniPc<T> {
         ensure_len(&mut self.m_cur, len);
         {
             let x: &[T] = sample;
-            fill(&mut self.m_cur, |k| x[k].to_f64() - sigma * model_output[k].to_f64());
+            fill(&mut self.m_cur, |k| {
+                x[k].to_f64() - sigma * model_output[k].to_f64()
+            });
         }
         if i > 0 {
             self.correct(sample);
@@ -211,7 +225,9 @@ mod tests {
         let eps = [1.0f64, 0.5, -0.7];
         let schedule = Schedule::wan_unipc(7, 3.0).unwrap();
         let mut s = UniPc::<f64>::new(schedule.clone());
-        let mut x: Vec<f64> = (0..3).map(|k| (1.0 - schedule.sigmas[0]) * x0[k] + schedule.sigmas[0] * eps[k]).collect();
+        let mut x: Vec<f64> = (0..3)
+            .map(|k| (1.0 - schedule.sigmas[0]) * x0[k] + schedule.sigmas[0] * eps[k])
+            .collect();
         while !s.is_done() {
             let v: Vec<f64> = (0..3).map(|k| eps[k] - x0[k]).collect();
             s.step(&v, &mut x).unwrap();
@@ -219,7 +235,10 @@ mod tests {
         for k in 0..3 {
             assert!((x[k] - x0[k]).abs() < 1e-6, "{} vs {}", x[k], x0[k]);
         }
-        assert!(s.step(&[0.0; 3], &mut x).is_err(), "stepping past the end is an error");
+        assert!(
+            s.step(&[0.0; 3], &mut x).is_err(),
+            "stepping past the end is an error"
+        );
     }
 
     #[test]
