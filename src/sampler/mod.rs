@@ -9,11 +9,12 @@
 //! model predicts `v = ε − x0`, so `x0 = x − σ·v`.
 //!
 //! Precision follows upstream: the schedules hold exactly the values upstream stores (f32 sigmas
-//! for Wan's and diffusers' schedulers), per-step scalar coefficients are computed in f32 as the
-//! upstream schedulers do, and the elementwise updates run in f64 for every element type (for f32
-//! latents this is at least as accurate as upstream's f32 arithmetic). Samples and histories are
-//! kept in the caller's element type, [`Real`] (`f32` for the pipeline, `f64` for checks against
-//! float64 references).
+//! for Wan's and diffusers' schedulers); per-step scalar coefficients are computed in f32, as the
+//! upstream schedulers compute them; the elementwise updates run in f64 for every element type
+//! (for f32 latents at least as accurate as upstream's f32 arithmetic), except that DPM++ and
+//! Euler take the sample in f32, as upstream's `step` casts it. Samples and histories are kept in
+//! the caller's element type, [`Real`] (`f32` for the pipeline, `f64` for checks against float64
+//! references).
 
 mod dpm;
 mod euler;
