@@ -82,3 +82,35 @@ pub(crate) fn ensure_len<T: Real>(buf: &mut Vec<T>, len: usize) {
         buf.resize(len, T::default());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parallel_and_serial_paths_see_the_right_indices() {
+        for len in [10, PAR_MIN_LEN + CHUNK / 2 + 3] {
+            let mut v = vec![0.0f32; len];
+            fill(&mut v, |k| k as f64);
+            assert!(
+                v.iter().enumerate().all(|(k, &x)| x == k as f32),
+                "fill, len {len}"
+            );
+            update(&mut v, |k, x| x + 2.0 * k as f64);
+            assert!(
+                v.iter().enumerate().all(|(k, &x)| x == 3.0 * k as f32),
+                "update, len {len}"
+            );
+        }
+    }
+
+    #[test]
+    fn step_checks() {
+        let mut len = None;
+        assert!(check_step("t", &mut len, 0, 2, 3, 3).is_ok());
+        assert_eq!(len, Some(3));
+        assert!(check_step("t", &mut len, 1, 2, 3, 4).is_err());
+        assert!(check_step("t", &mut len, 1, 2, 2, 3).is_err());
+        assert!(check_step("t", &mut len, 2, 2, 3, 3).is_err());
+    }
+}
