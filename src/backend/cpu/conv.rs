@@ -1,1 +1,213 @@
-//! CPU kernels: conv (to be written).
+//! 3-D convolution as im2col + GEMM, tiled over output positions, and nearest upsampling.
+//!
+//! The im2col matrix of a whole video would be huge (96 channels × 27 taps × 480 × 832 floats
+//! per frame ≈ 4 GB), so the output positions of each batch item are cut into tiles whose
+//! column matrix stays within [`COLS_BUDGET`] floats; each tile is one GEMM
+//! `out[Cout, tile] = W[Cout, K] · cols[K, tile]` with `K = Cin·kt·kh·kw`.
+//! A 1×1×1 kernel with stride 1 and no padding needs no columns: it is one GEMM on the input.
+
+use rayon::prelude::*;
+
+use super::gemm::{sgemm, MatRef};
+
+/// Floats in one im2col tile (16 MiB).
+const COLS_BUDGET: usize = 4 << 20;
+
+/// The geometry of a 3-D convolution (one batch item).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv3dGeom {
+    /// Input channels.
+    pub cin: usize,
+    /// Input extent (frames, rows, columns), before padding.
+    pub input: [usize; 3],
+    /// Output channels.
+    pub cout: usize,
+    /// Kernel extent (frames, rows, columns).
+    pub kernel: [usize; 3],
+    /// Stride per axis (each ≥ 1).
+    pub stride: [usize; 3],
+    /// Zero padding on both sides, per axis.
+    pub padding: [usize; 3],
+}
+
+impl Conv3dGeom {
+    /// The output extent (frames, rows, columns), or `None` when the kernel is larger than the
+    /// padded input on some axis or a stride is 0.
+    pub fn output(&self) -> Option<[usize; 3]> {
+        let mut o = [0; 3];
+        for a in 0..3 {
+            let padded = self.input[a] + 2 * self.padding[a];
+            if self.stride[a] == 0 || self.kernel[a] == 0 || self.kernel[a] > padded {
+                return None;
+            }
+            o[a] = (padded - self.kernel[a]) / self.stride[a] + 1;
+        }
+        Some(o)
+    }
+
+    /// The GEMM depth `Cin·kt·kh·kw`.
+    fn depth(&self) -> usize {
+        self.cin * self.kernel.iter().product::<usize>()
+    }
+}
+
+/// Convolves `x` (`[batch, cin, t, h, w]`) with `weight` (`[cout, cin, kt, kh, kw]`, f32) into
+/// `out` (`[batch, cout, t', h', w']`), adding `bias` (`cout` values) when given.
+///
+/// # Panics
+/// If the geometry is invalid or the slice lengths disagree with it (a bug in the caller; the
+/// tensor op validates both).
+pub fn conv3d(
+    x: &[f32],
+    batch: usize,
+    g: &Conv3dGeom,
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    let o = g.output().expect("conv3d: invalid geometry");
+    let in_len = g.cin * g.input.iter().product::<usize>();
+    let positions = o.iter().product::<usize>();
+    let k = g.depth();
+    assert_eq!(x.len(), batch * in_len, "conv3d: input size");
+    assert_eq!(out.len(), batch * g.cout * positions, "conv3d: output size");
+    assert_eq!(weight.len(), g.cout * k, "conv3d: weight size");
+    assert!(bias.is_none_or(|b| b.len() == g.cout), "conv3d: bias size");
+    if out.is_empty() {
+        return;
+    }
+    let threads = rayon::current_num_threads();
+    let w = MatRef::row_major(weight, g.cout, k);
+    let pointwise = g.kernel == [1, 1, 1] && g.stride == [1, 1, 1] && g.padding == [0, 0, 0];
+    let tile = (COLS_BUDGET / k.max(1)).clamp(1, positions);
+    let mut cols = if pointwise {
+        Vec::new()
+    } else {
+        vec![0f32; k * tile]
+    };
+    let mut tmp = if tile < positions {
+        vec![0f32; g.cout * tile]
+    } else {
+        Vec::new()
+    };
+    for (xb, ob) in x
+        .chunks_exact(in_len)
+        .zip(out.chunks_exact_mut(g.cout * positions))
+    {
+        if pointwise {
+            fill_bias(ob, bias, positions);
+            sgemm(
+                w,
+                MatRef::row_major(xb, g.cin, positions),
+                ob,
+                bias.is_some(),
+                threads,
+            );
+            continue;
+        }
+        for p0 in (0..positions).step_by(tile) {
+            let n = tile.min(positions - p0);
+            let cols = &mut cols[..k * n];
+            im2col(xb, g, &o, p0, cols);
+            let b = MatRef::row_major(cols, k, n);
+            if n == positions {
+                fill_bias(ob, bias, n);
+                sgemm(w, b, ob, bias.is_some(), threads);
+            } else {
+                let tmp = &mut tmp[..g.cout * n];
+                fill_bias(tmp, bias, n);
+                sgemm(w, b, tmp, bias.is_some(), threads);
+                for (orow, trow) in ob.chunks_exact_mut(positions).zip(tmp.chunks_exact(n)) {
+                    orow[p0..p0 + n].copy_from_slice(trow);
+                }
+            }
+        }
+    }
+}
+
+/// Sets each row of `c` (`rows × n`) to its bias value (the GEMM then accumulates onto it).
+fn fill_bias(c: &mut [f32], bias: Option<&[f32]>, n: usize) {
+    if let Some(bias) = bias {
+        for (row, &b) in c.chunks_exact_mut(n).zip(bias) {
+            row.fill(b);
+        }
+    }
+}
+
+/// Fills `cols` (`[K, n]`) with the input values under each kernel tap for output positions
+/// `p0..p0+n` (flattened over `o`), zeros where the tap falls into the padding.
+/// Row `((ci·kt + dt)·kh + dh)·kw + dw` matches the weight layout `[cout, cin, kt, kh, kw]`.
+fn im2col(x: &[f32], g: &Conv3dGeom, o: &[usize; 3], p0: usize, cols: &mut [f32]) {
+    let n = cols.len() / g.depth();
+    let [t, h, w] = g.input;
+    let [kt, kh, kw] = g.kernel;
+    let [st, sh, sw] = g.stride;
+    let [pt, ph, pw] = g.padding;
+    let ow = o[2];
+    cols.par_chunks_mut(n).enumerate().for_each(|(row, dst)| {
+        let dw = row % kw;
+        let dh = (row / kw) % kh;
+        let dt = (row / (kw * kh)) % kt;
+        let ci = row / (kw * kh * kt);
+        let plane = &x[ci * t * h * w..(ci + 1) * t * h * w];
+        // Output columns whose input column `wo·sw + dw - pw` lies inside [0, w).
+        let wo_lo = pw.saturating_sub(dw).div_ceil(sw).min(ow);
+        let wo_hi = if w + pw > dw {
+            ((w + pw - dw - 1) / sw + 1).min(ow)
+        } else {
+            0
+        };
+        let mut p = p0;
+        let mut d = 0;
+        while d < n {
+            let (orow, wo0) = (p / ow, p % ow);
+            let run = (ow - wo0).min(n - d);
+            let seg = &mut dst[d..d + run];
+            let (to, ho) = (orow / o[1], orow % o[1]);
+            let ti = (to * st + dt).wrapping_sub(pt);
+            let hi = (ho * sh + dh).wrapping_sub(ph);
+            if ti >= t || hi >= h || wo_lo >= wo_hi {
+                seg.fill(0.0);
+            } else {
+                let src = &plane[(ti * h + hi) * w..(ti * h + hi + 1) * w];
+                let (lo, hi_) = (wo_lo.clamp(wo0, wo0 + run), wo_hi.clamp(wo0, wo0 + run));
+                seg[..lo - wo0].fill(0.0);
+                seg[hi_ - wo0..].fill(0.0);
+                let mid = &mut seg[lo - wo0..hi_ - wo0];
+                let first = lo * sw + dw - pw;
+                if sw == 1 {
+                    mid.copy_from_slice(&src[first..first + mid.len()]);
+                } else {
+                    for (j, v) in mid.iter_mut().enumerate() {
+                        *v = src[first + j * sw];
+                    }
+                }
+            }
+            d += run;
+            p += run;
+        }
+    });
+}
+
+/// Nearest-neighbour ×2 upsampling of `planes` planes of `h × w` into `2h × 2w`, in parallel.
+///
+/// # Panics
+/// If the slice lengths disagree (a bug in the caller).
+pub fn upsample_nearest2x(x: &[f32], out: &mut [f32], h: usize, w: usize) {
+    assert_eq!(out.len(), 4 * x.len(), "upsample_nearest2x: output size");
+    if x.is_empty() {
+        return;
+    }
+    out.par_chunks_mut(4 * h * w)
+        .zip(x.par_chunks(h * w))
+        .for_each(|(o, p)| {
+            for (orows, row) in o.chunks_exact_mut(4 * w).zip(p.chunks_exact(w)) {
+                let (first, second) = orows.split_at_mut(2 * w);
+                for (pair, &v) in first.chunks_exact_mut(2).zip(row) {
+                    pair[0] = v;
+                    pair[1] = v;
+                }
+                second.copy_from_slice(first);
+            }
+        });
+}
