@@ -1,0 +1,284 @@
+//! The Wan DiT against the reference fixtures (`dit_forward*` cases), plus its hooks and its
+//! input errors. Fixtures: `$WANRT_FIXTURES`, default `../shared/fixtures` next to the crate.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use wanrt::model::dit::{DitConfig, ForwardOptions, NagParams, TeaCacheSignal, WanDit};
+use wanrt::tensor::Weight;
+use wanrt::{Error, Tensor};
+
+fn fixtures() -> PathBuf {
+    std::env::var_os("WANRT_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"))
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+}
+
+/// The DiT config from a Wan `config.json`.
+fn load_config(path: &Path) -> DitConfig {
+    let j = read_json(path);
+    let u = |k: &str| j[k].as_u64().unwrap_or_else(|| panic!("{k} in {}", path.display())) as usize;
+    let p: Vec<usize> = j["patch_size"].as_array().map_or(vec![1, 2, 2], |a| a.iter().map(|v| v.as_u64().unwrap() as usize).collect());
+    DitConfig {
+        dim: u("dim"),
+        ffn_dim: u("ffn_dim"),
+        num_heads: u("num_heads"),
+        num_layers: u("num_layers"),
+        in_dim: u("in_dim"),
+        out_dim: u("out_dim"),
+        text_dim: u("text_dim"),
+        freq_dim: u("freq_dim"),
+        text_len: u("text_len"),
+        eps: j["eps"].as_f64().unwrap() as f32,
+        patch_size: [p[0], p[1], p[2]],
+    }
+}
+
+/// Canonical weights of a checkpoint file or folder.
+fn load_weights(path: &Path) -> BTreeMap<String, Weight> {
+    let ck = wanrt::io::open(path).unwrap_or_else(|e| panic!("{e}"));
+    ck.tensors.into_iter().map(|(k, t)| (k, Weight::new(t))).collect()
+}
+
+fn tensors(path: &Path) -> BTreeMap<String, Tensor> {
+    wanrt::io::open(path).unwrap_or_else(|e| panic!("{e}")).tensors
+}
+
+fn f32_tensor(t: &Tensor) -> Tensor {
+    t.to_dtype(wanrt::DType::F32).unwrap()
+}
+
+fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.dims(), b.dims());
+    let (a, b) = (a.to_f32_vec().unwrap(), b.to_f32_vec().unwrap());
+    let num: f64 = a.iter().zip(&b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den.max(1e-60)).sqrt()
+}
+
+/// Runs one `dit_forward` / `dit_forward_nag` case; returns (rel_l2, tolerance).
+fn run_case(name: &str) -> (f64, f64) {
+    let dir = fixtures().join("cases").join(name);
+    let case = read_json(&dir.join("case.json"));
+    let dit = WanDit::new(
+        load_weights(&dir.join(case["dit"].as_str().unwrap())),
+        load_config(&dir.join(case["config"].as_str().unwrap())),
+    )
+    .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let inputs = tensors(&dir.join(case["inputs"].as_str().unwrap()));
+    let expected = f32_tensor(&tensors(&dir.join(case["expected"].as_str().unwrap()))["velocity"]);
+    let latent = f32_tensor(&inputs["latent"]);
+    let t = inputs["timestep"].to_f32_vec().unwrap();
+    let unbatch = |c: &Tensor| {
+        let d = c.dims();
+        f32_tensor(c).reshape([d[1], d[2]]).unwrap()
+    };
+    let mut opts = ForwardOptions::default();
+    if case["kind"] == "dit_forward_nag" {
+        let mut nag = NagParams::new(unbatch(&inputs["negative_context"]));
+        nag.scale = case["nag_scale"].as_f64().unwrap() as f32;
+        nag.tau = case["nag_tau"].as_f64().unwrap() as f32;
+        nag.alpha = case["nag_alpha"].as_f64().unwrap() as f32;
+        opts.nag = Some(nag);
+    }
+    let out = dit.forward(&latent, &t, &[unbatch(&inputs["context"])], &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let err = rel_l2(&out, &expected);
+    let tol = case["tolerance"]["rel_l2_f32_compute"].as_f64().unwrap();
+    println!("{name}: rel_l2 {err:.3e} (tolerance {tol:.0e})");
+    (err, tol)
+}
+
+fn check_case(name: &str) {
+    let (err, tol) = run_case(name);
+    assert!(err <= tol, "{name}: rel_l2 {err:.3e} > {tol:.0e}");
+}
+
+macro_rules! cases {
+    ($($f:ident => $name:literal),* $(,)?) => {$(
+        #[test]
+        fn $f() {
+            check_case($name);
+        }
+    )*};
+}
+
+cases! {
+    f32_t0 => "dit_forward_f32_t0",
+    f32_t1 => "dit_forward_f32_t1",
+    bf16_t0 => "dit_forward_bf16_t0",
+    bf16_t1 => "dit_forward_bf16_t1",
+    fp8_e5m2_t0 => "dit_forward_fp8_e5m2_t0",
+    fp8_e5m2_t1 => "dit_forward_fp8_e5m2_t1",
+    nag_s11 => "dit_forward_nag_s11",
+    nag_s3 => "dit_forward_nag_s3",
+}
+
+/// Every `dit_forward*` case folder is one of the tests above (so a new case is not silently
+/// skipped).
+#[test]
+fn every_case_is_listed() {
+    let listed = [
+        "dit_forward_f32_t0",
+        "dit_forward_f32_t1",
+        "dit_forward_bf16_t0",
+        "dit_forward_bf16_t1",
+        "dit_forward_fp8_e5m2_t0",
+        "dit_forward_fp8_e5m2_t1",
+        "dit_forward_nag_s11",
+        "dit_forward_nag_s3",
+    ];
+    for entry in std::fs::read_dir(fixtures().join("cases")).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if name.starts_with("dit_forward") && !listed.contains(&name.as_str()) {
+            println!("not yet run: {name}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------- the tiny model
+
+fn tiny() -> (WanDit, DitConfig) {
+    let dir = fixtures().join("models/tiny-dit");
+    let cfg = load_config(&dir.join("config.json"));
+    (WanDit::new(load_weights(&dir.join("dit_f32.safetensors")), cfg.clone()).unwrap(), cfg)
+}
+
+/// Deterministic pseudo-random values in [-1, 1).
+fn noise(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 23) as f32) - 1.0
+        })
+        .collect()
+}
+
+fn rand_tensor(dims: &[usize], seed: u64) -> Tensor {
+    Tensor::from_f32(noise(dims.iter().product(), seed), dims).unwrap()
+}
+
+/// A latent of `b` samples on a (2, 2, 3) token grid.
+fn sample(b: usize) -> Tensor {
+    rand_tensor(&[b, 16, 2, 4, 6], 1)
+}
+
+#[test]
+fn batch_equals_single_samples() {
+    let (dit, cfg) = tiny();
+    let lat = rand_tensor(&[2, 16, 2, 4, 6], 1);
+    let ctx = [rand_tensor(&[5, cfg.text_dim], 2), rand_tensor(&[9, cfg.text_dim], 3)];
+    let ts = [900.0, 250.0];
+    let both = dit.forward(&lat, &ts, &ctx, &ForwardOptions::default()).unwrap();
+    for b in 0..2 {
+        let one = dit.forward(&lat.narrow(0, b, 1).unwrap(), &ts[b..b + 1], &ctx[b..b + 1], &ForwardOptions::default()).unwrap();
+        let err = rel_l2(&both.narrow(0, b, 1).unwrap(), &one);
+        assert!(err < 1e-6, "sample {b}: {err}");
+    }
+}
+
+#[test]
+fn cached_kv_and_residual_hooks_reproduce_the_forward() {
+    let (dit, cfg) = tiny();
+    let lat = sample(1);
+    let ctx = [rand_tensor(&[6, cfg.text_dim], 4)];
+    let plain = dit.forward(&lat, &[500.0], &ctx, &ForwardOptions::default()).unwrap();
+    let text = dit.encode_text(&ctx, true).unwrap();
+    let opts = ForwardOptions { return_residual: true, signal: Some(TeaCacheSignal::Block0Input), ..Default::default() };
+    let out = dit.forward_with(&lat, &[500.0], &text, &opts).unwrap();
+    assert!(rel_l2(&out.velocity, &plain) < 1e-6);
+    assert_eq!(out.signal.as_ref().unwrap().dims(), [1, 12, cfg.dim]);
+    // Reusing the residual (TeaCache's skip) gives the same output without running the blocks.
+    let reuse = ForwardOptions { reuse_residual: out.residual.clone(), ..Default::default() };
+    let again = dit.forward_with(&lat, &[500.0], &text, &reuse).unwrap();
+    assert!(rel_l2(&again.velocity, &plain) < 1e-6);
+    // Skipping every block is the same as a zero residual.
+    let skip_all = ForwardOptions { skip_blocks: (0..cfg.num_layers).collect(), ..Default::default() };
+    let zero = ForwardOptions { reuse_residual: Some(Tensor::zeros([1, 12, cfg.dim], wanrt::DType::F32)), ..Default::default() };
+    let a = dit.forward_with(&lat, &[500.0], &text, &skip_all).unwrap().velocity;
+    let b = dit.forward_with(&lat, &[500.0], &text, &zero).unwrap().velocity;
+    assert!(rel_l2(&a, &b) < 1e-6);
+    assert!(rel_l2(&a, &plain) > 1e-3, "skipping blocks must change the output");
+    for (sig, dims) in [(TeaCacheSignal::TimeEmbedding, vec![1, cfg.dim]), (TeaCacheSignal::TimeProjection, vec![1, 6, cfg.dim])] {
+        let o = ForwardOptions { signal: Some(sig), ..Default::default() };
+        assert_eq!(dit.forward_with(&lat, &[500.0], &text, &o).unwrap().signal.unwrap().dims(), dims.as_slice());
+    }
+}
+
+#[test]
+fn nag_scale_one_is_plain_and_guides_only_chosen_samples() {
+    let (dit, cfg) = tiny();
+    let lat = sample(2);
+    let ctx = [rand_tensor(&[6, cfg.text_dim], 5), rand_tensor(&[6, cfg.text_dim], 5)];
+    let neg = rand_tensor(&[8, cfg.text_dim], 6);
+    let plain = dit.forward(&lat, &[700.0, 700.0], &ctx, &ForwardOptions::default()).unwrap();
+    let mut nag = NagParams::new(neg);
+    nag.scale = 1.0;
+    let one = dit.forward(&lat, &[700.0, 700.0], &ctx, &ForwardOptions { nag: Some(nag.clone()), ..Default::default() }).unwrap();
+    assert!(rel_l2(&one, &plain) < 1e-6);
+    nag.scale = 11.0;
+    nag.guided = Some(vec![true, false]);
+    let g = dit.forward(&lat, &[700.0, 700.0], &ctx, &ForwardOptions { nag: Some(nag), ..Default::default() }).unwrap();
+    assert!(rel_l2(&g.narrow(0, 0, 1).unwrap(), &plain.narrow(0, 0, 1).unwrap()) > 1e-4);
+    assert!(rel_l2(&g.narrow(0, 1, 1).unwrap(), &plain.narrow(0, 1, 1).unwrap()) < 1e-6);
+}
+
+// ---------------------------------------------------------------------------- bad input
+
+fn assert_invalid<T: std::fmt::Debug>(r: wanrt::Result<T>, what: &str) {
+    match r {
+        Err(e) => {
+            assert_eq!(e.status(), wanrt::Status::InvalidArgument, "{what}: {e}");
+            println!("{what}: {e}");
+        }
+        Ok(v) => panic!("{what}: accepted ({v:?})"),
+    }
+}
+
+#[test]
+fn bad_inputs_are_errors() {
+    let (dit, cfg) = tiny();
+    let ctx = [rand_tensor(&[4, cfg.text_dim], 7)];
+    let none = ForwardOptions::default();
+    assert_invalid(dit.forward(&rand_tensor(&[1, 16, 2, 5, 6], 1), &[1.0], &ctx, &none), "odd height");
+    assert_invalid(dit.forward(&rand_tensor(&[1, 16, 2, 4, 7], 1), &[1.0], &ctx, &none), "odd width");
+    assert_invalid(dit.forward(&rand_tensor(&[1, 8, 2, 4, 6], 1), &[1.0], &ctx, &none), "wrong channels");
+    assert_invalid(dit.forward(&rand_tensor(&[16, 2, 4, 6], 1), &[1.0], &ctx, &none), "rank 4 latent");
+    let wide = [rand_tensor(&[4, cfg.text_dim + 1], 7)];
+    assert_invalid(dit.forward(&sample(1), &[1.0], &wide, &none), "context width");
+    let long = [rand_tensor(&[cfg.text_len + 1, cfg.text_dim], 7)];
+    assert_invalid(dit.forward(&sample(1), &[1.0], &long, &none), "context too long");
+    assert_invalid(dit.forward(&sample(1), &[f32::NAN], &ctx, &none), "NaN timestep");
+    assert_invalid(dit.forward(&sample(1), &[1.0, 2.0], &ctx, &none), "timestep count");
+    assert_invalid(dit.forward(&sample(2), &[1.0, 2.0], &ctx, &none), "context count");
+    let skip = ForwardOptions { skip_blocks: vec![cfg.num_layers], ..Default::default() };
+    assert_invalid(dit.forward(&sample(1), &[1.0], &ctx, &skip), "skip block out of range");
+}
+
+#[test]
+fn checkpoint_config_mismatch_is_an_error() {
+    let dir = fixtures().join("models/tiny-dit");
+    let cfg = load_config(&dir.join("config.json"));
+    let w = || load_weights(&dir.join("dit_f32.safetensors"));
+    let bad = [
+        ("more layers", DitConfig { num_layers: cfg.num_layers + 1, ..cfg.clone() }),
+        ("fewer layers", DitConfig { num_layers: cfg.num_layers - 1, ..cfg.clone() }),
+        ("other width", DitConfig { dim: cfg.dim * 2, num_heads: cfg.num_heads * 2, ..cfg.clone() }),
+        ("other ffn", DitConfig { ffn_dim: cfg.ffn_dim + 2, ..cfg.clone() }),
+        ("other text_dim", DitConfig { text_dim: cfg.text_dim * 2, ..cfg.clone() }),
+        ("indivisible heads", DitConfig { num_heads: 3, ..cfg.clone() }),
+    ];
+    for (what, c) in bad {
+        let e = WanDit::new(w(), c).expect_err(what);
+        assert!(matches!(e, Error::InvalidConfig(_) | Error::MissingTensor { .. }), "{what}: {e}");
+        println!("{what}: {e}");
+    }
+    let mut missing = w();
+    missing.remove("blocks.1.ffn.2.bias");
+    let e = WanDit::new(missing, cfg).expect_err("missing tensor");
+    assert!(matches!(e, Error::MissingTensor { .. }), "{e}");
+}
