@@ -7,3 +7,5 @@ mod elementwise;
 mod linalg;
 mod nn;
 mod shape;
+
+pub use linalg::{attention, AttentionParams};
