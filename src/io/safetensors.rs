@@ -63,12 +63,7 @@ pub fn read_file(path: &Path) -> Result<Checkpoint> {
         .as_ref()
         .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
         .unwrap_or_default();
-    Ok(Checkpoint {
-        path: path.to_path_buf(),
-        format: FileFormat::Safetensors,
-        tensors,
-        metadata,
-    })
+    Ok(Checkpoint { path: path.to_path_buf(), format: FileFormat::Safetensors, tensors, metadata })
 }
 
 /// Reads a model folder: the shards named by its `*.safetensors.index.json`, or its single

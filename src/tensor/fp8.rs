@@ -30,11 +30,7 @@ const fn decode(code: u8, exp_bits: u32, man_bits: u32) -> f32 {
         }
     } else if e == exp_mask {
         // e5m2 is IEEE-like.
-        return if m == 0 {
-            sign * f32::INFINITY
-        } else {
-            f32::NAN
-        };
+        return if m == 0 { sign * f32::INFINITY } else { f32::NAN };
     }
     if e == 0 {
         // Subnormal: m · 2^(1 − bias − man_bits); the scale is a power of two, so this is exact.
