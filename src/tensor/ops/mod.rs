@@ -8,4 +8,5 @@ mod linalg;
 mod nn;
 mod shape;
 
+pub use linalg::{attention, AttentionParams};
 pub use nn::embedding;
