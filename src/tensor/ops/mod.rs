@@ -10,3 +10,4 @@ mod shape;
 
 pub use linalg::{attention, AttentionParams};
 pub use nn::embedding;
+pub use shape::cat;
