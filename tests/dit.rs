@@ -18,30 +18,15 @@ fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
 }
 
-/// The DiT config from a Wan `config.json`.
-fn load_config(path: &Path) -> DitConfig {
-    let j = read_json(path);
-    let u = |k: &str| j[k].as_u64().unwrap_or_else(|| panic!("{k} in {}", path.display())) as usize;
-    let p: Vec<usize> = j["patch_size"].as_array().map_or(vec![1, 2, 2], |a| a.iter().map(|v| v.as_u64().unwrap() as usize).collect());
-    DitConfig {
-        dim: u("dim"),
-        ffn_dim: u("ffn_dim"),
-        num_heads: u("num_heads"),
-        num_layers: u("num_layers"),
-        in_dim: u("in_dim"),
-        out_dim: u("out_dim"),
-        text_dim: u("text_dim"),
-        freq_dim: u("freq_dim"),
-        text_len: u("text_len"),
-        eps: j["eps"].as_f64().unwrap() as f32,
-        patch_size: [p[0], p[1], p[2]],
-    }
-}
-
-/// Canonical weights of a checkpoint file or folder.
+/// Canonical weights of a checkpoint file or folder, in any layout.
 fn load_weights(path: &Path) -> BTreeMap<String, Weight> {
     let ck = wanrt::io::open(path).unwrap_or_else(|e| panic!("{e}"));
-    ck.tensors.into_iter().map(|(k, t)| (k, Weight::new(t))).collect()
+    wanrt::io::layout::canonical_weights(&ck).unwrap_or_else(|e| panic!("{e}")).1
+}
+
+/// The config of `weights`, from their shapes and a Wan `config.json`.
+fn load_config(weights: &BTreeMap<String, Weight>, json: &Path) -> DitConfig {
+    DitConfig::load(&wanrt::io::layout::weight_metas(weights), Some(json)).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn tensors(path: &Path) -> BTreeMap<String, Tensor> {
@@ -64,11 +49,8 @@ fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
 fn run_case(name: &str) -> (f64, f64) {
     let dir = fixtures().join("cases").join(name);
     let case = read_json(&dir.join("case.json"));
-    let dit = WanDit::new(
-        load_weights(&dir.join(case["dit"].as_str().unwrap())),
-        load_config(&dir.join(case["config"].as_str().unwrap())),
-    )
-    .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let config = dir.join(case["config"].as_str().unwrap());
+    let dit = WanDit::open(dir.join(case["dit"].as_str().unwrap()), Some(&config)).unwrap_or_else(|e| panic!("{name}: {e}"));
     let inputs = tensors(&dir.join(case["inputs"].as_str().unwrap()));
     let expected = f32_tensor(&tensors(&dir.join(case["expected"].as_str().unwrap()))["velocity"]);
     let latent = f32_tensor(&inputs["latent"]);
@@ -113,38 +95,43 @@ cases! {
     bf16_t1 => "dit_forward_bf16_t1",
     fp8_e5m2_t0 => "dit_forward_fp8_e5m2_t0",
     fp8_e5m2_t1 => "dit_forward_fp8_e5m2_t1",
+    fp8_e4m3fn_scaled_t0 => "dit_forward_fp8_e4m3fn_scaled_t0",
+    fp8_e4m3fn_scaled_t1 => "dit_forward_fp8_e4m3fn_scaled_t1",
+    comfy_bf16_t0 => "dit_forward_comfy_bf16_t0",
+    comfy_bf16_t1 => "dit_forward_comfy_bf16_t1",
+    diffusers_f32_t0 => "dit_forward_diffusers_f32_t0",
+    diffusers_f32_t1 => "dit_forward_diffusers_f32_t1",
+    sharded_bf16_t0 => "dit_forward_sharded_bf16_t0",
+    sharded_bf16_t1 => "dit_forward_sharded_bf16_t1",
     nag_s11 => "dit_forward_nag_s11",
     nag_s3 => "dit_forward_nag_s3",
 }
 
-/// Every `dit_forward*` case folder is one of the tests above (so a new case is not silently
-/// skipped).
+/// Every `dit_forward*` case folder is one of the tests above, so that a new case is not
+/// silently skipped.
 #[test]
 fn every_case_is_listed() {
-    let listed = [
-        "dit_forward_f32_t0",
-        "dit_forward_f32_t1",
-        "dit_forward_bf16_t0",
-        "dit_forward_bf16_t1",
-        "dit_forward_fp8_e5m2_t0",
-        "dit_forward_fp8_e5m2_t1",
-        "dit_forward_nag_s11",
-        "dit_forward_nag_s3",
-    ];
+    let src = include_str!("dit.rs");
     for entry in std::fs::read_dir(fixtures().join("cases")).unwrap() {
         let name = entry.unwrap().file_name().into_string().unwrap();
-        if name.starts_with("dit_forward") && !listed.contains(&name.as_str()) {
-            println!("not yet run: {name}");
+        if name.starts_with("dit_forward") {
+            assert!(src.contains(&format!("=> \"{name}\"")), "case {name} has no test here");
         }
     }
 }
 
 // ---------------------------------------------------------------------------- the tiny model
 
-fn tiny() -> (WanDit, DitConfig) {
+fn tiny_weights() -> (BTreeMap<String, Weight>, DitConfig) {
     let dir = fixtures().join("models/tiny-dit");
-    let cfg = load_config(&dir.join("config.json"));
-    (WanDit::new(load_weights(&dir.join("dit_f32.safetensors")), cfg.clone()).unwrap(), cfg)
+    let w = load_weights(&dir.join("dit_f32.safetensors"));
+    let cfg = load_config(&w, &dir.join("config.json"));
+    (w, cfg)
+}
+
+fn tiny() -> (WanDit, DitConfig) {
+    let (w, cfg) = tiny_weights();
+    (WanDit::new(w, cfg.clone()).unwrap(), cfg)
 }
 
 /// Deterministic pseudo-random values in [-1, 1).
@@ -261,9 +248,8 @@ fn bad_inputs_are_errors() {
 
 #[test]
 fn checkpoint_config_mismatch_is_an_error() {
-    let dir = fixtures().join("models/tiny-dit");
-    let cfg = load_config(&dir.join("config.json"));
-    let w = || load_weights(&dir.join("dit_f32.safetensors"));
+    let (weights, cfg) = tiny_weights();
+    let w = || weights.clone();
     let bad = [
         ("more layers", DitConfig { num_layers: cfg.num_layers + 1, ..cfg.clone() }),
         ("fewer layers", DitConfig { num_layers: cfg.num_layers - 1, ..cfg.clone() }),

@@ -80,7 +80,7 @@ impl Block {
             ffn0: t.linear(&format!("{p}.ffn.0"), cfg.ffn_dim, dim)?,
             ffn2: t.linear(&format!("{p}.ffn.2"), dim, cfg.ffn_dim)?,
             heads: cfg.num_heads,
-            eps: cfg.eps,
+            eps: cfg.eps as f32,
         })
     }
 

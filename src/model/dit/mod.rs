@@ -9,17 +9,17 @@
 //! [`ForwardOptions`] carry NAG, skipped blocks (Skip Layer Guidance) and the TeaCache signals.
 
 mod block;
-mod config;
 mod embed;
 mod nag;
 mod rope;
 mod weights;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 pub use block::CrossKv;
-pub use config::DitConfig;
+pub use crate::io::config::DitConfig;
 pub use nag::NagParams;
 pub use rope::RopeTable;
 
@@ -27,6 +27,7 @@ use block::{Block, BlockInputs};
 use weights::{Linear, Take};
 
 use crate::error::{Error, Result};
+use crate::io::layout::{self, Component};
 use crate::tensor::{DType, Tensor, Weight};
 
 /// Which tensor [`ForwardOutput::signal`] returns for TeaCache (lora-guidance-training.md §3.6).
@@ -102,6 +103,7 @@ impl WanDit {
     /// its config. Every tensor's shape is checked against the config (a mismatch is
     /// [`Error::InvalidConfig`], a missing tensor [`Error::MissingTensor`]).
     pub fn new(weights: BTreeMap<String, Weight>, cfg: DitConfig) -> Result<WanDit> {
+        cfg.ensure_supported()?;
         check_config(&cfg)?;
         let (dim, [pt, ph, pw]) = (cfg.dim, cfg.patch_size);
         let mut t = Take::new(weights);
@@ -132,6 +134,19 @@ impl WanDit {
         })
     }
 
+    /// Opens a DiT checkpoint (a file or a sharded folder, in any layout and dtype the io
+    /// module reads), renames it to the canonical names and builds the model, with the config
+    /// inferred from the shapes and overridden by `config_json` (a Wan `config.json`) if given.
+    pub fn open(path: impl AsRef<Path>, config_json: Option<&Path>) -> Result<WanDit> {
+        let path = path.as_ref();
+        let (found, weights) = layout::canonical_weights(&crate::io::open(path)?)?;
+        if !matches!(found.component, Component::Dit(_)) {
+            return Err(Error::UnsupportedModel(format!("{}: a {:?}, not a Wan DiT", path.display(), found.component)));
+        }
+        let cfg = DitConfig::load(&layout::weight_metas(&weights), config_json)?;
+        WanDit::new(weights, cfg)
+    }
+
     /// The config.
     pub fn config(&self) -> &DitConfig {
         &self.cfg
@@ -141,6 +156,13 @@ impl WanDit {
     /// patch size), one timestep per sample (the scheduler's value, e.g. 999.0), and one unpadded
     /// context `[L_b, text_dim]` (`L_b <= text_len`) per sample. Returns `[B, out_dim, T, H, W]`.
     pub fn forward(&self, latent: &Tensor, timesteps: &[f32], context: &[Tensor], opts: &ForwardOptions) -> Result<Tensor> {
+        if latent.dims().first() != Some(&context.len()) {
+            return Err(Error::InvalidArgument(format!(
+                "{} contexts for a latent batch of shape {}",
+                context.len(),
+                latent.shape()
+            )));
+        }
         let text = self.encode_text(context, false)?;
         Ok(self.forward_with(latent, timesteps, &text, opts)?.velocity)
     }
@@ -199,7 +221,7 @@ impl WanDit {
 
         // Head: modulated by `e` (not `e0`), then unpatchify.
         let hm = self.head_modulation.add(&e.reshape([batch, 1, dim])?)?.chunk(2, 1)?;
-        let y = x.layer_norm(None, None, self.cfg.eps)?.mul(&hm[1].affine(1.0, 1.0)?)?.add(&hm[0])?;
+        let y = x.layer_norm(None, None, self.cfg.eps as f32)?.mul(&hm[1].affine(1.0, 1.0)?)?.add(&hm[0])?;
         let y = self.head.forward(&y)?;
         let velocity = embed::unpatchify(&y, grid, self.cfg.patch_size, self.cfg.out_dim)?;
         Ok(ForwardOutput { velocity, signal, residual })
@@ -243,7 +265,7 @@ impl WanDit {
         if let Some(t) = cached.as_ref().filter(|t| t.grid == grid) {
             return Ok(t.clone());
         }
-        let t = Arc::new(RopeTable::new(grid, self.cfg.dim / self.cfg.num_heads)?);
+        let t = Arc::new(RopeTable::new(grid, self.cfg.head_dim())?);
         *cached = Some(t.clone());
         Ok(t)
     }
@@ -320,7 +342,7 @@ fn check_config(c: &DitConfig) -> Result<()> {
     if c.freq_dim % 2 != 0 {
         return Err(Error::InvalidConfig(format!("freq_dim {} must be even", c.freq_dim)));
     }
-    if !(c.eps > 0.0 && c.eps.is_finite()) {
+    if !(c.eps as f32 > 0.0 && c.eps.is_finite()) {
         return Err(Error::InvalidConfig(format!("eps {} must be positive", c.eps)));
     }
     Ok(())

@@ -32,7 +32,7 @@ impl RopeTable {
         // Per axis, the frequency of each pair: θ_j = 10000^(−2j/d_a) with d_a = 2·pairs.
         let freqs: Vec<Vec<f64>> = pairs
             .iter()
-            .map(|&n| (0..n).map(|j| 10000f64.powf(-(2 * j) as f64 / (2 * n) as f64)).collect())
+            .map(|&n| (0..n).map(|j| 10000f64.powf(-((2 * j) as f64) / (2 * n) as f64)).collect())
             .collect();
         let half = head_dim / 2;
         let s = grid[0] * grid[1] * grid[2];
