@@ -15,22 +15,30 @@ fn fixtures() -> PathBuf {
 }
 
 fn read_json(path: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+    serde_json::from_slice(
+        &std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap()
 }
 
 /// Canonical weights of a checkpoint file or folder, in any layout.
 fn load_weights(path: &Path) -> BTreeMap<String, Weight> {
     let ck = wanrt::io::open(path).unwrap_or_else(|e| panic!("{e}"));
-    wanrt::io::layout::canonical_weights(&ck).unwrap_or_else(|e| panic!("{e}")).1
+    wanrt::io::layout::canonical_weights(&ck)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .1
 }
 
 /// The config of `weights`, from their shapes and a Wan `config.json`.
 fn load_config(weights: &BTreeMap<String, Weight>, json: &Path) -> DitConfig {
-    DitConfig::load(&wanrt::io::layout::weight_metas(weights), Some(json)).unwrap_or_else(|e| panic!("{e}"))
+    DitConfig::load(&wanrt::io::layout::weight_metas(weights), Some(json))
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn tensors(path: &Path) -> BTreeMap<String, Tensor> {
-    wanrt::io::open(path).unwrap_or_else(|e| panic!("{e}")).tensors
+    wanrt::io::open(path)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .tensors
 }
 
 fn f32_tensor(t: &Tensor) -> Tensor {
@@ -40,7 +48,11 @@ fn f32_tensor(t: &Tensor) -> Tensor {
 fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.dims(), b.dims());
     let (a, b) = (a.to_f32_vec().unwrap(), b.to_f32_vec().unwrap());
-    let num: f64 = a.iter().zip(&b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
+    let num: f64 = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+        .sum();
     let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
     (num / den.max(1e-60)).sqrt()
 }
@@ -50,7 +62,8 @@ fn run_case(name: &str) -> (f64, f64) {
     let dir = fixtures().join("cases").join(name);
     let case = read_json(&dir.join("case.json"));
     let config = dir.join(case["config"].as_str().unwrap());
-    let dit = WanDit::open(dir.join(case["dit"].as_str().unwrap()), Some(&config)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let dit = WanDit::open(dir.join(case["dit"].as_str().unwrap()), Some(&config))
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
     let inputs = tensors(&dir.join(case["inputs"].as_str().unwrap()));
     let expected = f32_tensor(&tensors(&dir.join(case["expected"].as_str().unwrap()))["velocity"]);
     let latent = f32_tensor(&inputs["latent"]);
@@ -67,7 +80,9 @@ fn run_case(name: &str) -> (f64, f64) {
         nag.alpha = case["nag_alpha"].as_f64().unwrap() as f32;
         opts.nag = Some(nag);
     }
-    let out = dit.forward(&latent, &t, &[unbatch(&inputs["context"])], &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let out = dit
+        .forward(&latent, &t, &[unbatch(&inputs["context"])], &opts)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
     let err = rel_l2(&out, &expected);
     let tol = case["tolerance"]["rel_l2_f32_compute"].as_f64().unwrap();
     println!("{name}: rel_l2 {err:.3e} (tolerance {tol:.0e})");
@@ -115,7 +130,10 @@ fn every_case_is_listed() {
     for entry in std::fs::read_dir(fixtures().join("cases")).unwrap() {
         let name = entry.unwrap().file_name().into_string().unwrap();
         if name.starts_with("dit_forward") {
-            assert!(src.contains(&format!("=> \"{name}\"")), "case {name} has no test here");
+            assert!(
+                src.contains(&format!("=> \"{name}\"")),
+                "case {name} has no test here"
+            );
         }
     }
 }
@@ -136,10 +154,14 @@ fn tiny() -> (WanDit, DitConfig) {
 
 /// Deterministic pseudo-random values in [-1, 1).
 fn noise(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 40) as f32 / (1u64 << 23) as f32) - 1.0
         })
         .collect()
@@ -158,11 +180,23 @@ fn sample(b: usize) -> Tensor {
 fn batch_equals_single_samples() {
     let (dit, cfg) = tiny();
     let lat = rand_tensor(&[2, 16, 2, 4, 6], 1);
-    let ctx = [rand_tensor(&[5, cfg.text_dim], 2), rand_tensor(&[9, cfg.text_dim], 3)];
+    let ctx = [
+        rand_tensor(&[5, cfg.text_dim], 2),
+        rand_tensor(&[9, cfg.text_dim], 3),
+    ];
     let ts = [900.0, 250.0];
-    let both = dit.forward(&lat, &ts, &ctx, &ForwardOptions::default()).unwrap();
+    let both = dit
+        .forward(&lat, &ts, &ctx, &ForwardOptions::default())
+        .unwrap();
     for b in 0..2 {
-        let one = dit.forward(&lat.narrow(0, b, 1).unwrap(), &ts[b..b + 1], &ctx[b..b + 1], &ForwardOptions::default()).unwrap();
+        let one = dit
+            .forward(
+                &lat.narrow(0, b, 1).unwrap(),
+                &ts[b..b + 1],
+                &ctx[b..b + 1],
+                &ForwardOptions::default(),
+            )
+            .unwrap();
         let err = rel_l2(&both.narrow(0, b, 1).unwrap(), &one);
         assert!(err < 1e-6, "sample {b}: {err}");
     }
@@ -173,26 +207,63 @@ fn cached_kv_and_residual_hooks_reproduce_the_forward() {
     let (dit, cfg) = tiny();
     let lat = sample(1);
     let ctx = [rand_tensor(&[6, cfg.text_dim], 4)];
-    let plain = dit.forward(&lat, &[500.0], &ctx, &ForwardOptions::default()).unwrap();
+    let plain = dit
+        .forward(&lat, &[500.0], &ctx, &ForwardOptions::default())
+        .unwrap();
     let text = dit.encode_text(&ctx, true).unwrap();
-    let opts = ForwardOptions { return_residual: true, signal: Some(TeaCacheSignal::Block0Input), ..Default::default() };
+    let opts = ForwardOptions {
+        return_residual: true,
+        signal: Some(TeaCacheSignal::Block0Input),
+        ..Default::default()
+    };
     let out = dit.forward_with(&lat, &[500.0], &text, &opts).unwrap();
     assert!(rel_l2(&out.velocity, &plain) < 1e-6);
     assert_eq!(out.signal.as_ref().unwrap().dims(), [1, 12, cfg.dim]);
     // Reusing the residual (TeaCache's skip) gives the same output without running the blocks.
-    let reuse = ForwardOptions { reuse_residual: out.residual.clone(), ..Default::default() };
+    let reuse = ForwardOptions {
+        reuse_residual: out.residual.clone(),
+        ..Default::default()
+    };
     let again = dit.forward_with(&lat, &[500.0], &text, &reuse).unwrap();
     assert!(rel_l2(&again.velocity, &plain) < 1e-6);
     // Skipping every block is the same as a zero residual.
-    let skip_all = ForwardOptions { skip_blocks: (0..cfg.num_layers).collect(), ..Default::default() };
-    let zero = ForwardOptions { reuse_residual: Some(Tensor::zeros([1, 12, cfg.dim], wanrt::DType::F32)), ..Default::default() };
-    let a = dit.forward_with(&lat, &[500.0], &text, &skip_all).unwrap().velocity;
-    let b = dit.forward_with(&lat, &[500.0], &text, &zero).unwrap().velocity;
+    let skip_all = ForwardOptions {
+        skip_blocks: (0..cfg.num_layers).collect(),
+        ..Default::default()
+    };
+    let zero = ForwardOptions {
+        reuse_residual: Some(Tensor::zeros([1, 12, cfg.dim], wanrt::DType::F32)),
+        ..Default::default()
+    };
+    let a = dit
+        .forward_with(&lat, &[500.0], &text, &skip_all)
+        .unwrap()
+        .velocity;
+    let b = dit
+        .forward_with(&lat, &[500.0], &text, &zero)
+        .unwrap()
+        .velocity;
     assert!(rel_l2(&a, &b) < 1e-6);
-    assert!(rel_l2(&a, &plain) > 1e-3, "skipping blocks must change the output");
-    for (sig, dims) in [(TeaCacheSignal::TimeEmbedding, vec![1, cfg.dim]), (TeaCacheSignal::TimeProjection, vec![1, 6, cfg.dim])] {
-        let o = ForwardOptions { signal: Some(sig), ..Default::default() };
-        assert_eq!(dit.forward_with(&lat, &[500.0], &text, &o).unwrap().signal.unwrap().dims(), dims.as_slice());
+    assert!(
+        rel_l2(&a, &plain) > 1e-3,
+        "skipping blocks must change the output"
+    );
+    for (sig, dims) in [
+        (TeaCacheSignal::TimeEmbedding, vec![1, cfg.dim]),
+        (TeaCacheSignal::TimeProjection, vec![1, 6, cfg.dim]),
+    ] {
+        let o = ForwardOptions {
+            signal: Some(sig),
+            ..Default::default()
+        };
+        assert_eq!(
+            dit.forward_with(&lat, &[500.0], &text, &o)
+                .unwrap()
+                .signal
+                .unwrap()
+                .dims(),
+            dims.as_slice()
+        );
     }
 }
 
@@ -200,16 +271,41 @@ fn cached_kv_and_residual_hooks_reproduce_the_forward() {
 fn nag_scale_one_is_plain_and_guides_only_chosen_samples() {
     let (dit, cfg) = tiny();
     let lat = sample(2);
-    let ctx = [rand_tensor(&[6, cfg.text_dim], 5), rand_tensor(&[6, cfg.text_dim], 5)];
+    let ctx = [
+        rand_tensor(&[6, cfg.text_dim], 5),
+        rand_tensor(&[6, cfg.text_dim], 5),
+    ];
     let neg = rand_tensor(&[8, cfg.text_dim], 6);
-    let plain = dit.forward(&lat, &[700.0, 700.0], &ctx, &ForwardOptions::default()).unwrap();
+    let plain = dit
+        .forward(&lat, &[700.0, 700.0], &ctx, &ForwardOptions::default())
+        .unwrap();
     let mut nag = NagParams::new(neg);
     nag.scale = 1.0;
-    let one = dit.forward(&lat, &[700.0, 700.0], &ctx, &ForwardOptions { nag: Some(nag.clone()), ..Default::default() }).unwrap();
+    let one = dit
+        .forward(
+            &lat,
+            &[700.0, 700.0],
+            &ctx,
+            &ForwardOptions {
+                nag: Some(nag.clone()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
     assert!(rel_l2(&one, &plain) < 1e-6);
     nag.scale = 11.0;
     nag.guided = Some(vec![true, false]);
-    let g = dit.forward(&lat, &[700.0, 700.0], &ctx, &ForwardOptions { nag: Some(nag), ..Default::default() }).unwrap();
+    let g = dit
+        .forward(
+            &lat,
+            &[700.0, 700.0],
+            &ctx,
+            &ForwardOptions {
+                nag: Some(nag),
+                ..Default::default()
+            },
+        )
+        .unwrap();
     assert!(rel_l2(&g.narrow(0, 0, 1).unwrap(), &plain.narrow(0, 0, 1).unwrap()) > 1e-4);
     assert!(rel_l2(&g.narrow(0, 1, 1).unwrap(), &plain.narrow(0, 1, 1).unwrap()) < 1e-6);
 }
@@ -231,19 +327,52 @@ fn bad_inputs_are_errors() {
     let (dit, cfg) = tiny();
     let ctx = [rand_tensor(&[4, cfg.text_dim], 7)];
     let none = ForwardOptions::default();
-    assert_invalid(dit.forward(&rand_tensor(&[1, 16, 2, 5, 6], 1), &[1.0], &ctx, &none), "odd height");
-    assert_invalid(dit.forward(&rand_tensor(&[1, 16, 2, 4, 7], 1), &[1.0], &ctx, &none), "odd width");
-    assert_invalid(dit.forward(&rand_tensor(&[1, 8, 2, 4, 6], 1), &[1.0], &ctx, &none), "wrong channels");
-    assert_invalid(dit.forward(&rand_tensor(&[16, 2, 4, 6], 1), &[1.0], &ctx, &none), "rank 4 latent");
+    assert_invalid(
+        dit.forward(&rand_tensor(&[1, 16, 2, 5, 6], 1), &[1.0], &ctx, &none),
+        "odd height",
+    );
+    assert_invalid(
+        dit.forward(&rand_tensor(&[1, 16, 2, 4, 7], 1), &[1.0], &ctx, &none),
+        "odd width",
+    );
+    assert_invalid(
+        dit.forward(&rand_tensor(&[1, 8, 2, 4, 6], 1), &[1.0], &ctx, &none),
+        "wrong channels",
+    );
+    assert_invalid(
+        dit.forward(&rand_tensor(&[16, 2, 4, 6], 1), &[1.0], &ctx, &none),
+        "rank 4 latent",
+    );
     let wide = [rand_tensor(&[4, cfg.text_dim + 1], 7)];
-    assert_invalid(dit.forward(&sample(1), &[1.0], &wide, &none), "context width");
+    assert_invalid(
+        dit.forward(&sample(1), &[1.0], &wide, &none),
+        "context width",
+    );
     let long = [rand_tensor(&[cfg.text_len + 1, cfg.text_dim], 7)];
-    assert_invalid(dit.forward(&sample(1), &[1.0], &long, &none), "context too long");
-    assert_invalid(dit.forward(&sample(1), &[f32::NAN], &ctx, &none), "NaN timestep");
-    assert_invalid(dit.forward(&sample(1), &[1.0, 2.0], &ctx, &none), "timestep count");
-    assert_invalid(dit.forward(&sample(2), &[1.0, 2.0], &ctx, &none), "context count");
-    let skip = ForwardOptions { skip_blocks: vec![cfg.num_layers], ..Default::default() };
-    assert_invalid(dit.forward(&sample(1), &[1.0], &ctx, &skip), "skip block out of range");
+    assert_invalid(
+        dit.forward(&sample(1), &[1.0], &long, &none),
+        "context too long",
+    );
+    assert_invalid(
+        dit.forward(&sample(1), &[f32::NAN], &ctx, &none),
+        "NaN timestep",
+    );
+    assert_invalid(
+        dit.forward(&sample(1), &[1.0, 2.0], &ctx, &none),
+        "timestep count",
+    );
+    assert_invalid(
+        dit.forward(&sample(2), &[1.0, 2.0], &ctx, &none),
+        "context count",
+    );
+    let skip = ForwardOptions {
+        skip_blocks: vec![cfg.num_layers],
+        ..Default::default()
+    };
+    assert_invalid(
+        dit.forward(&sample(1), &[1.0], &ctx, &skip),
+        "skip block out of range",
+    );
 }
 
 #[test]
@@ -251,16 +380,56 @@ fn checkpoint_config_mismatch_is_an_error() {
     let (weights, cfg) = tiny_weights();
     let w = || weights.clone();
     let bad = [
-        ("more layers", DitConfig { num_layers: cfg.num_layers + 1, ..cfg.clone() }),
-        ("fewer layers", DitConfig { num_layers: cfg.num_layers - 1, ..cfg.clone() }),
-        ("other width", DitConfig { dim: cfg.dim * 2, num_heads: cfg.num_heads * 2, ..cfg.clone() }),
-        ("other ffn", DitConfig { ffn_dim: cfg.ffn_dim + 2, ..cfg.clone() }),
-        ("other text_dim", DitConfig { text_dim: cfg.text_dim * 2, ..cfg.clone() }),
-        ("indivisible heads", DitConfig { num_heads: 3, ..cfg.clone() }),
+        (
+            "more layers",
+            DitConfig {
+                num_layers: cfg.num_layers + 1,
+                ..cfg.clone()
+            },
+        ),
+        (
+            "fewer layers",
+            DitConfig {
+                num_layers: cfg.num_layers - 1,
+                ..cfg.clone()
+            },
+        ),
+        (
+            "other width",
+            DitConfig {
+                dim: cfg.dim * 2,
+                num_heads: cfg.num_heads * 2,
+                ..cfg.clone()
+            },
+        ),
+        (
+            "other ffn",
+            DitConfig {
+                ffn_dim: cfg.ffn_dim + 2,
+                ..cfg.clone()
+            },
+        ),
+        (
+            "other text_dim",
+            DitConfig {
+                text_dim: cfg.text_dim * 2,
+                ..cfg.clone()
+            },
+        ),
+        (
+            "indivisible heads",
+            DitConfig {
+                num_heads: 3,
+                ..cfg.clone()
+            },
+        ),
     ];
     for (what, c) in bad {
         let e = WanDit::new(w(), c).expect_err(what);
-        assert!(matches!(e, Error::InvalidConfig(_) | Error::MissingTensor { .. }), "{what}: {e}");
+        assert!(
+            matches!(e, Error::InvalidConfig(_) | Error::MissingTensor { .. }),
+            "{what}: {e}"
+        );
         println!("{what}: {e}");
     }
     let mut missing = w();

@@ -91,7 +91,9 @@ impl Block {
 
     /// `LN(x)·(1 + scale) + shift`, LN without affine.
     fn modulate(&self, x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
-        x.layer_norm(None, None, self.eps)?.mul(&scale.affine(1.0, 1.0)?)?.add(shift)
+        x.layer_norm(None, None, self.eps)?
+            .mul(&scale.affine(1.0, 1.0)?)?
+            .add(shift)
     }
 
     /// The modulated input of the self-attention, `LN1(x)·(1 + scale1) + shift1` (the
@@ -114,7 +116,11 @@ impl Block {
     }
 
     fn params(&self, head_dim: usize) -> AttentionParams<'static> {
-        AttentionParams { scale: 1.0 / (head_dim as f32).sqrt(), kv_lens: None, bias: None }
+        AttentionParams {
+            scale: 1.0 / (head_dim as f32).sqrt(),
+            kv_lens: None,
+            bias: None,
+        }
     }
 
     /// The cross-attention K/V of an embedded text context `[B, L, dim]`.
@@ -122,13 +128,20 @@ impl Block {
         let a = &self.cross_attn;
         let k = a.k.forward(ctx)?.rms_norm(Some(&a.norm_k), self.eps)?;
         let v = a.v.forward(ctx)?;
-        Ok(CrossKv { k: self.heads(&k)?, v: self.heads(&v)? })
+        Ok(CrossKv {
+            k: self.heads(&k)?,
+            v: self.heads(&v)?,
+        })
     }
 
     /// The block: `x [B, S, dim] -> [B, S, dim]`.
     pub fn forward(&self, x: &Tensor, inp: &BlockInputs) -> Result<Tensor> {
         let m = self.modulation(inp.e0)?;
-        let x = x.add(&self.self_attention(&self.modulate(x, &m[0], &m[1])?, inp.rope)?.mul(&m[2])?)?;
+        let x = x.add(
+            &self
+                .self_attention(&self.modulate(x, &m[0], &m[1])?, inp.rope)?
+                .mul(&m[2])?,
+        )?;
         let x = x.add(&self.cross_attention(&x, inp)?)?;
         let u = self.modulate(&x, &m[3], &m[4])?;
         let y = self.ffn2.forward(&self.ffn0.forward(&u)?.gelu_tanh()?)?;

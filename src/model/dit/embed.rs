@@ -11,7 +11,9 @@ pub fn sinusoid(timesteps: &[f32], freq_dim: usize) -> Result<Tensor> {
     let half = freq_dim / 2;
     let mut out = Vec::with_capacity(timesteps.len() * freq_dim);
     for &t in timesteps {
-        let args: Vec<f64> = (0..half).map(|j| t as f64 * 10000f64.powf(-(j as f64) / half as f64)).collect();
+        let args: Vec<f64> = (0..half)
+            .map(|j| t as f64 * 10000f64.powf(-(j as f64) / half as f64))
+            .collect();
         out.extend(args.iter().map(|a| a.cos() as f32));
         out.extend(args.iter().map(|a| a.sin() as f32));
     }
@@ -49,7 +51,12 @@ pub fn patchify(latent: &Tensor, w: &Weight, b: &Weight, patch: [usize; 3]) -> R
 
 /// `[B, S, pt·ph·pw·C]` (feature `((i_t·ph + i_h)·pw + i_w)·C + c`) back to the latent
 /// `[B, C, f·pt, hh·ph, ww·pw]`.
-pub fn unpatchify(x: &Tensor, grid: [usize; 3], patch: [usize; 3], channels: usize) -> Result<Tensor> {
+pub fn unpatchify(
+    x: &Tensor,
+    grid: [usize; 3],
+    patch: [usize; 3],
+    channels: usize,
+) -> Result<Tensor> {
     let b = x.dims()[0];
     let [f, hh, ww] = grid;
     let [pt, ph, pw] = patch;
@@ -67,7 +74,11 @@ mod tests {
         // wan-architecture.md §1.4: at t = 999, emb[0..3] = (0.9996, 0.9638, −0.3990).
         let e = sinusoid(&[999.0], 256).unwrap();
         let v = e.f32_data().unwrap();
-        assert!((v[0] - 0.9996).abs() < 1e-4 && (v[1] - 0.9638).abs() < 1e-4 && (v[2] + 0.3990).abs() < 1e-4);
+        assert!(
+            (v[0] - 0.9996).abs() < 1e-4
+                && (v[1] - 0.9638).abs() < 1e-4
+                && (v[2] + 0.3990).abs() < 1e-4
+        );
         assert!((v[128] - (999f64).sin() as f32).abs() < 1e-6);
     }
 }

@@ -18,8 +18,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-pub use block::CrossKv;
 pub use crate::io::config::DitConfig;
+pub use block::CrossKv;
 pub use nag::NagParams;
 pub use rope::RopeTable;
 
@@ -114,7 +114,9 @@ impl WanDit {
         let time0 = t.linear("time_embedding.0", dim, cfg.freq_dim)?;
         let time2 = t.linear("time_embedding.2", dim, dim)?;
         let time_proj = t.linear("time_projection.1", 6 * dim, dim)?;
-        let blocks = (0..cfg.num_layers).map(|i| Block::load(&mut t, i, &cfg)).collect::<Result<Vec<_>>>()?;
+        let blocks = (0..cfg.num_layers)
+            .map(|i| Block::load(&mut t, i, &cfg))
+            .collect::<Result<Vec<_>>>()?;
         let head_modulation = t.f32_tensor("head.modulation", &[1, 2, dim])?;
         let head = t.linear("head.head", pt * ph * pw * cfg.out_dim, dim)?;
         t.finish(&cfg)?;
@@ -141,7 +143,11 @@ impl WanDit {
         let path = path.as_ref();
         let (found, weights) = layout::canonical_weights(&crate::io::open(path)?)?;
         if !matches!(found.component, Component::Dit(_)) {
-            return Err(Error::UnsupportedModel(format!("{}: a {:?}, not a Wan DiT", path.display(), found.component)));
+            return Err(Error::UnsupportedModel(format!(
+                "{}: a {:?}, not a Wan DiT",
+                path.display(),
+                found.component
+            )));
         }
         let cfg = DitConfig::load(&layout::weight_metas(&weights), config_json)?;
         WanDit::new(weights, cfg)
@@ -155,7 +161,13 @@ impl WanDit {
     /// The velocity for a batch: `latent [B, in_dim, T, H, W]` (f32; `T, H, W` multiples of the
     /// patch size), one timestep per sample (the scheduler's value, e.g. 999.0), and one unpadded
     /// context `[L_b, text_dim]` (`L_b <= text_len`) per sample. Returns `[B, out_dim, T, H, W]`.
-    pub fn forward(&self, latent: &Tensor, timesteps: &[f32], context: &[Tensor], opts: &ForwardOptions) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        latent: &Tensor,
+        timesteps: &[f32],
+        context: &[Tensor],
+        opts: &ForwardOptions,
+    ) -> Result<Tensor> {
         if latent.dims().first() != Some(&context.len()) {
             return Err(Error::InvalidArgument(format!(
                 "{} contexts for a latent batch of shape {}",
@@ -172,16 +184,28 @@ impl WanDit {
     /// that forwards over many steps skip them.
     pub fn encode_text(&self, context: &[Tensor], cache_kv: bool) -> Result<TextContext> {
         if context.is_empty() {
-            return Err(Error::InvalidArgument("WanDit: empty batch of contexts".into()));
+            return Err(Error::InvalidArgument(
+                "WanDit: empty batch of contexts".into(),
+            ));
         }
         let c = &self.cfg;
         if let Some(bad) = context.iter().find(|t| t.dtype() != DType::F32) {
-            return Err(Error::UnsupportedDType { op: "WanDit context", dtype: bad.dtype() });
+            return Err(Error::UnsupportedDType {
+                op: "WanDit context",
+                dtype: bad.dtype(),
+            });
         }
         let padded = embed::pad_contexts(context, c.text_len, c.text_dim)?;
-        let embedded = self.text2.forward(&self.text0.forward(&padded)?.gelu_tanh()?)?;
+        let embedded = self
+            .text2
+            .forward(&self.text0.forward(&padded)?.gelu_tanh()?)?;
         let kv = if cache_kv {
-            Some(self.blocks.iter().map(|b| b.cross_kv(&embedded)).collect::<Result<Vec<_>>>()?)
+            Some(
+                self.blocks
+                    .iter()
+                    .map(|b| b.cross_kv(&embedded))
+                    .collect::<Result<Vec<_>>>()?,
+            )
         } else {
             None
         };
@@ -203,7 +227,10 @@ impl WanDit {
         // Time embedding (f32; the sinusoid in f64) and the 6-way projection.
         let sin = embed::sinusoid(timesteps, self.cfg.freq_dim)?;
         let e = self.time2.forward(&self.time0.forward(&sin)?.silu()?)?;
-        let e0 = self.time_proj.forward(&e.silu()?)?.reshape([batch, 6, dim])?;
+        let e0 = self
+            .time_proj
+            .forward(&e.silu()?)?
+            .reshape([batch, 6, dim])?;
 
         let x0 = embed::patchify(latent, &self.patch_w, &self.patch_b, self.cfg.patch_size)?;
         let signal = match opts.signal {
@@ -217,14 +244,28 @@ impl WanDit {
             Some(r) => x0.add(r)?,
             None => self.run_blocks(&x0, &e0, grid, text, opts)?,
         };
-        let residual = if opts.return_residual { Some(x.sub(&x0)?) } else { None };
+        let residual = if opts.return_residual {
+            Some(x.sub(&x0)?)
+        } else {
+            None
+        };
 
         // Head: modulated by `e` (not `e0`), then unpatchify.
-        let hm = self.head_modulation.add(&e.reshape([batch, 1, dim])?)?.chunk(2, 1)?;
-        let y = x.layer_norm(None, None, self.cfg.eps as f32)?.mul(&hm[1].affine(1.0, 1.0)?)?.add(&hm[0])?;
+        let hm = self
+            .head_modulation
+            .add(&e.reshape([batch, 1, dim])?)?
+            .chunk(2, 1)?;
+        let y = x
+            .layer_norm(None, None, self.cfg.eps as f32)?
+            .mul(&hm[1].affine(1.0, 1.0)?)?
+            .add(&hm[0])?;
         let y = self.head.forward(&y)?;
         let velocity = embed::unpatchify(&y, grid, self.cfg.patch_size, self.cfg.out_dim)?;
-        Ok(ForwardOutput { velocity, signal, residual })
+        Ok(ForwardOutput {
+            velocity,
+            signal,
+            residual,
+        })
     }
 
     fn run_blocks(
@@ -237,7 +278,10 @@ impl WanDit {
     ) -> Result<Tensor> {
         let rope = self.rope_table(grid)?;
         let neg = match &opts.nag {
-            Some(n) => Some((n, self.encode_text(std::slice::from_ref(&n.negative_context), false)?)),
+            Some(n) => Some((
+                n,
+                self.encode_text(std::slice::from_ref(&n.negative_context), false)?,
+            )),
             None => None,
         };
         let mut x = x0.clone();
@@ -253,7 +297,12 @@ impl WanDit {
                 Some((n, ctx)) => Some((*n, block.cross_kv(&ctx.embedded)?)),
                 None => None,
             };
-            let inputs = BlockInputs { e0, rope: &rope, kv: &kv, nag: neg_kv.as_ref().map(|(n, kv)| (*n, kv)) };
+            let inputs = BlockInputs {
+                e0,
+                rope: &rope,
+                kv: &kv,
+                nag: neg_kv.as_ref().map(|(n, kv)| (*n, kv)),
+            };
             x = block.forward(&x, &inputs)?;
         }
         Ok(x)
@@ -271,43 +320,72 @@ impl WanDit {
     }
 
     /// Validates the inputs of a forward; returns the token grid.
-    fn check_inputs(&self, latent: &Tensor, timesteps: &[f32], text: &TextContext, opts: &ForwardOptions) -> Result<[usize; 3]> {
+    fn check_inputs(
+        &self,
+        latent: &Tensor,
+        timesteps: &[f32],
+        text: &TextContext,
+        opts: &ForwardOptions,
+    ) -> Result<[usize; 3]> {
         let c = &self.cfg;
         if latent.dtype() != DType::F32 {
-            return Err(Error::UnsupportedDType { op: "WanDit latent", dtype: latent.dtype() });
+            return Err(Error::UnsupportedDType {
+                op: "WanDit latent",
+                dtype: latent.dtype(),
+            });
         }
         let d = latent.dims();
         let p = c.patch_size;
         let ok = d.len() == 5
             && d[0] > 0
             && d[1] == c.in_dim
-            && (2..5).all(|i| d[i] > 0 && d[i] % p[i - 2] == 0);
+            && (2..5).all(|i| d[i] > 0 && d[i].is_multiple_of(p[i - 2]));
         if !ok {
             return Err(Error::ShapeMismatch {
                 op: "WanDit latent",
-                expected: format!("[B, {}, T, H, W] with T, H, W non-zero multiples of {p:?}", c.in_dim),
+                expected: format!(
+                    "[B, {}, T, H, W] with T, H, W non-zero multiples of {p:?}",
+                    c.in_dim
+                ),
                 got: latent.shape().clone(),
             });
         }
         let batch = d[0];
         if timesteps.len() != batch {
-            return Err(Error::InvalidArgument(format!("{} timesteps for a batch of {batch}", timesteps.len())));
+            return Err(Error::InvalidArgument(format!(
+                "{} timesteps for a batch of {batch}",
+                timesteps.len()
+            )));
         }
         if let Some(t) = timesteps.iter().find(|t| !t.is_finite()) {
-            return Err(Error::InvalidArgument(format!("timestep {t} is not a finite number")));
+            return Err(Error::InvalidArgument(format!(
+                "timestep {t} is not a finite number"
+            )));
         }
         if text.embedded.dims() != [batch, c.text_len, c.dim] {
             return Err(Error::ShapeMismatch {
                 op: "WanDit text context",
-                expected: format!("{batch} contexts embedded as [{batch}, {}, {}]", c.text_len, c.dim),
+                expected: format!(
+                    "{batch} contexts embedded as [{batch}, {}, {}]",
+                    c.text_len, c.dim
+                ),
                 got: text.embedded.shape().clone(),
             });
         }
-        if text.kv.as_ref().is_some_and(|kv| kv.len() != self.blocks.len()) {
-            return Err(Error::InvalidArgument("text context K/V cache is for another model".into()));
+        if text
+            .kv
+            .as_ref()
+            .is_some_and(|kv| kv.len() != self.blocks.len())
+        {
+            return Err(Error::InvalidArgument(
+                "text context K/V cache is for another model".into(),
+            ));
         }
         if let Some(&i) = opts.skip_blocks.iter().find(|&&i| i >= self.blocks.len()) {
-            return Err(Error::InvalidArgument(format!("skip block {i} of a model with {} blocks", self.blocks.len())));
+            return Err(Error::InvalidArgument(format!(
+                "skip block {i} of a model with {} blocks",
+                self.blocks.len()
+            )));
         }
         if let Some(n) = &opts.nag {
             n.validate(batch)?;
@@ -329,21 +407,37 @@ impl WanDit {
 
 /// Rejects configs the model cannot run.
 fn check_config(c: &DitConfig) -> Result<()> {
-    let sizes = [c.dim, c.ffn_dim, c.num_heads, c.num_layers, c.in_dim, c.out_dim, c.text_dim, c.freq_dim, c.text_len];
+    let sizes = [
+        c.dim,
+        c.ffn_dim,
+        c.num_heads,
+        c.num_layers,
+        c.in_dim,
+        c.out_dim,
+        c.text_dim,
+        c.freq_dim,
+        c.text_len,
+    ];
     if sizes.contains(&0) || c.patch_size.contains(&0) {
         return Err(Error::InvalidConfig(format!("zero size in {c:?}")));
     }
-    if c.dim % c.num_heads != 0 || (c.dim / c.num_heads) % 2 != 0 {
+    if !c.dim.is_multiple_of(c.num_heads) || !c.head_dim().is_multiple_of(2) {
         return Err(Error::InvalidConfig(format!(
             "dim {} must split into {} heads of an even size",
             c.dim, c.num_heads
         )));
     }
-    if c.freq_dim % 2 != 0 {
-        return Err(Error::InvalidConfig(format!("freq_dim {} must be even", c.freq_dim)));
+    if !c.freq_dim.is_multiple_of(2) {
+        return Err(Error::InvalidConfig(format!(
+            "freq_dim {} must be even",
+            c.freq_dim
+        )));
     }
     if !(c.eps as f32 > 0.0 && c.eps.is_finite()) {
-        return Err(Error::InvalidConfig(format!("eps {} must be positive", c.eps)));
+        return Err(Error::InvalidConfig(format!(
+            "eps {} must be positive",
+            c.eps
+        )));
     }
     Ok(())
 }

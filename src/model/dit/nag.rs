@@ -24,17 +24,29 @@ pub struct NagParams {
 impl NagParams {
     /// The defaults of Kijai's `WanVideoApplyNAG`: scale 11, τ 2.5, α 0.25, every sample guided.
     pub fn new(negative_context: Tensor) -> NagParams {
-        NagParams { scale: 11.0, tau: 2.5, alpha: 0.25, negative_context, guided: None }
+        NagParams {
+            scale: 11.0,
+            tau: 2.5,
+            alpha: 0.25,
+            negative_context,
+            guided: None,
+        }
     }
 
     /// Whether batch sample `b` is guided.
     pub fn guides(&self, b: usize) -> bool {
-        self.guided.as_ref().is_none_or(|g| g.get(b).copied().unwrap_or(false))
+        self.guided
+            .as_ref()
+            .is_none_or(|g| g.get(b).copied().unwrap_or(false))
     }
 
     /// Checks the parameters against a batch of `batch` samples.
     pub(super) fn validate(&self, batch: usize) -> Result<()> {
-        if ![self.scale, self.tau, self.alpha].iter().all(|v| v.is_finite()) || self.tau < 0.0 {
+        if ![self.scale, self.tau, self.alpha]
+            .iter()
+            .all(|v| v.is_finite())
+            || self.tau < 0.0
+        {
             return Err(Error::InvalidArgument(format!(
                 "NAG scale {}, tau {}, alpha {}: need finite values and tau >= 0",
                 self.scale, self.tau, self.alpha
@@ -60,9 +72,15 @@ impl NagParams {
 /// only arises where `Z_g` is 0, which any factor leaves 0.
 pub(super) fn nag_combine(zp: &Tensor, zn: &Tensor, p: &NagParams) -> Result<Tensor> {
     let last = zp.dims().len() - 1;
-    let zg = zp.affine(p.scale, 0.0)?.sub(&zn.affine(p.scale - 1.0, 0.0)?)?;
+    let zg = zp
+        .affine(p.scale, 0.0)?
+        .sub(&zn.affine(p.scale - 1.0, 0.0)?)?;
     let n_p = zp.abs()?.sum_keepdim(last)?;
     let n_g = zg.abs()?.sum_keepdim(last)?;
-    let factor = n_p.affine(p.tau, 0.0)?.div(&n_g.affine(1.0, 1e-7)?)?.clamp(0.0, 1.0)?;
-    zg.mul(&factor.affine(p.alpha, 0.0)?)?.add(&zp.affine(1.0 - p.alpha, 0.0)?)
+    let factor = n_p
+        .affine(p.tau, 0.0)?
+        .div(&n_g.affine(1.0, 1e-7)?)?
+        .clamp(0.0, 1.0)?;
+    zg.mul(&factor.affine(p.alpha, 0.0)?)?
+        .add(&zp.affine(1.0 - p.alpha, 0.0)?)
 }

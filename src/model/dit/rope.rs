@@ -32,7 +32,11 @@ impl RopeTable {
         // Per axis, the frequency of each pair: θ_j = 10000^(−2j/d_a) with d_a = 2·pairs.
         let freqs: Vec<Vec<f64>> = pairs
             .iter()
-            .map(|&n| (0..n).map(|j| 10000f64.powf(-((2 * j) as f64) / (2 * n) as f64)).collect())
+            .map(|&n| {
+                (0..n)
+                    .map(|j| 10000f64.powf(-((2 * j) as f64) / (2 * n) as f64))
+                    .collect()
+            })
             .collect();
         let half = head_dim / 2;
         let s = grid[0] * grid[1] * grid[2];
@@ -50,7 +54,11 @@ impl RopeTable {
                 }
             }
         }
-        Ok(RopeTable { grid, cos: Tensor::from_f32(cos, [s, half])?, sin: Tensor::from_f32(sin, [s, half])? })
+        Ok(RopeTable {
+            grid,
+            cos: Tensor::from_f32(cos, [s, half])?,
+            sin: Tensor::from_f32(sin, [s, half])?,
+        })
     }
 }
 
@@ -71,7 +79,8 @@ mod tests {
         let sin = t.sin.f32_data().unwrap();
         // token (f=1, hh=2, ww=3) is row 1·12 + 2·4 + 3 = 23
         let row = 23 * 8;
-        let expect = |pos: f64, j: usize, d: usize| pos * 10000f64.powf(-((2 * j) as f64) / d as f64);
+        let expect =
+            |pos: f64, j: usize, d: usize| pos * 10000f64.powf(-((2 * j) as f64) / d as f64);
         let angles = [
             expect(1.0, 0, 8),
             expect(1.0, 1, 8),

@@ -33,10 +33,10 @@ impl Take {
 
     /// The tensor `name`, which must have shape `dims`.
     pub fn weight(&mut self, name: &str, dims: &[usize]) -> Result<Weight> {
-        let w = self
-            .map
-            .remove(name)
-            .ok_or_else(|| Error::MissingTensor { name: name.to_string(), context: "Wan DiT".into() })?;
+        let w = self.map.remove(name).ok_or_else(|| Error::MissingTensor {
+            name: name.to_string(),
+            context: "Wan DiT".into(),
+        })?;
         if w.dims() != dims {
             return Err(Error::InvalidConfig(format!(
                 "checkpoint tensor `{name}` has shape {:?} but the config needs {dims:?}",
@@ -48,7 +48,10 @@ impl Take {
 
     /// `{prefix}.weight [out, in]` and `{prefix}.bias [out]`.
     pub fn linear(&mut self, prefix: &str, out: usize, inp: usize) -> Result<Linear> {
-        Ok(Linear { w: self.weight(&format!("{prefix}.weight"), &[out, inp])?, b: self.weight(&format!("{prefix}.bias"), &[out])? })
+        Ok(Linear {
+            w: self.weight(&format!("{prefix}.weight"), &[out, inp])?,
+            b: self.weight(&format!("{prefix}.bias"), &[out])?,
+        })
     }
 
     /// A small parameter needed as an f32 activation (modulation tables), widened once.
@@ -61,7 +64,10 @@ impl Take {
     /// such as `scaled_fp8`) is ignored.
     pub fn finish(self, cfg: &DitConfig) -> Result<()> {
         for name in self.map.keys() {
-            if let Some(idx) = name.strip_prefix("blocks.").and_then(|r| r.split('.').next()) {
+            if let Some(idx) = name
+                .strip_prefix("blocks.")
+                .and_then(|r| r.split('.').next())
+            {
                 if idx.parse::<usize>().is_ok_and(|i| i >= cfg.num_layers) {
                     return Err(Error::InvalidConfig(format!(
                         "checkpoint has `{name}` but the config has {} layers",
