@@ -437,3 +437,134 @@ fn checkpoint_config_mismatch_is_an_error() {
     let e = WanDit::new(missing, cfg).expect_err("missing tensor");
     assert!(matches!(e, Error::MissingTensor { .. }), "{e}");
 }
+
+// ---------------------------------------------------------------------------- real configs
+
+/// Random bf16 weights for every canonical tensor of `cfg` (uniform, `±1/sqrt(fan_in)`), built
+/// from the shapes the model itself checks.
+fn random_weights(cfg: &DitConfig) -> BTreeMap<String, Weight> {
+    let (d, f, p) = (cfg.dim, cfg.ffn_dim, cfg.patch_size);
+    let mut shapes: Vec<(String, Vec<usize>)> = vec![
+        (
+            "patch_embedding.weight".into(),
+            vec![d, cfg.in_dim, p[0], p[1], p[2]],
+        ),
+        ("patch_embedding.bias".into(), vec![d]),
+        ("head.modulation".into(), vec![1, 2, d]),
+        (
+            "head.head.weight".into(),
+            vec![p.iter().product::<usize>() * cfg.out_dim, d],
+        ),
+        (
+            "head.head.bias".into(),
+            vec![p.iter().product::<usize>() * cfg.out_dim],
+        ),
+    ];
+    let mut linear = |name: String, out: usize, inp: usize| {
+        shapes.push((format!("{name}.weight"), vec![out, inp]));
+        shapes.push((format!("{name}.bias"), vec![out]));
+    };
+    linear("text_embedding.0".into(), d, cfg.text_dim);
+    linear("text_embedding.2".into(), d, d);
+    linear("time_embedding.0".into(), d, cfg.freq_dim);
+    linear("time_embedding.2".into(), d, d);
+    linear("time_projection.1".into(), 6 * d, d);
+    for i in 0..cfg.num_layers {
+        for a in ["self_attn", "cross_attn"] {
+            for m in ["q", "k", "v", "o"] {
+                linear(format!("blocks.{i}.{a}.{m}"), d, d);
+            }
+        }
+        linear(format!("blocks.{i}.ffn.0"), f, d);
+        linear(format!("blocks.{i}.ffn.2"), d, f);
+    }
+    for i in 0..cfg.num_layers {
+        shapes.push((format!("blocks.{i}.modulation"), vec![1, 6, d]));
+        for n in [
+            "self_attn.norm_q",
+            "self_attn.norm_k",
+            "cross_attn.norm_q",
+            "cross_attn.norm_k",
+            "norm3",
+        ] {
+            shapes.push((format!("blocks.{i}.{n}.weight"), vec![d]));
+        }
+        shapes.push((format!("blocks.{i}.norm3.bias"), vec![d]));
+    }
+    shapes
+        .into_iter()
+        .enumerate()
+        .map(|(k, (name, dims))| {
+            // Norm gains near 1, everything else scaled by its fan-in.
+            let gain = name.contains("norm") && dims.len() == 1;
+            let amp = 1.0 / (dims[1..].iter().product::<usize>().max(1) as f32).sqrt();
+            let v: Vec<half::bf16> = noise(dims.iter().product(), k as u64)
+                .into_iter()
+                .map(|x| half::bf16::from_f32(if gain { 1.0 + 0.1 * x } else { x * amp }))
+                .collect();
+            (
+                name,
+                Weight::new(Tensor::from_slice(&v, dims.as_slice()).unwrap()),
+            )
+        })
+        .collect()
+}
+
+/// Peak resident memory of this process so far (Linux `VmHWM`), in MiB.
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
+    kib.unwrap_or(0.0) / 1024.0
+}
+
+/// A real config cut to 2 layers, with random bf16 weights, at a small latent (1×4×8).
+fn real_config_forward(dim: usize, ffn_dim: usize) {
+    let cfg = DitConfig {
+        model_type: wanrt::io::config::ModelType::T2v,
+        dim,
+        ffn_dim,
+        num_heads: dim / 128,
+        num_layers: 2,
+        in_dim: 16,
+        out_dim: 16,
+        text_dim: 4096,
+        freq_dim: 256,
+        text_len: 512,
+        eps: 1e-6,
+        patch_size: [1, 2, 2],
+    };
+    let weights = random_weights(&cfg);
+    let bytes: usize = weights
+        .values()
+        .map(|w| w.tensor.raw_bytes().unwrap().len())
+        .sum();
+    let dit = WanDit::new(weights, cfg.clone()).unwrap();
+    let latent = rand_tensor(&[1, 16, 1, 4, 8], 11);
+    let ctx = [rand_tensor(&[20, 4096], 12)];
+    let start = std::time::Instant::now();
+    let v = dit
+        .forward(&latent, &[999.0], &ctx, &ForwardOptions::default())
+        .unwrap();
+    assert_eq!(v.dims(), [1, 16, 1, 4, 8]);
+    assert!(v.to_f32_vec().unwrap().iter().all(|x| x.is_finite()));
+    println!(
+        "dim {dim}, 2 layers: weights {:.0} MiB (bf16), forward {:.2} s, peak RSS {:.0} MiB",
+        bytes as f64 / 1048576.0,
+        start.elapsed().as_secs_f64(),
+        peak_rss_mib()
+    );
+}
+
+#[test]
+fn real_config_1_3b_two_layers() {
+    real_config_forward(1536, 8960);
+}
+
+#[test]
+#[ignore = "about 1.9 GB of random weights; run with --ignored"]
+fn real_config_14b_two_layers() {
+    real_config_forward(5120, 13824);
+}
