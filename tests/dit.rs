@@ -74,7 +74,10 @@ fn run_case(name: &str) -> (f64, f64) {
     };
     let mut opts = ForwardOptions::default();
     if case["kind"] == "dit_forward_nag" {
-        let mut nag = NagParams::new(unbatch(&inputs["negative_context"]));
+        let neg = dit
+            .encode_text(&[unbatch(&inputs["negative_context"])], false)
+            .unwrap();
+        let mut nag = NagParams::new(neg);
         nag.scale = case["nag_scale"].as_f64().unwrap() as f32;
         nag.tau = case["nag_tau"].as_f64().unwrap() as f32;
         nag.alpha = case["nag_alpha"].as_f64().unwrap() as f32;
@@ -275,7 +278,9 @@ fn nag_scale_one_is_plain_and_guides_only_chosen_samples() {
         rand_tensor(&[6, cfg.text_dim], 5),
         rand_tensor(&[6, cfg.text_dim], 5),
     ];
-    let neg = rand_tensor(&[8, cfg.text_dim], 6);
+    let neg = dit
+        .encode_text(&[rand_tensor(&[8, cfg.text_dim], 6)], true)
+        .unwrap();
     let plain = dit
         .forward(&lat, &[700.0, 700.0], &ctx, &ForwardOptions::default())
         .unwrap();
@@ -372,6 +377,17 @@ fn bad_inputs_are_errors() {
     assert_invalid(
         dit.forward(&sample(1), &[1.0], &ctx, &skip),
         "skip block out of range",
+    );
+    let two = dit
+        .encode_text(&[ctx[0].clone(), ctx[0].clone()], false)
+        .unwrap();
+    let nag = ForwardOptions {
+        nag: Some(NagParams::new(two)),
+        ..Default::default()
+    };
+    assert_invalid(
+        dit.forward(&sample(1), &[1.0], &ctx, &nag),
+        "NAG context of 2 samples",
     );
 }
 

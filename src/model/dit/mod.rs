@@ -277,24 +277,14 @@ impl WanDit {
         opts: &ForwardOptions,
     ) -> Result<Tensor> {
         let rope = self.rope_table(grid)?;
-        let neg = match &opts.nag {
-            Some(n) => Some((
-                n,
-                self.encode_text(std::slice::from_ref(&n.negative_context), false)?,
-            )),
-            None => None,
-        };
         let mut x = x0.clone();
         for (i, block) in self.blocks.iter().enumerate() {
             if opts.skip_blocks.contains(&i) {
                 continue;
             }
-            let kv = match &text.kv {
-                Some(kv) => kv[i].clone(),
-                None => block.cross_kv(&text.embedded)?,
-            };
-            let neg_kv = match &neg {
-                Some((n, ctx)) => Some((*n, block.cross_kv(&ctx.embedded)?)),
+            let kv = text_kv(block, text, i)?;
+            let neg_kv = match &opts.nag {
+                Some(n) => Some((n, text_kv(block, &n.negative_context, i)?)),
                 None => None,
             };
             let inputs = BlockInputs {
@@ -362,25 +352,7 @@ impl WanDit {
                 "timestep {t} is not a finite number"
             )));
         }
-        if text.embedded.dims() != [batch, c.text_len, c.dim] {
-            return Err(Error::ShapeMismatch {
-                op: "WanDit text context",
-                expected: format!(
-                    "{batch} contexts embedded as [{batch}, {}, {}]",
-                    c.text_len, c.dim
-                ),
-                got: text.embedded.shape().clone(),
-            });
-        }
-        if text
-            .kv
-            .as_ref()
-            .is_some_and(|kv| kv.len() != self.blocks.len())
-        {
-            return Err(Error::InvalidArgument(
-                "text context K/V cache is for another model".into(),
-            ));
-        }
+        self.check_text(text, batch, "WanDit text context")?;
         if let Some(&i) = opts.skip_blocks.iter().find(|&&i| i >= self.blocks.len()) {
             return Err(Error::InvalidArgument(format!(
                 "skip block {i} of a model with {} blocks",
@@ -389,6 +361,7 @@ impl WanDit {
         }
         if let Some(n) = &opts.nag {
             n.validate(batch)?;
+            self.check_text(&n.negative_context, 1, "WanDit NAG negative context")?;
         }
         let grid = [d[2] / p[0], d[3] / p[1], d[4] / p[2]];
         if let Some(r) = &opts.reuse_residual {
@@ -402,6 +375,39 @@ impl WanDit {
             }
         }
         Ok(grid)
+    }
+
+    /// Checks that `text` holds `batch` contexts embedded by this model.
+    fn check_text(&self, text: &TextContext, batch: usize, op: &'static str) -> Result<()> {
+        let c = &self.cfg;
+        if text.embedded.dims() != [batch, c.text_len, c.dim] {
+            return Err(Error::ShapeMismatch {
+                op,
+                expected: format!(
+                    "{batch} contexts embedded as [{batch}, {}, {}]",
+                    c.text_len, c.dim
+                ),
+                got: text.embedded.shape().clone(),
+            });
+        }
+        if text
+            .kv
+            .as_ref()
+            .is_some_and(|kv| kv.len() != self.blocks.len())
+        {
+            return Err(Error::InvalidArgument(format!(
+                "{op}: its K/V cache is for another model"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Block `i`'s cross-attention K/V of `text`: cached, or computed now.
+fn text_kv(block: &Block, text: &TextContext, i: usize) -> Result<CrossKv> {
+    match &text.kv {
+        Some(kv) => Ok(kv[i].clone()),
+        None => block.cross_kv(&text.embedded),
     }
 }
 

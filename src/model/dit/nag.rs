@@ -1,5 +1,6 @@
 //! Normalized Attention Guidance in the text cross-attention (lora-guidance-training.md §3.4).
 
+use super::TextContext;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -13,9 +14,10 @@ pub struct NagParams {
     pub tau: f32,
     /// Blend `α` between the guided and the positive output (default 0.25).
     pub alpha: f32,
-    /// The negative text context `[L, text_dim]`, unpadded (the model pads it to `text_len` and
-    /// embeds it like the positive one); shared by every guided sample.
-    pub negative_context: Tensor,
+    /// The negative text context, one sample shared by every guided sample: made by
+    /// [`super::WanDit::encode_text`] from the unpadded `[L, text_dim]` context, like the positive
+    /// one (with its K/V cached when it serves many steps).
+    pub negative_context: TextContext,
     /// Which batch samples are guided (`None`: all). With batched CFG only the conditional
     /// sample is normally guided.
     pub guided: Option<Vec<bool>>,
@@ -23,7 +25,7 @@ pub struct NagParams {
 
 impl NagParams {
     /// The defaults of Kijai's `WanVideoApplyNAG`: scale 11, τ 2.5, α 0.25, every sample guided.
-    pub fn new(negative_context: Tensor) -> NagParams {
+    pub fn new(negative_context: TextContext) -> NagParams {
         NagParams {
             scale: 11.0,
             tau: 2.5,
