@@ -8,6 +8,10 @@ use crate::error::Result;
 use crate::tensor::ops::{attention, cat, AttentionParams};
 use crate::tensor::{Tensor, Weight};
 
+/// Tokens whose FFN hidden layer (`ffn_dim` wide, 3.5-6× the stream) exists at once: bounds
+/// its memory at long sequences while keeping the GEMMs large.
+const FFN_ROWS: usize = 4096;
+
 /// Query/key/value/output projections and the q/k RMSNorms over the full width.
 #[derive(Debug, Clone)]
 struct Attn {
@@ -143,9 +147,24 @@ impl Block {
                 .mul(&m[2])?,
         )?;
         let x = x.add(&self.cross_attention(&x, inp)?)?;
-        let u = self.modulate(&x, &m[3], &m[4])?;
-        let y = self.ffn2.forward(&self.ffn0.forward(&u)?.gelu_tanh()?)?;
+        let y = self.ffn(&self.modulate(&x, &m[3], &m[4])?, FFN_ROWS)?;
         x.add(&y.mul(&m[5])?)
+    }
+
+    /// `W2·gelu_tanh(W1·u + b1) + b2`, over chunks of `chunk` tokens.
+    fn ffn(&self, u: &Tensor, chunk: usize) -> Result<Tensor> {
+        let dims = u.dims().to_vec();
+        let rows = dims[..dims.len() - 1].iter().product::<usize>();
+        let flat = u.reshape([rows, dims[dims.len() - 1]])?;
+        let run = |x: &Tensor| self.ffn2.forward(&self.ffn0.forward(x)?.gelu_tanh()?);
+        if rows <= chunk {
+            return run(&flat)?.reshape(dims.as_slice());
+        }
+        let parts = (0..rows)
+            .step_by(chunk)
+            .map(|r| run(&flat.narrow(0, r, chunk.min(rows - r))?))
+            .collect::<Result<Vec<_>>>()?;
+        cat(&parts.iter().collect::<Vec<_>>(), 0)?.reshape(dims.as_slice())
     }
 
     /// Self-attention with q/k RMSNorm over the full width, then RoPE; every token is a key.
@@ -182,5 +201,67 @@ impl Block {
             z = cat(&rows.iter().collect::<Vec<_>>(), 0)?;
         }
         a.o.forward(&z)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::io::config::ModelType;
+
+    #[test]
+    fn chunked_ffn_matches_one_pass() {
+        let cfg = DitConfig {
+            model_type: ModelType::T2v,
+            dim: 8,
+            ffn_dim: 24,
+            num_heads: 1,
+            num_layers: 1,
+            in_dim: 16,
+            out_dim: 16,
+            text_dim: 8,
+            freq_dim: 8,
+            text_len: 4,
+            eps: 1e-6,
+            patch_size: [1, 2, 2],
+        };
+        let mut map = BTreeMap::new();
+        let mut seed = 1u32;
+        let mut rand = |dims: &[usize]| {
+            let n = dims.iter().product();
+            let v = (0..n)
+                .map(|_| {
+                    seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+                    (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+                })
+                .collect();
+            Weight::new(Tensor::from_f32(v, dims).unwrap())
+        };
+        for (name, dims) in [("ffn.0", [24, 8]), ("ffn.2", [8, 24])] {
+            map.insert(format!("blocks.0.{name}.weight"), rand(&dims));
+            map.insert(format!("blocks.0.{name}.bias"), rand(&dims[..1]));
+        }
+        for a in ["self_attn", "cross_attn"] {
+            for m in ["q", "k", "v", "o"] {
+                map.insert(format!("blocks.0.{a}.{m}.weight"), rand(&[8, 8]));
+                map.insert(format!("blocks.0.{a}.{m}.bias"), rand(&[8]));
+            }
+            for n in ["norm_q", "norm_k"] {
+                map.insert(format!("blocks.0.{a}.{n}.weight"), rand(&[8]));
+            }
+        }
+        map.insert("blocks.0.norm3.weight".into(), rand(&[8]));
+        map.insert("blocks.0.norm3.bias".into(), rand(&[8]));
+        map.insert("blocks.0.modulation".into(), rand(&[1, 6, 8]));
+        let block = Block::load(&mut Take::new(map), 0, &cfg).unwrap();
+        let u = rand(&[2, 11, 8]).tensor;
+        let whole = block.ffn(&u, usize::MAX).unwrap().to_f32_vec().unwrap();
+        let chunked = block.ffn(&u, 4).unwrap();
+        assert_eq!(chunked.dims(), [2, 11, 8]);
+        for (a, b) in whole.iter().zip(chunked.to_f32_vec().unwrap()) {
+            assert!((a - b).abs() < 1e-6);
+        }
     }
 }

@@ -240,15 +240,13 @@ impl WanDit {
             Some(TeaCacheSignal::Block0Input) => Some(self.blocks[0].modulated_input(&x0, &e0)?),
         };
 
+        // The patch embedding is kept past the blocks only when its residual is asked for.
+        let x_in = opts.return_residual.then(|| x0.clone());
         let x = match &opts.reuse_residual {
             Some(r) => x0.add(r)?,
-            None => self.run_blocks(&x0, &e0, grid, text, opts)?,
+            None => self.run_blocks(x0, &e0, grid, text, opts)?,
         };
-        let residual = if opts.return_residual {
-            Some(x.sub(&x0)?)
-        } else {
-            None
-        };
+        let residual = x_in.map(|x0| x.sub(&x0)).transpose()?;
 
         // Head: modulated by `e` (not `e0`), then unpatchify.
         let hm = self
@@ -270,14 +268,13 @@ impl WanDit {
 
     fn run_blocks(
         &self,
-        x0: &Tensor,
+        mut x: Tensor,
         e0: &Tensor,
         grid: [usize; 3],
         text: &TextContext,
         opts: &ForwardOptions,
     ) -> Result<Tensor> {
         let rope = self.rope_table(grid)?;
-        let mut x = x0.clone();
         for (i, block) in self.blocks.iter().enumerate() {
             if opts.skip_blocks.contains(&i) {
                 continue;
