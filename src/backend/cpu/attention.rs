@@ -84,6 +84,11 @@ pub fn attention(
             )));
         }
     }
+    if kv_len == 0 {
+        // No keys: every query row is fully masked.
+        out.fill(0.0);
+        return Ok(());
+    }
     if q_size == 0 {
         return Ok(());
     }
@@ -93,7 +98,7 @@ pub fn attention(
     // Packed from the strided [kv_len, heads, d] layout, the gemm crate copies element by
     // element, which took a tenth of the whole attention time.
     let mut kt = vec![0.0; kv_size];
-    kt.par_chunks_mut(d * kv_len.max(1))
+    kt.par_chunks_mut(d * kv_len)
         .enumerate()
         .for_each(|(bh, dst)| {
             let (b, h) = (bh / heads, bh % heads);
