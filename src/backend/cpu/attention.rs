@@ -1,10 +1,12 @@
 //! Scaled dot-product attention in tiles with an online softmax (the flash-attention scheme).
 //!
 //! Each parallel job owns one (batch, head, query tile). It walks the keys in tiles: the logits
-//! of a tile come from one sgemm on strided views of q and k (the `[S, H, D]` layout has row
-//! stride `H·D`), are folded into a running row maximum and row sum, and the softmax-weighted
-//! values are accumulated with a second sgemm. Memory is O(tile) per job and O(tokens·D) overall,
-//! never O(tokens²). The exponentials, the other hot loop, use a polynomial that vectorises.
+//! of a tile come from one sgemm of the (scaled) queries with the keys, are folded into a running
+//! row maximum and row sum, and the softmax-weighted values are accumulated with a second sgemm
+//! reading v in place (the `[S, H, D]` layout is a strided view with row stride `H·D`); the
+//! result goes straight to its rows of the `[B, Sq, H, D]` output. Memory is O(tile) per job plus
+//! one transposed copy of k, O(tokens·D) overall, never O(tokens²). The exponentials, the other
+//! hot loop, use a polynomial that vectorises (AVX-512 or AVX2 chosen at run time).
 
 use rayon::prelude::*;
 

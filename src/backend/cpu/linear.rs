@@ -78,14 +78,14 @@ pub fn linear(
         .max(MIN_PANEL)
         .min(n_out.next_multiple_of(WIDEN_ROWS));
     let panel = panel / WIDEN_ROWS * WIDEN_ROWS;
-    // Taken, not borrowed, from the thread's cache: a nested linear (rayon may run another job on
-    // this thread while it waits) then simply allocates its own buffer.
     let out_all = RawMatMut {
         ptr: out.as_mut_ptr(),
         rows,
         cols: n_out,
         row_stride: n_out,
     };
+    // Taken, not borrowed, from the thread's cache: a nested linear (rayon may run another job on
+    // this thread while it waits) then simply allocates its own buffer.
     let mut scratch = SCRATCH.take();
     scratch.resize(panel.min(n_out) * n_in, 0.0);
     let result = (|| {
