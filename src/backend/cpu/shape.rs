@@ -25,7 +25,9 @@ fn par_rows(dst: &mut [u8], row: usize, f: impl Fn(usize, &mut [u8]) + Sync) {
     if dst.len() <= rows * row {
         f(0, dst);
     } else {
-        dst.par_chunks_mut(rows * row).enumerate().for_each(|(i, c)| f(i * rows, c));
+        dst.par_chunks_mut(rows * row)
+            .enumerate()
+            .for_each(|(i, c)| f(i * rows, c));
     }
 }
 
@@ -67,7 +69,11 @@ pub fn cat_rows(srcs: &[&[u8]], widths: &[usize], dst: &mut [u8]) {
 /// If `perm` is not a permutation of `0..dims.len()` or the lengths do not match (a bug in the
 /// caller).
 pub fn permute(src: &[u8], elem: usize, dims: &[usize], perm: &[usize], dst: &mut [u8]) {
-    assert_eq!(src.len(), dims.iter().product::<usize>() * elem, "permute: input length");
+    assert_eq!(
+        src.len(),
+        dims.iter().product::<usize>() * elem,
+        "permute: input length"
+    );
     assert_eq!(src.len(), dst.len(), "permute: output length");
     if dst.is_empty() {
         return;
@@ -80,7 +86,12 @@ pub fn permute(src: &[u8], elem: usize, dims: &[usize], perm: &[usize], dst: &mu
     // element as a last dim; then dims that the input also steps through as one are merged.
     let mut view: Vec<(usize, usize)> = Vec::with_capacity(perm.len() + 1);
     let trailing_bytes = std::iter::once((elem, 1));
-    for (n, s) in perm.iter().map(|&p| (dims[p], strides[p])).filter(|&(n, _)| n != 1).chain(trailing_bytes) {
+    for (n, s) in perm
+        .iter()
+        .map(|&p| (dims[p], strides[p]))
+        .filter(|&(n, _)| n != 1)
+        .chain(trailing_bytes)
+    {
         match view.last_mut() {
             Some(last) if last.1 == s * n => *last = (last.0 * n, s),
             _ => view.push((n, s)),
@@ -150,13 +161,21 @@ fn tiled(src: &[u8], view: &[(usize, usize)], unit: usize, p: usize, dst: &mut [
     if view[0].0 <= per_task {
         task(0, dst);
     } else {
-        dst.par_chunks_mut(per_task * slab).enumerate().for_each(|(i, d)| task(i, d));
+        dst.par_chunks_mut(per_task * slab)
+            .enumerate()
+            .for_each(|(i, d)| task(i, d));
     }
 }
 
 /// See [`tiled`]; `N` is `unit` as a constant so that each move is one load and store (0 for
 /// other sizes).
-fn tile_copy<const N: usize>(src: &[u8], view: &[(usize, usize)], unit: usize, p: usize, dst: &mut [u8]) {
+fn tile_copy<const N: usize>(
+    src: &[u8],
+    view: &[(usize, usize)],
+    unit: usize,
+    p: usize,
+    dst: &mut [u8],
+) {
     let len = if N > 0 { N } else { unit };
     let k = view.len();
     let mut out_strides = vec![len; k];
@@ -205,9 +224,21 @@ fn tile_copy<const N: usize>(src: &[u8], view: &[(usize, usize)], unit: usize, p
 /// # Panics
 /// If the lengths do not match (a bug in the caller).
 pub fn pad(src: &[u8], elem: usize, dims: &[usize], pads: &[(usize, usize)], dst: &mut [u8]) {
-    assert_eq!(src.len(), dims.iter().product::<usize>() * elem, "pad: input length");
-    let out_dims: Vec<usize> = dims.iter().zip(pads).map(|(&n, &(b, a))| n + b + a).collect();
-    assert_eq!(dst.len(), out_dims.iter().product::<usize>() * elem, "pad: output length");
+    assert_eq!(
+        src.len(),
+        dims.iter().product::<usize>() * elem,
+        "pad: input length"
+    );
+    let out_dims: Vec<usize> = dims
+        .iter()
+        .zip(pads)
+        .map(|(&n, &(b, a))| n + b + a)
+        .collect();
+    assert_eq!(
+        dst.len(),
+        out_dims.iter().product::<usize>() * elem,
+        "pad: output length"
+    );
     if src.is_empty() {
         return;
     }
@@ -225,8 +256,17 @@ pub fn pad(src: &[u8], elem: usize, dims: &[usize], pads: &[(usize, usize)], dst
         out_strides[i] = out_strides[i + 1] * out_dims[i + 1];
     }
     // Dims before `first` are unpadded: their slabs are independent tasks.
-    let (in_slab, out_slab) = (in_strides[first] * dims[first], out_strides[first] * out_dims[first]);
-    let level = PadLevel { dims, pads, in_strides: &in_strides, out_strides: &out_strides, last };
+    let (in_slab, out_slab) = (
+        in_strides[first] * dims[first],
+        out_strides[first] * out_dims[first],
+    );
+    let level = PadLevel {
+        dims,
+        pads,
+        in_strides: &in_strides,
+        out_strides: &out_strides,
+        last,
+    };
     par_rows(dst, out_slab, |s0, chunk| {
         for (s, d) in chunk.chunks_exact_mut(out_slab).enumerate() {
             level.copy(&src[(s0 + s) * in_slab..][..in_slab], d, first, 0, 0);
@@ -252,7 +292,13 @@ impl PadLevel<'_> {
             return;
         }
         for i in 0..self.dims[d] {
-            self.copy(src, dst, d + 1, si + i * self.in_strides[d], di + i * self.out_strides[d]);
+            self.copy(
+                src,
+                dst,
+                d + 1,
+                si + i * self.in_strides[d],
+                di + i * self.out_strides[d],
+            );
         }
     }
 }
@@ -322,7 +368,10 @@ mod tests {
                 let src = bytes(dims.iter().product::<usize>() * elem);
                 let mut dst = vec![0; src.len()];
                 permute(&src, elem, dims, perm, &mut dst);
-                assert!(dst == permute_ref(&src, elem, dims, perm), "{dims:?} {perm:?} elem {elem}");
+                assert!(
+                    dst == permute_ref(&src, elem, dims, perm),
+                    "{dims:?} {perm:?} elem {elem}"
+                );
             }
         }
     }
@@ -350,12 +399,20 @@ mod tests {
     }
 
     fn pad_ref(src: &[u8], elem: usize, dims: &[usize], pads: &[(usize, usize)]) -> Vec<u8> {
-        let out_dims: Vec<usize> = dims.iter().zip(pads).map(|(&n, &(b, a))| n + b + a).collect();
+        let out_dims: Vec<usize> = dims
+            .iter()
+            .zip(pads)
+            .map(|(&n, &(b, a))| n + b + a)
+            .collect();
         let n: usize = out_dims.iter().product();
         let mut out = vec![0; n * elem];
         for l in 0..n {
             let oi = unravel(l, &out_dims);
-            let inside = oi.iter().zip(dims).zip(pads).all(|((&o, &n), &(b, _))| o >= b && o < b + n);
+            let inside = oi
+                .iter()
+                .zip(dims)
+                .zip(pads)
+                .all(|((&o, &n), &(b, _))| o >= b && o < b + n);
             if inside {
                 let ii: Vec<usize> = oi.iter().zip(pads).map(|(&o, &(b, _))| o - b).collect();
                 out[l * elem..][..elem].copy_from_slice(&src[ravel(&ii, dims) * elem..][..elem]);
@@ -366,7 +423,8 @@ mod tests {
 
     #[test]
     fn pad_matches_reference() {
-        let cases: &[(&[usize], &[(usize, usize)])] = &[
+        type Case<'a> = (&'a [usize], &'a [(usize, usize)]);
+        let cases: &[Case] = &[
             (&[], &[]),
             (&[3], &[(1, 2)]),
             (&[3], &[(0, 0)]),
