@@ -2,7 +2,7 @@
 //!
 //! The im2col matrix of a whole video would be huge (96 channels × 27 taps × 480 × 832 floats
 //! per frame ≈ 4 GB), so the output positions of each batch item are cut into tiles whose
-//! column matrix stays within [`COLS_BUDGET`] floats; each tile is one GEMM
+//! column matrix (and the GEMM result) stays within [`COLS_BUDGET`] floats; each tile is one GEMM
 //! `out[Cout, tile] = W[Cout, K] · cols[K, tile]` with `K = Cin·kt·kh·kw`.
 //! A 1×1×1 kernel with stride 1 and no padding needs no columns: it is one GEMM on the input.
 
@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use super::gemm::{sgemm, MatRef};
 
-/// Floats in one im2col tile (16 MiB).
+/// Floats in one scratch matrix of a tile (16 MiB).
 const COLS_BUDGET: usize = 4 << 20;
 
 /// The geometry of a 3-D convolution (one batch item).
@@ -92,7 +92,8 @@ fn conv3d_tiled(
     let threads = rayon::current_num_threads();
     let w = MatRef::row_major(weight, g.cout, k);
     let pointwise = g.kernel == [1, 1, 1] && g.stride == [1, 1, 1] && g.padding == [0, 0, 0];
-    let tile = (budget / k.max(1)).clamp(1, positions);
+    // Both scratch matrices (`cols` [K, tile] and `tmp` [Cout, tile]) stay within the budget.
+    let tile = (budget / k.max(g.cout).max(1)).clamp(1, positions);
     let mut cols = if pointwise {
         Vec::new()
     } else {
