@@ -3,42 +3,144 @@
 //!
 //! Statistics are accumulated in f64: DiT rows hold 1536–5120 values and the whole-model
 //! fixtures compare at rel_l2 1e-4, so an f32 running sum would be the largest error source.
-//! Rows sit in L1/L2 while they are processed, so the two passes of the layer norm cost little.
+//! Squares of f32 values are exact in f64, so the variance comes from one pass of `Σx` and `Σx²`
+//! (`E[x²] − mean²` loses nothing visible in f64 unless `mean²/var` exceeds ~1e8).
+//!
+//! The crate is built for baseline x86-64, where f64 arithmetic runs two lanes wide and these
+//! kernels would be compute-bound; [`simd_dispatch!`] compiles them again for AVX-512 and AVX2
+//! and picks one at run time.
 
 use rayon::prelude::*;
 
-/// Rows handed to one rayon task at a time (keeps scheduling overhead small for short rows).
-const MIN_ROWS_PER_TASK: usize = 8;
-
-/// Sum of `x` in f64, with eight independent accumulators so the loop vectorises.
-fn sum_f64(x: &[f32]) -> f64 {
-    let mut acc = [0f64; 8];
-    let chunks = x.chunks_exact(8);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a += v as f64;
+/// Defines `fn $name(args)` that runs `$generic(args)` (an `#[inline(always)]` kernel) compiled
+/// for AVX-512 or AVX2+FMA when the CPU has them, and for the baseline target otherwise.
+macro_rules! simd_dispatch {
+    ($(#[$m:meta])* fn $name:ident($($a:ident: $t:ty),* $(,)?) => $generic:path) => {
+        $(#[$m])*
+        fn $name($($a: $t),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                fn v4($($a: $t),*) {
+                    $generic($($a),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                fn v3($($a: $t),*) {
+                    $generic($($a),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU supports the features `v4` is compiled for.
+                    return unsafe { v4($($a),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU supports the features `v3` is compiled for.
+                    return unsafe { v3($($a),*) };
+                }
+            }
+            $generic($($a),*)
         }
-    }
-    acc.iter().sum::<f64>() + tail.iter().map(|&v| v as f64).sum::<f64>()
+    };
 }
 
-/// Sum of `(x - center)^2` in f64.
-fn sum_sq_dev_f64(x: &[f32], center: f64) -> f64 {
-    let mut acc = [0f64; 8];
-    let chunks = x.chunks_exact(8);
+/// Values handed to one rayon task at a time (keeps scheduling overhead small for short rows).
+const VALUES_PER_TASK: usize = 16 * 1024;
+
+/// Rows of `dim` values per rayon task.
+fn rows_per_task(dim: usize) -> usize {
+    (VALUES_PER_TASK / dim.max(1)).max(1)
+}
+
+/// Lanes of the f64 accumulators: four AVX-512 registers per sum keep the adds pipelined.
+const LANES: usize = 32;
+
+/// `(Σx, Σx²)` of a row in f64.
+#[inline(always)]
+fn moments(x: &[f32]) -> (f64, f64) {
+    let (mut s, mut q) = ([0f64; LANES], [0f64; LANES]);
+    let chunks = x.chunks_exact(LANES);
     let tail = chunks.remainder();
     for c in chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            let d = v as f64 - center;
-            *a += d * d;
+        for i in 0..LANES {
+            let v = c[i] as f64;
+            s[i] += v;
+            q[i] += v * v;
         }
     }
-    acc.iter().sum::<f64>()
-        + tail
-            .iter()
-            .map(|&v| (v as f64 - center) * (v as f64 - center))
-            .sum::<f64>()
+    let (mut s1, mut s2) = (s.iter().sum::<f64>(), q.iter().sum::<f64>());
+    for &v in tail {
+        s1 += v as f64;
+        s2 += v as f64 * v as f64;
+    }
+    (s1, s2)
+}
+
+/// `Σx²` of a row in f64.
+#[inline(always)]
+fn sum_squares(x: &[f32]) -> f64 {
+    let mut q = [0f64; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for i in 0..LANES {
+            let v = c[i] as f64;
+            q[i] += v * v;
+        }
+    }
+    q.iter().sum::<f64>() + tail.iter().map(|&v| v as f64 * v as f64).sum::<f64>()
+}
+
+/// Layer norm of consecutive rows of `dim` values (see [`layer_norm`]).
+#[inline(always)]
+fn layer_norm_rows_generic(
+    x: &[f32],
+    out: &mut [f32],
+    dim: usize,
+    weight: Option<&[f32]>,
+    bias: Option<&[f32]>,
+    eps: f32,
+) {
+    for (o, r) in out.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
+        let (s1, s2) = moments(r);
+        let mean = s1 / dim as f64;
+        let var = (s2 / dim as f64 - mean * mean).max(0.0);
+        let inv = (1.0 / (var + eps as f64).sqrt()) as f32;
+        let mean = mean as f32;
+        match (weight, bias) {
+            (Some(w), Some(b)) => {
+                for (((o, &v), &w), &b) in o.iter_mut().zip(r).zip(w).zip(b) {
+                    *o = (v - mean) * inv * w + b;
+                }
+            }
+            (Some(w), None) => {
+                for ((o, &v), &w) in o.iter_mut().zip(r).zip(w) {
+                    *o = (v - mean) * inv * w;
+                }
+            }
+            (None, Some(b)) => {
+                for ((o, &v), &b) in o.iter_mut().zip(r).zip(b) {
+                    *o = (v - mean) * inv + b;
+                }
+            }
+            (None, None) => {
+                for (o, &v) in o.iter_mut().zip(r) {
+                    *o = (v - mean) * inv;
+                }
+            }
+        }
+    }
+}
+
+simd_dispatch! {
+    fn layer_norm_rows(
+        x: &[f32],
+        out: &mut [f32],
+        dim: usize,
+        weight: Option<&[f32]>,
+        bias: Option<&[f32]>,
+        eps: f32,
+    ) => layer_norm_rows_generic
 }
 
 /// Layer norm over rows of `dim` values: `(x - mean) / sqrt(var + eps) * weight + bias`
@@ -60,37 +162,35 @@ pub fn layer_norm(
     if dim == 0 {
         return;
     }
-    out.par_chunks_mut(dim)
-        .zip(x.par_chunks(dim))
-        .with_min_len(MIN_ROWS_PER_TASK)
-        .for_each(|(o, r)| {
-            let mean = sum_f64(r) / dim as f64;
-            let var = sum_sq_dev_f64(r, mean) / dim as f64;
-            let inv = (1.0 / (var + eps as f64).sqrt()) as f32;
-            let mean = mean as f32;
-            match (weight, bias) {
-                (Some(w), Some(b)) => {
-                    for (((o, &v), &w), &b) in o.iter_mut().zip(r).zip(w).zip(b) {
-                        *o = (v - mean) * inv * w + b;
-                    }
-                }
-                (Some(w), None) => {
-                    for ((o, &v), &w) in o.iter_mut().zip(r).zip(w) {
-                        *o = (v - mean) * inv * w;
-                    }
-                }
-                (None, Some(b)) => {
-                    for ((o, &v), &b) in o.iter_mut().zip(r).zip(b) {
-                        *o = (v - mean) * inv + b;
-                    }
-                }
-                (None, None) => {
-                    for (o, &v) in o.iter_mut().zip(r) {
-                        *o = (v - mean) * inv;
-                    }
+    let block = dim * rows_per_task(dim);
+    out.par_chunks_mut(block)
+        .zip(x.par_chunks(block))
+        .for_each(|(o, r)| layer_norm_rows(r, o, dim, weight, bias, eps));
+}
+
+/// RMS norm of consecutive rows of `dim` values (see [`rms_norm`]).
+#[inline(always)]
+fn rms_norm_rows_generic(x: &[f32], out: &mut [f32], dim: usize, weight: Option<&[f32]>, eps: f32) {
+    for (o, r) in out.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
+        let inv = (1.0 / (sum_squares(r) / dim as f64 + eps as f64).sqrt()) as f32;
+        match weight {
+            Some(w) => {
+                for ((o, &v), &w) in o.iter_mut().zip(r).zip(w) {
+                    *o = v * inv * w;
                 }
             }
-        });
+            None => {
+                for (o, &v) in o.iter_mut().zip(r) {
+                    *o = v * inv;
+                }
+            }
+        }
+    }
+}
+
+simd_dispatch! {
+    fn rms_norm_rows(x: &[f32], out: &mut [f32], dim: usize, weight: Option<&[f32]>, eps: f32)
+        => rms_norm_rows_generic
 }
 
 /// RMS norm over rows of `dim` values: `x / sqrt(mean(x^2) + eps) * weight`.
@@ -104,35 +204,41 @@ pub fn rms_norm(x: &[f32], out: &mut [f32], dim: usize, weight: Option<&[f32]>, 
     if dim == 0 {
         return;
     }
-    out.par_chunks_mut(dim)
-        .zip(x.par_chunks(dim))
-        .with_min_len(MIN_ROWS_PER_TASK)
-        .for_each(|(o, r)| {
-            let ms = sum_sq_dev_f64(r, 0.0) / dim as f64;
-            let inv = (1.0 / (ms + eps as f64).sqrt()) as f32;
-            match weight {
-                Some(w) => {
-                    for ((o, &v), &w) in o.iter_mut().zip(r).zip(w) {
-                        *o = v * inv * w;
-                    }
-                }
-                None => {
-                    for (o, &v) in o.iter_mut().zip(r) {
-                        *o = v * inv;
-                    }
-                }
-            }
-        });
+    let block = dim * rows_per_task(dim);
+    out.par_chunks_mut(block)
+        .zip(x.par_chunks(block))
+        .for_each(|(o, r)| rms_norm_rows(r, o, dim, weight, eps));
 }
 
 /// Positions per task in the statistics pass of [`channel_rms_norm`].
 const CHANNEL_NORM_TILE: usize = 1024;
 
+/// Inverse channel norms of positions `p0..p0 + inv.len()` of one batch item `xb`
+/// (`[channels, positions]`): squares summed over channels in f64.
+#[inline(always)]
+fn inverse_norms_generic(xb: &[f32], positions: usize, p0: usize, inv: &mut [f32]) {
+    let mut acc = [0f64; CHANNEL_NORM_TILE];
+    let acc = &mut acc[..inv.len()];
+    for row in xb.chunks_exact(positions) {
+        for (a, &v) in acc.iter_mut().zip(&row[p0..p0 + inv.len()]) {
+            *a += v as f64 * v as f64;
+        }
+    }
+    for (i, &a) in inv.iter_mut().zip(acc.iter()) {
+        *i = (1.0 / a.sqrt().max(1e-12)) as f32;
+    }
+}
+
+simd_dispatch! {
+    fn inverse_norms(xb: &[f32], positions: usize, p0: usize, inv: &mut [f32])
+        => inverse_norms_generic
+}
+
 /// The Wan VAE's RMS norm: `x` is `[batch, channels, positions]`; at every position the channel
 /// vector is divided by `max(||x||_2, 1e-12)` and multiplied by `sqrt(channels) * gamma[c]`.
 ///
-/// Two passes keep every write contiguous: first the inverse norm of each position (squares
-/// accumulated in f64, tile by tile), then each channel row scaled in parallel.
+/// Two passes keep every write contiguous: first the inverse norm of each position (tile by
+/// tile), then each channel row scaled in parallel.
 ///
 /// # Panics
 /// If the slice lengths disagree (a bug in the caller).
@@ -156,24 +262,13 @@ pub fn channel_rms_norm(
     }
     let mut inv = vec![0f32; batch * positions];
     inv.par_chunks_mut(positions)
-        .enumerate()
-        .for_each(|(b, inv_b)| {
-            let xb = &x[b * channels * positions..(b + 1) * channels * positions];
+        .zip(x.par_chunks(channels * positions))
+        .for_each(|(inv_b, xb)| {
             inv_b
                 .par_chunks_mut(CHANNEL_NORM_TILE)
                 .enumerate()
                 .for_each(|(tile, inv_t)| {
-                    let p0 = tile * CHANNEL_NORM_TILE;
-                    let mut acc = vec![0f64; inv_t.len()];
-                    for c in 0..channels {
-                        let row = &xb[c * positions + p0..c * positions + p0 + inv_t.len()];
-                        for (a, &v) in acc.iter_mut().zip(row) {
-                            *a += v as f64 * v as f64;
-                        }
-                    }
-                    for (i, a) in inv_t.iter_mut().zip(acc) {
-                        *i = (1.0 / a.sqrt().max(1e-12)) as f32;
-                    }
+                    inverse_norms(xb, positions, tile * CHANNEL_NORM_TILE, inv_t)
                 });
         });
     let root_c = (channels as f32).sqrt();
@@ -208,12 +303,13 @@ mod tests {
 
     #[test]
     fn sums_match_f64_reference_for_every_tail_length() {
-        for n in 0..40 {
+        for n in 0..100 {
             let x = lcg(n, n as u64 + 1);
             let s: f64 = x.iter().map(|&v| v as f64).sum();
-            assert!((sum_f64(&x) - s).abs() < 1e-12);
-            let q: f64 = x.iter().map(|&v| (v as f64 - 0.5).powi(2)).sum();
-            assert!((sum_sq_dev_f64(&x, 0.5) - q).abs() < 1e-12);
+            let q: f64 = x.iter().map(|&v| (v as f64).powi(2)).sum();
+            let (s1, s2) = moments(&x);
+            assert!((s1 - s).abs() < 1e-12 && (s2 - q).abs() < 1e-12);
+            assert!((sum_squares(&x) - q).abs() < 1e-12);
         }
     }
 

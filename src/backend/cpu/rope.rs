@@ -22,7 +22,7 @@ pub fn rope_interleaved(
     sin: &[f32],
 ) {
     assert_eq!(x.len(), out.len(), "rope: output size");
-    assert!(head_dim % 2 == 0, "rope: odd head_dim");
+    assert!(head_dim.is_multiple_of(2), "rope: odd head_dim");
     let half = head_dim / 2;
     assert!(
         cos.len() == seq * half && sin.len() == seq * half,
