@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use wanrt::io::config::{DitConfig, ModelType, T5Config, VaeConfig};
 use wanrt::io::layout::{
-    self, canonical_metas, canonical_weights, detect_metas, Component, Detected, KeyLayout, LoraAlpha, LoraFormat,
-    LoraInfo, MetaMap, Quant, TensorMeta,
+    self, canonical_metas, canonical_weights, detect_metas, Component, Detected, KeyLayout,
+    LoraAlpha, LoraFormat, LoraInfo, MetaMap, Quant, TensorMeta,
 };
 use wanrt::io::{self, Checkpoint};
 use wanrt::tensor::{DType, Tensor, Weight};
@@ -19,7 +19,11 @@ fn fixtures() -> PathBuf {
     let root = std::env::var_os("WANRT_FIXTURES")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"));
-    assert!(root.join("models").is_dir(), "fixtures not found at {} (set WANRT_FIXTURES)", root.display());
+    assert!(
+        root.join("models").is_dir(),
+        "fixtures not found at {} (set WANRT_FIXTURES)",
+        root.display()
+    );
     root
 }
 
@@ -32,7 +36,9 @@ fn open(rel: &str) -> Checkpoint {
 }
 
 fn canonical(rel: &str) -> BTreeMap<String, Weight> {
-    canonical_weights(&open(rel)).unwrap_or_else(|e| panic!("{rel}: {e}")).1
+    canonical_weights(&open(rel))
+        .unwrap_or_else(|e| panic!("{rel}: {e}"))
+        .1
 }
 
 fn canonical_meta_map(rel: &str) -> MetaMap {
@@ -45,11 +51,23 @@ fn values(w: &Weight) -> Vec<f32> {
 
 /// Same names, dtypes, dims, bytes and scales.
 fn assert_identical(a: &BTreeMap<String, Weight>, b: &BTreeMap<String, Weight>, what: &str) {
-    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>(), "{what}: key sets differ");
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
+        "{what}: key sets differ"
+    );
     for (k, wa) in a {
         let wb = &b[k];
-        assert_eq!((wa.dtype(), wa.dims()), (wb.dtype(), wb.dims()), "{what}: `{k}`");
-        assert_eq!(wa.tensor.raw_bytes().unwrap(), wb.tensor.raw_bytes().unwrap(), "{what}: `{k}` data");
+        assert_eq!(
+            (wa.dtype(), wa.dims()),
+            (wb.dtype(), wb.dims()),
+            "{what}: `{k}`"
+        );
+        assert_eq!(
+            wa.tensor.raw_bytes().unwrap(),
+            wb.tensor.raw_bytes().unwrap(),
+            "{what}: `{k}` data"
+        );
         assert_eq!(wa.scale, wb.scale, "{what}: `{k}` scale");
     }
 }
@@ -58,7 +76,12 @@ fn assert_identical(a: &BTreeMap<String, Weight>, b: &BTreeMap<String, Weight>, 
 /// the fixture's disagree, `x` must be a tie (up to `rel_tie` relative) between the two:
 /// the fixtures rounded from float64, we from float32.
 fn assert_rounds(stored: f32, x: f64, dtype: DType, rel_tie: f64, what: &str) {
-    let ours = Tensor::from_f32(vec![x as f32], [1usize]).unwrap().to_dtype(dtype).unwrap().to_f32_vec().unwrap()[0];
+    let ours = Tensor::from_f32(vec![x as f32], [1usize])
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap()
+        .to_f32_vec()
+        .unwrap()[0];
     if ours == stored {
         return;
     }
@@ -69,7 +92,14 @@ fn assert_rounds(stored: f32, x: f64, dtype: DType, rel_tie: f64, what: &str) {
     );
 }
 
-const FP8_LINEARS: [&str; 6] = [".q.weight", ".k.weight", ".v.weight", ".o.weight", ".ffn.0.weight", ".ffn.2.weight"];
+const FP8_LINEARS: [&str; 6] = [
+    ".q.weight",
+    ".k.weight",
+    ".v.weight",
+    ".o.weight",
+    ".ffn.0.weight",
+    ".ffn.2.weight",
+];
 
 fn is_fp8_linear(k: &str) -> bool {
     k.starts_with("blocks.") && FP8_LINEARS.iter().any(|s| k.ends_with(s))
@@ -82,11 +112,21 @@ fn err_text<T: std::fmt::Debug>(r: Result<T, Error>) -> String {
 // === Detection of every fixture model ===
 
 fn dit(layout: KeyLayout, quant: Quant) -> Detected {
-    Detected { component: Component::Dit(ModelType::T2v), layout, quant, lora: None }
+    Detected {
+        component: Component::Dit(ModelType::T2v),
+        layout,
+        quant,
+        lora: None,
+    }
 }
 
 fn plain(component: Component, layout: KeyLayout, dtype: DType) -> Detected {
-    Detected { component, layout, quant: Quant::Float(dtype), lora: None }
+    Detected {
+        component,
+        layout,
+        quant: Quant::Float(dtype),
+        lora: None,
+    }
 }
 
 fn lora(format: LoraFormat, alpha: LoraAlpha, deltas: usize) -> Detected {
@@ -94,7 +134,14 @@ fn lora(format: LoraFormat, alpha: LoraAlpha, deltas: usize) -> Detected {
         component: Component::Lora,
         layout: KeyLayout::Original,
         quant: Quant::Float(DType::F32),
-        lora: Some(LoraInfo { format, modules: 20, rank_min: 4, rank_max: 4, alpha, deltas }),
+        lora: Some(LoraInfo {
+            format,
+            modules: 20,
+            rank_min: 4,
+            rank_max: 4,
+            alpha,
+            deltas,
+        }),
     }
 }
 
@@ -102,23 +149,68 @@ fn lora(format: LoraFormat, alpha: LoraAlpha, deltas: usize) -> Detected {
 fn expected() -> Vec<(&'static str, Detected)> {
     use KeyLayout::*;
     vec![
-        ("tiny-dit/dit_f32.safetensors", dit(Original, Quant::Float(DType::F32))),
-        ("tiny-dit/dit_bf16.safetensors", dit(Original, Quant::Float(DType::BF16))),
-        ("tiny-dit/dit_comfy_bf16.safetensors", dit(ComfyUi, Quant::Float(DType::BF16))),
-        ("tiny-dit/dit_diffusers_f32.safetensors", dit(Diffusers, Quant::Float(DType::F32))),
-        ("tiny-dit/dit_fp8_e4m3fn_scaled.safetensors", dit(Original, Quant::ScaledFp8(DType::F8E4M3))),
-        ("tiny-dit/dit_fp8_e5m2.safetensors", dit(Original, Quant::Fp8(DType::F8E5M2))),
+        (
+            "tiny-dit/dit_f32.safetensors",
+            dit(Original, Quant::Float(DType::F32)),
+        ),
+        (
+            "tiny-dit/dit_bf16.safetensors",
+            dit(Original, Quant::Float(DType::BF16)),
+        ),
+        (
+            "tiny-dit/dit_comfy_bf16.safetensors",
+            dit(ComfyUi, Quant::Float(DType::BF16)),
+        ),
+        (
+            "tiny-dit/dit_diffusers_f32.safetensors",
+            dit(Diffusers, Quant::Float(DType::F32)),
+        ),
+        (
+            "tiny-dit/dit_fp8_e4m3fn_scaled.safetensors",
+            dit(Original, Quant::ScaledFp8(DType::F8E4M3)),
+        ),
+        (
+            "tiny-dit/dit_fp8_e5m2.safetensors",
+            dit(Original, Quant::Fp8(DType::F8E5M2)),
+        ),
         ("tiny-dit-sharded", dit(Original, Quant::Float(DType::BF16))),
-        ("tiny-lora/lora_musubi.safetensors", lora(LoraFormat::Musubi, LoraAlpha::Uniform(2.0), 0)),
-        ("tiny-lora/lora_comfy.safetensors", lora(LoraFormat::Comfy, LoraAlpha::Uniform(2.0), 0)),
+        (
+            "tiny-lora/lora_musubi.safetensors",
+            lora(LoraFormat::Musubi, LoraAlpha::Uniform(2.0), 0),
+        ),
+        (
+            "tiny-lora/lora_comfy.safetensors",
+            lora(LoraFormat::Comfy, LoraAlpha::Uniform(2.0), 0),
+        ),
         // 2 blocks x (10 bias deltas + 5 norm deltas + 1 modulation delta)
-        ("tiny-lora/lora_distill_lightx2v.safetensors", lora(LoraFormat::Lightx2v, LoraAlpha::Absent, 32)),
-        ("tiny-vae/vae_f32.safetensors", plain(Component::Vae, Original, DType::F32)),
-        ("tiny-vae/vae_diffusers_f32.safetensors", plain(Component::Vae, Diffusers, DType::F32)),
-        ("tiny-vae/vae_bf16.pth", plain(Component::Vae, Original, DType::BF16)),
-        ("tiny-umt5/umt5_enc_f32.safetensors", plain(Component::Umt5Encoder, Original, DType::F32)),
-        ("tiny-umt5/umt5_enc_hf_f32.safetensors", plain(Component::Umt5Encoder, Transformers, DType::F32)),
-        ("tiny-umt5/umt5_enc_bf16.pth", plain(Component::Umt5Encoder, Original, DType::BF16)),
+        (
+            "tiny-lora/lora_distill_lightx2v.safetensors",
+            lora(LoraFormat::Lightx2v, LoraAlpha::Absent, 32),
+        ),
+        (
+            "tiny-vae/vae_f32.safetensors",
+            plain(Component::Vae, Original, DType::F32),
+        ),
+        (
+            "tiny-vae/vae_diffusers_f32.safetensors",
+            plain(Component::Vae, Diffusers, DType::F32),
+        ),
+        (
+            "tiny-vae/vae_bf16.pth",
+            plain(Component::Vae, Original, DType::BF16),
+        ),
+        (
+            "tiny-umt5/umt5_enc_f32.safetensors",
+            plain(Component::Umt5Encoder, Original, DType::F32),
+        ),
+        (
+            "tiny-umt5/umt5_enc_hf_f32.safetensors",
+            plain(Component::Umt5Encoder, Transformers, DType::F32),
+        ),
+        (
+            "tiny-umt5/umt5_enc_bf16.pth",
+            plain(Component::Umt5Encoder, Original, DType::BF16),
+        ),
     ]
 }
 
@@ -150,7 +242,10 @@ fn every_fixture_model_file_is_expected() {
             let file = f.file_name().unwrap().to_str().unwrap();
             if file.ends_with(".safetensors") || file.ends_with(".pth") {
                 let rel = format!("{name}/{file}");
-                assert!(listed.contains(&rel.as_str()), "fixture model {rel} has no expectation here");
+                assert!(
+                    listed.contains(&rel.as_str()),
+                    "fixture model {rel} has no expectation here"
+                );
             }
         }
     }
@@ -185,7 +280,11 @@ fn detection_from_metas_leaves_alpha_unread() {
 fn dit_diffusers_equals_original() {
     let orig = canonical("tiny-dit/dit_f32.safetensors");
     assert_eq!(orig.len(), 69);
-    assert_identical(&orig, &canonical("tiny-dit/dit_diffusers_f32.safetensors"), "diffusers");
+    assert_identical(
+        &orig,
+        &canonical("tiny-dit/dit_diffusers_f32.safetensors"),
+        "diffusers",
+    );
 }
 
 #[test]
@@ -200,14 +299,21 @@ fn dit_comfy_bf16_equals_bf16() {
 #[test]
 #[ignore = "needs read_folder (sharded safetensors)"]
 fn dit_sharded_equals_bf16() {
-    assert_identical(&canonical("tiny-dit/dit_bf16.safetensors"), &canonical("tiny-dit-sharded"), "sharded");
+    assert_identical(
+        &canonical("tiny-dit/dit_bf16.safetensors"),
+        &canonical("tiny-dit-sharded"),
+        "sharded",
+    );
 }
 
 #[test]
 fn dit_bf16_is_f32_rounded() {
     let f32s = canonical("tiny-dit/dit_f32.safetensors");
     let bf = canonical("tiny-dit/dit_bf16.safetensors");
-    assert_eq!(f32s.keys().collect::<Vec<_>>(), bf.keys().collect::<Vec<_>>());
+    assert_eq!(
+        f32s.keys().collect::<Vec<_>>(),
+        bf.keys().collect::<Vec<_>>()
+    );
     for (k, w) in &bf {
         assert_eq!(w.dtype(), DType::BF16, "{k}");
         for (s, x) in values(w).iter().zip(values(&f32s[k])) {
@@ -220,10 +326,17 @@ fn dit_bf16_is_f32_rounded() {
 fn dit_fp8_e5m2_is_f32_rounded() {
     let f32s = canonical("tiny-dit/dit_f32.safetensors");
     let e5 = canonical("tiny-dit/dit_fp8_e5m2.safetensors");
-    assert_eq!(f32s.keys().collect::<Vec<_>>(), e5.keys().collect::<Vec<_>>());
+    assert_eq!(
+        f32s.keys().collect::<Vec<_>>(),
+        e5.keys().collect::<Vec<_>>()
+    );
     let mut fp8 = 0;
     for (k, w) in &e5 {
-        let dtype = if is_fp8_linear(k) { DType::F8E5M2 } else { DType::BF16 };
+        let dtype = if is_fp8_linear(k) {
+            DType::F8E5M2
+        } else {
+            DType::BF16
+        };
         fp8 += (dtype == DType::F8E5M2) as usize;
         assert_eq!((w.dtype(), w.scale), (dtype, None), "{k}");
         for (s, x) in values(w).iter().zip(values(&f32s[k])) {
@@ -239,7 +352,11 @@ fn dit_fp8_e5m2_is_f32_rounded() {
 fn dit_fp8_e4m3fn_scaled_is_f32_rounded_with_scale() {
     let f32s = canonical("tiny-dit/dit_f32.safetensors");
     let e4 = canonical("tiny-dit/dit_fp8_e4m3fn_scaled.safetensors");
-    assert_eq!(f32s.keys().collect::<Vec<_>>(), e4.keys().collect::<Vec<_>>(), "marker and scales are dropped");
+    assert_eq!(
+        f32s.keys().collect::<Vec<_>>(),
+        e4.keys().collect::<Vec<_>>(),
+        "marker and scales are dropped"
+    );
     let mut scaled = 0;
     for (k, w) in &e4 {
         let reference = values(&f32s[k]);
@@ -254,7 +371,10 @@ fn dit_fp8_e4m3fn_scaled_is_f32_rounded_with_scale() {
         assert_eq!(w.dtype(), DType::F8E4M3, "{k}");
         let scale = w.scale.unwrap_or_else(|| panic!("{k} has no scale"));
         let max = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
-        assert!(((scale as f64) - max as f64 / 448.0).abs() <= 1e-6 * scale as f64, "{k}: scale {scale}, max {max}");
+        assert!(
+            ((scale as f64) - max as f64 / 448.0).abs() <= 1e-6 * scale as f64,
+            "{k}: scale {scale}, max {max}"
+        );
         let codes = w.tensor.to_f32_vec().unwrap();
         let deq = values(w);
         for ((c, d), x) in codes.iter().zip(&deq).zip(&reference) {
@@ -270,14 +390,22 @@ fn dit_fp8_e4m3fn_scaled_is_f32_rounded_with_scale() {
 fn vae_diffusers_equals_original() {
     let orig = canonical("tiny-vae/vae_f32.safetensors");
     assert_eq!(orig.len(), 194);
-    assert_identical(&orig, &canonical("tiny-vae/vae_diffusers_f32.safetensors"), "vae diffusers");
+    assert_identical(
+        &orig,
+        &canonical("tiny-vae/vae_diffusers_f32.safetensors"),
+        "vae diffusers",
+    );
 }
 
 #[test]
 fn umt5_transformers_equals_original() {
     let orig = canonical("tiny-umt5/umt5_enc_f32.safetensors");
     assert_eq!(orig.len(), 22);
-    assert_identical(&orig, &canonical("tiny-umt5/umt5_enc_hf_f32.safetensors"), "umt5 hf");
+    assert_identical(
+        &orig,
+        &canonical("tiny-umt5/umt5_enc_hf_f32.safetensors"),
+        "umt5 hf",
+    );
 }
 
 #[test]
@@ -285,11 +413,18 @@ fn umt5_transformers_equals_original() {
 fn pth_fixtures_are_f32_rounded_to_bf16() {
     for (pth, f32_file) in [
         ("tiny-vae/vae_bf16.pth", "tiny-vae/vae_f32.safetensors"),
-        ("tiny-umt5/umt5_enc_bf16.pth", "tiny-umt5/umt5_enc_f32.safetensors"),
+        (
+            "tiny-umt5/umt5_enc_bf16.pth",
+            "tiny-umt5/umt5_enc_f32.safetensors",
+        ),
     ] {
         let f32s = canonical(f32_file);
         let bf = canonical(pth);
-        assert_eq!(f32s.keys().collect::<Vec<_>>(), bf.keys().collect::<Vec<_>>(), "{pth}");
+        assert_eq!(
+            f32s.keys().collect::<Vec<_>>(),
+            bf.keys().collect::<Vec<_>>(),
+            "{pth}"
+        );
         for (k, w) in &bf {
             assert_eq!(w.dtype(), DType::BF16, "{pth} {k}");
             for (s, x) in values(w).iter().zip(values(&f32s[k])) {
@@ -302,8 +437,16 @@ fn pth_fixtures_are_f32_rounded_to_bf16() {
 #[test]
 fn lora_formats_give_the_same_canonical_lora() {
     let musubi = canonical("tiny-lora/lora_musubi.safetensors");
-    assert_identical(&musubi, &canonical("tiny-lora/lora_comfy.safetensors"), "comfy lora");
-    for k in ["blocks.0.self_attn.q.lora_down.weight", "blocks.1.ffn.2.lora_up.weight", "blocks.1.cross_attn.o.alpha"] {
+    assert_identical(
+        &musubi,
+        &canonical("tiny-lora/lora_comfy.safetensors"),
+        "comfy lora",
+    );
+    for k in [
+        "blocks.0.self_attn.q.lora_down.weight",
+        "blocks.1.ffn.2.lora_up.weight",
+        "blocks.1.cross_attn.o.alpha",
+    ] {
         assert!(musubi.contains_key(k), "{k}");
     }
     let distill = canonical("tiny-lora/lora_distill_lightx2v.safetensors");
@@ -355,7 +498,11 @@ fn tiny_dit_config_from_json_in_every_layout() {
     }
     // The sharded folder's config.json (with `_class_name: WanModel`) describes the same model.
     let sharded = model("tiny-dit-sharded/config.json");
-    let cfg = DitConfig::load(&canonical_meta_map("tiny-dit/dit_bf16.safetensors"), Some(&sharded)).unwrap();
+    let cfg = DitConfig::load(
+        &canonical_meta_map("tiny-dit/dit_bf16.safetensors"),
+        Some(&sharded),
+    )
+    .unwrap();
     assert_eq!(cfg, tiny_dit_config());
 }
 
@@ -364,7 +511,10 @@ fn tiny_dit_config_needs_num_heads() {
     let metas = canonical_meta_map("tiny-dit/dit_f32.safetensors");
     let e = DitConfig::infer(&metas).unwrap_err();
     assert!(matches!(e, Error::InvalidConfig(_)), "{e}");
-    assert!(e.to_string().contains("num_heads") && e.to_string().contains("64"), "{e}");
+    assert!(
+        e.to_string().contains("num_heads") && e.to_string().contains("64"),
+        "{e}"
+    );
     // Only num_heads is missing: the json's value wins.
     let cfg = DitConfig::resolve(&metas, Some(r#"{"num_heads": 8, "text_len": 77}"#)).unwrap();
     assert_eq!((cfg.num_heads, cfg.text_len, cfg.dim), (8, 77, 64));
@@ -375,30 +525,77 @@ fn dit_json_contradicting_the_weights_names_the_field() {
     let metas = canonical_meta_map("tiny-dit/dit_f32.safetensors");
     for (json, field, a, b) in [
         (r#"{"num_heads": 4, "dim": 128}"#, "dim", "128", "64"),
-        (r#"{"num_heads": 4, "num_layers": 3}"#, "num_layers", "3", "2"),
-        (r#"{"num_heads": 4, "ffn_dim": 256}"#, "ffn_dim", "256", "128"),
-        (r#"{"num_heads": 4, "text_dim": 4096}"#, "text_dim", "4096", "32"),
-        (r#"{"num_heads": 4, "model_type": "i2v"}"#, "model_type", "I2v", "T2v"),
+        (
+            r#"{"num_heads": 4, "num_layers": 3}"#,
+            "num_layers",
+            "3",
+            "2",
+        ),
+        (
+            r#"{"num_heads": 4, "ffn_dim": 256}"#,
+            "ffn_dim",
+            "256",
+            "128",
+        ),
+        (
+            r#"{"num_heads": 4, "text_dim": 4096}"#,
+            "text_dim",
+            "4096",
+            "32",
+        ),
+        (
+            r#"{"num_heads": 4, "model_type": "i2v"}"#,
+            "model_type",
+            "I2v",
+            "T2v",
+        ),
         (r#"{"num_heads": 4, "in_dim": 36}"#, "in_dim", "36", "16"),
     ] {
         let e = DitConfig::resolve(&metas, Some(json)).unwrap_err();
         let s = e.to_string();
         assert!(matches!(e, Error::InvalidConfig(_)), "{json}: {s}");
-        assert!(s.contains(field) && s.contains(a) && s.contains(b), "{json}: {s}");
+        assert!(
+            s.contains(field) && s.contains(a) && s.contains(b),
+            "{json}: {s}"
+        );
     }
-    for bad in [r#"{"num_heads": 5}"#, r#"{"num_heads": 0}"#, "not json", r#"{"dim": "x"}"#] {
-        assert!(matches!(DitConfig::resolve(&metas, Some(bad)), Err(Error::InvalidConfig(_))), "{bad}");
+    for bad in [
+        r#"{"num_heads": 5}"#,
+        r#"{"num_heads": 0}"#,
+        "not json",
+        r#"{"dim": "x"}"#,
+    ] {
+        assert!(
+            matches!(
+                DitConfig::resolve(&metas, Some(bad)),
+                Err(Error::InvalidConfig(_))
+            ),
+            "{bad}"
+        );
     }
-    let e = DitConfig::resolve(&metas, Some(r#"{"_class_name": "WanTransformer3DModel", "num_attention_heads": 4}"#));
+    let e = DitConfig::resolve(
+        &metas,
+        Some(r#"{"_class_name": "WanTransformer3DModel", "num_attention_heads": 4}"#),
+    );
     assert!(err_text(e).contains("WanTransformer3DModel"));
 }
 
 #[test]
 fn tiny_vae_config() {
-    let want = VaeConfig { dim: 8, ..VaeConfig::default() };
-    for rel in ["tiny-vae/vae_f32.safetensors", "tiny-vae/vae_diffusers_f32.safetensors"] {
+    let want = VaeConfig {
+        dim: 8,
+        ..VaeConfig::default()
+    };
+    for rel in [
+        "tiny-vae/vae_f32.safetensors",
+        "tiny-vae/vae_diffusers_f32.safetensors",
+    ] {
         let metas = canonical_meta_map(rel);
-        assert_eq!(VaeConfig::load(&metas, Some(&model("tiny-vae/config.json"))).unwrap(), want, "{rel}");
+        assert_eq!(
+            VaeConfig::load(&metas, Some(&model("tiny-vae/config.json"))).unwrap(),
+            want,
+            "{rel}"
+        );
         assert_eq!(VaeConfig::infer(&metas).unwrap(), want, "{rel}");
     }
     let metas = canonical_meta_map("tiny-vae/vae_f32.safetensors");
@@ -408,7 +605,12 @@ fn tiny_vae_config() {
     assert!(err_text(e).contains("latents_mean"));
     let mean: Vec<f32> = (0..16).map(|i| i as f32).collect();
     let json = format!(r#"{{"latents_mean": {mean:?}}}"#);
-    assert_eq!(VaeConfig::resolve(&metas, Some(&json)).unwrap().latents_mean, mean);
+    assert_eq!(
+        VaeConfig::resolve(&metas, Some(&json))
+            .unwrap()
+            .latents_mean,
+        mean
+    );
 }
 
 #[test]
@@ -424,14 +626,28 @@ fn tiny_t5_config() {
         shared_pos: false,
         text_len: 512,
     };
-    for rel in ["tiny-umt5/umt5_enc_f32.safetensors", "tiny-umt5/umt5_enc_hf_f32.safetensors"] {
+    for rel in [
+        "tiny-umt5/umt5_enc_f32.safetensors",
+        "tiny-umt5/umt5_enc_hf_f32.safetensors",
+    ] {
         let metas = canonical_meta_map(rel);
-        assert_eq!(T5Config::load(&metas, Some(&model("tiny-umt5/config.json"))).unwrap(), want, "{rel}");
+        assert_eq!(
+            T5Config::load(&metas, Some(&model("tiny-umt5/config.json"))).unwrap(),
+            want,
+            "{rel}"
+        );
         assert_eq!(T5Config::infer(&metas).unwrap(), want, "{rel}");
     }
     let metas = canonical_meta_map("tiny-umt5/umt5_enc_f32.safetensors");
-    assert!(err_text(T5Config::resolve(&metas, Some(r#"{"num_heads": 64}"#))).contains("num_heads"));
-    assert_eq!(T5Config::resolve(&metas, Some(r#"{"text_len": 226}"#)).unwrap().text_len, 226);
+    assert!(
+        err_text(T5Config::resolve(&metas, Some(r#"{"num_heads": 64}"#))).contains("num_heads")
+    );
+    assert_eq!(
+        T5Config::resolve(&metas, Some(r#"{"text_len": 226}"#))
+            .unwrap()
+            .text_len,
+        226
+    );
 }
 
 // === Synthetic key sets of the real checkpoints (shapes only) ===
@@ -458,7 +674,12 @@ impl Metas {
 /// The original Wan DiT state dict (§1.2 of the architecture notes).
 fn wan_dit_metas(dim: usize, ffn: usize, layers: usize, i2v: bool, dtype: DType) -> MetaMap {
     let mut m = Metas(MetaMap::new(), dtype);
-    m.conv("patch_embedding", dim, if i2v { 36 } else { 16 }, &[1, 2, 2]);
+    m.conv(
+        "patch_embedding",
+        dim,
+        if i2v { 36 } else { 16 },
+        &[1, 2, 2],
+    );
     m.linear("text_embedding.0", dim, 4096);
     m.linear("text_embedding.2", dim, dim);
     m.linear("time_embedding.0", dim, 256);
@@ -502,16 +723,34 @@ fn wan_dit_metas(dim: usize, ffn: usize, layers: usize, i2v: bool, dtype: DType)
 fn to_diffusers(name: &str) -> String {
     let mut s = name.to_string();
     for (a, b) in [
-        ("time_embedding.0", "condition_embedder.time_embedder.linear_1"),
-        ("time_embedding.2", "condition_embedder.time_embedder.linear_2"),
-        ("text_embedding.0", "condition_embedder.text_embedder.linear_1"),
-        ("text_embedding.2", "condition_embedder.text_embedder.linear_2"),
+        (
+            "time_embedding.0",
+            "condition_embedder.time_embedder.linear_1",
+        ),
+        (
+            "time_embedding.2",
+            "condition_embedder.time_embedder.linear_2",
+        ),
+        (
+            "text_embedding.0",
+            "condition_embedder.text_embedder.linear_1",
+        ),
+        (
+            "text_embedding.2",
+            "condition_embedder.text_embedder.linear_2",
+        ),
         ("time_projection.1", "condition_embedder.time_proj"),
         ("head.modulation", "scale_shift_table"),
         ("head.head", "proj_out"),
         ("img_emb.proj.0", "condition_embedder.image_embedder.norm1"),
-        ("img_emb.proj.1", "condition_embedder.image_embedder.ff.net.0.proj"),
-        ("img_emb.proj.3", "condition_embedder.image_embedder.ff.net.2"),
+        (
+            "img_emb.proj.1",
+            "condition_embedder.image_embedder.ff.net.0.proj",
+        ),
+        (
+            "img_emb.proj.3",
+            "condition_embedder.image_embedder.ff.net.2",
+        ),
         ("img_emb.proj.4", "condition_embedder.image_embedder.norm2"),
         (".modulation", ".scale_shift_table"),
         ("self_attn.", "attn1."),
@@ -534,14 +773,24 @@ fn to_diffusers(name: &str) -> String {
 
 #[test]
 fn real_dit_configs_from_shapes() {
-    for (dim, ffn, layers, i2v, tensors, heads) in
-        [(1536, 8960, 30, false, 825, 12), (5120, 13824, 40, false, 1095, 40), (5120, 13824, 40, true, 1303, 40)]
-    {
+    for (dim, ffn, layers, i2v, tensors, heads) in [
+        (1536, 8960, 30, false, 825, 12),
+        (5120, 13824, 40, false, 1095, 40),
+        (5120, 13824, 40, true, 1303, 40),
+    ] {
         let metas = wan_dit_metas(dim, ffn, layers, i2v, DType::BF16);
         assert_eq!(metas.len(), tensors);
         let model_type = if i2v { ModelType::I2v } else { ModelType::T2v };
         let (d, canon) = canonical_metas(&metas).unwrap();
-        assert_eq!(d, Detected { component: Component::Dit(model_type), layout: KeyLayout::Original, quant: Quant::Float(DType::BF16), lora: None });
+        assert_eq!(
+            d,
+            Detected {
+                component: Component::Dit(model_type),
+                layout: KeyLayout::Original,
+                quant: Quant::Float(DType::BF16),
+                lora: None
+            }
+        );
         assert_eq!(canon, metas);
         let cfg = DitConfig::infer(&canon).unwrap();
         let want = DitConfig {
@@ -562,14 +811,26 @@ fn real_dit_configs_from_shapes() {
         assert_eq!(cfg.head_dim(), 128);
         match cfg.ensure_supported() {
             Ok(()) => assert!(!i2v),
-            Err(e) => assert!(i2v && matches!(e, Error::UnsupportedModel(_)) && e.to_string().contains("I2V"), "{e}"),
+            Err(e) => assert!(
+                i2v && matches!(e, Error::UnsupportedModel(_)) && e.to_string().contains("I2V"),
+                "{e}"
+            ),
         }
 
         // The same model in diffusers names maps back 1:1.
-        let diffusers: MetaMap = metas.iter().map(|(k, v)| (to_diffusers(k), v.clone())).collect();
-        assert!(diffusers.contains_key("blocks.0.attn1.to_out.0.weight") && diffusers.contains_key("scale_shift_table"));
+        let diffusers: MetaMap = metas
+            .iter()
+            .map(|(k, v)| (to_diffusers(k), v.clone()))
+            .collect();
+        assert!(
+            diffusers.contains_key("blocks.0.attn1.to_out.0.weight")
+                && diffusers.contains_key("scale_shift_table")
+        );
         let (d, back) = canonical_metas(&diffusers).unwrap();
-        assert_eq!((d.component, d.layout), (Component::Dit(model_type), KeyLayout::Diffusers));
+        assert_eq!(
+            (d.component, d.layout),
+            (Component::Dit(model_type), KeyLayout::Diffusers)
+        );
         assert_eq!(back, metas);
     }
 }
@@ -582,15 +843,24 @@ fn comfy_scaled_fp8_dit_from_shapes() {
         let mut v = v.clone();
         if is_fp8_linear(k) {
             v.dtype = DType::F8E4M3;
-            let scale = format!("model.diffusion_model.{}scale_weight", k.strip_suffix("weight").unwrap());
+            let scale = format!(
+                "model.diffusion_model.{}scale_weight",
+                k.strip_suffix("weight").unwrap()
+            );
             comfy.insert(scale, TensorMeta::new([], DType::F32));
         }
         comfy.insert(format!("model.diffusion_model.{k}"), v);
     }
-    comfy.insert("model.diffusion_model.scaled_fp8".into(), TensorMeta::new([0], DType::F8E4M3));
+    comfy.insert(
+        "model.diffusion_model.scaled_fp8".into(),
+        TensorMeta::new([0], DType::F8E4M3),
+    );
     let (d, canon) = canonical_metas(&comfy).unwrap();
     assert_eq!(d, dit(KeyLayout::ComfyUi, Quant::ScaledFp8(DType::F8E4M3)));
-    assert_eq!(canon.keys().collect::<Vec<_>>(), metas.keys().collect::<Vec<_>>());
+    assert_eq!(
+        canon.keys().collect::<Vec<_>>(),
+        metas.keys().collect::<Vec<_>>()
+    );
     assert_eq!(canon["blocks.29.ffn.2.weight"].dtype, DType::F8E4M3);
     assert_eq!(DitConfig::infer(&canon).unwrap().num_layers, 30);
 }
@@ -618,7 +888,13 @@ impl Metas {
 }
 
 /// The original Wan VAE state dict (`WanVAE_` in `wan/modules/vae.py`).
-fn wan_vae_metas(dim: usize, z: usize, mult: &[usize], res_blocks: usize, temporal: &[bool]) -> MetaMap {
+fn wan_vae_metas(
+    dim: usize,
+    z: usize,
+    mult: &[usize],
+    res_blocks: usize,
+    temporal: &[bool],
+) -> MetaMap {
     let mut m = Metas(MetaMap::new(), DType::F32);
     let top = dim * mult[mult.len() - 1];
     // Encoder: per stage, residual blocks then a downsampling (all but the last stage).
@@ -633,9 +909,19 @@ fn wan_vae_metas(dim: usize, z: usize, mult: &[usize], res_blocks: usize, tempor
             k += 1;
         }
         if i != mult.len() - 1 {
-            m.conv(&format!("encoder.downsamples.{k}.resample.1"), cout, cout, &[3, 3]);
+            m.conv(
+                &format!("encoder.downsamples.{k}.resample.1"),
+                cout,
+                cout,
+                &[3, 3],
+            );
             if temporal[i] {
-                m.conv(&format!("encoder.downsamples.{k}.time_conv"), cout, cout, &[3, 1, 1]);
+                m.conv(
+                    &format!("encoder.downsamples.{k}.time_conv"),
+                    cout,
+                    cout,
+                    &[3, 1, 1],
+                );
             }
             k += 1;
         }
@@ -646,7 +932,11 @@ fn wan_vae_metas(dim: usize, z: usize, mult: &[usize], res_blocks: usize, tempor
     m.conv("conv1", 2 * z, 2 * z, &[1, 1, 1]);
     m.conv("conv2", z, z, &[1, 1, 1]);
     // Decoder: per stage, one more residual block; the upsampling halves the channels.
-    let dims: Vec<usize> = [mult[mult.len() - 1]].iter().chain(mult.iter().rev()).map(|u| dim * u).collect();
+    let dims: Vec<usize> = [mult[mult.len() - 1]]
+        .iter()
+        .chain(mult.iter().rev())
+        .map(|u| dim * u)
+        .collect();
     m.conv("decoder.conv1", top, z, &[3, 3, 3]);
     m.middle("decoder", top);
     let mut k = 0;
@@ -658,9 +948,19 @@ fn wan_vae_metas(dim: usize, z: usize, mult: &[usize], res_blocks: usize, tempor
             k += 1;
         }
         if i != mult.len() - 1 {
-            m.conv(&format!("decoder.upsamples.{k}.resample.1"), cout / 2, cout, &[3, 3]);
+            m.conv(
+                &format!("decoder.upsamples.{k}.resample.1"),
+                cout / 2,
+                cout,
+                &[3, 3],
+            );
             if temporal[temporal.len() - 1 - i] {
-                m.conv(&format!("decoder.upsamples.{k}.time_conv"), 2 * cout, cout, &[3, 1, 1]);
+                m.conv(
+                    &format!("decoder.upsamples.{k}.time_conv"),
+                    2 * cout,
+                    cout,
+                    &[3, 1, 1],
+                );
             }
             k += 1;
         }
@@ -674,8 +974,14 @@ fn wan_vae_metas(dim: usize, z: usize, mult: &[usize], res_blocks: usize, tempor
 fn real_vae_config_from_shapes() {
     let metas = wan_vae_metas(96, 16, &[1, 2, 4, 4], 2, &[false, true, true]);
     assert_eq!(metas.len(), 194);
-    assert_eq!(metas["decoder.upsamples.3.time_conv.weight"].dims, [768, 384, 3, 1, 1]);
-    assert_eq!(metas["decoder.upsamples.4.shortcut.weight"].dims, [384, 192, 1, 1, 1]);
+    assert_eq!(
+        metas["decoder.upsamples.3.time_conv.weight"].dims,
+        [768, 384, 3, 1, 1]
+    );
+    assert_eq!(
+        metas["decoder.upsamples.4.shortcut.weight"].dims,
+        [384, 192, 1, 1, 1]
+    );
     let (d, canon) = canonical_metas(&metas).unwrap();
     assert_eq!(d, plain(Component::Vae, KeyLayout::Original, DType::F32));
     assert_eq!(VaeConfig::infer(&canon).unwrap(), VaeConfig::default());
@@ -684,9 +990,28 @@ fn real_vae_config_from_shapes() {
     assert_eq!(tiny, canonical_meta_map("tiny-vae/vae_f32.safetensors"));
     // Other structures are read off the encoder.
     let other = wan_vae_metas(32, 4, &[1, 2, 2], 1, &[true, false]);
-    let cfg = VaeConfig::resolve(&other, Some(&format!(r#"{{"latents_mean": {:?}, "latents_std": {:?}}}"#, [0.0; 4], [1.0; 4]))).unwrap();
-    assert_eq!((cfg.dim, cfg.z_dim, cfg.dim_mult, cfg.num_res_blocks, cfg.temperal_downsample), (32, 4, vec![1, 2, 2], 1, vec![true, false]));
-    assert!(err_text(VaeConfig::infer(&other)).contains("latents_mean"), "Wan's statistics have 16 channels");
+    let cfg = VaeConfig::resolve(
+        &other,
+        Some(&format!(
+            r#"{{"latents_mean": {:?}, "latents_std": {:?}}}"#,
+            [0.0; 4], [1.0; 4]
+        )),
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            cfg.dim,
+            cfg.z_dim,
+            cfg.dim_mult,
+            cfg.num_res_blocks,
+            cfg.temperal_downsample
+        ),
+        (32, 4, vec![1, 2, 2], 1, vec![true, false])
+    );
+    assert!(
+        err_text(VaeConfig::infer(&other)).contains("latents_mean"),
+        "Wan's statistics have 16 channels"
+    );
 }
 
 fn umt5_metas(vocab: usize, dim: usize, ffn: usize, heads: usize, layers: usize) -> MetaMap {
@@ -697,7 +1022,10 @@ fn umt5_metas(vocab: usize, dim: usize, ffn: usize, heads: usize, layers: usize)
         for l in ["q", "k", "v", "o"] {
             m.t(format!("blocks.{b}.attn.{l}.weight"), &[dim, dim]);
         }
-        m.t(format!("blocks.{b}.pos_embedding.embedding.weight"), &[32, heads]);
+        m.t(
+            format!("blocks.{b}.pos_embedding.embedding.weight"),
+            &[32, heads],
+        );
         m.t(format!("blocks.{b}.norm2.weight"), &[dim]);
         m.t(format!("blocks.{b}.ffn.gate.0.weight"), &[ffn, dim]);
         m.t(format!("blocks.{b}.ffn.fc1.weight"), &[ffn, dim]);
@@ -712,7 +1040,10 @@ fn real_umt5_config_from_shapes() {
     let metas = umt5_metas(256384, 4096, 10240, 64, 24);
     assert_eq!(metas.len(), 242);
     let (d, canon) = canonical_metas(&metas).unwrap();
-    assert_eq!(d, plain(Component::Umt5Encoder, KeyLayout::Original, DType::BF16));
+    assert_eq!(
+        d,
+        plain(Component::Umt5Encoder, KeyLayout::Original, DType::BF16)
+    );
     assert_eq!(T5Config::infer(&canon).unwrap(), T5Config::default());
 
     // ComfyUI: transformers names under a prefix, with the tied embedding copy (243 keys).
@@ -722,7 +1053,10 @@ fn real_umt5_config_from_shapes() {
         ("attn.k.weight", "layer.0.SelfAttention.k.weight"),
         ("attn.v.weight", "layer.0.SelfAttention.v.weight"),
         ("attn.o.weight", "layer.0.SelfAttention.o.weight"),
-        ("pos_embedding.embedding.weight", "layer.0.SelfAttention.relative_attention_bias.weight"),
+        (
+            "pos_embedding.embedding.weight",
+            "layer.0.SelfAttention.relative_attention_bias.weight",
+        ),
         ("norm2.weight", "layer.1.layer_norm.weight"),
         ("ffn.gate.0.weight", "layer.1.DenseReluDense.wi_0.weight"),
         ("ffn.fc1.weight", "layer.1.DenseReluDense.wi_1.weight"),
@@ -735,29 +1069,49 @@ fn real_umt5_config_from_shapes() {
             "norm.weight" => "encoder.final_layer_norm.weight".to_string(),
             _ => {
                 let (b, rest) = k["blocks.".len()..].split_once('.').unwrap();
-                format!("encoder.block.{b}.{}", hf.iter().find(|p| p.0 == rest).unwrap().1)
+                format!(
+                    "encoder.block.{b}.{}",
+                    hf.iter().find(|p| p.0 == rest).unwrap().1
+                )
             }
         };
-        comfy.insert(format!("text_encoders.umt5xxl.transformer.{name}"), v.clone());
+        comfy.insert(
+            format!("text_encoders.umt5xxl.transformer.{name}"),
+            v.clone(),
+        );
     }
-    comfy.insert("text_encoders.umt5xxl.transformer.encoder.embed_tokens.weight".into(), metas["token_embedding.weight"].clone());
+    comfy.insert(
+        "text_encoders.umt5xxl.transformer.encoder.embed_tokens.weight".into(),
+        metas["token_embedding.weight"].clone(),
+    );
     assert_eq!(comfy.len(), 243);
     let (d, back) = canonical_metas(&comfy).unwrap();
-    assert_eq!(d, plain(Component::Umt5Encoder, KeyLayout::ComfyUi, DType::BF16));
+    assert_eq!(
+        d,
+        plain(Component::Umt5Encoder, KeyLayout::ComfyUi, DType::BF16)
+    );
     assert_eq!(back, metas);
 }
 
 // === LoRA key formats from shapes ===
 
 fn lora_metas(keys: &[(&str, &[usize])]) -> MetaMap {
-    keys.iter().map(|(k, d)| (k.to_string(), TensorMeta::new(*d, DType::BF16))).collect()
+    keys.iter()
+        .map(|(k, d)| (k.to_string(), TensorMeta::new(*d, DType::BF16)))
+        .collect()
 }
 
 #[test]
 fn musubi_i2v_and_top_level_modules_unmangle() {
     let metas = lora_metas(&[
-        ("lora_unet_blocks_39_cross_attn_k_img.lora_down.weight", &[8, 5120]),
-        ("lora_unet_blocks_39_cross_attn_k_img.lora_up.weight", &[5120, 8]),
+        (
+            "lora_unet_blocks_39_cross_attn_k_img.lora_down.weight",
+            &[8, 5120],
+        ),
+        (
+            "lora_unet_blocks_39_cross_attn_k_img.lora_up.weight",
+            &[5120, 8],
+        ),
         ("lora_unet_blocks_39_cross_attn_k_img.alpha", &[]),
         ("lora_unet__blocks_2_ffn_0.lora_down.weight", &[16, 5120]),
         ("lora_unet__blocks_2_ffn_0.lora_up.weight", &[13824, 16]),
@@ -766,7 +1120,10 @@ fn musubi_i2v_and_top_level_modules_unmangle() {
     ]);
     let (d, canon) = canonical_metas(&metas).unwrap();
     let info = d.lora.unwrap();
-    assert_eq!((info.format, info.modules, info.rank_min, info.rank_max), (LoraFormat::Musubi, 3, 4, 16));
+    assert_eq!(
+        (info.format, info.modules, info.rank_min, info.rank_max),
+        (LoraFormat::Musubi, 3, 4, 16)
+    );
     assert_eq!(info.alpha, LoraAlpha::NotRead);
     assert_eq!(
         canon.keys().map(String::as_str).collect::<Vec<_>>(),
@@ -785,18 +1142,36 @@ fn musubi_i2v_and_top_level_modules_unmangle() {
 #[test]
 fn diffusers_lora_maps_module_names() {
     let metas = lora_metas(&[
-        ("transformer.blocks.0.attn1.to_out.0.lora_A.weight", &[4, 1536]),
-        ("transformer.blocks.0.attn1.to_out.0.lora_B.weight", &[1536, 4]),
+        (
+            "transformer.blocks.0.attn1.to_out.0.lora_A.weight",
+            &[4, 1536],
+        ),
+        (
+            "transformer.blocks.0.attn1.to_out.0.lora_B.weight",
+            &[1536, 4],
+        ),
         ("transformer.blocks.0.attn1.to_out.0.lora_B.bias", &[1536]),
-        ("transformer.blocks.7.attn2.add_v_proj.lora_A.weight", &[4, 5120]),
-        ("transformer.blocks.7.attn2.add_v_proj.lora_B.weight", &[5120, 4]),
+        (
+            "transformer.blocks.7.attn2.add_v_proj.lora_A.weight",
+            &[4, 5120],
+        ),
+        (
+            "transformer.blocks.7.attn2.add_v_proj.lora_B.weight",
+            &[5120, 4],
+        ),
         ("transformer.proj_out.lora_A.weight", &[4, 1536]),
         ("transformer.proj_out.lora_B.weight", &[64, 4]),
     ]);
     let (d, canon) = canonical_metas(&metas).unwrap();
-    assert_eq!((d.component, d.layout), (Component::Lora, KeyLayout::Diffusers));
+    assert_eq!(
+        (d.component, d.layout),
+        (Component::Lora, KeyLayout::Diffusers)
+    );
     let info = d.lora.unwrap();
-    assert_eq!((info.format, info.modules, info.alpha, info.deltas), (LoraFormat::Diffusers, 3, LoraAlpha::Absent, 1));
+    assert_eq!(
+        (info.format, info.modules, info.alpha, info.deltas),
+        (LoraFormat::Diffusers, 3, LoraAlpha::Absent, 1)
+    );
     for k in [
         "blocks.0.self_attn.o.lora_down.weight",
         "blocks.0.self_attn.o.lora_up.weight",
@@ -811,24 +1186,58 @@ fn diffusers_lora_maps_module_names() {
 #[test]
 fn bad_loras_are_rejected_with_the_key() {
     for (keys, needle) in [
-        (vec![("lora_unet_blocks_0_self_attn_q.lora_down.weight", &[4usize, 64][..])], "blocks.0.self_attn.q"),
+        (
+            vec![(
+                "lora_unet_blocks_0_self_attn_q.lora_down.weight",
+                &[4usize, 64][..],
+            )],
+            "blocks.0.self_attn.q",
+        ),
         (
             vec![
                 ("diffusion_model.blocks.0.ffn.0.lora_A.weight", &[4, 64][..]),
-                ("diffusion_model.blocks.0.ffn.0.lora_B.weight", &[128, 8][..]),
+                (
+                    "diffusion_model.blocks.0.ffn.0.lora_B.weight",
+                    &[128, 8][..],
+                ),
             ],
             "rank",
         ),
         (
             vec![
-                ("diffusion_model.blocks.0.ffn.0.lora_A.weight", &[4, 64, 1, 1][..]),
-                ("diffusion_model.blocks.0.ffn.0.lora_B.weight", &[128, 4, 1, 1][..]),
+                (
+                    "diffusion_model.blocks.0.ffn.0.lora_A.weight",
+                    &[4, 64, 1, 1][..],
+                ),
+                (
+                    "diffusion_model.blocks.0.ffn.0.lora_B.weight",
+                    &[128, 4, 1, 1][..],
+                ),
             ],
             "2-D",
         ),
-        (vec![("lora_unet_blocks_0_self_attn_x.lora_down.weight", &[4, 64][..])], "lora_unet_blocks_0_self_attn_x.lora_down.weight"),
-        (vec![("diffusion_model.blocks.0.bogus.lora_A.weight", &[4, 64][..])], "diffusion_model.blocks.0.bogus.lora_A.weight"),
-        (vec![("diffusion_model.blocks.0.ffn.0.lora_A.weight", &[4, 64][..]), ("diffusion_model.blocks.0.ffn.0.lora_B.weight", &[128, 4][..]), ("diffusion_model.blocks.0.ffn.0.dora_scale", &[128][..])], "dora_scale"),
+        (
+            vec![(
+                "lora_unet_blocks_0_self_attn_x.lora_down.weight",
+                &[4, 64][..],
+            )],
+            "lora_unet_blocks_0_self_attn_x.lora_down.weight",
+        ),
+        (
+            vec![("diffusion_model.blocks.0.bogus.lora_A.weight", &[4, 64][..])],
+            "diffusion_model.blocks.0.bogus.lora_A.weight",
+        ),
+        (
+            vec![
+                ("diffusion_model.blocks.0.ffn.0.lora_A.weight", &[4, 64][..]),
+                (
+                    "diffusion_model.blocks.0.ffn.0.lora_B.weight",
+                    &[128, 4][..],
+                ),
+                ("diffusion_model.blocks.0.ffn.0.dora_scale", &[128][..]),
+            ],
+            "dora_scale",
+        ),
         (
             vec![
                 ("lora_unet_blocks_0_ffn_0.lora_down.weight", &[4, 64][..]),
@@ -872,25 +1281,44 @@ fn unknown_and_unmapped_keys_are_named() {
     }
     // A scale without its weight, and a per-block scale.
     let mut m = base.clone();
-    m.insert("blocks.0.ffn.1.scale_weight".into(), TensorMeta::new([], DType::F32));
+    m.insert(
+        "blocks.0.ffn.1.scale_weight".into(),
+        TensorMeta::new([], DType::F32),
+    );
     assert!(err_text(canonical_metas(&m)).contains("blocks.0.ffn.1.scale_weight"));
     let mut m = base.clone();
-    m.insert("blocks.0.ffn.0.scale_weight".into(), TensorMeta::new([128, 1, 1], DType::F32));
+    m.insert(
+        "blocks.0.ffn.0.scale_weight".into(),
+        TensorMeta::new([128, 1, 1], DType::F32),
+    );
     assert!(err_text(canonical_metas(&m)).contains("blocks.0.ffn.0.scale_weight"));
     // Not a Wan model at all.
     let m = lora_metas(&[("foo.weight", &[3, 3])]);
     assert_eq!(detect_metas(&m).unwrap().component, Component::Unknown);
-    assert!(matches!(canonical_metas(&m), Err(Error::UnsupportedModel(_))));
+    assert!(matches!(
+        canonical_metas(&m),
+        Err(Error::UnsupportedModel(_))
+    ));
 }
 
 #[test]
 fn tied_umt5_embedding_is_dropped_only_when_equal() {
     let mut ckpt = open("tiny-umt5/umt5_enc_hf_f32.safetensors");
     let shared = ckpt.tensors["shared.weight"].clone();
-    ckpt.tensors.insert("encoder.embed_tokens.weight".into(), Tensor::from_f32(shared.to_f32_vec().unwrap(), shared.shape().clone()).unwrap());
+    ckpt.tensors.insert(
+        "encoder.embed_tokens.weight".into(),
+        Tensor::from_f32(shared.to_f32_vec().unwrap(), shared.shape().clone()).unwrap(),
+    );
     let (_, weights) = canonical_weights(&ckpt).unwrap();
-    assert_identical(&weights, &canonical("tiny-umt5/umt5_enc_f32.safetensors"), "tied");
-    ckpt.tensors.insert("encoder.embed_tokens.weight".into(), Tensor::zeros(shared.shape().clone(), DType::F32));
+    assert_identical(
+        &weights,
+        &canonical("tiny-umt5/umt5_enc_f32.safetensors"),
+        "tied",
+    );
+    ckpt.tensors.insert(
+        "encoder.embed_tokens.weight".into(),
+        Tensor::zeros(shared.shape().clone(), DType::F32),
+    );
     let e = err_text(canonical_weights(&ckpt));
     assert!(e.contains("encoder.embed_tokens.weight"), "{e}");
 }

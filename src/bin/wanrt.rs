@@ -47,7 +47,8 @@ fn main() -> ExitCode {
 fn inspect(files: &[PathBuf]) -> bool {
     let mut ok = true;
     for path in files {
-        let result = std::panic::catch_unwind(|| io::open(path).and_then(|c| io::describe::summarize(&c)));
+        let result =
+            std::panic::catch_unwind(|| io::open(path).and_then(|c| io::describe::summarize(&c)));
         match result {
             Ok(Ok(summary)) => {
                 println!("{}", path.display());
@@ -65,7 +66,10 @@ fn inspect(files: &[PathBuf]) -> bool {
                     .map(String::as_str)
                     .or_else(|| panic.downcast_ref::<&str>().copied())
                     .unwrap_or("unknown");
-                eprintln!("error: {}: internal error (please report): {msg}", path.display());
+                eprintln!(
+                    "error: {}: internal error (please report): {msg}",
+                    path.display()
+                );
                 ok = false;
             }
         }

@@ -103,7 +103,10 @@ impl DitConfig {
                 "head.head.weight has {head} rows, not a multiple of the patch volume {patch_vol}"
             )));
         }
-        let model_type = if weights.keys().any(|k| k.starts_with("img_emb.") || k.contains(".cross_attn.k_img.")) {
+        let model_type = if weights
+            .keys()
+            .any(|k| k.starts_with("img_emb.") || k.contains(".cross_attn.k_img."))
+        {
             ModelType::I2v
         } else {
             ModelType::T2v
@@ -112,13 +115,22 @@ impl DitConfig {
             None => None,
             Some("t2v") => Some(ModelType::T2v),
             Some("i2v") => Some(ModelType::I2v),
-            Some(other) => return Err(Error::UnsupportedModel(format!("DiT model_type `{other}` (only t2v and i2v exist in Wan2.1)"))),
+            Some(other) => {
+                return Err(Error::UnsupportedModel(format!(
+                    "DiT model_type `{other}` (only t2v and i2v exist in Wan2.1)"
+                )))
+            }
         };
         if j.qk_norm == Some(false) || j.cross_attn_norm == Some(false) {
-            return Err(Error::UnsupportedModel("DiT without qk_norm or cross_attn_norm".into()));
+            return Err(Error::UnsupportedModel(
+                "DiT without qk_norm or cross_attn_norm".into(),
+            ));
         }
         if j.window_size.is_some_and(|w| w != [-1, -1]) {
-            return Err(Error::UnsupportedModel(format!("DiT with local attention window {:?}", j.window_size.unwrap_or_default())));
+            return Err(Error::UnsupportedModel(format!(
+                "DiT with local attention window {:?}",
+                j.window_size.unwrap_or_default()
+            )));
         }
         let dim = agree("dim", j.dim, dim)?;
         let num_heads = match j.num_heads {
@@ -131,18 +143,36 @@ impl DitConfig {
             }
         };
         if num_heads == 0 || dim % num_heads != 0 {
-            return Err(Error::InvalidConfig(format!("num_heads: {num_heads} does not divide dim {dim}")));
+            return Err(Error::InvalidConfig(format!(
+                "num_heads: {num_heads} does not divide dim {dim}"
+            )));
         }
         Ok(DitConfig {
             model_type: agree("model_type", json_type, model_type)?,
             dim,
-            ffn_dim: agree("ffn_dim", j.ffn_dim, dims(weights, "blocks.0.ffn.0.weight", 2, "DiT")?[0])?,
+            ffn_dim: agree(
+                "ffn_dim",
+                j.ffn_dim,
+                dims(weights, "blocks.0.ffn.0.weight", 2, "DiT")?[0],
+            )?,
             num_heads,
-            num_layers: agree("num_layers", j.num_layers, count_blocks(weights.keys(), "blocks.")?)?,
+            num_layers: agree(
+                "num_layers",
+                j.num_layers,
+                count_blocks(weights.keys(), "blocks.")?,
+            )?,
             in_dim: agree("in_dim", j.in_dim, in_dim)?,
             out_dim: agree("out_dim", j.out_dim, head / patch_vol)?,
-            text_dim: agree("text_dim", j.text_dim, dims(weights, "text_embedding.0.weight", 2, "DiT")?[1])?,
-            freq_dim: agree("freq_dim", j.freq_dim, dims(weights, "time_embedding.0.weight", 2, "DiT")?[1])?,
+            text_dim: agree(
+                "text_dim",
+                j.text_dim,
+                dims(weights, "text_embedding.0.weight", 2, "DiT")?[1],
+            )?,
+            freq_dim: agree(
+                "freq_dim",
+                j.freq_dim,
+                dims(weights, "time_embedding.0.weight", 2, "DiT")?[1],
+            )?,
             text_len: j.text_len.unwrap_or(512),
             eps: j.eps.unwrap_or(1e-6),
             patch_size: agree("patch_size", j.patch_size, patch_size)?,
@@ -187,12 +217,12 @@ pub struct VaeConfig {
 
 /// The Wan2.1 latent statistics (`wan/modules/vae.py`, `WanVAE.__init__`).
 const WAN_LATENTS_MEAN: [f32; 16] = [
-    -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508, 0.4134, -0.0715, 0.5517, -0.3632, -0.1922,
-    -0.9497, 0.2503, -0.2921,
+    -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508, 0.4134, -0.0715, 0.5517,
+    -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
 ];
 const WAN_LATENTS_STD: [f32; 16] = [
-    2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743, 3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253,
-    2.8251, 1.9160,
+    2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743, 3.2687, 2.1526, 2.8652, 1.5579,
+    1.6382, 1.1253, 2.8251, 1.9160,
 ];
 
 impl Default for VaeConfig {
@@ -242,7 +272,9 @@ impl VaeConfig {
     pub fn resolve(weights: &MetaMap, json: Option<&str>) -> Result<VaeConfig> {
         let j: VaeJson = parse_json(json, &["AutoencoderKLWan"])?;
         if j.attn_scales.as_ref().is_some_and(|a| !a.is_empty()) {
-            return Err(Error::UnsupportedModel("VAE with attention outside the middle blocks (attn_scales)".into()));
+            return Err(Error::UnsupportedModel(
+                "VAE with attention outside the middle blocks (attn_scales)".into(),
+            ));
         }
         let dim = dims(weights, "encoder.conv1.weight", 5, "VAE")?[0];
         let z_dim = dims(weights, "conv2.weight", 5, "VAE")?[0];
@@ -267,7 +299,10 @@ impl VaeConfig {
                 temporal.push(weights.contains_key(&format!("{p}.time_conv.weight")));
                 in_stage = 0;
             } else {
-                return Err(Error::MissingTensor { name: format!("{p}.residual.2.weight"), context: "VAE".into() });
+                return Err(Error::MissingTensor {
+                    name: format!("{p}.residual.2.weight"),
+                    context: "VAE".into(),
+                });
             }
         }
         mults.push(width);
@@ -281,7 +316,10 @@ impl VaeConfig {
         let defaults = VaeConfig::default();
         let latents_mean = j.latents_mean.unwrap_or(defaults.latents_mean);
         let latents_std = j.latents_std.unwrap_or(defaults.latents_std);
-        for (field, v) in [("latents_mean", &latents_mean), ("latents_std", &latents_std)] {
+        for (field, v) in [
+            ("latents_mean", &latents_mean),
+            ("latents_std", &latents_std),
+        ] {
             if v.len() != z_dim {
                 return Err(Error::InvalidConfig(format!(
                     "{field} has {} values for z_dim {z_dim} (give both in config.json)",
@@ -290,7 +328,9 @@ impl VaeConfig {
             }
         }
         if latents_std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
-            return Err(Error::InvalidConfig(format!("latents_std {latents_std:?} must be finite and positive")));
+            return Err(Error::InvalidConfig(format!(
+                "latents_std {latents_std:?} must be finite and positive"
+            )));
         }
         Ok(VaeConfig {
             dim: agree("dim", j.dim, dim)?,
@@ -376,19 +416,34 @@ impl T5Config {
         let j: T5Json = parse_json(json, &[])?;
         let emb = dims(weights, "token_embedding.weight", 2, "UMT5 encoder")?;
         let shared_pos = weights.contains_key("pos_embedding.embedding.weight");
-        let pos_key = if shared_pos { "pos_embedding.embedding.weight" } else { "blocks.0.pos_embedding.embedding.weight" };
+        let pos_key = if shared_pos {
+            "pos_embedding.embedding.weight"
+        } else {
+            "blocks.0.pos_embedding.embedding.weight"
+        };
         let pos = dims(weights, pos_key, 2, "UMT5 encoder")?;
         let dim_attn = dims(weights, "blocks.0.attn.q.weight", 2, "UMT5 encoder")?[0];
         if pos[1] == 0 || dim_attn % pos[1] != 0 {
-            return Err(Error::InvalidConfig(format!("UMT5: {} heads do not divide dim_attn {dim_attn}", pos[1])));
+            return Err(Error::InvalidConfig(format!(
+                "UMT5: {} heads do not divide dim_attn {dim_attn}",
+                pos[1]
+            )));
         }
         Ok(T5Config {
             vocab: agree("vocab", j.vocab, emb[0])?,
             dim: agree("dim", j.dim, emb[1])?,
             dim_attn: agree("dim_attn", j.dim_attn, dim_attn)?,
-            dim_ffn: agree("dim_ffn", j.dim_ffn, dims(weights, "blocks.0.ffn.fc1.weight", 2, "UMT5 encoder")?[0])?,
+            dim_ffn: agree(
+                "dim_ffn",
+                j.dim_ffn,
+                dims(weights, "blocks.0.ffn.fc1.weight", 2, "UMT5 encoder")?[0],
+            )?,
             num_heads: agree("num_heads", j.num_heads, pos[1])?,
-            num_layers: agree("num_layers", j.num_layers, count_blocks(weights.keys(), "blocks.")?)?,
+            num_layers: agree(
+                "num_layers",
+                j.num_layers,
+                count_blocks(weights.keys(), "blocks.")?,
+            )?,
             num_buckets: agree("num_buckets", j.num_buckets, pos[0])?,
             shared_pos: agree("shared_pos", j.shared_pos, shared_pos)?,
             text_len: j.text_len.unwrap_or(512),
@@ -398,11 +453,15 @@ impl T5Config {
 
 /// The dims of `name`, which must exist with `rank` dimensions.
 fn dims<'a>(weights: &'a MetaMap, name: &str, rank: usize, what: &str) -> Result<&'a [usize]> {
-    let m = weights
-        .get(name)
-        .ok_or_else(|| Error::MissingTensor { name: name.into(), context: what.into() })?;
+    let m = weights.get(name).ok_or_else(|| Error::MissingTensor {
+        name: name.into(),
+        context: what.into(),
+    })?;
     if m.dims.len() != rank {
-        return Err(Error::InvalidConfig(format!("{what}: `{name}` has shape {:?}, expected {rank} dimensions", m.dims)));
+        return Err(Error::InvalidConfig(format!(
+            "{what}: `{name}` has shape {:?}, expected {rank} dimensions",
+            m.dims
+        )));
     }
     Ok(&m.dims)
 }
@@ -424,9 +483,11 @@ fn read_json(path: &Path) -> Result<String> {
 /// Parses a config json (an absent one gives the defaults). A `_class_name` outside `classes`
 /// means the json belongs to another model (or is in names wanrt does not read).
 fn parse_json<T: DeserializeOwned + Default>(json: Option<&str>, classes: &[&str]) -> Result<T> {
-    let Some(text) = json else { return Ok(T::default()) };
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| Error::InvalidConfig(format!("config.json: {e}")))?;
+    let Some(text) = json else {
+        return Ok(T::default());
+    };
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| Error::InvalidConfig(format!("config.json: {e}")))?;
     if let Some(c) = value.get("_class_name").and_then(|c| c.as_str()) {
         if !classes.contains(&c) {
             return Err(Error::InvalidConfig(format!(

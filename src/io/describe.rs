@@ -45,31 +45,53 @@ pub fn summarize(ckpt: &Checkpoint) -> Result<Summary> {
     }
     let mut dtypes: Vec<(DType, usize)> = counts.into_iter().collect();
     dtypes.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    Ok(Summary { format: ckpt.format, detected, model, tensors: ckpt.tensors.len(), dtypes })
+    Ok(Summary {
+        format: ckpt.format,
+        detected,
+        model,
+        tensors: ckpt.tensors.len(),
+        dtypes,
+    })
 }
 
 /// The model line for `detected` with its canonical tensor metas.
 pub fn describe_model(detected: &Detected, canonical: &MetaMap) -> Result<String> {
-    let Detected { component, layout, quant, lora } = detected;
+    let Detected {
+        component,
+        layout,
+        quant,
+        lora,
+    } = detected;
     Ok(match component {
         Component::Dit(_) => {
             let dim = canonical
                 .get("patch_embedding.weight")
                 .and_then(|m| m.dims.first())
-                .ok_or_else(|| Error::MissingTensor { name: "patch_embedding.weight".into(), context: "DiT".into() })?;
+                .ok_or_else(|| Error::MissingTensor {
+                    name: "patch_embedding.weight".into(),
+                    context: "DiT".into(),
+                })?;
             let layers = layout::count_blocks(canonical.keys(), "blocks.")?;
             format!("{component}, {layout} layout, {quant}, dim {dim}, {layers} layers")
         }
         Component::Vae => {
             let c = VaeConfig::infer(canonical)?;
-            format!("{component}, {layout} layout, {quant}, dim {}, z_dim {}", c.dim, c.z_dim)
+            format!(
+                "{component}, {layout} layout, {quant}, dim {}, z_dim {}",
+                c.dim, c.z_dim
+            )
         }
         Component::Umt5Encoder => {
             let c = T5Config::infer(canonical)?;
-            format!("{component}, {layout} layout, {quant}, dim {}, {} layers", c.dim, c.num_layers)
+            format!(
+                "{component}, {layout} layout, {quant}, dim {}, {} layers",
+                c.dim, c.num_layers
+            )
         }
         Component::Lora => {
-            let Some(l) = lora else { return Err(Error::InvalidArgument("LoRA without LoRA details".into())) };
+            let Some(l) = lora else {
+                return Err(Error::InvalidArgument("LoRA without LoRA details".into()));
+            };
             let mut s = format!("{component}, {} format", l.format);
             if l.modules > 0 {
                 match (l.rank_min, l.rank_max) {
@@ -98,7 +120,11 @@ impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "format:  {}", self.format)?;
         writeln!(f, "model:   {}", self.model)?;
-        let dtypes: Vec<String> = self.dtypes.iter().map(|(d, n)| format!("{d} {n}")).collect();
+        let dtypes: Vec<String> = self
+            .dtypes
+            .iter()
+            .map(|(d, n)| format!("{d} {n}"))
+            .collect();
         write!(f, "tensors: {} ({})", self.tensors, dtypes.join(", "))
     }
 }

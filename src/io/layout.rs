@@ -32,7 +32,10 @@ pub struct TensorMeta {
 impl TensorMeta {
     /// A meta from dims and dtype.
     pub fn new(dims: impl Into<Vec<usize>>, dtype: DType) -> TensorMeta {
-        TensorMeta { dims: dims.into(), dtype }
+        TensorMeta {
+            dims: dims.into(),
+            dtype,
+        }
     }
 
     fn elem_count(&self) -> u128 {
@@ -177,7 +180,11 @@ pub fn canonical_metas(metas: &MetaMap) -> Result<(Detected, MetaMap)> {
             return Err(tie_error(dup, kept));
         }
     }
-    let out = plan.entries.iter().map(|e| (e.canonical.clone(), metas[&e.stored].clone())).collect();
+    let out = plan
+        .entries
+        .iter()
+        .map(|e| (e.canonical.clone(), metas[&e.stored].clone()))
+        .collect();
     Ok((plan.detected, out))
 }
 
@@ -210,7 +217,11 @@ pub fn canonical_weights(ckpt: &Checkpoint) -> Result<(Detected, BTreeMap<String
             let v = ckpt.tensors[s].to_f32_vec()?;
             match v.as_slice() {
                 [x] if x.is_finite() => w.scale = Some(*x),
-                _ => return Err(Error::UnsupportedModel(format!("`{s}`: scale {v:?} is not one finite number"))),
+                _ => {
+                    return Err(Error::UnsupportedModel(format!(
+                        "`{s}`: scale {v:?} is not one finite number"
+                    )))
+                }
             }
         }
         out.insert(e.canonical.clone(), w);
@@ -219,8 +230,15 @@ pub fn canonical_weights(ckpt: &Checkpoint) -> Result<(Detected, BTreeMap<String
 }
 
 /// The number of blocks `<prefix>N.` in `names` (max N + 1), checking that they are 0..N.
-pub fn count_blocks<'a>(names: impl IntoIterator<Item = &'a String>, prefix: &str) -> Result<usize> {
-    let ids: BTreeSet<usize> = names.into_iter().filter_map(|n| split_index(n, prefix)).map(|(i, _)| i).collect();
+pub fn count_blocks<'a>(
+    names: impl IntoIterator<Item = &'a String>,
+    prefix: &str,
+) -> Result<usize> {
+    let ids: BTreeSet<usize> = names
+        .into_iter()
+        .filter_map(|n| split_index(n, prefix))
+        .map(|(i, _)| i)
+        .collect();
     match ids.last() {
         Some(&last) if last + 1 != ids.len() => Err(Error::UnsupportedModel(format!(
             "blocks `{prefix}N` are not numbered from 0 without gaps: {} blocks, the last is {last}",
@@ -240,7 +258,9 @@ fn ensure_known(d: &Detected) -> Result<()> {
 }
 
 fn tie_error(dup: &str, kept: &str) -> Error {
-    Error::UnsupportedModel(format!("`{dup}` differs from `{kept}` (expected the tied copy)"))
+    Error::UnsupportedModel(format!(
+        "`{dup}` differs from `{kept}` (expected the tied copy)"
+    ))
 }
 
 // === The plan: stored name -> canonical name ===
@@ -266,31 +286,46 @@ const COMFY_T5_PREFIX: &str = "text_encoders.umt5xxl.transformer.";
 const SCALED_FP8_MARKER: &str = "scaled_fp8";
 
 fn unmapped(what: &str, layout: KeyLayout, key: &str) -> Error {
-    Error::UnsupportedModel(format!("unknown tensor `{key}` for a {what} in {layout} layout"))
+    Error::UnsupportedModel(format!(
+        "unknown tensor `{key}` for a {what} in {layout} layout"
+    ))
 }
 
-fn plan(metas: &MetaMap) -> Result<Plan> {
-    // A container prefix applies to every key (ComfyUI full checkpoints).
+/// A checkpoint's names with the container conventions taken off.
+struct Container<'a> {
+    /// The ComfyUI prefix every key carries, if any.
+    prefix: Option<&'static str>,
+    /// (stored name, name without the prefix) of every tensor but markers and scales.
+    names: Vec<(&'a str, &'a str)>,
+    /// The dtype of the `scaled_fp8` marker.
+    marker: Option<DType>,
+    /// Weight name (without prefix) -> stored name of its `scale_weight`.
+    scales: BTreeMap<String, String>,
+}
+
+fn container(metas: &MetaMap) -> Result<Container<'_>> {
     let prefix = [COMFY_DIT_PREFIX, COMFY_T5_PREFIX]
         .into_iter()
         .find(|p| metas.keys().any(|k| k.starts_with(p)));
-    let mut names = Vec::new(); // (stored, stripped)
-    let mut marker = None;
-    let mut scales = BTreeMap::new(); // stripped weight name -> stored scale name
+    let mut c = Container {
+        prefix,
+        names: Vec::new(),
+        marker: None,
+        scales: BTreeMap::new(),
+    };
     for (stored, meta) in metas {
-        if stored == SCALED_FP8_MARKER {
-            // ComfyUI writes the marker with or without the model prefix.
-            marker = Some(meta.dtype);
-            continue;
-        }
+        // ComfyUI writes the marker with or without the model prefix.
         let stripped = match prefix {
+            _ if stored == SCALED_FP8_MARKER => stored.as_str(),
             Some(p) => stored.strip_prefix(p).ok_or_else(|| {
-                Error::UnsupportedModel(format!("tensor `{stored}` lacks the `{p}` prefix of the other tensors"))
+                Error::UnsupportedModel(format!(
+                    "tensor `{stored}` lacks the `{p}` prefix of the other tensors"
+                ))
             })?,
             None => stored.as_str(),
         };
         if stripped == SCALED_FP8_MARKER {
-            marker = Some(meta.dtype);
+            c.marker = Some(meta.dtype);
         } else if let Some(m) = stripped.strip_suffix(".scale_weight") {
             if meta.elem_count() != 1 {
                 return Err(Error::UnsupportedModel(format!(
@@ -298,61 +333,89 @@ fn plan(metas: &MetaMap) -> Result<Plan> {
                     meta.dims
                 )));
             }
-            scales.insert(format!("{m}.weight"), stored.clone());
+            c.scales.insert(format!("{m}.weight"), stored.clone());
         } else if !stripped.ends_with(".scale_input") {
             // `scale_input` only serves ComfyUI's fp8 matmul fast path; the value is unaffected.
-            names.push((stored.as_str(), stripped));
+            c.names.push((stored.as_str(), stripped));
         }
     }
+    Ok(c)
+}
 
+/// The canonical name of a DiT, VAE or T5 tensor `name` (prefix removed), if it maps.
+fn rename(kind: Kind, layout: KeyLayout, name: &str, vae_resnets: usize) -> Option<String> {
+    match (kind, layout) {
+        (Kind::Dit, KeyLayout::Original) => is_dit_key(name).then(|| name.to_string()),
+        (Kind::Dit, _) => dit_from_diffusers(name),
+        (Kind::Vae, KeyLayout::Original) => is_vae_key(name).then(|| name.to_string()),
+        (Kind::Vae, _) => vae_from_diffusers(name, vae_resnets),
+        (Kind::T5, KeyLayout::Original) => is_t5_key(name).then(|| name.to_string()),
+        (Kind::T5, _) => t5_from_transformers(name),
+        // LoRAs are renamed by `lora_plan`; unknown models are not renamed.
+        (Kind::Lora | Kind::Unknown, _) => None,
+    }
+}
+
+fn plan(metas: &MetaMap) -> Result<Plan> {
+    let Container {
+        prefix,
+        names,
+        marker,
+        mut scales,
+    } = container(metas)?;
     let (component, mut layout) = classify(names.iter().map(|n| n.1));
     let mut ties = Vec::new();
     let mut alphas = BTreeMap::new();
     let mut lora = None;
     let mut entries = Vec::with_capacity(names.len());
+    let identity = |stored: &str| Entry {
+        stored: stored.into(),
+        canonical: stored.into(),
+        scale: None,
+    };
     match component {
         Kind::Lora => {
             let (e, info, l, a) = lora_plan(&names, metas)?;
-            entries = e;
-            lora = Some(info);
-            layout = l;
-            alphas = a;
+            (entries, lora, layout, alphas) = (e, Some(info), l, a);
         }
-        Kind::Unknown => {
-            entries = names.iter().map(|(s, _)| Entry { stored: s.to_string(), canonical: s.to_string(), scale: None }).collect();
-        }
+        Kind::Unknown => entries = names.iter().map(|n| identity(n.0)).collect(),
         kind => {
             let vae_resnets = decoder_resnets_per_block(names.iter().map(|n| n.1));
+            let shared = names.iter().find(|n| n.1 == "shared.weight");
             for &(stored, name) in &names {
-                let canonical = match (kind, layout) {
-                    (Kind::Dit, KeyLayout::Original) => is_dit_key(name).then(|| name.to_string()),
-                    (Kind::Dit, _) => dit_from_diffusers(name),
-                    (Kind::Vae, KeyLayout::Original) => is_vae_key(name).then(|| name.to_string()),
-                    (Kind::Vae, _) => vae_from_diffusers(name, vae_resnets),
-                    (Kind::T5, KeyLayout::Original) => is_t5_key(name).then(|| name.to_string()),
-                    (Kind::T5, _) if name == "encoder.embed_tokens.weight" => {
-                        match names.iter().find(|n| n.1 == "shared.weight") {
-                            Some(kept) => {
-                                ties.push((stored.to_string(), kept.0.to_string()));
-                                continue;
-                            }
-                            None => Some("token_embedding.weight".into()),
-                        }
+                // transformers ties `encoder.embed_tokens.weight` to `shared.weight`.
+                if let (KeyLayout::Transformers, "encoder.embed_tokens.weight", Some(kept)) =
+                    (layout, name, shared)
+                {
+                    ties.push((stored.to_string(), kept.0.to_string()));
+                    continue;
+                }
+                let canonical = match (layout, name) {
+                    (KeyLayout::Transformers, "encoder.embed_tokens.weight") => {
+                        Some("token_embedding.weight".to_string())
                     }
-                    (Kind::T5, _) => t5_from_transformers(name),
-                    _ => unreachable!("classify returns Dit, Vae and T5 with a layout"),
+                    _ => rename(kind, layout, name, vae_resnets),
                 };
                 let canonical = canonical.ok_or_else(|| unmapped(kind.name(), layout, stored))?;
-                let scale = scales.remove(name);
-                entries.push(Entry { stored: stored.to_string(), canonical, scale });
+                entries.push(Entry {
+                    stored: stored.to_string(),
+                    canonical,
+                    scale: scales.remove(name),
+                });
             }
         }
     }
     if let Some((w, s)) = scales.into_iter().next() {
-        return Err(Error::UnsupportedModel(format!("scale `{s}` has no weight `{w}`")));
+        return Err(Error::UnsupportedModel(format!(
+            "scale `{s}` has no weight `{w}`"
+        )));
     }
     if let Some(p) = prefix {
-        let expected = if p == COMFY_DIT_PREFIX { (Kind::Dit, KeyLayout::Original) } else { (Kind::T5, KeyLayout::Transformers) };
+        let expected = if p == COMFY_DIT_PREFIX {
+            (Kind::Dit, KeyLayout::Original)
+        } else {
+            (Kind::T5, KeyLayout::Transformers)
+        };
         if (component, layout) != expected {
             return Err(Error::UnsupportedModel(format!(
                 "a `{p}` checkpoint holding a {} in {layout} layout",
@@ -364,7 +427,9 @@ fn plan(metas: &MetaMap) -> Result<Plan> {
     check_unique(&entries)?;
 
     let component = match component {
-        Kind::Dit if entries.iter().any(|e| is_i2v_key(&e.canonical)) => Component::Dit(ModelType::I2v),
+        Kind::Dit if entries.iter().any(|e| is_i2v_key(&e.canonical)) => {
+            Component::Dit(ModelType::I2v)
+        }
         Kind::Dit => Component::Dit(ModelType::T2v),
         Kind::Vae => Component::Vae,
         Kind::T5 => Component::Umt5Encoder,
@@ -372,7 +437,17 @@ fn plan(metas: &MetaMap) -> Result<Plan> {
         Kind::Unknown => Component::Unknown,
     };
     let quant = quant_of(&entries, metas, marker);
-    Ok(Plan { detected: Detected { component, layout, quant, lora }, entries, ties, alphas })
+    Ok(Plan {
+        detected: Detected {
+            component,
+            layout,
+            quant,
+            lora,
+        },
+        entries,
+        ties,
+        alphas,
+    })
 }
 
 fn check_unique(entries: &[Entry]) -> Result<()> {
@@ -402,7 +477,11 @@ fn quant_of(entries: &[Entry], metas: &MetaMap, marker: Option<DType>) -> Quant 
         }
     }
     let most = |pred: &dyn Fn(DType) -> bool| {
-        elems.iter().filter(|(d, _)| pred(**d)).max_by_key(|(_, n)| **n).map(|(d, _)| *d)
+        elems
+            .iter()
+            .filter(|(d, _)| pred(**d))
+            .max_by_key(|(_, n)| **n)
+            .map(|(d, _)| *d)
     };
     if marker.is_some() || entries.iter().any(|e| e.scale.is_some()) {
         // ComfyUI: the marker's dtype names the fp8 type; float32 means e4m3fn.
@@ -438,33 +517,62 @@ impl Kind {
     }
 }
 
-const LORA_SUFFIXES: [&str; 8] =
-    [".lora_down.weight", ".lora_up.weight", ".lora_A.weight", ".lora_B.weight", ".lora_B.bias", ".diff", ".diff_b", ".diff_m"];
+const LORA_SUFFIXES: [&str; 8] = [
+    ".lora_down.weight",
+    ".lora_up.weight",
+    ".lora_A.weight",
+    ".lora_B.weight",
+    ".lora_B.bias",
+    ".diff",
+    ".diff_b",
+    ".diff_m",
+];
 
 fn classify<'a>(names: impl Iterator<Item = &'a str> + Clone) -> (Kind, KeyLayout) {
     let any = |f: &dyn Fn(&str) -> bool| names.clone().any(f);
-    let block = |n: &str, p: &str, f: &dyn Fn(&str) -> bool| split_index(n, p).is_some_and(|(_, r)| f(r));
+    let block =
+        |n: &str, p: &str, f: &dyn Fn(&str) -> bool| split_index(n, p).is_some_and(|(_, r)| f(r));
     if any(&|n| n.starts_with("lora_unet_") || LORA_SUFFIXES.iter().any(|s| n.ends_with(s))) {
         return (Kind::Lora, KeyLayout::Original);
     }
-    if any(&|n| n == "head.modulation" || block(n, "blocks.", &|r| r == "modulation" || r.starts_with("self_attn."))) {
+    if any(&|n| {
+        n == "head.modulation"
+            || block(n, "blocks.", &|r| {
+                r == "modulation" || r.starts_with("self_attn.")
+            })
+    }) {
         return (Kind::Dit, KeyLayout::Original);
     }
     if any(&|n| {
-        n == "scale_shift_table" || n.starts_with("condition_embedder.") || block(n, "blocks.", &|r| r.starts_with("attn1."))
+        n == "scale_shift_table"
+            || n.starts_with("condition_embedder.")
+            || block(n, "blocks.", &|r| r.starts_with("attn1."))
     }) {
         return (Kind::Dit, KeyLayout::Diffusers);
     }
     if any(&|n| n.starts_with("encoder.middle.") || n.starts_with("decoder.middle.")) {
         return (Kind::Vae, KeyLayout::Original);
     }
-    if any(&|n| n.starts_with("encoder.mid_block.") || n.starts_with("decoder.mid_block.") || n.starts_with("post_quant_conv.")) {
+    if any(&|n| {
+        n.starts_with("encoder.mid_block.")
+            || n.starts_with("decoder.mid_block.")
+            || n.starts_with("post_quant_conv.")
+    }) {
         return (Kind::Vae, KeyLayout::Diffusers);
     }
-    if any(&|n| n == "token_embedding.weight" || block(n, "blocks.", &|r| r.starts_with("attn.") || r.starts_with("pos_embedding."))) {
+    if any(&|n| {
+        n == "token_embedding.weight"
+            || block(n, "blocks.", &|r| {
+                r.starts_with("attn.") || r.starts_with("pos_embedding.")
+            })
+    }) {
         return (Kind::T5, KeyLayout::Original);
     }
-    if any(&|n| n == "shared.weight" || n.starts_with("encoder.block.") || n == "encoder.final_layer_norm.weight") {
+    if any(&|n| {
+        n == "shared.weight"
+            || n.starts_with("encoder.block.")
+            || n == "encoder.final_layer_norm.weight"
+    }) {
         return (Kind::T5, KeyLayout::Transformers);
     }
     (Kind::Unknown, KeyLayout::Original)
@@ -474,7 +582,8 @@ fn classify<'a>(names: impl Iterator<Item = &'a str> + Clone) -> (Kind, KeyLayou
 fn split_index<'a>(name: &'a str, prefix: &str) -> Option<(usize, &'a str)> {
     let rest = name.strip_prefix(prefix)?;
     let (i, rest) = rest.split_once('.')?;
-    if i.is_empty() || !i.bytes().all(|b| b.is_ascii_digit()) || (i.len() > 1 && i.starts_with('0')) {
+    if i.is_empty() || !i.bytes().all(|b| b.is_ascii_digit()) || (i.len() > 1 && i.starts_with('0'))
+    {
         return None;
     }
     Some((i.parse().ok()?, rest))
@@ -522,8 +631,13 @@ const DIT_BLOCK_LINEARS: [&str; 13] = [
     "ffn.2",
     "norm3",
 ];
-const DIT_BLOCK_RMS: [&str; 5] =
-    ["self_attn.norm_q", "self_attn.norm_k", "cross_attn.norm_q", "cross_attn.norm_k", "cross_attn.norm_k_img"];
+const DIT_BLOCK_RMS: [&str; 5] = [
+    "self_attn.norm_q",
+    "self_attn.norm_k",
+    "cross_attn.norm_q",
+    "cross_attn.norm_k",
+    "cross_attn.norm_k_img",
+];
 
 /// True for a parameter name of the original Wan DiT (T2V or I2V).
 fn is_dit_key(name: &str) -> bool {
@@ -535,26 +649,48 @@ fn is_dit_key(name: &str) -> bool {
             return true;
         }
         return rest.rsplit_once('.').is_some_and(|(m, p)| {
-            (DIT_BLOCK_LINEARS.contains(&m) && is_wb(p)) || (DIT_BLOCK_RMS.contains(&m) && p == "weight")
+            (DIT_BLOCK_LINEARS.contains(&m) && is_wb(p))
+                || (DIT_BLOCK_RMS.contains(&m) && p == "weight")
         });
     }
-    name.rsplit_once('.').is_some_and(|(m, p)| DIT_TOP_LINEARS.contains(&m) && is_wb(p))
+    name.rsplit_once('.')
+        .is_some_and(|(m, p)| DIT_TOP_LINEARS.contains(&m) && is_wb(p))
 }
 
 fn is_i2v_key(canonical: &str) -> bool {
-    canonical.starts_with("img_emb.") || canonical.contains(".k_img.") || canonical.contains(".v_img.")
+    canonical.starts_with("img_emb.")
+        || canonical.contains(".k_img.")
+        || canonical.contains(".v_img.")
 }
 
 /// diffusers `WanTransformer3DModel` -> original (`convert_wan_to_diffusers.py`, reversed).
 const DIFFUSERS_DIT_TOP: [(&str, &str); 12] = [
-    ("condition_embedder.time_embedder.linear_1", "time_embedding.0"),
-    ("condition_embedder.time_embedder.linear_2", "time_embedding.2"),
-    ("condition_embedder.text_embedder.linear_1", "text_embedding.0"),
-    ("condition_embedder.text_embedder.linear_2", "text_embedding.2"),
+    (
+        "condition_embedder.time_embedder.linear_1",
+        "time_embedding.0",
+    ),
+    (
+        "condition_embedder.time_embedder.linear_2",
+        "time_embedding.2",
+    ),
+    (
+        "condition_embedder.text_embedder.linear_1",
+        "text_embedding.0",
+    ),
+    (
+        "condition_embedder.text_embedder.linear_2",
+        "text_embedding.2",
+    ),
     ("condition_embedder.time_proj", "time_projection.1"),
     ("condition_embedder.image_embedder.norm1", "img_emb.proj.0"),
-    ("condition_embedder.image_embedder.ff.net.0.proj", "img_emb.proj.1"),
-    ("condition_embedder.image_embedder.ff.net.2", "img_emb.proj.3"),
+    (
+        "condition_embedder.image_embedder.ff.net.0.proj",
+        "img_emb.proj.1",
+    ),
+    (
+        "condition_embedder.image_embedder.ff.net.2",
+        "img_emb.proj.3",
+    ),
     ("condition_embedder.image_embedder.norm2", "img_emb.proj.4"),
     ("scale_shift_table", "head.modulation"),
     ("proj_out", "head.head"),
@@ -586,7 +722,9 @@ const DIFFUSERS_DIT_BLOCK: [(&str, &str); 19] = [
 /// A diffusers DiT name (parameter or module path) in original names, unchecked.
 fn dit_path_from_diffusers(name: &str) -> Option<String> {
     match split_index(name, "blocks.") {
-        Some((i, rest)) => map_prefix(rest, &DIFFUSERS_DIT_BLOCK).map(|r| format!("blocks.{i}.{r}")),
+        Some((i, rest)) => {
+            map_prefix(rest, &DIFFUSERS_DIT_BLOCK).map(|r| format!("blocks.{i}.{r}"))
+        }
         None => map_prefix(name, &DIFFUSERS_DIT_TOP),
     }
 }
@@ -599,12 +737,19 @@ fn dit_from_diffusers(name: &str) -> Option<String> {
 
 fn is_vae_residual(s: &str) -> bool {
     matches!(s, "residual.0.gamma" | "residual.3.gamma")
-        || s.strip_prefix("residual.2.").or_else(|| s.strip_prefix("residual.6.")).or_else(|| s.strip_prefix("shortcut.")).is_some_and(is_wb)
+        || s.strip_prefix("residual.2.")
+            .or_else(|| s.strip_prefix("residual.6."))
+            .or_else(|| s.strip_prefix("shortcut."))
+            .is_some_and(is_wb)
 }
 
 /// True for a parameter name of the original Wan VAE.
 fn is_vae_key(name: &str) -> bool {
-    let conv = |s: &str, m: &str| s.strip_prefix(m).and_then(|p| p.strip_prefix('.')).is_some_and(is_wb);
+    let conv = |s: &str, m: &str| {
+        s.strip_prefix(m)
+            .and_then(|p| p.strip_prefix('.'))
+            .is_some_and(is_wb)
+    };
     if conv(name, "conv1") || conv(name, "conv2") {
         return true;
     }
@@ -622,8 +767,13 @@ fn is_vae_key(name: &str) -> bool {
             _ => false,
         };
     }
-    let stages = if side == "encoder" { "downsamples." } else { "upsamples." };
-    split_index(rest, stages).is_some_and(|(_, s)| is_vae_residual(s) || conv(s, "resample.1") || conv(s, "time_conv"))
+    let stages = if side == "encoder" {
+        "downsamples."
+    } else {
+        "upsamples."
+    };
+    split_index(rest, stages)
+        .is_some_and(|(_, s)| is_vae_residual(s) || conv(s, "resample.1") || conv(s, "time_conv"))
 }
 
 /// Residual blocks per diffusers decoder up block (`num_res_blocks + 1`).
@@ -654,11 +804,21 @@ fn vae_resnet_suffix(s: &str) -> Option<String> {
 
 /// diffusers `AutoencoderKLWan` -> original (`convert_wan_to_diffusers.py convert_vae`, reversed).
 fn vae_from_diffusers(name: &str, resnets: usize) -> Option<String> {
-    let out = if let Some(s) = map_prefix(name, &[("quant_conv", "conv1"), ("post_quant_conv", "conv2")]) {
+    let out = if let Some(s) = map_prefix(
+        name,
+        &[("quant_conv", "conv1"), ("post_quant_conv", "conv2")],
+    ) {
         s
     } else {
         let (side, rest) = name.split_once('.')?;
-        let mapped = if let Some(s) = map_prefix(rest, &[("conv_in", "conv1"), ("norm_out", "head.0"), ("conv_out", "head.2")]) {
+        let mapped = if let Some(s) = map_prefix(
+            rest,
+            &[
+                ("conv_in", "conv1"),
+                ("norm_out", "head.0"),
+                ("conv_out", "head.2"),
+            ],
+        ) {
             s
         } else if let Some(s) = rest.strip_prefix("mid_block.") {
             if let Some(a) = s.strip_prefix("attentions.0.") {
@@ -678,7 +838,11 @@ fn vae_from_diffusers(name: &str, resnets: usize) -> Option<String> {
             if let Some((j, r)) = split_index(r, "resnets.") {
                 format!("upsamples.{}.{}", base + j, vae_resnet_suffix(r)?)
             } else {
-                format!("upsamples.{}.{}", base + resnets, r.strip_prefix("upsamplers.0.")?)
+                format!(
+                    "upsamples.{}.{}",
+                    base + resnets,
+                    r.strip_prefix("upsamplers.0.")?
+                )
             }
         };
         format!("{side}.{mapped}")
@@ -719,8 +883,10 @@ const T5_HF_BLOCK_KEYS: [&str; 10] = [
 /// True for a parameter name of the original Wan T5 encoder (`shared_pos` puts the
 /// position embedding at the top level).
 fn is_t5_key(name: &str) -> bool {
-    matches!(name, "token_embedding.weight" | "norm.weight" | "pos_embedding.embedding.weight")
-        || split_index(name, "blocks.").is_some_and(|(_, r)| T5_BLOCK_KEYS.contains(&r))
+    matches!(
+        name,
+        "token_embedding.weight" | "norm.weight" | "pos_embedding.embedding.weight"
+    ) || split_index(name, "blocks.").is_some_and(|(_, r)| T5_BLOCK_KEYS.contains(&r))
 }
 
 fn t5_from_transformers(name: &str) -> Option<String> {
@@ -774,7 +940,8 @@ const LORA_PARTS: [(&str, LoraPart); 9] = [
 /// A musubi/kohya module name (`blocks_0_self_attn_q`, dots mangled to `_`) in original names.
 fn unmangle_musubi(m: &str) -> Option<String> {
     let mangle = |s: &str| s.replace('.', "_");
-    if let Some((i, rest)) = split_index(&m.replacen('_', ".", 1).replacen('_', ".", 1), "blocks.") {
+    if let Some((i, rest)) = split_index(&m.replacen('_', ".", 1).replacen('_', ".", 1), "blocks.")
+    {
         // `blocks_12_cross_attn_k_img` -> (12, "cross_attn_k_img")
         return DIT_BLOCK_LINEARS
             .iter()
@@ -782,7 +949,10 @@ fn unmangle_musubi(m: &str) -> Option<String> {
             .find(|c| mangle(c) == rest)
             .map(|c| format!("blocks.{i}.{c}"));
     }
-    DIT_TOP_LINEARS.iter().find(|c| mangle(c) == m).map(|c| c.to_string())
+    DIT_TOP_LINEARS
+        .iter()
+        .find(|c| mangle(c) == m)
+        .map(|c| c.to_string())
 }
 
 type LoraPlan = (Vec<Entry>, LoraInfo, KeyLayout, BTreeMap<String, String>);
@@ -798,8 +968,16 @@ fn lora_plan(names: &[(&str, &str)], metas: &MetaMap) -> Result<LoraPlan> {
     } else {
         LoraFormat::Lightx2v
     };
-    let layout = if format == LoraFormat::Diffusers { KeyLayout::Diffusers } else { KeyLayout::Original };
-    let bad = |key: &str| Error::UnsupportedModel(format!("unknown tensor `{key}` for a LoRA in {format} format"));
+    let layout = if format == LoraFormat::Diffusers {
+        KeyLayout::Diffusers
+    } else {
+        KeyLayout::Original
+    };
+    let bad = |key: &str| {
+        Error::UnsupportedModel(format!(
+            "unknown tensor `{key}` for a LoRA in {format} format"
+        ))
+    };
 
     let mut entries = Vec::new();
     let mut pairs: BTreeMap<String, [Option<&TensorMeta>; 2]> = BTreeMap::new();
@@ -816,8 +994,14 @@ fn lora_plan(names: &[(&str, &str)], metas: &MetaMap) -> Result<LoraPlan> {
                 let m = raw.strip_prefix("lora_unet_").ok_or_else(|| bad(stored))?;
                 unmangle_musubi(m.strip_prefix('_').unwrap_or(m))
             }
-            LoraFormat::Diffusers => raw.strip_prefix("transformer.").and_then(dit_path_from_diffusers),
-            LoraFormat::Comfy | LoraFormat::Lightx2v => Some(raw.strip_prefix("diffusion_model.").unwrap_or(raw).to_string()),
+            LoraFormat::Diffusers => raw
+                .strip_prefix("transformer.")
+                .and_then(dit_path_from_diffusers),
+            LoraFormat::Comfy | LoraFormat::Lightx2v => Some(
+                raw.strip_prefix("diffusion_model.")
+                    .unwrap_or(raw)
+                    .to_string(),
+            ),
         }
         .ok_or_else(|| bad(stored))?;
         let target = match part {
@@ -837,17 +1021,25 @@ fn lora_plan(names: &[(&str, &str)], metas: &MetaMap) -> Result<LoraPlan> {
                         meta.dims
                     )));
                 }
-                pairs.entry(module.clone()).or_default()[(part == LoraPart::Up) as usize] = Some(meta);
+                pairs.entry(module.clone()).or_default()[(part == LoraPart::Up) as usize] =
+                    Some(meta);
             }
             LoraPart::Alpha => {
                 if meta.elem_count() != 1 {
-                    return Err(Error::UnsupportedModel(format!("`{stored}`: alpha of shape {:?} is not a scalar", meta.dims)));
+                    return Err(Error::UnsupportedModel(format!(
+                        "`{stored}`: alpha of shape {:?} is not a scalar",
+                        meta.dims
+                    )));
                 }
                 alphas.insert(module.clone(), stored.to_string());
             }
             _ => deltas += 1,
         }
-        entries.push(Entry { stored: stored.to_string(), canonical: format!("{module}{}", part.canonical_suffix()), scale: None });
+        entries.push(Entry {
+            stored: stored.to_string(),
+            canonical: format!("{module}{}", part.canonical_suffix()),
+            scale: None,
+        });
     }
 
     let mut ranks = Vec::new();
@@ -860,13 +1052,23 @@ fn lora_plan(names: &[(&str, &str)], metas: &MetaMap) -> Result<LoraPlan> {
                     down.dims, up.dims
                 )))
             }
-            _ => return Err(Error::UnsupportedModel(format!("LoRA `{m}` has only one of its down/up matrices"))),
+            _ => {
+                return Err(Error::UnsupportedModel(format!(
+                    "LoRA `{m}` has only one of its down/up matrices"
+                )))
+            }
         }
     }
     if let Some(m) = alphas.keys().find(|m| !pairs.contains_key(*m)) {
-        return Err(Error::UnsupportedModel(format!("LoRA alpha for `{m}` without down/up matrices")));
+        return Err(Error::UnsupportedModel(format!(
+            "LoRA alpha for `{m}` without down/up matrices"
+        )));
     }
-    let alpha = if alphas.is_empty() { LoraAlpha::Absent } else { LoraAlpha::NotRead };
+    let alpha = if alphas.is_empty() {
+        LoraAlpha::Absent
+    } else {
+        LoraAlpha::NotRead
+    };
     let info = LoraInfo {
         format,
         modules: pairs.len(),
@@ -880,7 +1082,9 @@ fn lora_plan(names: &[(&str, &str)], metas: &MetaMap) -> Result<LoraPlan> {
 
 /// Reads the LoRA alphas into the plan's [`LoraInfo`].
 fn resolve_alpha(plan: &mut Plan, ckpt: &Checkpoint) -> Result<()> {
-    let Some(info) = plan.detected.lora.as_mut() else { return Ok(()) };
+    let Some(info) = plan.detected.lora.as_mut() else {
+        return Ok(());
+    };
     if plan.alphas.is_empty() {
         return Ok(());
     }
