@@ -7,3 +7,7 @@ mod elementwise;
 mod linalg;
 mod nn;
 mod shape;
+
+pub use linalg::{attention, AttentionParams};
+pub use nn::embedding;
+pub use shape::cat;
