@@ -1,5 +1,5 @@
-//! The Wan DiT against the reference fixtures (`dit_forward*` cases), plus its hooks and its
-//! input errors. Fixtures: `$WANRT_FIXTURES`, default `../shared/fixtures` next to the crate.
+//! The Wan DiT's hooks, batching and input errors (its fixture cases run in the harness,
+//! `tests/kinds/dit.rs`). Fixtures: `$WANRT_FIXTURES`, default `../shared/fixtures` next to the crate.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,13 +12,6 @@ fn fixtures() -> PathBuf {
     std::env::var_os("WANRT_FIXTURES")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"))
-}
-
-fn read_json(path: &Path) -> serde_json::Value {
-    serde_json::from_slice(
-        &std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
-    )
-    .unwrap()
 }
 
 /// Canonical weights of a checkpoint file or folder, in any layout.
@@ -35,16 +28,6 @@ fn load_config(weights: &BTreeMap<String, Weight>, json: &Path) -> DitConfig {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn tensors(path: &Path) -> BTreeMap<String, Tensor> {
-    wanrt::io::open(path)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .tensors
-}
-
-fn f32_tensor(t: &Tensor) -> Tensor {
-    t.to_dtype(wanrt::DType::F32).unwrap()
-}
-
 fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.dims(), b.dims());
     let (a, b) = (a.to_f32_vec().unwrap(), b.to_f32_vec().unwrap());
@@ -55,90 +38,6 @@ fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
         .sum();
     let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
     (num / den.max(1e-60)).sqrt()
-}
-
-/// Runs one `dit_forward` / `dit_forward_nag` case; returns (rel_l2, tolerance).
-fn run_case(name: &str) -> (f64, f64) {
-    let dir = fixtures().join("cases").join(name);
-    let case = read_json(&dir.join("case.json"));
-    let config = dir.join(case["config"].as_str().unwrap());
-    let dit = WanDit::open(dir.join(case["dit"].as_str().unwrap()), Some(&config))
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
-    let inputs = tensors(&dir.join(case["inputs"].as_str().unwrap()));
-    let expected = f32_tensor(&tensors(&dir.join(case["expected"].as_str().unwrap()))["velocity"]);
-    let latent = f32_tensor(&inputs["latent"]);
-    let t = inputs["timestep"].to_f32_vec().unwrap();
-    let unbatch = |c: &Tensor| {
-        let d = c.dims();
-        f32_tensor(c).reshape([d[1], d[2]]).unwrap()
-    };
-    let mut opts = ForwardOptions::default();
-    if case["kind"] == "dit_forward_nag" {
-        let neg = dit
-            .encode_text(&[unbatch(&inputs["negative_context"])], false)
-            .unwrap();
-        let mut nag = NagParams::new(neg);
-        nag.scale = case["nag_scale"].as_f64().unwrap() as f32;
-        nag.tau = case["nag_tau"].as_f64().unwrap() as f32;
-        nag.alpha = case["nag_alpha"].as_f64().unwrap() as f32;
-        opts.nag = Some(nag);
-    }
-    let out = dit
-        .forward(&latent, &t, &[unbatch(&inputs["context"])], &opts)
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
-    let err = rel_l2(&out, &expected);
-    let tol = case["tolerance"]["rel_l2_f32_compute"].as_f64().unwrap();
-    println!("{name}: rel_l2 {err:.3e} (tolerance {tol:.0e})");
-    (err, tol)
-}
-
-fn check_case(name: &str) {
-    let (err, tol) = run_case(name);
-    assert!(err <= tol, "{name}: rel_l2 {err:.3e} > {tol:.0e}");
-}
-
-macro_rules! cases {
-    ($($f:ident => $name:literal),* $(,)?) => {$(
-        #[test]
-        fn $f() {
-            check_case($name);
-        }
-    )*};
-}
-
-cases! {
-    f32_t0 => "dit_forward_f32_t0",
-    f32_t1 => "dit_forward_f32_t1",
-    bf16_t0 => "dit_forward_bf16_t0",
-    bf16_t1 => "dit_forward_bf16_t1",
-    fp8_e5m2_t0 => "dit_forward_fp8_e5m2_t0",
-    fp8_e5m2_t1 => "dit_forward_fp8_e5m2_t1",
-    fp8_e4m3fn_scaled_t0 => "dit_forward_fp8_e4m3fn_scaled_t0",
-    fp8_e4m3fn_scaled_t1 => "dit_forward_fp8_e4m3fn_scaled_t1",
-    comfy_bf16_t0 => "dit_forward_comfy_bf16_t0",
-    comfy_bf16_t1 => "dit_forward_comfy_bf16_t1",
-    diffusers_f32_t0 => "dit_forward_diffusers_f32_t0",
-    diffusers_f32_t1 => "dit_forward_diffusers_f32_t1",
-    sharded_bf16_t0 => "dit_forward_sharded_bf16_t0",
-    sharded_bf16_t1 => "dit_forward_sharded_bf16_t1",
-    nag_s11 => "dit_forward_nag_s11",
-    nag_s3 => "dit_forward_nag_s3",
-}
-
-/// Every `dit_forward*` case folder is one of the tests above, so that a new case is not
-/// silently skipped.
-#[test]
-fn every_case_is_listed() {
-    let src = include_str!("dit.rs");
-    for entry in std::fs::read_dir(fixtures().join("cases")).unwrap() {
-        let name = entry.unwrap().file_name().into_string().unwrap();
-        if name.starts_with("dit_forward") {
-            assert!(
-                src.contains(&format!("=> \"{name}\"")),
-                "case {name} has no test here"
-            );
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------- the tiny model

@@ -3,6 +3,7 @@
 //! A runner reads its case (`case.json`, the inputs, the models it names), computes the outputs
 //! with wanrt and returns one [`Check`] per expected tensor, usually through [`compare`].
 
+mod dit;
 mod sampler;
 
 use wanrt::DType;
@@ -13,7 +14,11 @@ use crate::common::{f64_data, Case, Tensors};
 pub type Runner = fn(&Case) -> Result<Vec<Check>, Stop>;
 
 /// Every implemented kind. A kind not listed here is reported as skipped.
-pub const RUNNERS: &[(&str, Runner)] = &[("sampler", sampler::run)];
+pub const RUNNERS: &[(&str, Runner)] = &[
+    ("dit_forward", dit::run),
+    ("dit_forward_nag", dit::run),
+    ("sampler", sampler::run),
+];
 
 /// The error of one expected tensor.
 #[derive(Debug, Clone)]
