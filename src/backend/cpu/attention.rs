@@ -270,11 +270,11 @@ fn softmax_update(
             return unsafe { softmax_update_avx2(s, tk, bias, m, l, o, d) };
         }
     }
-    softmax_update_generic(s, tk, bias, m, l, o, d)
+    softmax_update_generic::<false>(s, tk, bias, m, l, o, d)
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,fma")]
 fn softmax_update_avx512(
     s: &mut [f32],
     tk: usize,
@@ -284,7 +284,7 @@ fn softmax_update_avx512(
     o: &mut [f32],
     d: usize,
 ) {
-    softmax_update_generic(s, tk, bias, m, l, o, d)
+    softmax_update_generic::<true>(s, tk, bias, m, l, o, d)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -298,7 +298,7 @@ fn softmax_update_avx2(
     o: &mut [f32],
     d: usize,
 ) {
-    softmax_update_generic(s, tk, bias, m, l, o, d)
+    softmax_update_generic::<true>(s, tk, bias, m, l, o, d)
 }
 
 /// Lanes of the manual reductions: wide enough for AVX-512, and the compiler splits it for
@@ -306,7 +306,7 @@ fn softmax_update_avx2(
 const LANES: usize = 16;
 
 #[inline(always)]
-fn softmax_update_generic(
+fn softmax_update_generic<const FMA: bool>(
     s: &mut [f32],
     tk: usize,
     bias: Option<(&[f32], usize)>,
@@ -327,8 +327,8 @@ fn softmax_update_generic(
             row.fill(0.0);
             continue;
         }
-        let sum = exp_sub_sum(row, m_new);
-        let corr = exp_approx(m[i] - m_new);
+        let sum = exp_sub_sum::<FMA>(row, m_new);
+        let corr = exp_approx::<FMA>(m[i] - m_new);
         l[i] = l[i] * corr + sum;
         m[i] = m_new;
         if corr != 1.0 {
@@ -355,21 +355,31 @@ fn row_max(row: &[f32]) -> f32 {
 
 /// Replaces each `x` by `exp(x - max)` and returns their sum.
 #[inline(always)]
-fn exp_sub_sum(row: &mut [f32], max: f32) -> f32 {
+fn exp_sub_sum<const FMA: bool>(row: &mut [f32], max: f32) -> f32 {
     let mut acc = [0.0f32; LANES];
     let mut chunks = row.chunks_exact_mut(LANES);
     for c in &mut chunks {
         for (a, x) in acc.iter_mut().zip(c.iter_mut()) {
-            *x = exp_approx(*x - max);
+            *x = exp_approx::<FMA>(*x - max);
             *a += *x;
         }
     }
     let mut sum = 0.0;
     for x in chunks.into_remainder() {
-        *x = exp_approx(*x - max);
+        *x = exp_approx::<FMA>(*x - max);
         sum += *x;
     }
     sum + acc.iter().sum::<f32>()
+}
+
+/// `a·b + c`, fused where the caller's target has FMA (elsewhere `mul_add` is a slow libm call).
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
 }
 
 /// `e^x` for `x <= 0` to about 3e-7 relative error, branch-free so that loops vectorise:
@@ -377,20 +387,20 @@ fn exp_sub_sum(row: &mut [f32], max: f32) -> f32 {
 /// so that `f` is exact) and a degree-6 polynomial for `e^f`, `|f| <= ln(2)/2`. Below -87, where
 /// `e^x` nears the smallest normal float, it returns 0.
 #[inline(always)]
-fn exp_approx(x: f32) -> f32 {
+fn exp_approx<const FMA: bool>(x: f32) -> f32 {
     // Adding 1.5·2^23 rounds to an integer held in the low mantissa bits.
     const ROUND: f32 = 12_582_912.0;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
     // A comparison, not f32::max, so that NaN propagates.
     let xc = if x < -87.0 { -87.0 } else { x };
-    let r = xc * std::f32::consts::LOG2_E + ROUND;
+    let r = madd::<FMA>(xc, std::f32::consts::LOG2_E, ROUND);
     let n = r - ROUND;
-    let f = xc - n * LN2_HI - n * LN2_LO;
-    let p = 1.0
-        + f * (1.0
-            + f * (0.5
-                + f * (1.0 / 6.0 + f * (1.0 / 24.0 + f * (1.0 / 120.0 + f * (1.0 / 720.0))))));
+    let f = madd::<FMA>(-n, LN2_LO, madd::<FMA>(-n, LN2_HI, xc));
+    let mut p = 1.0 / 720.0;
+    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = madd::<FMA>(p, f, c);
+    }
     let pow2n = f32::from_bits(r.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23);
     if x < -87.0 {
         0.0
@@ -561,18 +571,27 @@ mod tests {
     fn exp_matches_std() {
         for i in 0..=100_000 {
             let x = -90.0 * i as f32 / 100_000.0;
-            let (g, e) = (exp_approx(x), (x as f64).exp());
-            if x < -87.0 {
-                assert_eq!(g, 0.0);
-            } else {
-                assert!(
-                    ((g as f64 - e) / e).abs() < 5e-7,
-                    "exp({x}) = {g}, want {e}"
-                );
+            let e = (x as f64).exp();
+            for g in [exp_approx::<false>(x), exp_approx::<true>(x)] {
+                if x < -87.0 {
+                    assert_eq!(g, 0.0);
+                } else {
+                    assert!(
+                        ((g as f64 - e) / e).abs() < 5e-7,
+                        "exp({x}) = {g}, want {e}"
+                    );
+                }
             }
         }
-        assert_eq!(exp_approx(f32::NEG_INFINITY), 0.0);
-        assert!(exp_approx(f32::NAN).is_nan());
+        for fma in [false, true] {
+            let f = if fma {
+                exp_approx::<true>
+            } else {
+                exp_approx::<false>
+            };
+            assert_eq!(f(f32::NEG_INFINITY), 0.0);
+            assert!(f(f32::NAN).is_nan());
+        }
     }
 
     #[test]

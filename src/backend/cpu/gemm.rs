@@ -210,3 +210,68 @@ pub fn matmul_batched(
             .for_each(|(i, c)| one(i, c, threads));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strided_views_and_output_block() {
+        // a is 3x2 stored transposed (2x3), b is 2x4 row-major; c goes into columns 1..5 of a
+        // 3x6 buffer whose other entries must stay untouched.
+        let (m, k, n) = (3, 2, 4);
+        let at: Vec<f32> = (0..k * m).map(|i| i as f32 - 2.5).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| (i * i) as f32 * 0.25).collect();
+        let mut buf = vec![7.0f32; m * 6];
+        let whole = RawMatMut {
+            ptr: buf.as_mut_ptr(),
+            rows: m,
+            cols: 6,
+            row_stride: 6,
+        };
+        let a = MatRef::row_major(&at, k, m).t();
+        // SAFETY: the block lies inside `buf`, borrowed exclusively here.
+        unsafe {
+            sgemm_raw(
+                a,
+                MatRef::row_major(&b, k, n),
+                whole.block(0, 1, m, n),
+                true,
+                2,
+            )
+        };
+        for i in 0..m {
+            for j in 0..6 {
+                let want = if (1..5).contains(&j) {
+                    7.0 + (0..k)
+                        .map(|l| at[l * m + i] * b[l * n + j - 1])
+                        .sum::<f32>()
+                } else {
+                    7.0
+                };
+                assert_eq!(buf[i * 6 + j], want, "({i}, {j})");
+            }
+        }
+    }
+
+    #[test]
+    fn empty_inner_dimension_zeroes_or_keeps() {
+        let mut c = vec![3.0; 4];
+        sgemm(
+            MatRef::row_major(&[], 2, 0),
+            MatRef::row_major(&[], 0, 2),
+            &mut c,
+            true,
+            1,
+        );
+        assert_eq!(c, [3.0; 4]);
+        sgemm(
+            MatRef::row_major(&[], 2, 0),
+            MatRef::row_major(&[], 0, 2),
+            &mut c,
+            false,
+            1,
+        );
+        assert_eq!(c, [0.0; 4]);
+    }
+}
