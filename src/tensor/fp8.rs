@@ -1,4 +1,5 @@
-//! float8 conversions: e4m3fn and e5m2, as PyTorch and CUDA define them.
+//! float8 conversions: the e4m3fn and e5m2 formats of PyTorch (`torch.float8_e4m3fn`,
+//! `torch.float8_e5m2`), with the saturating rounding of CUDA's `satfinite` conversions.
 //!
 //! - fp8 → f32 is exact (every fp8 value is an f32 value); decoding is a 256-entry table.
 //! - f32 → fp8 rounds to nearest, ties to even, and saturates to the largest finite value
