@@ -2,7 +2,7 @@
 //!
 //! The im2col matrix of a whole video would be huge (96 channels × 27 taps × 480 × 832 floats
 //! per frame ≈ 4 GB), so the output positions of each batch item are cut into tiles whose
-//! column matrix (and the GEMM result) stays within [`COLS_BUDGET`] floats; each tile is one GEMM
+//! column matrix (and the GEMM result) stays within `COLS_BUDGET` floats; each tile is one GEMM
 //! `out[Cout, tile] = W[Cout, K] · cols[K, tile]` with `K = Cin·kt·kh·kw`.
 //! A 1×1×1 kernel with stride 1 and no padding needs no columns: it is one GEMM on the input.
 

@@ -7,7 +7,7 @@
 //! (`E[x²] − mean²` loses nothing visible in f64 unless `mean²/var` exceeds ~1e8).
 //!
 //! The crate is built for baseline x86-64, where f64 arithmetic runs two lanes wide and these
-//! kernels would be compute-bound; [`simd_dispatch!`] compiles them again for AVX-512 and AVX2
+//! kernels would be compute-bound; `simd_dispatch!` compiles them again for AVX-512 and AVX2
 //! and picks one at run time.
 
 use rayon::prelude::*;
