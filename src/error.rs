@@ -133,19 +133,29 @@ pub enum Status {
 impl Error {
     /// Builds a [`Error::BadFile`] for `path`.
     pub fn bad_file(path: impl Into<PathBuf>, what: impl Into<String>) -> Self {
-        Error::BadFile { path: path.into(), what: what.into() }
+        Error::BadFile {
+            path: path.into(),
+            what: what.into(),
+        }
     }
 
     /// Builds an [`Error::Io`] for `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     /// The status code the C ABI reports for this error.
     pub fn status(&self) -> Status {
         match self {
-            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Status::NotFound,
-            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::OutOfMemory => Status::OutOfMemory,
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                Status::NotFound
+            }
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::OutOfMemory => {
+                Status::OutOfMemory
+            }
             Error::Io { .. }
             | Error::BadFile { .. }
             | Error::ForbiddenGlobal { .. }

@@ -1,2 +1,153 @@
-//! The fixture harness (to be written).
-fn main() {}
+//! The fixture harness: runs every case under `$WANRT_FIXTURES` (default `../shared/fixtures`)
+//! according to its `kind` and prints one line per case:
+//!
+//! ```text
+//! fixture <case-name> <kind> rel_l2=<value> tol=<value> ok|FAIL
+//! fixture <case-name> <kind> SKIP: <reason>
+//! fixtures: N passed, M failed, K skipped
+//! ```
+//!
+//! `rel_l2` is the worst over the case's expected tensors (named on FAIL); `tol` comes from the
+//! case's `tolerance`. The process exits with 1 when a case fails or none ran. Arguments that do
+//! not start with `-` keep only the cases whose name contains one of them
+//! (`cargo test --test fixtures -- sampler_`); `WANRT_FIXTURES_VERBOSE=1` also prints every
+//! tensor's error.
+//!
+//! Adding a kind: write `tests/kinds/<kind>.rs` with a [`kinds::Runner`] and add it to
+//! [`kinds::RUNNERS`].
+
+mod common;
+mod kinds;
+
+use std::io::Write;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::process::ExitCode;
+
+use common::{find_cases, fixtures_root, Case};
+use kinds::{Check, Stop};
+
+/// What became of one case.
+enum Verdict {
+    Pass,
+    Fail,
+    Skip,
+}
+
+fn run_case(case: &Case, verbose: bool) -> Verdict {
+    let tag = format!("fixture {} {}", case.name, case.kind);
+    let Some((_, runner)) = kinds::RUNNERS.iter().find(|(k, _)| *k == case.kind) else {
+        println!("{tag} SKIP: kind `{}` is not implemented yet", case.kind);
+        return Verdict::Skip;
+    };
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        let tol = case.rel_l2_tolerance()?;
+        runner(case).map(|checks| (checks, tol))
+    }))
+    .unwrap_or_else(|_| Err(Stop::Fail("the runner panicked".into())));
+    let (checks, tol) = match result {
+        Ok(r) => r,
+        Err(Stop::Skip(why)) => {
+            println!("{tag} SKIP: {why}");
+            return Verdict::Skip;
+        }
+        Err(Stop::Fail(why)) => {
+            println!("{tag} FAIL: {why}");
+            return Verdict::Fail;
+        }
+    };
+    // NaN is the worst of all.
+    let worst = checks.iter().max_by(|a, b| {
+        let key = |c: &Check| {
+            if c.rel_l2.is_nan() {
+                f64::INFINITY
+            } else {
+                c.rel_l2
+            }
+        };
+        key(a).total_cmp(&key(b))
+    });
+    let Some(worst) = worst else {
+        println!("{tag} FAIL: the runner compared nothing");
+        return Verdict::Fail;
+    };
+    if verbose {
+        for c in &checks {
+            eprintln!("  {} {}: rel_l2={:.3e}", case.name, c.name, c.rel_l2);
+        }
+    }
+    if worst.rel_l2 <= tol {
+        println!("{tag} rel_l2={:.3e} tol={tol:e} ok", worst.rel_l2);
+        Verdict::Pass
+    } else {
+        println!(
+            "{tag} rel_l2={:.3e} tol={tol:e} FAIL (worst: {})",
+            worst.rel_l2, worst.name
+        );
+        Verdict::Fail
+    }
+}
+
+fn main() -> ExitCode {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let verbose = std::env::var_os("WANRT_FIXTURES_VERBOSE").is_some_and(|v| v != "0");
+    let root = fixtures_root();
+    let dirs = match find_cases(&root) {
+        Ok(d) if !d.is_empty() => d,
+        Ok(_) => {
+            println!(
+                "fixtures: no case.json under {} (set WANRT_FIXTURES)",
+                root.display()
+            );
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            println!(
+                "fixtures: cannot read {}: {e} (set WANRT_FIXTURES)",
+                root.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    for dir in dirs {
+        let case = match Case::load(&dir) {
+            Ok(c) => c,
+            Err(e) => {
+                let name = dir
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned();
+                println!("fixture {name} ? FAIL: {e}");
+                failed += 1;
+                continue;
+            }
+        };
+        if !filters.is_empty() && !filters.iter().any(|f| case.name.contains(f.as_str())) {
+            continue;
+        }
+        match run_case(&case, verbose) {
+            Verdict::Pass => passed += 1,
+            Verdict::Fail => failed += 1,
+            Verdict::Skip => skipped += 1,
+        }
+        let _ = std::io::stdout().flush();
+    }
+    println!("fixtures: {passed} passed, {failed} failed, {skipped} skipped");
+    if failed > 0 {
+        return ExitCode::FAILURE;
+    }
+    if passed == 0 {
+        if filters.is_empty() {
+            println!("fixtures: no case ran");
+            return ExitCode::FAILURE;
+        }
+        // `cargo test NAME` hands NAME to every test binary: a filter meant for another test
+        // that matches no case is not a failure.
+        println!("fixtures: no case matches {filters:?}");
+    }
+    ExitCode::SUCCESS
+}

@@ -4,6 +4,9 @@
 //! [`open`] reads any supported file (or a sharded safetensors folder) into a [`Checkpoint`]:
 //! every tensor under the name it has in the file, borrowing its bytes from a memory map.
 
+pub mod config;
+pub mod describe;
+pub mod layout;
 pub mod pth;
 pub mod safetensors;
 
@@ -61,7 +64,10 @@ pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint> {
         let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         let n = f.read(&mut magic).map_err(|e| Error::io(path, e))?;
         if n < 4 {
-            return Err(Error::bad_file(path, format!("file is {n} bytes long, too short for any model format")));
+            return Err(Error::bad_file(
+                path,
+                format!("file is {n} bytes long, too short for any model format"),
+            ));
         }
     }
     if magic == *b"PK\x03\x04" {

@@ -1,1 +1,167 @@
 //! Flow-matching samplers and guidance.
+//!
+//! The sampler never calls the model (candle's `Scheduler::step` style): the caller evaluates the
+//! model at the sample and the timestep the solver announces, combines the passes with a
+//! [`Guidance`], and hands the velocity to [`Solver::step`], which advances the sample in place
+//! from `sigmas[i]` to `sigmas[i + 1]`. A solver sees velocities, sigmas and latents only.
+//!
+//! Conventions (Wan, `../shared/docs/wan-architecture.md` §4.3): `x_σ = (1−σ)·x0 + σ·ε`, the
+//! model predicts `v = ε − x0`, so `x0 = x − σ·v`.
+//!
+//! Precision follows upstream: the schedules hold exactly the values upstream stores (f32 sigmas
+//! for Wan's and diffusers' schedulers); per-step scalar coefficients are computed in f32, as the
+//! upstream schedulers compute them; the elementwise updates run in f64 for every element type
+//! (for f32 latents at least as accurate as upstream's f32 arithmetic), except that DPM++ and
+//! Euler take the sample in f32, as upstream's `step` casts it. Samples and histories are kept in
+//! the caller's element type, [`Real`] (`f32` for the pipeline, `f64` for checks against float64
+//! references).
+
+mod dpm;
+mod euler;
+mod guidance;
+mod kernels;
+mod lcm;
+mod schedule;
+mod unipc;
+
+pub use dpm::DpmPp2m;
+pub use euler::Euler;
+pub use guidance::{cfg_zero_star_scale, Guidance};
+pub use lcm::{Lcm, NoiseFn};
+pub use schedule::{shift_sigma, Schedule};
+pub use unipc::UniPc;
+
+use crate::error::{Error, Result};
+
+/// A floating-point element type a sample can be stored in.
+pub trait Real: Copy + Default + Send + Sync + 'static {
+    /// Widens to f64 (exact).
+    fn to_f64(self) -> f64;
+    /// Rounds an f64 to this type (to nearest even).
+    fn from_f64(v: f64) -> Self;
+}
+
+impl Real for f32 {
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+}
+
+impl Real for f64 {
+    fn to_f64(self) -> f64 {
+        self
+    }
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+}
+
+/// A multistep (or single-step) solver over a fixed [`Schedule`].
+///
+/// Step `i` takes the model output `v_i` evaluated at the current sample and at
+/// `schedule().timesteps[i]`, and replaces the sample by the sample at `sigmas[i + 1]`. All
+/// history (previous x0 predictions, the previous sample) lives in the solver value; after the
+/// first steps a step allocates nothing.
+pub trait Solver<T: Real>: Send {
+    /// The schedule being followed.
+    fn schedule(&self) -> &Schedule;
+
+    /// The number of steps taken so far (the index of the next step).
+    fn step_index(&self) -> usize;
+
+    /// Advances `sample` by one step given the model output at the current step.
+    ///
+    /// Errors when the schedule is exhausted or the slices differ in length from each other or
+    /// from the first sample the solver saw.
+    fn step(&mut self, model_output: &[T], sample: &mut [T]) -> Result<()>;
+
+    /// The timestep the model must be called with for the next step, or `None` when done.
+    fn timestep(&self) -> Option<f64> {
+        self.schedule().timesteps.get(self.step_index()).copied()
+    }
+
+    /// The sigma of the current sample, or `None` when done.
+    fn sigma(&self) -> Option<f64> {
+        let s = self.schedule();
+        (self.step_index() < s.steps()).then(|| s.sigmas[self.step_index()])
+    }
+
+    /// True when every step of the schedule has been taken.
+    fn is_done(&self) -> bool {
+        self.step_index() >= self.schedule().steps()
+    }
+}
+
+/// The solvers wanrt offers, by the names users pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SolverKind {
+    /// Wan's FlowUniPCMultistep (bh2, order 2); Wan's default.
+    UniPc,
+    /// Wan's FlowDPMSolverMultistep (DPM++ 2M, midpoint).
+    DpmPp,
+    /// Flow-matching Euler (diffusers' FlowMatchEulerDiscrete).
+    Euler,
+    /// Few-step LCM sampling with fresh noise after each step (for distilled models/LoRAs).
+    Lcm,
+}
+
+impl std::str::FromStr for SolverKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<SolverKind> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "unipc" => SolverKind::UniPc,
+            "dpm++" | "dpmpp" | "dpm++2m" => SolverKind::DpmPp,
+            "euler" => SolverKind::Euler,
+            "lcm" => SolverKind::Lcm,
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown solver `{s}` (expected unipc, dpm++, euler or lcm)"
+                )))
+            }
+        })
+    }
+}
+
+impl SolverKind {
+    /// The schedule this solver uses upstream for `steps` steps and `shift`: Wan's UniPC grid
+    /// (first sigma 0.9997…), Wan's `get_sampling_sigmas` for DPM++ (first sigma 1), diffusers'
+    /// FlowMatchEuler grid for Euler, and for LCM the evenly spaced distilled step list
+    /// `1000, 1000 − 1000/steps, …` (4 steps: `[1000, 750, 500, 250]`, as lightx2v).
+    pub fn schedule(self, steps: usize, shift: f64) -> Result<Schedule> {
+        match self {
+            SolverKind::UniPc => Schedule::wan_unipc(steps, shift),
+            SolverKind::DpmPp => Schedule::wan_dpm(steps, shift),
+            SolverKind::Euler => Schedule::flow_match_euler(steps, shift),
+            SolverKind::Lcm => {
+                schedule::check_steps(steps)?;
+                let list: Vec<f64> = (0..steps)
+                    .map(|i| 1000.0 - 1000.0 * i as f64 / steps as f64)
+                    .collect();
+                Schedule::distilled(&list, shift)
+            }
+        }
+    }
+
+    /// Builds the solver over `schedule`. LCM needs `noise`, the source of the fresh noise it
+    /// mixes in after every step but the last; the other solvers ignore it.
+    pub fn build<T: Real>(
+        self,
+        schedule: Schedule,
+        noise: Option<NoiseFn<T>>,
+    ) -> Result<Box<dyn Solver<T>>> {
+        Ok(match self {
+            SolverKind::UniPc => Box::new(UniPc::new(schedule)),
+            SolverKind::DpmPp => Box::new(DpmPp2m::new(schedule)),
+            SolverKind::Euler => Box::new(Euler::new(schedule)),
+            SolverKind::Lcm => {
+                let noise = noise.ok_or_else(|| {
+                    Error::InvalidArgument("the lcm solver needs a noise source".into())
+                })?;
+                Box::new(Lcm::new(schedule, noise))
+            }
+        })
+    }
+}

@@ -91,7 +91,9 @@ pub fn widen_to_f32(src: &[u8], dtype: DType, out: &mut [f32]) -> Result<()> {
 pub fn narrow_from_f32(src: &[f32], dtype: DType, out: &mut Vec<u8>) {
     out.reserve(src.len() * dtype.size_in_bytes());
     match dtype {
-        DType::F32 => src.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DType::F32 => src
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
         DType::BF16 => src
             .iter()
             .for_each(|v| out.extend_from_slice(&bf16::from_f32(*v).to_bits().to_le_bytes())),

@@ -1,4 +1,5 @@
-//! float8 conversions: e4m3fn and e5m2, as PyTorch and CUDA define them.
+//! float8 conversions: the e4m3fn and e5m2 formats of PyTorch (`torch.float8_e4m3fn`,
+//! `torch.float8_e5m2`), with the saturating rounding of CUDA's `satfinite` conversions.
 //!
 //! - fp8 → f32 is exact (every fp8 value is an f32 value); decoding is a 256-entry table.
 //! - f32 → fp8 rounds to nearest, ties to even, and saturates to the largest finite value
@@ -30,7 +31,11 @@ const fn decode(code: u8, exp_bits: u32, man_bits: u32) -> f32 {
         }
     } else if e == exp_mask {
         // e5m2 is IEEE-like.
-        return if m == 0 { sign * f32::INFINITY } else { f32::NAN };
+        return if m == 0 {
+            sign * f32::INFINITY
+        } else {
+            f32::NAN
+        };
     }
     if e == 0 {
         // Subnormal: m · 2^(1 − bias − man_bits); the scale is a power of two, so this is exact.

@@ -8,10 +8,10 @@
 pub mod convert;
 mod dtype;
 pub mod fp8;
+pub mod ops;
 mod shape;
 mod storage;
 mod weight;
-pub mod ops;
 
 use std::borrow::Cow;
 use std::ops::Range;
@@ -50,7 +50,11 @@ impl Tensor {
     pub fn from_f32(data: Vec<f32>, shape: impl Into<Shape>) -> Result<Tensor> {
         let shape = shape.into();
         check_len("from_f32", &shape, data.len())?;
-        Ok(Tensor { shape, dtype: DType::F32, storage: Arc::new(Storage::F32(data)) })
+        Ok(Tensor {
+            shape,
+            dtype: DType::F32,
+            storage: Arc::new(Storage::F32(data)),
+        })
     }
 
     /// A tensor of any element type, copying `data`.
@@ -68,9 +72,17 @@ impl Tensor {
         check_bytes("from_bytes", &shape, dtype, bytes.len())?;
         if dtype == DType::F32 {
             let data = bytemuck::pod_collect_to_vec::<u8, f32>(&bytes);
-            return Ok(Tensor { shape, dtype, storage: Arc::new(Storage::F32(data)) });
+            return Ok(Tensor {
+                shape,
+                dtype,
+                storage: Arc::new(Storage::F32(data)),
+            });
         }
-        Ok(Tensor { shape, dtype, storage: Arc::new(Storage::Bytes(bytes)) })
+        Ok(Tensor {
+            shape,
+            dtype,
+            storage: Arc::new(Storage::Bytes(bytes)),
+        })
     }
 
     /// A tensor that borrows `range` of a memory map (zero-copy).
@@ -88,7 +100,11 @@ impl Tensor {
             )));
         }
         check_bytes("from_mmap", &shape, dtype, range.len())?;
-        Ok(Tensor { shape, dtype, storage: Arc::new(Storage::Mapped { map, range }) })
+        Ok(Tensor {
+            shape,
+            dtype,
+            storage: Arc::new(Storage::Mapped { map, range }),
+        })
     }
 
     /// A tensor of zeros.
@@ -100,7 +116,11 @@ impl Tensor {
         } else {
             Storage::Bytes(vec![0; n * dtype.size_in_bytes()])
         };
-        Tensor { shape, dtype, storage: Arc::new(storage) }
+        Tensor {
+            shape,
+            dtype,
+            storage: Arc::new(storage),
+        }
     }
 
     /// The shape.
@@ -151,7 +171,10 @@ impl Tensor {
     /// The elements as `T`, borrowed when the bytes are suitably aligned, copied otherwise.
     pub fn as_slice<T: Element>(&self) -> Result<Cow<'_, [T]>> {
         if T::DTYPE != self.dtype {
-            return Err(Error::UnsupportedDType { op: "as_slice", dtype: self.dtype });
+            return Err(Error::UnsupportedDType {
+                op: "as_slice",
+                dtype: self.dtype,
+            });
         }
         let bytes = self.raw_bytes()?;
         Ok(match bytemuck::try_cast_slice(bytes) {
@@ -164,7 +187,10 @@ impl Tensor {
     pub fn f32_data(&self) -> Result<&[f32]> {
         match &*self.storage {
             Storage::F32(v) => Ok(v),
-            _ => Err(Error::UnsupportedDType { op: "f32_data", dtype: self.dtype }),
+            _ => Err(Error::UnsupportedDType {
+                op: "f32_data",
+                dtype: self.dtype,
+            }),
         }
     }
 
@@ -200,19 +226,33 @@ impl Tensor {
                 got: shape,
             });
         }
-        Ok(Tensor { shape, dtype: self.dtype, storage: self.storage.clone() })
+        Ok(Tensor {
+            shape,
+            dtype: self.dtype,
+            storage: self.storage.clone(),
+        })
     }
 }
 
 impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Tensor({}, {:?}{})", self.dtype, self.shape, if self.is_mapped() { ", mapped" } else { "" })
+        write!(
+            f,
+            "Tensor({}, {:?}{})",
+            self.dtype,
+            self.shape,
+            if self.is_mapped() { ", mapped" } else { "" }
+        )
     }
 }
 
 fn check_len(op: &'static str, shape: &Shape, len: usize) -> Result<()> {
     if shape.elem_count() != len {
-        return Err(Error::ShapeMismatch { op, expected: format!("{len} elements"), got: shape.clone() });
+        return Err(Error::ShapeMismatch {
+            op,
+            expected: format!("{len} elements"),
+            got: shape.clone(),
+        });
     }
     Ok(())
 }

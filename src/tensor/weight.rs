@@ -21,7 +21,10 @@ pub struct Weight {
 impl Weight {
     /// A weight without a scale.
     pub fn new(tensor: Tensor) -> Weight {
-        Weight { tensor, scale: None }
+        Weight {
+            tensor,
+            scale: None,
+        }
     }
 
     /// The dimensions of the stored tensor.

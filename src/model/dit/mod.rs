@@ -1,1 +1,446 @@
-//! The Wan2.1 diffusion transformer.
+//! The Wan2.1 diffusion transformer (`WanModel`, wan-architecture.md §1), written against the
+//! tensor ops.
+//!
+//! [`WanDit::new`] takes the canonical (original Wan) weights, kept in their stored dtype and
+//! widened panel by panel by the linear ops, and a [`DitConfig`]. [`WanDit::forward`] maps a batch
+//! of latents, timesteps and text contexts to flow velocities. The sampler hooks are
+//! [`WanDit::encode_text`] (embed the text and optionally precompute every block's
+//! cross-attention K/V once per prompt) with [`WanDit::forward_with`], whose
+//! [`ForwardOptions`] carry NAG, skipped blocks (Skip Layer Guidance) and the TeaCache signals.
+
+mod block;
+mod embed;
+mod nag;
+mod rope;
+mod weights;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+pub use crate::io::config::DitConfig;
+pub use block::CrossKv;
+pub use nag::NagParams;
+pub use rope::RopeTable;
+
+use block::{Block, BlockInputs};
+use weights::{Linear, Take};
+
+use crate::error::{Error, Result};
+use crate::io::layout::{self, Component};
+use crate::tensor::{DType, Tensor, Weight};
+
+/// Which tensor [`ForwardOutput::signal`] returns for TeaCache (lora-guidance-training.md §3.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TeaCacheSignal {
+    /// `e = time_embedding(sinusoid(t))`, `[B, dim]` (TeaCache's default indicator for Wan).
+    TimeEmbedding,
+    /// `e0 = time_projection(e)`, `[B, 6, dim]` (TeaCache's "ret_steps" mode).
+    TimeProjection,
+    /// The modulated input of block 0, `LN1(x)·(1 + scale1) + shift1`, `[B, S, dim]`.
+    Block0Input,
+}
+
+/// Options of one forward pass. The default is the plain model.
+#[derive(Debug, Clone, Default)]
+pub struct ForwardOptions {
+    /// Normalized Attention Guidance in every block's text cross-attention.
+    pub nag: Option<NagParams>,
+    /// Blocks not executed in this pass (`x_{i+1} = x_i`), for Skip Layer Guidance; applies to
+    /// every sample of the batch.
+    pub skip_blocks: Vec<usize>,
+    /// Also return this TeaCache indicator in [`ForwardOutput::signal`].
+    pub signal: Option<TeaCacheSignal>,
+    /// TeaCache reuse: run no block and add this residual `[B, S, dim]` (a previous pass's
+    /// [`ForwardOutput::residual`]) to the embedded patches instead.
+    pub reuse_residual: Option<Tensor>,
+    /// Return the blocks' total residual (output of the last block minus the patch embedding).
+    pub return_residual: bool,
+}
+
+/// What [`WanDit::forward_with`] returns.
+#[derive(Debug, Clone)]
+pub struct ForwardOutput {
+    /// The flow velocity `[B, out_dim, T, H, W]`.
+    pub velocity: Tensor,
+    /// The TeaCache indicator asked for in [`ForwardOptions::signal`].
+    pub signal: Option<Tensor>,
+    /// The blocks' residual, when [`ForwardOptions::return_residual`] is set.
+    pub residual: Option<Tensor>,
+}
+
+/// A text context prepared for the DiT: embedded and, optionally, turned into every block's
+/// cross-attention keys and values (a sampler reuses it across steps).
+#[derive(Debug, Clone)]
+pub struct TextContext {
+    /// `text_embedding` of the zero-padded contexts, `[B, text_len, dim]`.
+    pub embedded: Tensor,
+    /// Per block, the cross-attention K/V (`None`: computed in each forward).
+    pub kv: Option<Vec<CrossKv>>,
+}
+
+/// The Wan2.1 T2V diffusion transformer.
+#[derive(Debug)]
+pub struct WanDit {
+    cfg: DitConfig,
+    patch_w: Weight,
+    patch_b: Weight,
+    text0: Linear,
+    text2: Linear,
+    time0: Linear,
+    time2: Linear,
+    time_proj: Linear,
+    blocks: Vec<Block>,
+    /// `[1, 2, dim]` f32: shift, scale of the head.
+    head_modulation: Tensor,
+    head: Linear,
+    /// The RoPE table of the last grid (a sampler runs one grid for all steps).
+    rope: Mutex<Option<Arc<RopeTable>>>,
+}
+
+impl WanDit {
+    /// Builds the model from canonical weights (original Wan names, wan-architecture.md §1.2) and
+    /// its config. Every tensor's shape is checked against the config (a mismatch is
+    /// [`Error::InvalidConfig`], a missing tensor [`Error::MissingTensor`]).
+    pub fn new(weights: BTreeMap<String, Weight>, cfg: DitConfig) -> Result<WanDit> {
+        cfg.ensure_supported()?;
+        check_config(&cfg)?;
+        let (dim, [pt, ph, pw]) = (cfg.dim, cfg.patch_size);
+        let mut t = Take::new(weights);
+        let patch_w = t.weight("patch_embedding.weight", &[dim, cfg.in_dim, pt, ph, pw])?;
+        let patch_b = t.weight("patch_embedding.bias", &[dim])?;
+        let text0 = t.linear("text_embedding.0", dim, cfg.text_dim)?;
+        let text2 = t.linear("text_embedding.2", dim, dim)?;
+        let time0 = t.linear("time_embedding.0", dim, cfg.freq_dim)?;
+        let time2 = t.linear("time_embedding.2", dim, dim)?;
+        let time_proj = t.linear("time_projection.1", 6 * dim, dim)?;
+        let blocks = (0..cfg.num_layers)
+            .map(|i| Block::load(&mut t, i, &cfg))
+            .collect::<Result<Vec<_>>>()?;
+        let head_modulation = t.f32_tensor("head.modulation", &[1, 2, dim])?;
+        let head = t.linear("head.head", pt * ph * pw * cfg.out_dim, dim)?;
+        t.finish(&cfg)?;
+        Ok(WanDit {
+            cfg,
+            patch_w,
+            patch_b,
+            text0,
+            text2,
+            time0,
+            time2,
+            time_proj,
+            blocks,
+            head_modulation,
+            head,
+            rope: Mutex::new(None),
+        })
+    }
+
+    /// Opens a DiT checkpoint (a file or a sharded folder, in any layout and dtype the io
+    /// module reads), renames it to the canonical names and builds the model, with the config
+    /// inferred from the shapes and overridden by `config_json` (a Wan `config.json`) if given.
+    pub fn open(path: impl AsRef<Path>, config_json: Option<&Path>) -> Result<WanDit> {
+        let path = path.as_ref();
+        let (found, weights) = layout::canonical_weights(&crate::io::open(path)?)?;
+        if !matches!(found.component, Component::Dit(_)) {
+            return Err(Error::UnsupportedModel(format!(
+                "{}: a {:?}, not a Wan DiT",
+                path.display(),
+                found.component
+            )));
+        }
+        let cfg = DitConfig::load(&layout::weight_metas(&weights), config_json)?;
+        WanDit::new(weights, cfg)
+    }
+
+    /// The config.
+    pub fn config(&self) -> &DitConfig {
+        &self.cfg
+    }
+
+    /// The velocity for a batch: `latent [B, in_dim, T, H, W]` (f32; `T, H, W` multiples of the
+    /// patch size), one timestep per sample (the scheduler's value, e.g. 999.0), and one unpadded
+    /// context `[L_b, text_dim]` (`L_b <= text_len`) per sample. Returns `[B, out_dim, T, H, W]`.
+    pub fn forward(
+        &self,
+        latent: &Tensor,
+        timesteps: &[f32],
+        context: &[Tensor],
+        opts: &ForwardOptions,
+    ) -> Result<Tensor> {
+        if latent.dims().first() != Some(&context.len()) {
+            return Err(Error::InvalidArgument(format!(
+                "{} contexts for a latent batch of shape {}",
+                context.len(),
+                latent.shape()
+            )));
+        }
+        let text = self.encode_text(context, false)?;
+        Ok(self.forward_with(latent, timesteps, &text, opts)?.velocity)
+    }
+
+    /// Pads each context `[L_b, text_dim]` to `text_len` with zero rows and applies
+    /// `text_embedding`; with `cache_kv`, also computes every block's cross-attention K/V so
+    /// that forwards over many steps skip them.
+    pub fn encode_text(&self, context: &[Tensor], cache_kv: bool) -> Result<TextContext> {
+        if context.is_empty() {
+            return Err(Error::InvalidArgument(
+                "WanDit: empty batch of contexts".into(),
+            ));
+        }
+        let c = &self.cfg;
+        if let Some(bad) = context.iter().find(|t| t.dtype() != DType::F32) {
+            return Err(Error::UnsupportedDType {
+                op: "WanDit context",
+                dtype: bad.dtype(),
+            });
+        }
+        let padded = embed::pad_contexts(context, c.text_len, c.text_dim)?;
+        let embedded = self
+            .text2
+            .forward(&self.text0.forward(&padded)?.gelu_tanh()?)?;
+        let kv = if cache_kv {
+            Some(
+                self.blocks
+                    .iter()
+                    .map(|b| b.cross_kv(&embedded))
+                    .collect::<Result<Vec<_>>>()?,
+            )
+        } else {
+            None
+        };
+        Ok(TextContext { embedded, kv })
+    }
+
+    /// The forward pass on a prepared text context, with the sampler hooks of `opts`.
+    pub fn forward_with(
+        &self,
+        latent: &Tensor,
+        timesteps: &[f32],
+        text: &TextContext,
+        opts: &ForwardOptions,
+    ) -> Result<ForwardOutput> {
+        let grid = self.check_inputs(latent, timesteps, text, opts)?;
+        let batch = timesteps.len();
+        let dim = self.cfg.dim;
+
+        // Time embedding (f32; the sinusoid in f64) and the 6-way projection.
+        let sin = embed::sinusoid(timesteps, self.cfg.freq_dim)?;
+        let e = self.time2.forward(&self.time0.forward(&sin)?.silu()?)?;
+        let e0 = self
+            .time_proj
+            .forward(&e.silu()?)?
+            .reshape([batch, 6, dim])?;
+
+        let x0 = embed::patchify(latent, &self.patch_w, &self.patch_b, self.cfg.patch_size)?;
+        let signal = match opts.signal {
+            None => None,
+            Some(TeaCacheSignal::TimeEmbedding) => Some(e.clone()),
+            Some(TeaCacheSignal::TimeProjection) => Some(e0.clone()),
+            Some(TeaCacheSignal::Block0Input) => Some(self.blocks[0].modulated_input(&x0, &e0)?),
+        };
+
+        // The patch embedding is kept past the blocks only when its residual is asked for.
+        let x_in = opts.return_residual.then(|| x0.clone());
+        let x = match &opts.reuse_residual {
+            Some(r) => x0.add(r)?,
+            None => self.run_blocks(x0, &e0, grid, text, opts)?,
+        };
+        let residual = x_in.map(|x0| x.sub(&x0)).transpose()?;
+
+        // Head: modulated by `e` (not `e0`), then unpatchify.
+        let hm = self
+            .head_modulation
+            .add(&e.reshape([batch, 1, dim])?)?
+            .chunk(2, 1)?;
+        let y = x
+            .layer_norm(None, None, self.cfg.eps as f32)?
+            .mul(&hm[1].affine(1.0, 1.0)?)?
+            .add(&hm[0])?;
+        let y = self.head.forward(&y)?;
+        let velocity = embed::unpatchify(&y, grid, self.cfg.patch_size, self.cfg.out_dim)?;
+        Ok(ForwardOutput {
+            velocity,
+            signal,
+            residual,
+        })
+    }
+
+    fn run_blocks(
+        &self,
+        mut x: Tensor,
+        e0: &Tensor,
+        grid: [usize; 3],
+        text: &TextContext,
+        opts: &ForwardOptions,
+    ) -> Result<Tensor> {
+        let rope = self.rope_table(grid)?;
+        for (i, block) in self.blocks.iter().enumerate() {
+            if opts.skip_blocks.contains(&i) {
+                continue;
+            }
+            let kv = text_kv(block, text, i)?;
+            let neg_kv = match &opts.nag {
+                Some(n) => Some((n, text_kv(block, &n.negative_context, i)?)),
+                None => None,
+            };
+            let inputs = BlockInputs {
+                e0,
+                rope: &rope,
+                kv: &kv,
+                nag: neg_kv.as_ref().map(|(n, kv)| (*n, kv)),
+            };
+            x = block.forward(&x, &inputs)?;
+        }
+        Ok(x)
+    }
+
+    /// The RoPE table for `grid`, reused while the grid stays the same.
+    fn rope_table(&self, grid: [usize; 3]) -> Result<Arc<RopeTable>> {
+        let mut cached = self.rope.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = cached.as_ref().filter(|t| t.grid == grid) {
+            return Ok(t.clone());
+        }
+        let t = Arc::new(RopeTable::new(grid, self.cfg.head_dim())?);
+        *cached = Some(t.clone());
+        Ok(t)
+    }
+
+    /// Validates the inputs of a forward; returns the token grid.
+    fn check_inputs(
+        &self,
+        latent: &Tensor,
+        timesteps: &[f32],
+        text: &TextContext,
+        opts: &ForwardOptions,
+    ) -> Result<[usize; 3]> {
+        let c = &self.cfg;
+        if latent.dtype() != DType::F32 {
+            return Err(Error::UnsupportedDType {
+                op: "WanDit latent",
+                dtype: latent.dtype(),
+            });
+        }
+        let d = latent.dims();
+        let p = c.patch_size;
+        let ok = d.len() == 5
+            && d[0] > 0
+            && d[1] == c.in_dim
+            && (2..5).all(|i| d[i] > 0 && d[i].is_multiple_of(p[i - 2]));
+        if !ok {
+            return Err(Error::ShapeMismatch {
+                op: "WanDit latent",
+                expected: format!(
+                    "[B, {}, T, H, W] with T, H, W non-zero multiples of {p:?}",
+                    c.in_dim
+                ),
+                got: latent.shape().clone(),
+            });
+        }
+        let batch = d[0];
+        if timesteps.len() != batch {
+            return Err(Error::InvalidArgument(format!(
+                "{} timesteps for a batch of {batch}",
+                timesteps.len()
+            )));
+        }
+        if let Some(t) = timesteps.iter().find(|t| !t.is_finite()) {
+            return Err(Error::InvalidArgument(format!(
+                "timestep {t} is not a finite number"
+            )));
+        }
+        self.check_text(text, batch, "WanDit text context")?;
+        if let Some(&i) = opts.skip_blocks.iter().find(|&&i| i >= self.blocks.len()) {
+            return Err(Error::InvalidArgument(format!(
+                "skip block {i} of a model with {} blocks",
+                self.blocks.len()
+            )));
+        }
+        if let Some(n) = &opts.nag {
+            n.validate(batch)?;
+            self.check_text(&n.negative_context, 1, "WanDit NAG negative context")?;
+        }
+        let grid = [d[2] / p[0], d[3] / p[1], d[4] / p[2]];
+        if let Some(r) = &opts.reuse_residual {
+            let s = grid.iter().product::<usize>();
+            if r.dims() != [batch, s, c.dim] {
+                return Err(Error::ShapeMismatch {
+                    op: "WanDit reuse_residual",
+                    expected: format!("[{batch}, {s}, {}]", c.dim),
+                    got: r.shape().clone(),
+                });
+            }
+        }
+        Ok(grid)
+    }
+
+    /// Checks that `text` holds `batch` contexts embedded by this model.
+    fn check_text(&self, text: &TextContext, batch: usize, op: &'static str) -> Result<()> {
+        let c = &self.cfg;
+        if text.embedded.dims() != [batch, c.text_len, c.dim] {
+            return Err(Error::ShapeMismatch {
+                op,
+                expected: format!(
+                    "{batch} contexts embedded as [{batch}, {}, {}]",
+                    c.text_len, c.dim
+                ),
+                got: text.embedded.shape().clone(),
+            });
+        }
+        if text
+            .kv
+            .as_ref()
+            .is_some_and(|kv| kv.len() != self.blocks.len())
+        {
+            return Err(Error::InvalidArgument(format!(
+                "{op}: its K/V cache is for another model"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Block `i`'s cross-attention K/V of `text`: cached, or computed now.
+fn text_kv(block: &Block, text: &TextContext, i: usize) -> Result<CrossKv> {
+    match &text.kv {
+        Some(kv) => Ok(kv[i].clone()),
+        None => block.cross_kv(&text.embedded),
+    }
+}
+
+/// Rejects configs the model cannot run.
+fn check_config(c: &DitConfig) -> Result<()> {
+    let sizes = [
+        c.dim,
+        c.ffn_dim,
+        c.num_heads,
+        c.num_layers,
+        c.in_dim,
+        c.out_dim,
+        c.text_dim,
+        c.freq_dim,
+        c.text_len,
+    ];
+    if sizes.contains(&0) || c.patch_size.contains(&0) {
+        return Err(Error::InvalidConfig(format!("zero size in {c:?}")));
+    }
+    if !c.dim.is_multiple_of(c.num_heads) || !c.head_dim().is_multiple_of(2) {
+        return Err(Error::InvalidConfig(format!(
+            "dim {} must split into {} heads of an even size",
+            c.dim, c.num_heads
+        )));
+    }
+    if !c.freq_dim.is_multiple_of(2) {
+        return Err(Error::InvalidConfig(format!(
+            "freq_dim {} must be even",
+            c.freq_dim
+        )));
+    }
+    if !(c.eps as f32 > 0.0 && c.eps.is_finite()) {
+        return Err(Error::InvalidConfig(format!(
+            "eps {} must be positive",
+            c.eps
+        )));
+    }
+    Ok(())
+}

@@ -8,4 +8,6 @@ mod linalg;
 mod nn;
 mod shape;
 
+pub use linalg::{attention, AttentionParams};
+pub use nn::embedding;
 pub use shape::cat;

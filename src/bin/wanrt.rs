@@ -1,2 +1,0 @@
-//! The `wanrt` command line.
-fn main() {}

@@ -1,0 +1,88 @@
+//! The `wanrt` command line.
+//!
+//! One subcommand per job (`inspect` today; `generate`, `bench` and `train` join as the
+//! library grows). Errors are reported as one line, `error: <path>: <what>`, and a non-zero
+//! exit code; never as a panic or a backtrace.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use wanrt::io;
+
+/// Wan2.1 text-to-video on CPU and CUDA.
+#[derive(Parser)]
+#[command(name = "wanrt", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Describe model files: format, component, key layout, storage dtype, tensor counts.
+    Inspect {
+        /// Model files (.safetensors, .pth) or sharded model folders.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    // A bug must still end as one `error:` line: silence the default panic report, which
+    // `catch_unwind` below turns into that line.
+    std::panic::set_hook(Box::new(|_| {}));
+    let cli = Cli::parse();
+    let ok = match cli.command {
+        Command::Inspect { files } => inspect(&files),
+    };
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Describes every file; returns false when any failed (the others are still described).
+fn inspect(files: &[PathBuf]) -> bool {
+    let mut ok = true;
+    for path in files {
+        let result =
+            std::panic::catch_unwind(|| io::open(path).and_then(|c| io::describe::summarize(&c)));
+        match result {
+            Ok(Ok(summary)) => {
+                println!("{}", path.display());
+                for line in summary.to_string().lines() {
+                    println!("  {line}");
+                }
+            }
+            Ok(Err(e)) => {
+                eprintln!("error: {}: {}", path.display(), without_path(&e, path));
+                ok = false;
+            }
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("unknown");
+                eprintln!(
+                    "error: {}: internal error (please report): {msg}",
+                    path.display()
+                );
+                ok = false;
+            }
+        }
+    }
+    ok
+}
+
+/// The error message, minus its leading path when that is the path already printed.
+fn without_path(e: &wanrt::Error, path: &Path) -> String {
+    let msg = e.to_string();
+    let prefix = format!("{}: ", path.display());
+    match msg.strip_prefix(&prefix) {
+        Some(rest) => rest.to_string(),
+        None => msg,
+    }
+}

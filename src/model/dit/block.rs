@@ -1,0 +1,267 @@
+//! One Wan transformer block (`WanAttentionBlock`, wan-architecture.md §1.6).
+
+use super::nag::{nag_combine, NagParams};
+use super::rope::RopeTable;
+use super::weights::{Linear, Take};
+use super::DitConfig;
+use crate::error::Result;
+use crate::tensor::ops::{attention, cat, AttentionParams};
+use crate::tensor::{Tensor, Weight};
+
+/// Tokens whose FFN hidden layer (`ffn_dim` wide, 3.5-6× the stream) exists at once: bounds
+/// its memory at long sequences while keeping the GEMMs large.
+const FFN_ROWS: usize = 4096;
+
+/// Query/key/value/output projections and the q/k RMSNorms over the full width.
+#[derive(Debug, Clone)]
+struct Attn {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    norm_q: Weight,
+    norm_k: Weight,
+}
+
+impl Attn {
+    fn load(t: &mut Take, prefix: &str, dim: usize) -> Result<Attn> {
+        Ok(Attn {
+            q: t.linear(&format!("{prefix}.q"), dim, dim)?,
+            k: t.linear(&format!("{prefix}.k"), dim, dim)?,
+            v: t.linear(&format!("{prefix}.v"), dim, dim)?,
+            o: t.linear(&format!("{prefix}.o"), dim, dim)?,
+            norm_q: t.weight(&format!("{prefix}.norm_q.weight"), &[dim])?,
+            norm_k: t.weight(&format!("{prefix}.norm_k.weight"), &[dim])?,
+        })
+    }
+}
+
+/// The cross-attention keys and values of one block for one text context, `[B, L, heads, head_dim]`
+/// each. They depend only on the context, so a sampler can compute them once per prompt.
+#[derive(Debug, Clone)]
+pub struct CrossKv {
+    /// `RMSNorm_k(W_k · ctx + b_k)`, split into heads.
+    pub k: Tensor,
+    /// `W_v · ctx + b_v`, split into heads.
+    pub v: Tensor,
+}
+
+/// What a block needs besides the hidden state.
+pub(super) struct BlockInputs<'a> {
+    /// `e0 = time_projection(e)` as `[B, 6, dim]`.
+    pub e0: &'a Tensor,
+    pub rope: &'a RopeTable,
+    /// This block's cross-attention K/V for the (positive) context.
+    pub kv: &'a CrossKv,
+    /// NAG: its parameters and this block's K/V for the negative context (batch 1, shared).
+    pub nag: Option<(&'a NagParams, &'a CrossKv)>,
+}
+
+/// The parameters of one block.
+#[derive(Debug, Clone)]
+pub(super) struct Block {
+    /// `[1, 6, dim]` f32, added to `e0`: shift1, scale1, gate1, shift2, scale2, gate2.
+    modulation: Tensor,
+    self_attn: Attn,
+    norm3_w: Weight,
+    norm3_b: Weight,
+    cross_attn: Attn,
+    ffn0: Linear,
+    ffn2: Linear,
+    heads: usize,
+    eps: f32,
+}
+
+impl Block {
+    pub fn load(t: &mut Take, i: usize, cfg: &DitConfig) -> Result<Block> {
+        let (dim, p) = (cfg.dim, format!("blocks.{i}"));
+        Ok(Block {
+            modulation: t.f32_tensor(&format!("{p}.modulation"), &[1, 6, dim])?,
+            self_attn: Attn::load(t, &format!("{p}.self_attn"), dim)?,
+            norm3_w: t.weight(&format!("{p}.norm3.weight"), &[dim])?,
+            norm3_b: t.weight(&format!("{p}.norm3.bias"), &[dim])?,
+            cross_attn: Attn::load(t, &format!("{p}.cross_attn"), dim)?,
+            ffn0: t.linear(&format!("{p}.ffn.0"), cfg.ffn_dim, dim)?,
+            ffn2: t.linear(&format!("{p}.ffn.2"), dim, cfg.ffn_dim)?,
+            heads: cfg.num_heads,
+            eps: cfg.eps as f32,
+        })
+    }
+
+    /// `(shift1, scale1, gate1, shift2, scale2, gate2)`, each `[B, 1, dim]`.
+    fn modulation(&self, e0: &Tensor) -> Result<Vec<Tensor>> {
+        e0.add(&self.modulation)?.chunk(6, 1)
+    }
+
+    /// `LN(x)·(1 + scale) + shift`, LN without affine.
+    fn modulate(&self, x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
+        x.layer_norm(None, None, self.eps)?
+            .mul(&scale.affine(1.0, 1.0)?)?
+            .add(shift)
+    }
+
+    /// The modulated input of the self-attention, `LN1(x)·(1 + scale1) + shift1` (the
+    /// TeaCache indicator of block 0).
+    pub fn modulated_input(&self, x: &Tensor, e0: &Tensor) -> Result<Tensor> {
+        let m = self.modulation(e0)?;
+        self.modulate(x, &m[0], &m[1])
+    }
+
+    /// `[B, L, dim] -> [B, L, heads, head_dim]`.
+    fn heads(&self, x: &Tensor) -> Result<Tensor> {
+        let d = x.dims();
+        x.reshape([d[0], d[1], self.heads, d[2] / self.heads])
+    }
+
+    /// `[B, L, heads, head_dim] -> [B, L, dim]`.
+    fn merge(x: &Tensor) -> Result<Tensor> {
+        let d = x.dims();
+        x.reshape([d[0], d[1], d[2] * d[3]])
+    }
+
+    fn params(&self, head_dim: usize) -> AttentionParams<'static> {
+        AttentionParams {
+            scale: 1.0 / (head_dim as f32).sqrt(),
+            kv_lens: None,
+            bias: None,
+        }
+    }
+
+    /// The cross-attention K/V of an embedded text context `[B, L, dim]`.
+    pub fn cross_kv(&self, ctx: &Tensor) -> Result<CrossKv> {
+        let a = &self.cross_attn;
+        let k = a.k.forward(ctx)?.rms_norm(Some(&a.norm_k), self.eps)?;
+        let v = a.v.forward(ctx)?;
+        Ok(CrossKv {
+            k: self.heads(&k)?,
+            v: self.heads(&v)?,
+        })
+    }
+
+    /// The block: `x [B, S, dim] -> [B, S, dim]`.
+    pub fn forward(&self, x: &Tensor, inp: &BlockInputs) -> Result<Tensor> {
+        let m = self.modulation(inp.e0)?;
+        let x = x.add(
+            &self
+                .self_attention(&self.modulate(x, &m[0], &m[1])?, inp.rope)?
+                .mul(&m[2])?,
+        )?;
+        let x = x.add(&self.cross_attention(&x, inp)?)?;
+        let y = self.ffn(&self.modulate(&x, &m[3], &m[4])?, FFN_ROWS)?;
+        x.add(&y.mul(&m[5])?)
+    }
+
+    /// `W2·gelu_tanh(W1·u + b1) + b2`, over chunks of `chunk` tokens.
+    fn ffn(&self, u: &Tensor, chunk: usize) -> Result<Tensor> {
+        let dims = u.dims().to_vec();
+        let rows = dims[..dims.len() - 1].iter().product::<usize>();
+        let flat = u.reshape([rows, dims[dims.len() - 1]])?;
+        let run = |x: &Tensor| self.ffn2.forward(&self.ffn0.forward(x)?.gelu_tanh()?);
+        if rows <= chunk {
+            return run(&flat)?.reshape(dims.as_slice());
+        }
+        let parts = (0..rows)
+            .step_by(chunk)
+            .map(|r| run(&flat.narrow(0, r, chunk.min(rows - r))?))
+            .collect::<Result<Vec<_>>>()?;
+        cat(&parts.iter().collect::<Vec<_>>(), 0)?.reshape(dims.as_slice())
+    }
+
+    /// Self-attention with q/k RMSNorm over the full width, then RoPE; every token is a key.
+    fn self_attention(&self, u: &Tensor, rope: &RopeTable) -> Result<Tensor> {
+        let a = &self.self_attn;
+        let q = self.heads(&a.q.forward(u)?.rms_norm(Some(&a.norm_q), self.eps)?)?;
+        let k = self.heads(&a.k.forward(u)?.rms_norm(Some(&a.norm_k), self.eps)?)?;
+        let v = self.heads(&a.v.forward(u)?)?;
+        let q = q.rope_interleaved(&rope.cos, &rope.sin)?;
+        let k = k.rope_interleaved(&rope.cos, &rope.sin)?;
+        let y = attention(&q, &k, &v, &self.params(q.dims()[3]))?;
+        a.o.forward(&Self::merge(&y)?)
+    }
+
+    /// Cross-attention on `LN3(x)` (affine) over every text slot, unmasked and ungated; with NAG,
+    /// the guided samples' attention output is mixed with the negative context's before `o`.
+    fn cross_attention(&self, x: &Tensor, inp: &BlockInputs) -> Result<Tensor> {
+        let a = &self.cross_attn;
+        let c = x.layer_norm(Some(&self.norm3_w), Some(&self.norm3_b), self.eps)?;
+        let q = self.heads(&a.q.forward(&c)?.rms_norm(Some(&a.norm_q), self.eps)?)?;
+        let p = self.params(q.dims()[3]);
+        let mut z = Self::merge(&attention(&q, &inp.kv.k, &inp.kv.v, &p)?)?;
+        if let Some((nag, neg)) = inp.nag {
+            let mut rows = Vec::with_capacity(z.dims()[0]);
+            for b in 0..z.dims()[0] {
+                let zp = z.narrow(0, b, 1)?;
+                rows.push(if nag.guides(b) {
+                    let zn = Self::merge(&attention(&q.narrow(0, b, 1)?, &neg.k, &neg.v, &p)?)?;
+                    nag_combine(&zp, &zn, nag)?
+                } else {
+                    zp
+                });
+            }
+            z = cat(&rows.iter().collect::<Vec<_>>(), 0)?;
+        }
+        a.o.forward(&z)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::io::config::ModelType;
+
+    #[test]
+    fn chunked_ffn_matches_one_pass() {
+        let cfg = DitConfig {
+            model_type: ModelType::T2v,
+            dim: 8,
+            ffn_dim: 24,
+            num_heads: 1,
+            num_layers: 1,
+            in_dim: 16,
+            out_dim: 16,
+            text_dim: 8,
+            freq_dim: 8,
+            text_len: 4,
+            eps: 1e-6,
+            patch_size: [1, 2, 2],
+        };
+        let mut map = BTreeMap::new();
+        let mut seed = 1u32;
+        let mut rand = |dims: &[usize]| {
+            let n = dims.iter().product();
+            let v = (0..n)
+                .map(|_| {
+                    seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+                    (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+                })
+                .collect();
+            Weight::new(Tensor::from_f32(v, dims).unwrap())
+        };
+        for (name, dims) in [("ffn.0", [24, 8]), ("ffn.2", [8, 24])] {
+            map.insert(format!("blocks.0.{name}.weight"), rand(&dims));
+            map.insert(format!("blocks.0.{name}.bias"), rand(&dims[..1]));
+        }
+        for a in ["self_attn", "cross_attn"] {
+            for m in ["q", "k", "v", "o"] {
+                map.insert(format!("blocks.0.{a}.{m}.weight"), rand(&[8, 8]));
+                map.insert(format!("blocks.0.{a}.{m}.bias"), rand(&[8]));
+            }
+            for n in ["norm_q", "norm_k"] {
+                map.insert(format!("blocks.0.{a}.{n}.weight"), rand(&[8]));
+            }
+        }
+        map.insert("blocks.0.norm3.weight".into(), rand(&[8]));
+        map.insert("blocks.0.norm3.bias".into(), rand(&[8]));
+        map.insert("blocks.0.modulation".into(), rand(&[1, 6, 8]));
+        let block = Block::load(&mut Take::new(map), 0, &cfg).unwrap();
+        let u = rand(&[2, 11, 8]).tensor;
+        let whole = block.ffn(&u, usize::MAX).unwrap().to_f32_vec().unwrap();
+        let chunked = block.ffn(&u, 4).unwrap();
+        assert_eq!(chunked.dims(), [2, 11, 8]);
+        for (a, b) in whole.iter().zip(chunked.to_f32_vec().unwrap()) {
+            assert!((a - b).abs() < 1e-6);
+        }
+    }
+}

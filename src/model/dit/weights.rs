@@ -1,0 +1,86 @@
+//! Taking the DiT's parameters out of a canonical weight map, checking every shape against the
+//! config so that a checkpoint/config mismatch is reported at load time, not mid-forward.
+
+use std::collections::BTreeMap;
+
+use super::DitConfig;
+use crate::error::{Error, Result};
+use crate::tensor::{Tensor, Weight};
+
+/// A linear layer as stored: weight `[out, in]` and bias `[out]` (every DiT linear has a bias).
+#[derive(Debug, Clone)]
+pub(super) struct Linear {
+    pub w: Weight,
+    pub b: Weight,
+}
+
+impl Linear {
+    /// `x [.., in] -> [.., out]`; the weight is widened panel by panel inside the GEMM.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.linear(&self.w, Some(&self.b))
+    }
+}
+
+/// Removes named tensors from the map, checking their shapes.
+pub(super) struct Take {
+    map: BTreeMap<String, Weight>,
+}
+
+impl Take {
+    pub fn new(map: BTreeMap<String, Weight>) -> Take {
+        Take { map }
+    }
+
+    /// The tensor `name`, which must have shape `dims`.
+    pub fn weight(&mut self, name: &str, dims: &[usize]) -> Result<Weight> {
+        let w = self.map.remove(name).ok_or_else(|| Error::MissingTensor {
+            name: name.to_string(),
+            context: "Wan DiT".into(),
+        })?;
+        if w.dims() != dims {
+            return Err(Error::InvalidConfig(format!(
+                "checkpoint tensor `{name}` has shape {:?} but the config needs {dims:?}",
+                w.dims()
+            )));
+        }
+        Ok(w)
+    }
+
+    /// `{prefix}.weight [out, in]` and `{prefix}.bias [out]`.
+    pub fn linear(&mut self, prefix: &str, out: usize, inp: usize) -> Result<Linear> {
+        Ok(Linear {
+            w: self.weight(&format!("{prefix}.weight"), &[out, inp])?,
+            b: self.weight(&format!("{prefix}.bias"), &[out])?,
+        })
+    }
+
+    /// A small parameter needed as an f32 activation (modulation tables), widened once.
+    pub fn f32_tensor(&mut self, name: &str, dims: &[usize]) -> Result<Tensor> {
+        self.weight(name, dims)?.to_f32()
+    }
+
+    /// Rejects what is left over that shows the checkpoint is not the configured model: blocks
+    /// beyond `num_layers`, or image-conditioning (I2V) tensors. Anything else (format markers
+    /// such as `scaled_fp8`) is ignored.
+    pub fn finish(self, cfg: &DitConfig) -> Result<()> {
+        for name in self.map.keys() {
+            if let Some(idx) = name
+                .strip_prefix("blocks.")
+                .and_then(|r| r.split('.').next())
+            {
+                if idx.parse::<usize>().is_ok_and(|i| i >= cfg.num_layers) {
+                    return Err(Error::InvalidConfig(format!(
+                        "checkpoint has `{name}` but the config has {} layers",
+                        cfg.num_layers
+                    )));
+                }
+            }
+            if name.starts_with("img_emb.") || name.contains(".cross_attn.k_img") {
+                return Err(Error::UnsupportedModel(format!(
+                    "checkpoint has image-conditioning tensor `{name}` (I2V): only the T2V DiT is supported"
+                )));
+            }
+        }
+        Ok(())
+    }
+}

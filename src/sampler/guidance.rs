@@ -1,0 +1,163 @@
+//! Combining the conditional and unconditional model passes into one velocity
+//! (`../shared/docs/lora-guidance-training.md` §3.1-3.2).
+
+use rayon::prelude::*;
+
+use super::kernels::fill;
+use super::Real;
+use crate::error::{Error, Result};
+
+/// How the conditional velocity `v_c` and the unconditional one `v_u` are combined at a step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Guidance {
+    /// Classifier-free guidance `v = v_u + g·(v_c − v_u)`; with `g = 1` the unconditional pass is
+    /// skipped and `v = v_c`.
+    Cfg {
+        /// The guidance scale `g` (Wan's default 5.0).
+        scale: f64,
+    },
+    /// CFG-Zero*: `s* = ⟨v_c, v_u⟩ / (‖v_u‖² + 1e-8)` over the whole sample,
+    /// `v = s*·v_u + g·(v_c − s*·v_u)`; and zero-init: `v = 0` on every step `i ≤ zero_steps`
+    /// (so 0 zeroes step 0 only; `None` disables zero-init).
+    CfgZeroStar {
+        /// The guidance scale `g`.
+        scale: f64,
+        /// The last zero-init step index, if any (Wan T2V uses 1).
+        zero_steps: Option<usize>,
+    },
+}
+
+impl Guidance {
+    /// Checks the scale is finite.
+    pub fn validate(&self) -> Result<()> {
+        let (Guidance::Cfg { scale } | Guidance::CfgZeroStar { scale, .. }) = *self;
+        if !scale.is_finite() {
+            return Err(Error::InvalidArgument(format!(
+                "guidance scale must be finite, got {scale}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// True when step `step`'s velocity is zero whatever the model says, so no pass is needed.
+    pub fn skips_model(&self, step: usize) -> bool {
+        matches!(*self, Guidance::CfgZeroStar { zero_steps: Some(z), .. } if step <= z)
+    }
+
+    /// True when step `step` needs the unconditional pass.
+    pub fn needs_uncond(&self, step: usize) -> bool {
+        match *self {
+            Guidance::Cfg { scale } => scale != 1.0,
+            Guidance::CfgZeroStar { .. } => !self.skips_model(step),
+        }
+    }
+
+    /// Writes the guided velocity of step `step` into `out`. `cond` is ignored on steps where
+    /// [`Guidance::skips_model`] holds; `uncond` may be `None` exactly when
+    /// [`Guidance::needs_uncond`] is false.
+    pub fn combine<T: Real>(
+        &self,
+        step: usize,
+        cond: &[T],
+        uncond: Option<&[T]>,
+        out: &mut [T],
+    ) -> Result<()> {
+        self.validate()?;
+        if self.skips_model(step) {
+            out.fill(T::default());
+            return Ok(());
+        }
+        if cond.len() != out.len() {
+            return Err(len_error(cond.len(), out.len()));
+        }
+        let uncond = match (uncond, self.needs_uncond(step)) {
+            (_, false) => {
+                out.copy_from_slice(cond);
+                return Ok(());
+            }
+            (Some(u), true) if u.len() == out.len() => u,
+            (Some(u), true) => return Err(len_error(u.len(), out.len())),
+            (None, true) => {
+                return Err(Error::InvalidArgument(format!(
+                    "guidance {self:?} needs the unconditional velocity at step {step}"
+                )))
+            }
+        };
+        match *self {
+            Guidance::Cfg { scale } => fill(out, |k| {
+                let (c, u) = (cond[k].to_f64(), uncond[k].to_f64());
+                u + scale * (c - u)
+            }),
+            Guidance::CfgZeroStar { scale, .. } => {
+                let st = cfg_zero_star_scale(cond, uncond);
+                fill(out, |k| {
+                    let (c, u) = (cond[k].to_f64(), uncond[k].to_f64());
+                    st * u + scale * (c - st * u)
+                })
+            }
+        }
+        Ok(())
+    }
+}
+
+fn len_error(got: usize, want: usize) -> Error {
+    Error::InvalidArgument(format!(
+        "guidance: velocity has {got} elements, expected {want}"
+    ))
+}
+
+/// CFG-Zero*'s optimised scale `s* = ⟨v_c, v_u⟩ / (‖v_u‖² + 1e-8)`, accumulated in f64.
+pub fn cfg_zero_star_scale<T: Real>(cond: &[T], uncond: &[T]) -> f64 {
+    let (dot, norm) = cond
+        .par_iter()
+        .zip(uncond.par_iter())
+        .with_min_len(1 << 14)
+        .map(|(c, u)| {
+            let (c, u) = (c.to_f64(), u.to_f64());
+            (c * u, u * u)
+        })
+        .reduce(|| (0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+    dot / (norm + 1e-8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cfg_combines_and_skips_uncond_at_scale_one() {
+        let g = Guidance::Cfg { scale: 5.0 };
+        let mut out = [0.0f32; 2];
+        g.combine(0, &[1.0, 2.0], Some(&[0.5, 1.0]), &mut out)
+            .unwrap();
+        assert_eq!(out, [3.0, 6.0]);
+        let g1 = Guidance::Cfg { scale: 1.0 };
+        assert!(!g1.needs_uncond(0));
+        g1.combine(0, &[1.0, 2.0], None, &mut out).unwrap();
+        assert_eq!(out, [1.0, 2.0]);
+        assert!(g.combine(0, &[1.0, 2.0], None, &mut out).is_err());
+        assert!(Guidance::Cfg { scale: f64::NAN }
+            .combine(0, &[1.0, 2.0], None, &mut out)
+            .is_err());
+    }
+
+    #[test]
+    fn cfg_zero_star_zero_init_and_scale() {
+        let g = Guidance::CfgZeroStar {
+            scale: 3.0,
+            zero_steps: Some(1),
+        };
+        assert!(g.skips_model(0) && g.skips_model(1) && !g.skips_model(2));
+        let mut out = [1.0f64; 2];
+        g.combine(1, &[], None, &mut out).unwrap();
+        assert_eq!(out, [0.0, 0.0]);
+        let (c, u) = ([1.0f64, 2.0], [2.0f64, 0.0]);
+        let st = cfg_zero_star_scale(&c, &u);
+        assert!((st - 2.0 / (4.0 + 1e-8)).abs() < 1e-15);
+        g.combine(2, &c, Some(&u), &mut out).unwrap();
+        for k in 0..2 {
+            let want = st * u[k] + 3.0 * (c[k] - st * u[k]);
+            assert!((out[k] - want).abs() < 1e-12);
+        }
+    }
+}

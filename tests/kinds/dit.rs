@@ -1,0 +1,41 @@
+//! `dit_forward` and `dit_forward_nag` cases: one DiT forward of the case's checkpoint (any
+//! layout and dtype) on its latent, timestep and unpadded context; NAG adds the negative context.
+
+use wanrt::model::dit::{ForwardOptions, NagParams, WanDit};
+use wanrt::{DType, Tensor};
+
+use super::{compare, Check, Output, Stop};
+use crate::common::{tensor, Case};
+
+/// `[1, L, D]` → `[L, D]` f32: the DiT takes one unpadded context per sample.
+fn unbatch(t: &Tensor) -> Result<Tensor, Stop> {
+    let d = t.dims();
+    if d.len() != 3 || d[0] != 1 {
+        return Err(Stop::Fail(format!("context must be [1, L, D], got {d:?}")));
+    }
+    Ok(t.to_dtype(DType::F32)?.reshape([d[1], d[2]])?)
+}
+
+pub fn run(case: &Case) -> Result<Vec<Check>, Stop> {
+    let dit = WanDit::open(case.path("dit")?, Some(&case.path("config")?))?;
+    let inputs = case.tensors("inputs")?;
+    let latent = tensor(&inputs, "latent")?.to_dtype(DType::F32)?;
+    let timesteps = tensor(&inputs, "timestep")?.to_f32_vec()?;
+    let context = unbatch(tensor(&inputs, "context")?)?;
+    let mut opts = ForwardOptions::default();
+    if case.str("kind")? == "dit_forward_nag" {
+        let negative = unbatch(tensor(&inputs, "negative_context")?)?;
+        let mut nag = NagParams::new(dit.encode_text(&[negative], false)?);
+        nag.scale = case.f64("nag_scale")? as f32;
+        nag.tau = case.f64("nag_tau")? as f32;
+        nag.alpha = case.f64("nag_alpha")? as f32;
+        opts.nag = Some(nag);
+    }
+    let velocity = dit.forward(&latent, &timesteps, &[context], &opts)?;
+    let output = Output {
+        name: "velocity".into(),
+        dims: velocity.dims().to_vec(),
+        data: velocity.to_f32_vec()?.into_iter().map(f64::from).collect(),
+    };
+    compare(&case.tensors("expected")?, &[output])
+}

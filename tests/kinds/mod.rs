@@ -1,0 +1,94 @@
+//! The fixture kinds the harness can run, one runner per kind.
+//!
+//! A runner reads its case (`case.json`, the inputs, the models it names), computes the outputs
+//! with wanrt and returns one [`Check`] per expected tensor, usually through [`compare`].
+
+mod dit;
+mod sampler;
+
+use wanrt::DType;
+
+use crate::common::{f64_data, Case, Tensors};
+
+/// Runs one case of a kind.
+pub type Runner = fn(&Case) -> Result<Vec<Check>, Stop>;
+
+/// Every implemented kind. A kind not listed here is reported as skipped.
+pub const RUNNERS: &[(&str, Runner)] = &[
+    ("dit_forward", dit::run),
+    ("dit_forward_nag", dit::run),
+    ("sampler", sampler::run),
+];
+
+/// The error of one expected tensor.
+#[derive(Debug, Clone)]
+pub struct Check {
+    /// The expected tensor's name.
+    pub name: String,
+    /// `‖out − expected‖₂ / ‖expected‖₂`.
+    pub rel_l2: f64,
+}
+
+/// Why a runner stopped without checks.
+#[derive(Debug)]
+pub enum Stop {
+    /// The case needs something not implemented yet.
+    Skip(String),
+    /// The case could not be run (bad case file, a wanrt error …): a failure.
+    Fail(String),
+}
+
+impl From<String> for Stop {
+    fn from(s: String) -> Stop {
+        Stop::Fail(s)
+    }
+}
+
+impl From<wanrt::Error> for Stop {
+    fn from(e: wanrt::Error) -> Stop {
+        Stop::Fail(e.to_string())
+    }
+}
+
+/// An output a runner computed: its name (that of the expected tensor), shape and values.
+pub struct Output {
+    /// The expected tensor it is compared with.
+    pub name: String,
+    /// Its dimensions.
+    pub dims: Vec<usize>,
+    /// Its values in row-major order.
+    pub data: Vec<f64>,
+}
+
+/// Compares every tensor of `expected` with the output of the same name. An expected tensor
+/// without an output, or with an output of another shape, fails the case; outputs without an
+/// expected tensor are ignored.
+///
+/// An output is first rounded to the dtype its reference is stored in (f32): the reference was
+/// rounded so when it was saved, and an output computed in f64 is judged the same way.
+pub fn compare(expected: &Tensors, outputs: &[Output]) -> Result<Vec<Check>, Stop> {
+    let mut checks = Vec::with_capacity(expected.len());
+    for (name, want) in expected {
+        let out = outputs
+            .iter()
+            .find(|o| &o.name == name)
+            .ok_or_else(|| format!("expected tensor `{name}` was not computed"))?;
+        if out.dims != want.dims() {
+            return Err(Stop::Fail(format!(
+                "`{name}`: computed shape {:?}, expected {:?}",
+                out.dims,
+                want.dims()
+            )));
+        }
+        let stored: Vec<f64> = match want.dtype() {
+            DType::F32 => out.data.iter().map(|&v| v as f32 as f64).collect(),
+            _ => out.data.clone(),
+        };
+        let rel_l2 = crate::common::rel_l2(&stored, &f64_data(want)?);
+        checks.push(Check {
+            name: name.clone(),
+            rel_l2,
+        });
+    }
+    Ok(checks)
+}

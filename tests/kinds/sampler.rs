@@ -1,0 +1,135 @@
+//! `sampler` cases: a solver, a schedule and a guidance method driven by the toy elementwise
+//! models the fixtures state in their `model` field, in f64 like the reference. Expected:
+//! `timesteps` (what the model is called with), `sigmas` (the grid, with or without the final 0),
+//! `states` (the sample after each step) and `final`.
+
+use wanrt::sampler::{Guidance, NoiseFn, Schedule, SolverKind};
+
+use super::{compare, Check, Output, Stop};
+use crate::common::{f64_data, tensor, Case};
+
+/// The fixtures' conditional toy model: `v = tanh(x)·(1+s) + 0.1·cos(3s)·x`, `s = t/1000`.
+fn toy_cond(x: &[f64], s: f64, v: &mut [f64]) {
+    let c = 0.1 * (3.0 * s).cos();
+    v.iter_mut()
+        .zip(x)
+        .for_each(|(v, &x)| *v = x.tanh() * (1.0 + s) + c * x);
+}
+
+/// The fixtures' unconditional toy model: `v = 0.5·tanh(0.7x)·(1+0.5s) − 0.05x`.
+fn toy_uncond(x: &[f64], s: f64, v: &mut [f64]) {
+    v.iter_mut()
+        .zip(x)
+        .for_each(|(v, &x)| *v = 0.5 * (0.7 * x).tanh() * (1.0 + 0.5 * s) - 0.05 * x);
+}
+
+fn schedule(case: &Case, kind: SolverKind, shift: f64) -> Result<Schedule, Stop> {
+    Ok(
+        if let Some(list) = case.opt_f64_list("denoising_step_list")? {
+            Schedule::distilled(&list, shift)?
+        } else if let Some(sigmas) = case.opt_f64_list("sigmas")? {
+            Schedule::from_sigmas(&sigmas, shift)?
+        } else {
+            let steps = case.f64("steps")?;
+            if steps.fract() != 0.0 || steps < 0.0 {
+                return Err(Stop::Fail(format!(
+                    "steps must be a whole number, got {steps}"
+                )));
+            }
+            kind.schedule(steps as usize, shift)?
+        },
+    )
+}
+
+fn guidance(case: &Case) -> Result<Guidance, Stop> {
+    let scale = case.opt_f64("guidance_scale")?.unwrap_or(1.0);
+    let g = match case.get("guidance").map(|g| g.as_str().unwrap_or("?")) {
+        None | Some("cfg") => Guidance::Cfg { scale },
+        Some("cfg_zero_star") => Guidance::CfgZeroStar {
+            scale,
+            zero_steps: case.opt_f64("zero_steps")?.map(|z| z as usize),
+        },
+        Some(other) => {
+            return Err(Stop::Skip(format!(
+                "guidance `{other}` is not implemented yet"
+            )))
+        }
+    };
+    g.validate()?;
+    Ok(g)
+}
+
+/// Hands out `noise[i]` (the case's stored fresh noise) at step `i`.
+fn stored_noise(noise: Vec<f64>) -> NoiseFn<f64> {
+    Box::new(move |i, buf: &mut [f64]| {
+        let n = buf.len();
+        let src = noise.get(i * n..(i + 1) * n).ok_or_else(|| {
+            wanrt::Error::InvalidArgument(format!("the stored noise has no entry for step {i}"))
+        })?;
+        buf.copy_from_slice(src);
+        Ok(())
+    })
+}
+
+pub fn run(case: &Case) -> Result<Vec<Check>, Stop> {
+    let kind: SolverKind = case.str("solver")?.parse()?;
+    let schedule = schedule(case, kind, case.f64("shift")?)?;
+    let guidance = guidance(case)?;
+    let inputs = case.tensors("inputs")?;
+    let expected = case.tensors("expected")?;
+    let x_t = tensor(&inputs, "x_T")?;
+    let mut x = f64_data(x_t)?;
+    let noise = inputs
+        .get("noise")
+        .map(f64_data)
+        .transpose()?
+        .map(stored_noise);
+    let mut solver = kind.build::<f64>(schedule.clone(), noise)?;
+
+    let (n, steps) = (x.len(), schedule.steps());
+    let (mut cond, mut uncond, mut v) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+    let mut states = Vec::with_capacity(steps * n);
+    for i in 0..steps {
+        let s = schedule.timesteps[i] / 1000.0;
+        if !guidance.skips_model(i) {
+            toy_cond(&x, s, &mut cond);
+        }
+        let uncond = guidance.needs_uncond(i).then(|| {
+            toy_uncond(&x, s, &mut uncond);
+            &uncond[..]
+        });
+        guidance.combine(i, &cond, uncond, &mut v)?;
+        solver.step(&v, &mut x)?;
+        states.extend_from_slice(&x);
+    }
+
+    // References list the sigma grid either with its final 0 or without it.
+    let mut sigmas = schedule.sigmas.clone();
+    if expected.get("sigmas").is_some_and(|t| t.dims() == [steps]) {
+        sigmas.pop();
+    }
+    let dims = x_t.dims().to_vec();
+    let outputs = [
+        Output {
+            name: "timesteps".into(),
+            dims: vec![steps],
+            data: schedule.timesteps.clone(),
+        },
+        Output {
+            name: "sigmas".into(),
+            dims: vec![sigmas.len()],
+            data: sigmas,
+        },
+        Output {
+            name: "states".into(),
+            dims: [&[steps][..], &dims].concat(),
+            data: states,
+        },
+        Output {
+            name: "final".into(),
+            dims,
+            data: x,
+        },
+    ];
+    compare(&expected, &outputs)
+}
