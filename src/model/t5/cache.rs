@@ -288,7 +288,8 @@ impl TextEncoder {
 }
 
 /// An identity of the weights at `path` (a file, or a folder of shards) for the disk cache:
-/// the total size and a 64-bit FNV-1a hash of each file's name, size and first and last MiB.
+/// the total size and a 64-bit FNV-1a hash of each file's size and first and last MiB (and, in
+/// a folder, its name).
 ///
 /// It depends on the content, not the path or modification time, so a moved or copied
 /// checkpoint keeps its cached embeddings; reading 2 MiB per file costs milliseconds. Two
@@ -313,8 +314,10 @@ pub fn file_identity(path: impl AsRef<Path>) -> Result<String> {
     let mut h = Fnv::new();
     let mut total = 0u64;
     for f in &files {
-        let name = f.file_name().map(|n| n.to_string_lossy().into_owned());
-        h.write(name.unwrap_or_default().as_bytes());
+        if meta.is_dir() {
+            let name = f.file_name().map(|n| n.to_string_lossy().into_owned());
+            h.write(name.unwrap_or_default().as_bytes());
+        }
         let mut file = File::open(f).map_err(|e| Error::io(f, e))?;
         let size = file.metadata().map_err(|e| Error::io(f, e))?.len();
         total += size;

@@ -205,7 +205,7 @@ fn check_config(c: &T5Config) -> Result<()> {
     if c.dim == 0 || c.dim_attn == 0 || c.dim_ffn == 0 || c.vocab == 0 {
         return bad(format!("zero width in {c:?}"));
     }
-    if c.num_heads == 0 || c.dim_attn % c.num_heads != 0 {
+    if c.num_heads == 0 || !c.dim_attn.is_multiple_of(c.num_heads) {
         return bad(format!(
             "{} heads do not divide dim_attn {}",
             c.num_heads, c.dim_attn
