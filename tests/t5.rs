@@ -358,3 +358,79 @@ fn pth_bf16_matches_f32_closely() {
     // Different weights (bf16-rounded) give a different, nearby output.
     assert!(rel > 0.0 && rel < 0.05, "{rel}");
 }
+
+#[test]
+fn text_encoder_is_shareable_between_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<TextEncoder>();
+    let te = text_encoder();
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| te.encode(NEGATIVE).unwrap());
+        }
+    });
+    let st = te.stats();
+    assert_eq!(st.encoded + st.memory_hits, 2);
+}
+
+/// The encoder of `weights` (stored names → tensors) written to a safetensors file.
+fn encoder_from(dir: &Path, name: &str, tensors: &[(String, Tensor)]) -> Umt5Encoder {
+    let path = dir.join(name);
+    let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
+    wanrt::io::safetensors::write_file(&path, &refs, &Default::default()).unwrap();
+    Umt5Encoder::open(&path, Some(&umt5_dir().join("config.json")))
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn rel_l2(a: &[f32], b: &[f32]) -> f32 {
+    let num: f32 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
+    let den: f32 = b.iter().map(|y| y * y).sum();
+    (num / den).sqrt()
+}
+
+#[test]
+fn comfy_fp16_and_scaled_fp8_layouts() {
+    use wanrt::DType;
+    let hf = wanrt::io::open(umt5_dir().join("umt5_enc_hf_f32.safetensors")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ids = tokenizer().tokenize(PROMPT).unwrap().ids;
+    let reference = values(&encoder().encode(&[&ids]).unwrap()[0]);
+
+    // ComfyUI's prefix inside a merged checkpoint, in fp16.
+    let comfy: Vec<(String, Tensor)> = hf
+        .tensors
+        .iter()
+        .map(|(k, t)| {
+            let name = format!("text_encoders.umt5xxl.transformer.{k}");
+            (name, t.to_dtype(DType::F16).unwrap())
+        })
+        .collect();
+    let fp16 = encoder_from(dir.path(), "comfy_fp16.safetensors", &comfy);
+    let out = values(&fp16.encode(&[&ids]).unwrap()[0]);
+    let err = rel_l2(&out, &reference);
+    assert!(err < 2e-3, "fp16: {err}");
+
+    // ComfyUI scaled fp8: block linears as e4m3fn values times a per-tensor scale.
+    let mut fp8 = Vec::new();
+    for (k, t) in &hf.tensors {
+        let linear = k.contains("SelfAttention.") && !k.contains("relative_attention_bias")
+            || k.contains("DenseReluDense.");
+        if !linear {
+            fp8.push((k.clone(), t.to_dtype(DType::BF16).unwrap()));
+            continue;
+        }
+        let v = values(t);
+        let scale = v.iter().fold(0f32, |m, x| m.max(x.abs())) / 448.0;
+        let q = Tensor::from_f32(v.iter().map(|x| x / scale).collect(), t.dims()).unwrap();
+        fp8.push((k.clone(), q.to_dtype(DType::F8E4M3).unwrap()));
+        let module = k.strip_suffix(".weight").unwrap();
+        let s = Tensor::from_f32(vec![scale], [0usize; 0]).unwrap();
+        fp8.push((format!("{module}.scale_weight"), s));
+    }
+    let marker = Tensor::zeros([0], DType::F8E4M3);
+    fp8.push(("scaled_fp8".into(), marker));
+    let scaled = encoder_from(dir.path(), "fp8_scaled.safetensors", &fp8);
+    let out = values(&scaled.encode(&[&ids]).unwrap()[0]);
+    let err = rel_l2(&out, &reference);
+    assert!(err > 0.0 && err < 0.1, "scaled fp8: {err}");
+}

@@ -107,7 +107,7 @@ pub struct TextEncoder {
 
 impl TextEncoder {
     /// Pairs a tokenizer with an encoder (the tokenizer takes the encoder's `text_len`), with
-    /// an in-memory cache of [`DEFAULT_MEMORY_ENTRIES`] contexts and no disk cache. Fails when
+    /// an in-memory cache of 32 contexts and no disk cache. Fails when
     /// the tokenizer can produce ids the encoder has no embedding for.
     pub fn new(tokenizer: Umt5Tokenizer, encoder: Umt5Encoder) -> Result<TextEncoder> {
         let cfg = encoder.config();
