@@ -5,6 +5,7 @@
 
 mod dit;
 mod sampler;
+mod t5;
 
 use wanrt::DType;
 
@@ -18,6 +19,8 @@ pub const RUNNERS: &[(&str, Runner)] = &[
     ("dit_forward", dit::run),
     ("dit_forward_nag", dit::run),
     ("sampler", sampler::run),
+    ("t5_encode", t5::run),
+    ("tokenize", t5::run),
 ];
 
 /// The error of one expected tensor.

@@ -1,0 +1,246 @@
+//! The UMT5-XXL text encoder Wan2.1 conditions on (wan-architecture.md §3), its tokenizer with
+//! Wan's prompt cleaning, and a text-embedding cache.
+//!
+//! - [`Umt5Encoder`]: the encoder, written against the tensor ops. Built from canonical weights
+//!   (original Wan `.pth` names; [`crate::io::layout::canonical_weights`] renames the
+//!   transformers/ComfyUI layouts) kept in their stored dtype and widened panel by panel by the
+//!   linear ops, plus a [`T5Config`].
+//! - [`Umt5Tokenizer`] and [`clean_prompt`]: prompt → token ids as upstream computes them.
+//! - [`TextEncoder`]: tokenizer + encoder + caches (in memory, optionally on disk), the entry
+//!   point a pipeline uses.
+
+mod block;
+mod cache;
+mod clean;
+mod html;
+mod tokenizer;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+pub use crate::io::config::T5Config;
+pub use cache::{file_identity, CacheStats, TextEmbedding, TextEncoder};
+pub use clean::clean_prompt;
+pub use html::html_unescape;
+pub use tokenizer::{Tokenized, Umt5Tokenizer};
+
+use block::{bucket_matrix, position_bias, Block, Shared, EPS};
+
+use crate::error::{Error, Result};
+use crate::io::layout::{self, Component};
+use crate::tensor::ops::embedding;
+use crate::tensor::{Tensor, Weight};
+
+/// The UMT5 encoder (Wan's `T5Encoder`, encoder only): token embedding without scaling, blocks
+/// of relative-position-biased attention without `1/√d` and a gated GELU(tanh) feed-forward,
+/// RMS norms, a final norm.
+#[derive(Debug, Clone)]
+pub struct Umt5Encoder {
+    cfg: T5Config,
+    token_embedding: Weight,
+    blocks: Vec<Block>,
+    /// The one table of a `shared_pos` encoder, `[num_buckets, heads]` f32.
+    shared_pos: Option<Tensor>,
+    norm: Weight,
+}
+
+impl Umt5Encoder {
+    /// Builds the encoder from canonical weights (original Wan names, wan-architecture.md
+    /// §3.4) and its config. Every tensor's shape is checked against the config (a mismatch is
+    /// [`Error::InvalidConfig`], a missing tensor [`Error::MissingTensor`], a tensor the model
+    /// does not use [`Error::UnsupportedModel`]).
+    pub fn new(weights: BTreeMap<String, Weight>, cfg: T5Config) -> Result<Umt5Encoder> {
+        check_config(&cfg)?;
+        let mut t = Take(weights);
+        let (dim, attn, ffn) = (cfg.dim, cfg.dim_attn, cfg.dim_ffn);
+        let table = [cfg.num_buckets, cfg.num_heads];
+        let token_embedding = t.weight("token_embedding.weight", &[cfg.vocab, dim])?;
+        let shared_pos = if cfg.shared_pos {
+            Some(
+                t.weight("pos_embedding.embedding.weight", &table)?
+                    .to_f32()?,
+            )
+        } else {
+            None
+        };
+        let blocks = (0..cfg.num_layers)
+            .map(|i| {
+                let mut w =
+                    |name: &str, dims: &[usize]| t.weight(&format!("blocks.{i}.{name}"), dims);
+                Ok(Block {
+                    norm1: w("norm1.weight", &[dim])?,
+                    q: w("attn.q.weight", &[attn, dim])?,
+                    k: w("attn.k.weight", &[attn, dim])?,
+                    v: w("attn.v.weight", &[attn, dim])?,
+                    o: w("attn.o.weight", &[dim, attn])?,
+                    pos: if cfg.shared_pos {
+                        None
+                    } else {
+                        Some(w("pos_embedding.embedding.weight", &table)?.to_f32()?)
+                    },
+                    norm2: w("norm2.weight", &[dim])?,
+                    gate: w("ffn.gate.0.weight", &[ffn, dim])?,
+                    fc1: w("ffn.fc1.weight", &[ffn, dim])?,
+                    fc2: w("ffn.fc2.weight", &[dim, ffn])?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let norm = t.weight("norm.weight", &[dim])?;
+        if let Some(name) = t.0.keys().next() {
+            return Err(Error::UnsupportedModel(format!(
+                "UMT5 encoder: unexpected tensor `{name}` for a config of {} layers{}",
+                cfg.num_layers,
+                if cfg.shared_pos {
+                    " with a shared position table"
+                } else {
+                    ""
+                }
+            )));
+        }
+        Ok(Umt5Encoder {
+            cfg,
+            token_embedding,
+            blocks,
+            shared_pos,
+            norm,
+        })
+    }
+
+    /// Opens a UMT5 encoder checkpoint (the official `.pth`, or safetensors in the original,
+    /// transformers or ComfyUI layout, in any dtype the io module reads), renames it to the
+    /// canonical names and builds the encoder; the config is inferred from the shapes and
+    /// overridden by `config_json` (Wan names) if given.
+    pub fn open(path: impl AsRef<Path>, config_json: Option<&Path>) -> Result<Umt5Encoder> {
+        let path = path.as_ref();
+        let (found, weights) = layout::canonical_weights(&crate::io::open(path)?)?;
+        if found.component != Component::Umt5Encoder {
+            return Err(Error::UnsupportedModel(format!(
+                "{}: a {:?}, not a UMT5 encoder",
+                path.display(),
+                found.component
+            )));
+        }
+        let cfg = T5Config::load(&layout::weight_metas(&weights), config_json)?;
+        Umt5Encoder::new(weights, cfg)
+    }
+
+    /// The config.
+    pub fn config(&self) -> &T5Config {
+        &self.cfg
+    }
+
+    /// Encodes a batch of unpadded token sequences (each 1 to `text_len` ids, EOS included, as
+    /// [`Umt5Tokenizer`] produces them) and returns each prompt's hidden states trimmed to its
+    /// length, `[L_b, dim]`: the contexts [`crate::model::dit::WanDit`] takes.
+    pub fn encode(&self, ids: &[&[u32]]) -> Result<Vec<Tensor>> {
+        let (hidden, lens) = self.hidden(ids)?;
+        let [_, l, dim] = [hidden.dims()[0], hidden.dims()[1], hidden.dims()[2]];
+        let data = hidden.f32_data()?;
+        lens.iter()
+            .enumerate()
+            .map(|(b, &n)| Tensor::from_f32(data[b * l * dim..][..n * dim].to_vec(), [n, dim]))
+            .collect()
+    }
+
+    /// Upstream's output shape: `[B, text_len, dim]` with every row past a prompt's length zero
+    /// (what Wan computes with `padding='max_length'` and a mask, then trims and zero-pads).
+    pub fn forward(&self, ids: &[&[u32]]) -> Result<Tensor> {
+        let (hidden, _) = self.hidden(ids)?;
+        let l = hidden.dims()[1];
+        hidden.pad_zeros(&[(0, 0), (0, self.cfg.text_len - l), (0, 0)])
+    }
+
+    /// The batch padded to its longest prompt, `[B, L_max, dim]`, rows past each length zero,
+    /// and the lengths.
+    ///
+    /// Upstream runs all `text_len` positions with padding keys masked; a real token's output
+    /// depends only on the real tokens before and after it (the bias depends on positions, not
+    /// on the padding), so computing on `L_max` positions gives the same values for less work.
+    fn hidden(&self, ids: &[&[u32]]) -> Result<(Tensor, Vec<usize>)> {
+        let c = &self.cfg;
+        if ids.is_empty() {
+            return Err(Error::InvalidArgument("UMT5: empty batch".into()));
+        }
+        let lens: Vec<usize> = ids.iter().map(|s| s.len()).collect();
+        if let Some(b) = lens.iter().position(|&n| n == 0 || n > c.text_len) {
+            return Err(Error::InvalidArgument(format!(
+                "UMT5: prompt {b} has {} tokens; 1 to text_len = {} are allowed (tokenize first: \
+                 it appends EOS and truncates)",
+                lens[b], c.text_len
+            )));
+        }
+        let l = *lens.iter().max().expect("non-empty batch");
+        let mut flat = vec![0u32; ids.len() * l];
+        for (row, s) in flat.chunks_exact_mut(l).zip(ids) {
+            row[..s.len()].copy_from_slice(s);
+        }
+        let mut x = embedding(&flat, &self.token_embedding)?.reshape([ids.len(), l, c.dim])?;
+        let buckets = bucket_matrix(l, c.num_buckets)?;
+        let shared_bias = self
+            .shared_pos
+            .as_ref()
+            .map(|t| position_bias(t, &buckets, l))
+            .transpose()?;
+        let shared = Shared {
+            lens: &lens,
+            buckets: &buckets,
+            shared_bias: shared_bias.as_ref(),
+            heads: c.num_heads,
+        };
+        for block in &self.blocks {
+            x = block.forward(&x, &shared)?;
+        }
+        let x = x.rms_norm(Some(&self.norm), EPS)?;
+        let mut data = x.to_f32_vec()?;
+        for (row, &n) in data.chunks_exact_mut(l * c.dim).zip(&lens) {
+            row[n * c.dim..].fill(0.0);
+        }
+        Ok((Tensor::from_f32(data, [ids.len(), l, c.dim])?, lens))
+    }
+}
+
+/// Rejects configs the forward cannot run.
+fn check_config(c: &T5Config) -> Result<()> {
+    let bad = |what: String| Err(Error::InvalidConfig(format!("UMT5: {what}")));
+    if c.dim == 0 || c.dim_attn == 0 || c.dim_ffn == 0 || c.vocab == 0 {
+        return bad(format!("zero width in {c:?}"));
+    }
+    if c.num_heads == 0 || !c.dim_attn.is_multiple_of(c.num_heads) {
+        return bad(format!(
+            "{} heads do not divide dim_attn {}",
+            c.num_heads, c.dim_attn
+        ));
+    }
+    if c.num_buckets == 0 || c.num_buckets > 256 {
+        return bad(format!("{} buckets (1 to 256 supported)", c.num_buckets));
+    }
+    if c.text_len == 0 {
+        return bad("text_len 0".into());
+    }
+    Ok(())
+}
+
+/// Removes named tensors from the map, checking their shapes.
+struct Take(BTreeMap<String, Weight>);
+
+impl Take {
+    fn weight(&mut self, name: &str, dims: &[usize]) -> Result<Weight> {
+        let w = self.0.remove(name).ok_or_else(|| Error::MissingTensor {
+            name: name.to_string(),
+            context: "UMT5 encoder".into(),
+        })?;
+        if w.dims() != dims {
+            return Err(Error::InvalidConfig(format!(
+                "UMT5: tensor `{name}` has shape {:?} but the config needs {dims:?}",
+                w.dims()
+            )));
+        }
+        if !w.dtype().is_float() {
+            return Err(Error::UnsupportedDType {
+                op: "UMT5 weight",
+                dtype: w.dtype(),
+            });
+        }
+        Ok(w)
+    }
+}
