@@ -149,12 +149,14 @@ impl Lora {
             entry.low_rank = Some(LowRank { down, up, alpha });
         }
         if modules.is_empty() {
-            let first = c.unmatched.first().map_or("", String::as_str);
             return Err(bad(match foreign_architecture(&c.unmatched) {
-                Some(arch) => format!(
-                    "a LoRA for {arch} (key `{first}`), not for the Wan2.1 DiT: no key names a Wan module"
+                Some((arch, key)) => format!(
+                    "a LoRA for {arch} (key `{key}`), not for the Wan2.1 DiT: no key names a Wan module"
                 ),
-                None => format!("no key of this LoRA names a Wan2.1 DiT module (first key `{first}`)"),
+                None => format!(
+                    "no key of this LoRA names a Wan2.1 DiT module (first key `{}`)",
+                    c.unmatched.first().map_or("", String::as_str)
+                ),
             }));
         }
         Ok(Lora {
@@ -184,8 +186,8 @@ impl Lora {
     }
 }
 
-/// The model family that keys of another architecture belong to, if recognisable.
-fn foreign_architecture(keys: &[String]) -> Option<&'static str> {
+/// The model family that keys of another architecture belong to, with the key that shows it.
+fn foreign_architecture(keys: &[String]) -> Option<(&'static str, &str)> {
     const FAMILIES: [(&str, &[&str]); 2] = [
         (
             "a Stable Diffusion / SDXL UNet",
@@ -213,13 +215,12 @@ fn foreign_architecture(keys: &[String]) -> Option<&'static str> {
             ],
         ),
     ];
-    FAMILIES
-        .iter()
-        .find(|(_, prefixes)| {
-            keys.iter()
-                .any(|k| prefixes.iter().any(|p| k.starts_with(p)))
-        })
-        .map(|(name, _)| *name)
+    FAMILIES.iter().find_map(|(name, prefixes)| {
+        prefixes
+            .iter()
+            .find_map(|p| keys.iter().find(|k| k.starts_with(p)))
+            .map(|k| (*name, k.as_str()))
+    })
 }
 
 /// Checks a strength: any finite number (negative strengths subtract a LoRA).
