@@ -877,3 +877,34 @@ fn cli_merge_errors_are_one_line() {
     }
     assert!(!out.exists());
 }
+
+#[test]
+fn modulation_delta_spellings_agree() {
+    // lightx2v `blocks.N.diff_m` and Kijai's `blocks.N.modulation.diff` are the same delta.
+    let dir = tempfile::tempdir().unwrap();
+    let delta = Tensor::from_f32((0..384).map(|i| i as f32 * 1e-3).collect(), [1, 6, 64]).unwrap();
+    let w0 = base("tiny-dit/dit_f32.safetensors");
+    let mut results = Vec::new();
+    for key in [
+        "diffusion_model.blocks.1.diff_m",
+        "diffusion_model.blocks.1.modulation.diff",
+    ] {
+        let l = Lora::open(write_lora(
+            dir.path(),
+            "m.safetensors",
+            &BTreeMap::from([(key.to_string(), delta.clone())]),
+        ))
+        .unwrap();
+        assert!(l.modules["blocks.1"].diff_m.is_some(), "{key}");
+        let (w, report) = lora::merge(w0.clone(), &[(&l, 2.0)], StoreAs::Same).unwrap();
+        assert_eq!(report.loras[0].full_deltas, 1);
+        results.push(values(&w["blocks.1.modulation"]));
+    }
+    assert_eq!(results[0], results[1]);
+    let want: Vec<f32> = values(&w0["blocks.1.modulation"])
+        .iter()
+        .enumerate()
+        .map(|(i, x)| x + 2.0 * (i as f32 * 1e-3))
+        .collect();
+    assert_eq!(results[0], want);
+}
