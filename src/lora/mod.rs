@@ -173,17 +173,6 @@ impl Lora {
     pub fn stored_name<'a>(&'a self, name: &'a str) -> &'a str {
         self.stored.get(name).map_or(name, String::as_str)
     }
-
-    /// The largest and smallest rank over the pairs (`(0, 0)` without pairs).
-    pub fn rank_range(&self) -> (usize, usize) {
-        let ranks = self
-            .modules
-            .values()
-            .filter_map(|m| m.low_rank.as_ref().map(LowRank::rank));
-        ranks.fold((0, 0), |(lo, hi), r| {
-            (if lo == 0 { r } else { lo.min(r) }, hi.max(r))
-        })
-    }
 }
 
 /// The model family that keys of another architecture belong to, with the key that shows it.
