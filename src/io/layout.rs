@@ -232,7 +232,7 @@ pub fn canonical_lora(ckpt: &Checkpoint) -> Result<CanonicalLora> {
     let mut plan = plan(&metas(ckpt), true)?;
     if plan.detected.component != Component::Lora {
         return Err(Error::UnsupportedModel(format!(
-            "{}: not a LoRA (detected {:?})",
+            "{}: not a LoRA (it holds a {})",
             ckpt.path.display(),
             plan.detected.component
         )));
