@@ -7,12 +7,14 @@
 //!   from a memory map, and the op surface the models are written against;
 //! - [`backend`]: the devices behind the tensor ops (the CPU reference backend; CUDA behind the
 //!   `cuda` feature);
-//! - [`io`]: model files (safetensors, PyTorch `.pth`), key layouts and config inference.
+//! - [`io`]: model files (safetensors, PyTorch `.pth`), key layouts and config inference;
+//! - [`lora`]: LoRA files in every format, merged into the weights or applied on the fly.
 #![deny(missing_docs)]
 
 pub mod backend;
 pub mod error;
 pub mod io;
+pub mod lora;
 pub mod model;
 pub mod sampler;
 pub mod tensor;

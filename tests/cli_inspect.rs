@@ -31,7 +31,8 @@ fn text(b: &[u8]) -> String {
     String::from_utf8(b.to_vec()).expect("utf-8 output")
 }
 
-/// What inspect prints for each fixture model: the model line and the tensor line.
+/// What inspect prints for each fixture model: the model line (with a LoRA's `targets` and
+/// `deltas` lines) and the tensor line.
 const EXPECTED: [(&str, &str, &str, &str); 16] = [
     (
         "tiny-dit/dit_f32.safetensors",
@@ -72,19 +73,19 @@ const EXPECTED: [(&str, &str, &str, &str); 16] = [
     (
         "tiny-lora/lora_musubi.safetensors",
         "safetensors",
-        "lora, musubi format, rank 4, alpha 2, 20 modules",
+        "lora, musubi format, rank 4, alpha 2, 20 modules\n  targets: blocks 0-1: cross_attn.{k,o,q,v}, ffn.{0,2}, self_attn.{k,o,q,v}",
         "60 (f32 60)",
     ),
     (
         "tiny-lora/lora_comfy.safetensors",
         "safetensors",
-        "lora, ComfyUI format, rank 4, alpha 2, 20 modules",
+        "lora, ComfyUI format, rank 4, alpha 2, 20 modules\n  targets: blocks 0-1: cross_attn.{k,o,q,v}, ffn.{0,2}, self_attn.{k,o,q,v}",
         "60 (f32 60)",
     ),
     (
         "tiny-lora/lora_distill_lightx2v.safetensors",
         "safetensors",
-        "lora, lightx2v format, rank 4, no alpha, 20 modules, 32 full deltas",
+        "lora, lightx2v format, rank 4, no alpha, 20 modules, 32 full deltas\n  targets: blocks 0-1: cross_attn.{k,o,q,v}, ffn.{0,2}, self_attn.{k,o,q,v}\n  deltas:  blocks 0-1: cross_attn.{k.bias,norm_k.weight,norm_q.weight,o.bias,q.bias,v.bias}, ffn.{0.bias,2.bias}, modulation, norm3.weight, self_attn.{k.bias,norm_k.weight,norm_q.weight,o.bias,q.bias,v.bias}",
         "72 (f32 72)",
     ),
     (
@@ -293,7 +294,7 @@ fn good_files_are_still_described_next_to_bad_ones() {
         block(
             &good,
             "safetensors",
-            "lora, musubi format, rank 4, alpha 2, 20 modules",
+            "lora, musubi format, rank 4, alpha 2, 20 modules\n  targets: blocks 0-1: cross_attn.{k,o,q,v}, ffn.{0,2}, self_attn.{k,o,q,v}",
             "60 (f32 60)"
         )
     );

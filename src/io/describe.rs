@@ -4,7 +4,7 @@
 //! `vae, diffusers layout, f32, dim 8, z_dim 16` or `lora, musubi format, rank 4, alpha 2, 20
 //! modules`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use super::config::{ModelType, T5Config, VaeConfig};
@@ -22,6 +22,9 @@ pub struct Summary {
     pub detected: Detected,
     /// The model line (component, layout, storage, main sizes).
     pub model: String,
+    /// Further `(label, text)` lines: for a LoRA, the modules its pairs target and the
+    /// parameters its full deltas change.
+    pub details: Vec<(&'static str, String)>,
     /// Number of stored tensors (markers and scales included).
     pub tensors: usize,
     /// Stored tensors per dtype, most frequent first.
@@ -33,10 +36,14 @@ pub struct Summary {
 /// An unrecognised file is described as `unknown`, not an error.
 pub fn summarize(ckpt: &Checkpoint) -> Result<Summary> {
     let detected = layout::detect(ckpt)?;
+    let mut details = Vec::new();
     let model = if detected.component == Component::Unknown {
         "unknown (not a Wan DiT, VAE, UMT5 encoder or LoRA)".to_string()
     } else {
         let (_, canonical) = layout::canonical_metas(&layout::metas(ckpt))?;
+        if detected.component == Component::Lora {
+            details = lora_details(&canonical);
+        }
         describe_model(&detected, &canonical)?
     };
     let mut counts: BTreeMap<DType, usize> = BTreeMap::new();
@@ -49,6 +56,7 @@ pub fn summarize(ckpt: &Checkpoint) -> Result<Summary> {
         format: ckpt.format,
         detected,
         model,
+        details,
         tensors: ckpt.tensors.len(),
         dtypes,
     })
@@ -115,11 +123,114 @@ pub fn describe_model(detected: &Detected, canonical: &MetaMap) -> Result<String
     })
 }
 
+/// A LoRA's `targets` (modules of its low-rank pairs) and `deltas` (parameters its full deltas
+/// change) lines, from its canonical metas.
+fn lora_details(canonical: &MetaMap) -> Vec<(&'static str, String)> {
+    let pairs = canonical
+        .keys()
+        .filter_map(|k| k.strip_suffix(".lora_down.weight"))
+        .map(str::to_string);
+    let deltas = canonical.keys().filter_map(|k| {
+        let (m, param) = [
+            (".diff_b", "bias"),
+            (".diff_m", "modulation"),
+            (".diff", "weight"),
+        ]
+        .iter()
+        .find_map(|(s, p)| k.strip_suffix(s).map(|m| (m, p)))?;
+        Some(format!("{m}.{param}"))
+    });
+    [
+        ("targets", summarize_paths(pairs)),
+        ("deltas", summarize_paths(deltas)),
+    ]
+    .into_iter()
+    .filter(|(_, s)| !s.is_empty())
+    .collect()
+}
+
+/// Canonical paths, blocks grouped by what they hold:
+/// `blocks 0-29: cross_attn.{k,o,q,v}, ffn.{0,2}; head.head`.
+fn summarize_paths(paths: impl Iterator<Item = String>) -> String {
+    let mut per_block: BTreeMap<usize, BTreeSet<String>> = BTreeMap::new();
+    let mut top = Vec::new();
+    for p in paths {
+        let block = p.strip_prefix("blocks.").and_then(|r| {
+            let (i, rest) = r.split_once('.')?;
+            Some((i.parse::<usize>().ok()?, rest.to_string()))
+        });
+        match block {
+            Some((i, rest)) => {
+                per_block.entry(i).or_default().insert(rest);
+            }
+            None => top.push(p),
+        }
+    }
+    let mut groups: BTreeMap<BTreeSet<String>, Vec<usize>> = BTreeMap::new();
+    for (i, names) in per_block {
+        groups.entry(names).or_default().push(i);
+    }
+    // In the order of each group's first block.
+    let mut groups: Vec<_> = groups.into_iter().collect();
+    groups.sort_by_key(|(_, blocks)| blocks[0]);
+    let mut parts: Vec<String> = groups
+        .into_iter()
+        .map(|(names, blocks)| {
+            let names: Vec<String> = names.into_iter().collect();
+            format!("blocks {}: {}", ranges(&blocks), braces(&names))
+        })
+        .collect();
+    if !top.is_empty() {
+        parts.push(braces(&top));
+    }
+    parts.join("; ")
+}
+
+/// Sorted numbers as `0-3,7,9-10`.
+fn ranges(ids: &[usize]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < ids.len() {
+        let mut j = i;
+        while j + 1 < ids.len() && ids[j + 1] == ids[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j {
+            ids[i].to_string()
+        } else {
+            format!("{}-{}", ids[i], ids[j])
+        });
+        i = j + 1;
+    }
+    out.join(",")
+}
+
+/// Sorted dotted names with a shared first component in braces: `ffn.{0,2}, norm3.weight`.
+fn braces(names: &[String]) -> String {
+    let mut by_head: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for n in names {
+        let (head, rest) = n.split_once('.').unwrap_or((n, ""));
+        by_head.entry(head).or_default().push(rest);
+    }
+    by_head
+        .into_iter()
+        .map(|(head, rests)| match rests.as_slice() {
+            [""] => head.to_string(),
+            [one] => format!("{head}.{one}"),
+            many => format!("{head}.{{{}}}", many.join(",")),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl fmt::Display for Summary {
-    /// Three lines: format, model, tensors with their dtypes.
+    /// Format, model, any detail lines, then the tensors with their dtypes.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "format:  {}", self.format)?;
         writeln!(f, "model:   {}", self.model)?;
+        for (label, text) in &self.details {
+            writeln!(f, "{:<9}{text}", format!("{label}:"))?;
+        }
         let dtypes: Vec<String> = self
             .dtypes
             .iter()
@@ -178,5 +289,27 @@ impl fmt::Display for LoraFormat {
             LoraFormat::Diffusers => "diffusers",
             LoraFormat::Lightx2v => "lightx2v",
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_grouped_by_block_sets() {
+        let mut paths: Vec<String> = Vec::new();
+        for i in [0, 1, 2, 5, 7] {
+            paths.push(format!("blocks.{i}.self_attn.q"));
+            paths.push(format!("blocks.{i}.ffn.0"));
+        }
+        paths.push("blocks.3.self_attn.q".into());
+        paths.push("head.head".into());
+        paths.push("time_projection.1".into());
+        assert_eq!(
+            summarize_paths(paths.into_iter()),
+            "blocks 0-2,5,7: ffn.0, self_attn.q; blocks 3: self_attn.q; head.head, time_projection.1"
+        );
+        assert_eq!(summarize_paths(std::iter::empty()), "");
     }
 }

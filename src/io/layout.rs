@@ -166,14 +166,14 @@ pub fn weight_metas(weights: &BTreeMap<String, Weight>) -> MetaMap {
 /// Fails (naming the key) on a tensor that does not belong to the detected component and
 /// layout. LoRA alphas are reported as [`LoraAlpha::NotRead`]: use [`detect`] to read them.
 pub fn detect_metas(metas: &MetaMap) -> Result<Detected> {
-    Ok(plan(metas)?.detected)
+    Ok(plan(metas, false)?.detected)
 }
 
 /// Detects what `metas` describe and renames them to the canonical names: markers and
 /// scales are dropped, a transformers `encoder.embed_tokens.weight` tied to `shared.weight`
 /// (same dims and dtype) too.
 pub fn canonical_metas(metas: &MetaMap) -> Result<(Detected, MetaMap)> {
-    let plan = plan(metas)?;
+    let plan = plan(metas, false)?;
     ensure_known(&plan.detected)?;
     for (dup, kept) in &plan.ties {
         if metas[dup] != metas[kept] {
@@ -190,7 +190,7 @@ pub fn canonical_metas(metas: &MetaMap) -> Result<(Detected, MetaMap)> {
 
 /// Detects what a checkpoint holds (reading the LoRA alphas, tiny scalars).
 pub fn detect(ckpt: &Checkpoint) -> Result<Detected> {
-    let mut plan = plan(&metas(ckpt))?;
+    let mut plan = plan(&metas(ckpt), false)?;
     resolve_alpha(&mut plan, ckpt)?;
     Ok(plan.detected)
 }
@@ -202,9 +202,83 @@ pub fn detect(ckpt: &Checkpoint) -> Result<Detected> {
 /// transformers `encoder.embed_tokens.weight` that duplicates `shared.weight` (an error if
 /// it differs). Fails on an unknown component or a key that does not map, naming it.
 pub fn canonical_weights(ckpt: &Checkpoint) -> Result<(Detected, BTreeMap<String, Weight>)> {
-    let mut plan = plan(&metas(ckpt))?;
+    let mut plan = plan(&metas(ckpt), false)?;
     ensure_known(&plan.detected)?;
     resolve_alpha(&mut plan, ckpt)?;
+    let weights = plan_weights(&plan, ckpt)?;
+    Ok((plan.detected, weights))
+}
+
+/// A LoRA file read leniently: what [`canonical_lora`] returns.
+#[derive(Debug, Clone)]
+pub struct CanonicalLora {
+    /// The detection result (component [`Component::Lora`]).
+    pub detected: Detected,
+    /// The tensors that map to a Wan DiT module, under their canonical LoRA names.
+    pub weights: BTreeMap<String, Weight>,
+    /// Canonical name -> stored name, for messages that name the key as the file has it.
+    pub stored: BTreeMap<String, String>,
+    /// Stored names of the tensors that map to no Wan DiT module (another architecture's
+    /// modules, unknown suffixes): a loader ignores them and reports them.
+    pub unmatched: Vec<String>,
+}
+
+/// Reads a LoRA like [`canonical_weights`], except that a tensor naming no Wan DiT module is
+/// listed in [`CanonicalLora::unmatched`] instead of failing the whole file (ComfyUI logs such
+/// keys as "lora key not loaded" and goes on). Fails on a file that is not a LoRA, and on
+/// malformed LoRA tensors (a 4-D matrix, a non-scalar alpha, a down without its up, ranks that
+/// disagree).
+pub fn canonical_lora(ckpt: &Checkpoint) -> Result<CanonicalLora> {
+    let mut plan = plan(&metas(ckpt), true)?;
+    if plan.detected.component != Component::Lora {
+        return Err(Error::UnsupportedModel(format!(
+            "{}: not a LoRA (it holds a {})",
+            ckpt.path.display(),
+            plan.detected.component
+        )));
+    }
+    resolve_alpha(&mut plan, ckpt)?;
+    Ok(CanonicalLora {
+        weights: plan_weights(&plan, ckpt)?,
+        stored: plan
+            .entries
+            .iter()
+            .map(|e| (e.canonical.clone(), e.stored.clone()))
+            .collect(),
+        unmatched: std::mem::take(&mut plan.unmatched),
+        detected: plan.detected,
+    })
+}
+
+/// Where one canonical tensor is stored in a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredName {
+    /// The name in the file.
+    pub stored: String,
+    /// The canonical (original Wan) name.
+    pub canonical: String,
+    /// The stored name of its ComfyUI `scale_weight`, if it has one.
+    pub scale: Option<String>,
+}
+
+/// The stored name of every canonical tensor of `metas` (for writing a modified checkpoint
+/// back in its own key layout). Markers, `scale_input`s and tied duplicates are not listed.
+pub fn stored_names(metas: &MetaMap) -> Result<Vec<StoredName>> {
+    let plan = plan(metas, false)?;
+    ensure_known(&plan.detected)?;
+    Ok(plan
+        .entries
+        .into_iter()
+        .map(|e| StoredName {
+            stored: e.stored,
+            canonical: e.canonical,
+            scale: e.scale,
+        })
+        .collect())
+}
+
+/// The tensors of `plan` under their canonical names, with their scales attached.
+fn plan_weights(plan: &Plan, ckpt: &Checkpoint) -> Result<BTreeMap<String, Weight>> {
     for (dup, kept) in &plan.ties {
         if ckpt.tensors[dup].raw_bytes()? != ckpt.tensors[kept].raw_bytes()? {
             return Err(tie_error(dup, kept));
@@ -226,7 +300,7 @@ pub fn canonical_weights(ckpt: &Checkpoint) -> Result<(Detected, BTreeMap<String
         }
         out.insert(e.canonical.clone(), w);
     }
-    Ok((plan.detected, out))
+    Ok(out)
 }
 
 /// The number of blocks `<prefix>N.` in `names` (max N + 1), checking that they are 0..N.
@@ -279,6 +353,8 @@ struct Plan {
     ties: Vec<(String, String)>,
     /// LoRA: canonical module -> stored alpha name.
     alphas: BTreeMap<String, String>,
+    /// LoRA read leniently: stored names that map to no module.
+    unmatched: Vec<String>,
 }
 
 const COMFY_DIT_PREFIX: &str = "model.diffusion_model.";
@@ -356,7 +432,9 @@ fn rename(kind: Kind, layout: KeyLayout, name: &str, vae_resnets: usize) -> Opti
     }
 }
 
-fn plan(metas: &MetaMap) -> Result<Plan> {
+/// With `lenient`, LoRA tensors that map to no module are collected in [`Plan::unmatched`]
+/// instead of failing.
+fn plan(metas: &MetaMap, lenient: bool) -> Result<Plan> {
     let Container {
         prefix,
         names,
@@ -367,6 +445,7 @@ fn plan(metas: &MetaMap) -> Result<Plan> {
     let mut ties = Vec::new();
     let mut alphas = BTreeMap::new();
     let mut lora = None;
+    let mut unmatched = Vec::new();
     let mut entries = Vec::with_capacity(names.len());
     let identity = |stored: &str| Entry {
         stored: stored.into(),
@@ -375,8 +454,9 @@ fn plan(metas: &MetaMap) -> Result<Plan> {
     };
     match component {
         Kind::Lora => {
-            let (e, info, l, a) = lora_plan(&names, metas)?;
-            (entries, lora, layout, alphas) = (e, Some(info), l, a);
+            let p = lora_plan(&names, metas, lenient)?;
+            (entries, lora, layout, alphas, unmatched) =
+                (p.entries, Some(p.info), p.layout, p.alphas, p.unmatched);
         }
         Kind::Unknown => entries = names.iter().map(|n| identity(n.0)).collect(),
         kind => {
@@ -447,6 +527,7 @@ fn plan(metas: &MetaMap) -> Result<Plan> {
         entries,
         ties,
         alphas,
+        unmatched,
     })
 }
 
@@ -955,9 +1036,46 @@ fn unmangle_musubi(m: &str) -> Option<String> {
         .map(|c| c.to_string())
 }
 
-type LoraPlan = (Vec<Entry>, LoraInfo, KeyLayout, BTreeMap<String, String>);
+struct LoraPlan {
+    entries: Vec<Entry>,
+    info: LoraInfo,
+    layout: KeyLayout,
+    alphas: BTreeMap<String, String>,
+    unmatched: Vec<String>,
+}
 
-fn lora_plan(names: &[(&str, &str)], metas: &MetaMap) -> Result<LoraPlan> {
+/// The canonical module and part of a LoRA tensor `name` (container prefix removed), if it
+/// names a parameter of the Wan DiT.
+fn lora_target(format: LoraFormat, name: &str) -> Option<(String, LoraPart)> {
+    let (raw, part) = LORA_PARTS
+        .iter()
+        .find_map(|(s, p)| name.strip_suffix(s).map(|m| (m, *p)))?;
+    let module = match format {
+        LoraFormat::Musubi => {
+            // ComfyUI accepts the "Fun" spelling `lora_unet__blocks…` too.
+            let m = raw.strip_prefix("lora_unet_")?;
+            unmangle_musubi(m.strip_prefix('_').unwrap_or(m))?
+        }
+        LoraFormat::Diffusers => dit_path_from_diffusers(raw.strip_prefix("transformer.")?)?,
+        LoraFormat::Comfy | LoraFormat::Lightx2v => raw
+            .strip_prefix("diffusion_model.")
+            .unwrap_or(raw)
+            .to_string(),
+    };
+    // Kijai's loader spells a modulation delta `<blocks.N|head>.modulation.diff`.
+    let (module, part) = match module.strip_suffix(".modulation") {
+        Some(m) if part == LoraPart::Diff => (m.to_string(), LoraPart::DiffM),
+        _ => (module, part),
+    };
+    let target = match part {
+        LoraPart::DiffB => format!("{module}.bias"),
+        LoraPart::DiffM => format!("{module}.modulation"),
+        _ => format!("{module}.weight"),
+    };
+    is_dit_key(&target).then_some((module, part))
+}
+
+fn lora_plan(names: &[(&str, &str)], metas: &MetaMap, lenient: bool) -> Result<LoraPlan> {
     let has = |f: &dyn Fn(&str) -> bool| names.iter().any(|n| f(n.1));
     let format = if has(&|n| n.starts_with("lora_unet_")) {
         LoraFormat::Musubi
@@ -973,45 +1091,22 @@ fn lora_plan(names: &[(&str, &str)], metas: &MetaMap) -> Result<LoraPlan> {
     } else {
         KeyLayout::Original
     };
-    let bad = |key: &str| {
-        Error::UnsupportedModel(format!(
-            "unknown tensor `{key}` for a LoRA in {format} format"
-        ))
-    };
 
     let mut entries = Vec::new();
+    let mut unmatched = Vec::new();
     let mut pairs: BTreeMap<String, [Option<&TensorMeta>; 2]> = BTreeMap::new();
     let mut alphas = BTreeMap::new();
     let mut deltas = 0;
     for &(stored, name) in names {
-        let (raw, part) = LORA_PARTS
-            .iter()
-            .find_map(|(s, p)| name.strip_suffix(s).map(|m| (m, *p)))
-            .ok_or_else(|| bad(stored))?;
-        let module = match format {
-            LoraFormat::Musubi => {
-                // ComfyUI accepts the "Fun" spelling `lora_unet__blocks…` too.
-                let m = raw.strip_prefix("lora_unet_").ok_or_else(|| bad(stored))?;
-                unmangle_musubi(m.strip_prefix('_').unwrap_or(m))
+        let Some((module, part)) = lora_target(format, name) else {
+            if lenient {
+                unmatched.push(stored.to_string());
+                continue;
             }
-            LoraFormat::Diffusers => raw
-                .strip_prefix("transformer.")
-                .and_then(dit_path_from_diffusers),
-            LoraFormat::Comfy | LoraFormat::Lightx2v => Some(
-                raw.strip_prefix("diffusion_model.")
-                    .unwrap_or(raw)
-                    .to_string(),
-            ),
-        }
-        .ok_or_else(|| bad(stored))?;
-        let target = match part {
-            LoraPart::DiffB => format!("{module}.bias"),
-            LoraPart::DiffM => format!("{module}.modulation"),
-            _ => format!("{module}.weight"),
+            return Err(Error::UnsupportedModel(format!(
+                "unknown tensor `{stored}` for a LoRA in {format} format"
+            )));
         };
-        if !is_dit_key(&target) {
-            return Err(bad(stored));
-        }
         let meta = &metas[stored];
         match part {
             LoraPart::Down | LoraPart::Up => {
@@ -1077,7 +1172,13 @@ fn lora_plan(names: &[(&str, &str)], metas: &MetaMap) -> Result<LoraPlan> {
         alpha,
         deltas,
     };
-    Ok((entries, info, layout, alphas))
+    Ok(LoraPlan {
+        entries,
+        info,
+        layout,
+        alphas,
+        unmatched,
+    })
 }
 
 /// Reads the LoRA alphas into the plan's [`LoraInfo`].

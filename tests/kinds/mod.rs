@@ -4,6 +4,7 @@
 //! with wanrt and returns one [`Check`] per expected tensor, usually through [`compare`].
 
 mod dit;
+mod lora;
 mod sampler;
 mod t5;
 
@@ -18,6 +19,7 @@ pub type Runner = fn(&Case) -> Result<Vec<Check>, Stop>;
 pub const RUNNERS: &[(&str, Runner)] = &[
     ("dit_forward", dit::run),
     ("dit_forward_nag", dit::run),
+    ("lora_merge", lora::run),
     ("sampler", sampler::run),
     ("t5_encode", t5::run),
     ("tokenize", t5::run),

@@ -88,6 +88,23 @@ impl Block {
         })
     }
 
+    /// Every linear layer of the block with its path under `blocks.N.`.
+    pub fn linears_mut(&mut self) -> [(&'static str, &mut Linear); 10] {
+        let (s, c) = (&mut self.self_attn, &mut self.cross_attn);
+        [
+            ("self_attn.q", &mut s.q),
+            ("self_attn.k", &mut s.k),
+            ("self_attn.v", &mut s.v),
+            ("self_attn.o", &mut s.o),
+            ("cross_attn.q", &mut c.q),
+            ("cross_attn.k", &mut c.k),
+            ("cross_attn.v", &mut c.v),
+            ("cross_attn.o", &mut c.o),
+            ("ffn.0", &mut self.ffn0),
+            ("ffn.2", &mut self.ffn2),
+        ]
+    }
+
     /// `(shift1, scale1, gate1, shift2, scale2, gate2)`, each `[B, 1, dim]`.
     fn modulation(&self, e0: &Tensor) -> Result<Vec<Tensor>> {
         e0.add(&self.modulation)?.chunk(6, 1)

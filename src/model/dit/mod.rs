@@ -22,6 +22,7 @@ pub use crate::io::config::DitConfig;
 pub use block::CrossKv;
 pub use nag::NagParams;
 pub use rope::RopeTable;
+pub use weights::LinearDelta;
 
 use block::{Block, BlockInputs};
 use weights::{Linear, Take};
@@ -140,6 +141,16 @@ impl WanDit {
     /// module reads), renames it to the canonical names and builds the model, with the config
     /// inferred from the shapes and overridden by `config_json` (a Wan `config.json`) if given.
     pub fn open(path: impl AsRef<Path>, config_json: Option<&Path>) -> Result<WanDit> {
+        let (weights, cfg) = WanDit::read_weights(path, config_json)?;
+        WanDit::new(weights, cfg)
+    }
+
+    /// What [`WanDit::open`] builds the model from: the canonical weights of a DiT checkpoint
+    /// and its config (for callers that change the weights first, such as LoRA merging).
+    pub fn read_weights(
+        path: impl AsRef<Path>,
+        config_json: Option<&Path>,
+    ) -> Result<(BTreeMap<String, Weight>, DitConfig)> {
         let path = path.as_ref();
         let (found, weights) = layout::canonical_weights(&crate::io::open(path)?)?;
         if !matches!(found.component, Component::Dit(_)) {
@@ -150,7 +161,54 @@ impl WanDit {
             )));
         }
         let cfg = DitConfig::load(&layout::weight_metas(&weights), config_json)?;
-        WanDit::new(weights, cfg)
+        Ok((weights, cfg))
+    }
+
+    /// Attaches unmerged low-rank deltas (LoRAs applied on the fly) to the linear layers named
+    /// by their canonical module path (`blocks.0.self_attn.q`, `head.head` …), replacing any
+    /// attached before; layers not named get none. Fails, changing nothing, on a name that is
+    /// not a linear layer of the model or a delta of the wrong shape. Text contexts prepared
+    /// with cached K/V before the change must be prepared again.
+    pub fn set_linear_deltas(&mut self, mut deltas: BTreeMap<String, LinearDelta>) -> Result<()> {
+        let mut linears = self.linears_mut();
+        for (name, d) in &deltas {
+            let Some((_, lin)) = linears.iter().find(|(n, _)| n == name) else {
+                return Err(Error::InvalidArgument(format!(
+                    "low-rank delta for `{name}`, which is not a linear layer of the DiT"
+                )));
+            };
+            if lin.w.dims() != d.weight_dims() {
+                return Err(Error::ShapeMismatch {
+                    op: "WanDit::set_linear_deltas",
+                    expected: format!("a delta for `{name}` of shape {:?}", lin.w.dims()),
+                    got: d.weight_dims().into(),
+                });
+            }
+        }
+        for (name, lin) in &mut linears {
+            lin.delta = deltas.remove(name.as_str());
+        }
+        Ok(())
+    }
+
+    /// Every linear layer with its canonical module path.
+    fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut out: Vec<(String, &mut Linear)> = vec![
+            ("text_embedding.0".into(), &mut self.text0),
+            ("text_embedding.2".into(), &mut self.text2),
+            ("time_embedding.0".into(), &mut self.time0),
+            ("time_embedding.2".into(), &mut self.time2),
+            ("time_projection.1".into(), &mut self.time_proj),
+            ("head.head".into(), &mut self.head),
+        ];
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            out.extend(
+                b.linears_mut()
+                    .into_iter()
+                    .map(|(n, l)| (format!("blocks.{i}.{n}"), l)),
+            );
+        }
+        out
     }
 
     /// The config.

@@ -5,19 +5,69 @@ use std::collections::BTreeMap;
 
 use super::DitConfig;
 use crate::error::{Error, Result};
-use crate::tensor::{Tensor, Weight};
+use crate::tensor::{DType, Tensor, Weight};
 
-/// A linear layer as stored: weight `[out, in]` and bias `[out]` (every DiT linear has a bias).
+/// A low-rank delta on one linear layer, applied on the fly: `y += (x · downᵀ) · upᵀ`. This is
+/// how an unmerged LoRA runs; its strength and `alpha / rank` are folded into `up`, and several
+/// LoRAs on one layer are one delta with their ranks concatenated.
+#[derive(Debug, Clone)]
+pub struct LinearDelta {
+    down: Weight,
+    up: Weight,
+}
+
+impl LinearDelta {
+    /// A delta from f32 `down [rank, in]` and `up [out, rank]`.
+    pub fn new(down: Tensor, up: Tensor) -> Result<LinearDelta> {
+        for t in [&down, &up] {
+            if t.dtype() != DType::F32 {
+                return Err(Error::UnsupportedDType {
+                    op: "LinearDelta",
+                    dtype: t.dtype(),
+                });
+            }
+        }
+        match (down.dims(), up.dims()) {
+            (&[r, _], &[_, r2]) if r == r2 => Ok(LinearDelta {
+                down: Weight::new(down),
+                up: Weight::new(up),
+            }),
+            _ => Err(Error::ShapeMismatch {
+                op: "LinearDelta",
+                expected: format!("up [out, rank] for down {}", down.shape()),
+                got: up.shape().clone(),
+            }),
+        }
+    }
+
+    /// The rank (total over the LoRAs it combines).
+    pub fn rank(&self) -> usize {
+        self.down.dims()[0]
+    }
+
+    /// `[out, in]` of the weight it applies to.
+    pub fn weight_dims(&self) -> [usize; 2] {
+        [self.up.dims()[0], self.down.dims()[1]]
+    }
+}
+
+/// A linear layer as stored: weight `[out, in]` and bias `[out]` (every DiT linear has a bias),
+/// plus an optional unmerged low-rank delta.
 #[derive(Debug, Clone)]
 pub(super) struct Linear {
     pub w: Weight,
     pub b: Weight,
+    pub delta: Option<LinearDelta>,
 }
 
 impl Linear {
     /// `x [.., in] -> [.., out]`; the weight is widened panel by panel inside the GEMM.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.linear(&self.w, Some(&self.b))
+        let y = x.linear(&self.w, Some(&self.b))?;
+        match &self.delta {
+            None => Ok(y),
+            Some(d) => y.add(&x.linear(&d.down, None)?.linear(&d.up, None)?),
+        }
     }
 }
 
@@ -51,6 +101,7 @@ impl Take {
         Ok(Linear {
             w: self.weight(&format!("{prefix}.weight"), &[out, inp])?,
             b: self.weight(&format!("{prefix}.bias"), &[out])?,
+            delta: None,
         })
     }
 

@@ -1,0 +1,269 @@
+//! Matching LoRAs to a model's weights, then merging them in or preparing them to run unmerged.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::store::{widen, StoreAs};
+use super::{check_strength, combine, Lora, LowRank};
+use crate::backend::cpu::gemm::{sgemm, MatRef};
+use crate::error::{Error, Result};
+use crate::model::dit::{LinearDelta, WanDit};
+use crate::tensor::{Tensor, Weight};
+
+/// How LoRAs are applied to a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Baked into the weights, stored back in their dtype: no cost per forward.
+    Merged,
+    /// Applied on the fly by every adapted linear layer: the big weights stay as stored (no
+    /// requantization loss, no copy); full deltas go into f32 copies of their (small) tensors.
+    Unmerged,
+}
+
+/// What became of one LoRA.
+#[derive(Debug, Clone)]
+pub struct LoraReport {
+    /// The LoRA file.
+    pub path: PathBuf,
+    /// Its strength.
+    pub strength: f32,
+    /// Low-rank pairs applied.
+    pub low_rank: usize,
+    /// Full deltas (`diff`, `diff_b`, `diff_m`) applied.
+    pub full_deltas: usize,
+    /// Keys of the file that match no module of the model, ignored: those naming no Wan
+    /// module at all, then those for modules this model lacks (I2V layers, extra blocks).
+    pub unmatched: Vec<String>,
+}
+
+/// What applying LoRAs did: one entry per LoRA, in order.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// Per LoRA.
+    pub loras: Vec<LoraReport>,
+}
+
+impl Report {
+    /// One warning line per ignored key.
+    pub fn warnings(&self) -> Vec<String> {
+        self.loras
+            .iter()
+            .flat_map(|l| {
+                l.unmatched.iter().map(|k| {
+                    format!(
+                        "{}: key `{k}` matches no module of the model (ignored)",
+                        l.path.display()
+                    )
+                })
+            })
+            .collect()
+    }
+}
+
+/// One change to one parameter.
+enum Delta<'a> {
+    /// `+= scale · up @ down`.
+    LowRank(&'a LowRank, f32),
+    /// `+= strength · delta`.
+    Full(&'a Tensor, f32),
+}
+
+/// Per target parameter (canonical name), its changes in LoRA order.
+type Targets<'a> = BTreeMap<String, Vec<Delta<'a>>>;
+
+/// Matches every LoRA against `weights`: a change to a parameter the model lacks is reported,
+/// one whose shape disagrees with the parameter is an error naming its key, and so is a LoRA
+/// that changes nothing.
+fn plan<'a>(
+    weights: &BTreeMap<String, Weight>,
+    loras: &[(&'a Lora, f32)],
+) -> Result<(Targets<'a>, Report)> {
+    let mut targets: Targets = BTreeMap::new();
+    let mut report = Report::default();
+    for &(lora, strength) in loras {
+        check_strength(lora, strength)?;
+        let mut r = LoraReport {
+            path: lora.path.clone(),
+            strength,
+            low_rank: 0,
+            full_deltas: 0,
+            unmatched: lora.unmatched.clone(),
+        };
+        for (m, module) in &lora.modules {
+            let mut changes = Vec::new();
+            if let Some(p) = &module.low_rank {
+                let mut keys = vec![
+                    format!("{m}.lora_up.weight"),
+                    format!("{m}.lora_down.weight"),
+                ];
+                if p.alpha.is_some() {
+                    keys.push(format!("{m}.alpha"));
+                }
+                let dims = vec![p.up.dims()[0], p.down.dims()[1]];
+                let delta = Delta::LowRank(p, p.scale(strength));
+                changes.push((format!("{m}.weight"), dims, delta, keys));
+            }
+            let full = [
+                (&module.diff, "weight", "diff"),
+                (&module.diff_b, "bias", "diff_b"),
+                (&module.diff_m, "modulation", "diff_m"),
+            ];
+            for (t, param, part) in full {
+                if let Some(t) = t {
+                    let delta = Delta::Full(t, strength);
+                    let key = vec![format!("{m}.{part}")];
+                    changes.push((format!("{m}.{param}"), t.dims().to_vec(), delta, key));
+                }
+            }
+            for (target, dims, delta, keys) in changes {
+                let Some(w) = weights.get(&target) else {
+                    r.unmatched
+                        .extend(keys.iter().map(|k| lora.stored_name(k).to_string()));
+                    continue;
+                };
+                if w.dims() != dims {
+                    return Err(Error::UnsupportedModel(format!(
+                        "LoRA {}: `{}` changes `{target}` by a delta of shape {dims:?}, but the model's `{target}` has shape {:?} (a LoRA for another model size?)",
+                        lora.path.display(),
+                        lora.stored_name(&keys[0]),
+                        w.dims()
+                    )));
+                }
+                match delta {
+                    Delta::LowRank(..) => r.low_rank += 1,
+                    Delta::Full(..) => r.full_deltas += 1,
+                }
+                targets.entry(target).or_default().push(delta);
+            }
+        }
+        if r.low_rank + r.full_deltas == 0 {
+            return Err(Error::UnsupportedModel(format!(
+                "LoRA {}: no key matches a module of this model (first key `{}`)",
+                lora.path.display(),
+                r.unmatched.first().map_or("", String::as_str)
+            )));
+        }
+        report.loras.push(r);
+    }
+    Ok((targets, report))
+}
+
+/// Adds `deltas` to the f32 values `v` of a parameter (shapes checked by [`plan`]).
+fn add_deltas<'a>(v: &mut [f32], deltas: impl IntoIterator<Item = &'a Delta<'a>>) -> Result<()> {
+    for d in deltas {
+        match *d {
+            Delta::Full(t, strength) => {
+                for (x, y) in v.iter_mut().zip(t.f32_data()?) {
+                    *x += strength * y;
+                }
+            }
+            Delta::LowRank(p, scale) => {
+                let (out, rank, inp) = (p.up.dims()[0], p.rank(), p.down.dims()[1]);
+                let up: Vec<f32> = p.up.f32_data()?.iter().map(|u| scale * u).collect();
+                let a = MatRef::row_major(&up, out, rank);
+                let b = MatRef::row_major(p.down.f32_data()?, rank, inp);
+                sgemm(a, b, v, true, rayon::current_num_threads());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Merges `loras` (each with its strength) into canonical DiT `weights`: every changed
+/// parameter is computed in f32 (`W + Σ scale · up @ down + Σ strength · diff`) and stored back
+/// as `store` says; with a `store` other than [`StoreAs::Same`] the unchanged parameters are
+/// converted too. Errors as [`Report`] describes; ignored keys are in the report.
+pub fn merge(
+    mut weights: BTreeMap<String, Weight>,
+    loras: &[(&Lora, f32)],
+    store: StoreAs,
+) -> Result<(BTreeMap<String, Weight>, Report)> {
+    store.validate()?;
+    let (targets, report) = plan(&weights, loras)?;
+    for (name, deltas) in &targets {
+        let old = &weights[name];
+        let mut v = widen(old)?;
+        add_deltas(&mut v, deltas)?;
+        let new = store.store(name, v, old)?;
+        weights.insert(name.clone(), new);
+    }
+    for (name, w) in weights.iter_mut() {
+        if !targets.contains_key(name) {
+            if let Some(new) = store.convert(name, w)? {
+                *w = new;
+            }
+        }
+    }
+    Ok((weights, report))
+}
+
+/// LoRAs prepared to run unmerged: what [`unmerged`] returns.
+#[derive(Debug, Clone)]
+pub struct Unmerged {
+    /// The base weights, with the full deltas added (those parameters become f32).
+    pub weights: BTreeMap<String, Weight>,
+    /// Per linear layer (canonical module path), the low-rank delta of all the LoRAs, for
+    /// [`WanDit::set_linear_deltas`].
+    pub deltas: BTreeMap<String, LinearDelta>,
+    /// What was applied and ignored.
+    pub report: Report,
+}
+
+/// Prepares `loras` to run on the fly: their low-rank pairs become per-layer [`LinearDelta`]s
+/// (ranks concatenated, scales folded in), their full deltas are added to f32 copies of the
+/// (small) parameters they change. Matching and errors as in [`merge`].
+pub fn unmerged(mut weights: BTreeMap<String, Weight>, loras: &[(&Lora, f32)]) -> Result<Unmerged> {
+    let (targets, report) = plan(&weights, loras)?;
+    let mut deltas = BTreeMap::new();
+    for (name, changes) in &targets {
+        let full: Vec<&Delta> = changes
+            .iter()
+            .filter(|d| matches!(d, Delta::Full(..)))
+            .collect();
+        if !full.is_empty() {
+            let old = &weights[name];
+            let mut v = widen(old)?;
+            add_deltas(&mut v, full)?;
+            let new = Weight::new(Tensor::from_f32(v, old.tensor.shape().clone())?);
+            weights.insert(name.clone(), new);
+        }
+        let pairs: Vec<(&LowRank, f32)> = changes
+            .iter()
+            .filter_map(|d| match *d {
+                Delta::LowRank(p, s) => Some((p, s)),
+                Delta::Full(..) => None,
+            })
+            .collect();
+        if !pairs.is_empty() {
+            let module = name.strip_suffix(".weight").unwrap_or(name);
+            deltas.insert(module.to_string(), combine(&pairs)?);
+        }
+    }
+    Ok(Unmerged {
+        weights,
+        deltas,
+        report,
+    })
+}
+
+/// Opens a DiT checkpoint (as [`WanDit::open`]) with `loras` applied in `mode`.
+pub fn open_dit(
+    path: impl AsRef<Path>,
+    config_json: Option<&Path>,
+    loras: &[(&Lora, f32)],
+    mode: Mode,
+) -> Result<(WanDit, Report)> {
+    let (weights, cfg) = WanDit::read_weights(path, config_json)?;
+    match mode {
+        Mode::Merged => {
+            let (weights, report) = merge(weights, loras, StoreAs::Same)?;
+            Ok((WanDit::new(weights, cfg)?, report))
+        }
+        Mode::Unmerged => {
+            let u = unmerged(weights, loras)?;
+            let mut dit = WanDit::new(u.weights, cfg)?;
+            dit.set_linear_deltas(u.deltas)?;
+            Ok((dit, u.report))
+        }
+    }
+}
