@@ -6,7 +6,8 @@
 //! it owns the solver and the guidance settings ([`Guidance`], [`CfgSchedule`], [`Slg`],
 //! [`TeaCache`]), asks a [`VelocityModel`] for the passes a step needs, combines them and steps
 //! the solver, with a per-step callback for progress, previews and cancellation.
-//! Initial and re-noising noise come from [`noise`] / [`fill_normal`] (Philox4x32-10).
+//! [`WanVelocity`] is the Wan DiT as such a model (NAG, SLG, TeaCache, batched CFG). Initial and
+//! re-noising noise come from [`noise`] / [`fill_normal`] (Philox4x32-10).
 //!
 //! Conventions (Wan, `../shared/docs/wan-architecture.md` §4.3): `x_σ = (1−σ)·x0 + σ·ε`, the
 //! model predicts `v = ε − x0`, so `x0 = x − σ·v`.
@@ -32,6 +33,7 @@ mod schedule;
 mod slg;
 mod teacache;
 mod unipc;
+mod wan_dit;
 
 pub use cfg_schedule::{CfgSchedule, CfgSkipMode};
 pub use dpm::DpmPp2m;
@@ -45,6 +47,7 @@ pub use schedule::{shift_sigma, Schedule};
 pub use slg::Slg;
 pub use teacache::{TeaCache, TeaCacheInput, TeaCacheModel, TeaCacheState};
 pub use unipc::UniPc;
+pub use wan_dit::WanVelocity;
 
 use crate::error::{Error, Result};
 
