@@ -11,9 +11,12 @@
 //! mode) and the last step (not in "ret steps" mode), and any pass with no residual cached yet.
 //!
 //! Off by default. Useless at 4-8 distilled steps: with the first and last steps forced, only a
-//! few steps remain, and between timesteps that far apart the indicator exceeds any useful
-//! threshold at once, so nothing is skipped (and skipping a distilled step would cost quality).
-//! Made for 30-50 step sampling, where it saves roughly a third to a half of the block passes.
+//! few steps remain; between timesteps that far apart the indicator changes a lot, so little or
+//! nothing is skipped, and each skipped distilled step would cost quality. Made for 30-50 step
+//! sampling.
+//!
+//! The driver reads the indicator by asking for a pass with the cached residual (no blocks) and
+//! keeps that output when the indicator allows reuse; otherwise it runs the blocks.
 
 use crate::error::{Error, Result};
 
