@@ -1,9 +1,13 @@
-//! Flow-matching samplers and guidance.
+//! Flow-matching samplers, guidance and seeded noise.
 //!
-//! The sampler never calls the model (candle's `Scheduler::step` style): the caller evaluates the
-//! model at the sample and the timestep the solver announces, combines the passes with a
-//! [`Guidance`], and hands the velocity to [`Solver::step`], which advances the sample in place
-//! from `sigmas[i]` to `sigmas[i + 1]`. A solver sees velocities, sigmas and latents only.
+//! Two layers. A [`Solver`] never calls the model: it takes the velocity at the current step and
+//! advances the sample in place from `sigmas[i]` to `sigmas[i + 1]`; it sees velocities, sigmas
+//! and latents only. The [`Sampler`] driver is what the pipeline (and the fixture harness) runs:
+//! it owns the solver and the guidance settings ([`Guidance`], [`CfgSchedule`], [`Slg`],
+//! [`TeaCache`]), asks a [`VelocityModel`] for the passes a step needs, combines them and steps
+//! the solver, with a per-step callback for progress, previews and cancellation.
+//! [`WanVelocity`] is the Wan DiT as such a model (NAG, SLG, TeaCache, batched CFG). Initial and
+//! re-noising noise come from [`noise`] / [`fill_normal`] (Philox4x32-10).
 //!
 //! Conventions (Wan, `../shared/docs/wan-architecture.md` §4.3): `x_σ = (1−σ)·x0 + σ·ε`, the
 //! model predicts `v = ε − x0`, so `x0 = x − σ·v`.
@@ -16,25 +20,39 @@
 //! the caller's element type, [`Real`] (`f32` for the pipeline, `f64` for checks against float64
 //! references).
 
+mod cfg_schedule;
 mod dpm;
+mod driver;
 mod euler;
 mod guidance;
 mod kernels;
 mod lcm;
+mod model;
+mod noise;
 mod schedule;
+mod slg;
+mod teacache;
 mod unipc;
+mod wan_dit;
 
+pub use cfg_schedule::{CfgSchedule, CfgSkipMode};
 pub use dpm::DpmPp2m;
+pub use driver::{Flow, PassUse, Progress, Sampler, SamplerConfig, StepReport};
 pub use euler::Euler;
 pub use guidance::{cfg_zero_star_scale, Guidance};
 pub use lcm::{Lcm, NoiseFn};
+pub use model::{BlockMode, Pass, PassRequest, StepInfo, VelocityModel};
+pub use noise::{fill_normal, noise, renoise_fn, Stream};
 pub use schedule::{shift_sigma, Schedule};
+pub use slg::Slg;
+pub use teacache::{TeaCache, TeaCacheInput, TeaCacheModel, TeaCacheState};
 pub use unipc::UniPc;
+pub use wan_dit::WanVelocity;
 
 use crate::error::{Error, Result};
 
 /// A floating-point element type a sample can be stored in.
-pub trait Real: Copy + Default + Send + Sync + 'static {
+pub trait Real: Copy + Default + std::fmt::Debug + Send + Sync + 'static {
     /// Widens to f64 (exact).
     fn to_f64(self) -> f64;
     /// Rounds an f64 to this type (to nearest even).
@@ -65,7 +83,7 @@ impl Real for f64 {
 /// `schedule().timesteps[i]`, and replaces the sample by the sample at `sigmas[i + 1]`. All
 /// history (previous x0 predictions, the previous sample) lives in the solver value; after the
 /// first steps a step allocates nothing.
-pub trait Solver<T: Real>: Send {
+pub trait Solver<T: Real>: Send + std::fmt::Debug {
     /// The schedule being followed.
     fn schedule(&self) -> &Schedule;
 

@@ -1,9 +1,13 @@
 //! `sampler` cases: a solver, a schedule and a guidance method driven by the toy elementwise
-//! models the fixtures state in their `model` field, in f64 like the reference. Expected:
-//! `timesteps` (what the model is called with), `sigmas` (the grid, with or without the final 0),
-//! `states` (the sample after each step) and `final`.
+//! models the fixtures state in their `model` field, in f64 like the reference, through the
+//! pipeline's own [`Sampler`] driver. Expected: `timesteps` (what the model is called with),
+//! `sigmas` (the grid, with or without the final 0), `states` (the sample after each step) and
+//! `final`.
 
-use wanrt::sampler::{Guidance, NoiseFn, Schedule, SolverKind};
+use wanrt::sampler::{
+    Flow, Guidance, NoiseFn, Pass, PassRequest, Sampler, SamplerConfig, Schedule, SolverKind,
+    StepInfo, VelocityModel,
+};
 
 use super::{compare, Check, Output, Stop};
 use crate::common::{f64_data, tensor, Case};
@@ -21,6 +25,31 @@ fn toy_uncond(x: &[f64], s: f64, v: &mut [f64]) {
     v.iter_mut()
         .zip(x)
         .for_each(|(v, &x)| *v = 0.5 * (0.7 * x).tanh() * (1.0 + 0.5 * s) - 0.05 * x);
+}
+
+/// The fixtures' toy models as a [`VelocityModel`]; records the timestep of each step it is
+/// called at.
+struct Toy {
+    timesteps: Vec<Option<f64>>,
+}
+
+impl VelocityModel<f64> for Toy {
+    fn evaluate(
+        &mut self,
+        x: &[f64],
+        at: &StepInfo,
+        passes: &mut [PassRequest<'_, f64>],
+    ) -> wanrt::Result<()> {
+        self.timesteps[at.step] = Some(at.timestep);
+        let s = at.timestep / 1000.0;
+        for p in passes {
+            match p.pass {
+                Pass::Cond => toy_cond(x, s, p.velocity),
+                Pass::Uncond => toy_uncond(x, s, p.velocity),
+            }
+        }
+        Ok(())
+    }
 }
 
 fn schedule(case: &Case, kind: SolverKind, shift: f64) -> Result<Schedule, Stop> {
@@ -74,46 +103,45 @@ fn stored_noise(noise: Vec<f64>) -> NoiseFn<f64> {
 pub fn run(case: &Case) -> Result<Vec<Check>, Stop> {
     let kind: SolverKind = case.str("solver")?.parse()?;
     let schedule = schedule(case, kind, case.f64("shift")?)?;
-    let guidance = guidance(case)?;
+    let config = SamplerConfig::new(kind, schedule.clone(), guidance(case)?);
     let inputs = case.tensors("inputs")?;
     let expected = case.tensors("expected")?;
     let x_t = tensor(&inputs, "x_T")?;
     let mut x = f64_data(x_t)?;
-    let noise = inputs
-        .get("noise")
-        .map(f64_data)
-        .transpose()?
-        .map(stored_noise);
-    let mut solver = kind.build::<f64>(schedule.clone(), noise)?;
+    let mut sampler = match inputs.get("noise") {
+        Some(noise) => Sampler::with_noise(config, stored_noise(f64_data(noise)?))?,
+        None => Sampler::new(config)?,
+    };
 
-    let (n, steps) = (x.len(), schedule.steps());
-    let (mut cond, mut uncond, mut v) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
-    let mut states = Vec::with_capacity(steps * n);
-    for i in 0..steps {
-        let s = schedule.timesteps[i] / 1000.0;
-        if !guidance.skips_model(i) {
-            toy_cond(&x, s, &mut cond);
-        }
-        let uncond = guidance.needs_uncond(i).then(|| {
-            toy_uncond(&x, s, &mut uncond);
-            &uncond[..]
-        });
-        guidance.combine(i, &cond, uncond, &mut v)?;
-        solver.step(&v, &mut x)?;
-        states.extend_from_slice(&x);
-    }
+    let steps = schedule.steps();
+    let mut model = Toy {
+        timesteps: vec![None; steps],
+    };
+    let mut states = Vec::with_capacity(steps * x.len());
+    sampler.run(&mut model, &mut x, |p| {
+        states.extend_from_slice(p.latent);
+        Flow::Continue
+    })?;
 
     // References list the sigma grid either with its final 0 or without it.
     let mut sigmas = schedule.sigmas.clone();
     if expected.get("sigmas").is_some_and(|t| t.dims() == [steps]) {
         sigmas.pop();
     }
+    // The timesteps the model was called with; a zero-init step calls no model and has the
+    // schedule's.
+    let timesteps = model
+        .timesteps
+        .iter()
+        .zip(&schedule.timesteps)
+        .map(|(called, t)| called.unwrap_or(*t))
+        .collect();
     let dims = x_t.dims().to_vec();
     let outputs = [
         Output {
             name: "timesteps".into(),
             dims: vec![steps],
-            data: schedule.timesteps.clone(),
+            data: timesteps,
         },
         Output {
             name: "sigmas".into(),
