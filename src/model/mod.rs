@@ -1,3 +1,4 @@
 //! Models, written once against the tensor ops.
 
 pub mod dit;
+pub mod vae;

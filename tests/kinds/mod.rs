@@ -5,6 +5,7 @@
 
 mod dit;
 mod sampler;
+mod vae;
 
 use wanrt::DType;
 
@@ -18,6 +19,8 @@ pub const RUNNERS: &[(&str, Runner)] = &[
     ("dit_forward", dit::run),
     ("dit_forward_nag", dit::run),
     ("sampler", sampler::run),
+    ("vae_decode", vae::run),
+    ("vae_encode", vae::run),
 ];
 
 /// The error of one expected tensor.
