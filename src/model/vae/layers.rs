@@ -56,19 +56,21 @@ pub(super) struct LayerState {
 pub(super) struct CausalConv3d(pub Conv);
 
 impl CausalConv3d {
-    /// The conv of chunk `x`; `cache` holds the last `kt - 1` input frames before it (`None`:
-    /// the start of the sequence, i.e. zeros).
-    fn step(&self, x: &Tensor, cache: &mut Option<Tensor>) -> Result<Tensor> {
+    /// The conv of chunk `x` (taken by value so that it is freed once copied into the padded
+    /// input); `cache` holds the last `kt - 1` input frames before it (`None`: the start of the
+    /// sequence, i.e. zeros).
+    fn step(&self, x: Tensor, cache: &mut Option<Tensor>) -> Result<Tensor> {
         let [kt, kh, kw] = self.0.kernel();
         let pad = [0, (kh - 1) / 2, (kw - 1) / 2];
         let keep = kt - 1;
         if keep == 0 {
-            return self.0.apply(x, [1; 3], pad);
+            return self.0.apply(&x, [1; 3], pad);
         }
         let input = match cache.take() {
-            Some(c) => cat(&[&c, x], 2)?,
+            Some(c) => cat(&[&c, &x], 2)?,
             None => x.pad_zeros(&[(0, 0), (0, 0), (keep, 0), (0, 0), (0, 0)])?,
         };
+        drop(x);
         let t = input.dims()[2];
         *cache = Some(input.narrow(2, t - keep, keep)?);
         self.0.apply(&input, [1; 3], pad)
@@ -88,13 +90,14 @@ pub(super) struct ResBlock {
 
 impl ResBlock {
     fn step(&self, x: &Tensor, caches: &mut [Option<Tensor>; 2]) -> Result<Tensor> {
+        // Each intermediate is dropped as soon as the next exists: at full resolution one
+        // frame of 96 channels is 150 MB.
         let [c1, c2] = caches;
-        let h = self
-            .conv1
-            .step(&x.channel_rms_norm(&self.norm1)?.silu()?, c1)?;
-        let h = self
-            .conv2
-            .step(&h.channel_rms_norm(&self.norm2)?.silu()?, c2)?;
+        let a = x.channel_rms_norm(&self.norm1)?.silu()?;
+        let h = self.conv1.step(a, c1)?;
+        let a = h.channel_rms_norm(&self.norm2)?.silu()?;
+        drop(h);
+        let h = self.conv2.step(a, c2)?;
         match &self.shortcut {
             Some(s) => h.add(&s.apply(x, [1; 3], [0; 3])?),
             None => h.add(x),
@@ -160,11 +163,11 @@ pub(super) enum Layer {
 impl Layer {
     /// The output for the next chunk `x`, or `None` when the chunk completes no output frame
     /// (only `TimeDown`, which waits for a full stride-2 window).
-    pub(super) fn step(&self, x: &Tensor, s: &mut LayerState) -> Result<Option<Tensor>> {
+    pub(super) fn step(&self, x: Tensor, s: &mut LayerState) -> Result<Option<Tensor>> {
         let out = match self {
             Layer::Conv(c) => c.step(x, &mut s.cache[0])?,
-            Layer::Res(r) => r.step(x, &mut s.cache)?,
-            Layer::Attn(a) => a.forward(x)?,
+            Layer::Res(r) => r.step(&x, &mut s.cache)?,
+            Layer::Attn(a) => a.forward(&x)?,
             Layer::NormSilu(g) => x.channel_rms_norm(g)?.silu()?,
             Layer::SpatialUp(c) => c.apply(&x.upsample_nearest2x()?, [1; 3], [0, 1, 1])?,
             Layer::SpatialDown(c) => c.apply(
@@ -172,8 +175,8 @@ impl Layer {
                 [1, 2, 2],
                 [0; 3],
             )?,
-            Layer::TimeUp(c) => return time_up(c, x, s),
-            Layer::TimeDown(c) => return time_down(c, x, s),
+            Layer::TimeUp(c) => return time_up(c, &x, s),
+            Layer::TimeDown(c) => return time_down(c, &x, s),
         };
         Ok(Some(out))
     }
@@ -190,7 +193,7 @@ fn time_up(conv: &CausalConv3d, x: &Tensor, s: &mut LayerState) -> Result<Option
         }
         (Some(x.narrow(2, 0, 1)?), x.narrow(2, 1, t - 1)?)
     };
-    let y = conv.step(&rest, &mut s.cache[0])?;
+    let y = conv.step(rest, &mut s.cache[0])?;
     // [B, 2C, n, H, W]: channels [0, C) become frame 2i, [C, 2C) frame 2i + 1.
     let [b, c2, n, h, w] = dims5(&y)?;
     let y = y

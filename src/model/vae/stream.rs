@@ -44,7 +44,7 @@ impl<'a> Stream<'a> {
                 }
                 return Ok(());
             }
-            match self.layers[i].step(&x, &mut self.states[i])? {
+            match self.layers[i].step(x, &mut self.states[i])? {
                 Some(y) => x = y,
                 None => return Ok(()),
             }
