@@ -7,7 +7,9 @@
 //!   from a memory map, and the op surface the models are written against;
 //! - [`backend`]: the devices behind the tensor ops (the CPU reference backend; CUDA behind the
 //!   `cuda` feature);
-//! - [`io`]: model files (safetensors, PyTorch `.pth`), key layouts and config inference.
+//! - [`io`]: model files (safetensors, PyTorch `.pth`), key layouts and config inference;
+//! - [`video`]: RGB8 frames to MP4 (H.264), PNG or GIF files that record the generation
+//!   parameters.
 #![deny(missing_docs)]
 
 pub mod backend;
@@ -16,6 +18,7 @@ pub mod io;
 pub mod model;
 pub mod sampler;
 pub mod tensor;
+pub mod video;
 
 pub use error::{Error, Result, Status};
 pub use tensor::{DType, Shape, Tensor};
