@@ -62,9 +62,9 @@ fn temp_path(path: &Path) -> Result<(PathBuf, PathBuf)> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let file_name = path.file_name().ok_or_else(|| {
-        Error::InvalidArgument(format!("{} names no file", path.display()))
-    })?;
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| Error::InvalidArgument(format!("{} names no file", path.display())))?;
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let tmp = dir.join(format!(
         ".{}.{}.{}.tmp",

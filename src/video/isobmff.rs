@@ -109,7 +109,10 @@ fn make_box(kind: &[u8; 4], body: &[u8]) -> Result<Vec<u8>, String> {
 /// `udta/meta/ilst/©cmt/data` holding `text` as UTF-8.
 fn comment_udta(text: &str) -> Result<Vec<u8>, String> {
     // data: type 1 (UTF-8), locale 0, then the text.
-    let data = make_box(b"data", &[&[0, 0, 0, 1, 0, 0, 0, 0], text.as_bytes()].concat())?;
+    let data = make_box(
+        b"data",
+        &[&[0, 0, 0, 1, 0, 0, 0, 0], text.as_bytes()].concat(),
+    )?;
     let ilst = make_box(b"ilst", &make_box(&COMMENT, &data)?)?;
     // hdlr: version and flags, pre_defined, handler `mdir`, 12 reserved bytes (QuickTime puts
     // the manufacturer `appl` first, as iTunes-style writers do), an empty name.
@@ -169,7 +172,10 @@ fn shift_chunk_offsets(moov: &mut [u8], delta: u64) -> Result<(), String> {
             let count = u32_at(moov, table.body + 4)? as usize;
             let first = table.body + 8;
             if first + count * width > table.end {
-                return Err(format!("`{}` table overruns its box", kind_name(table.kind)));
+                return Err(format!(
+                    "`{}` table overruns its box",
+                    kind_name(table.kind)
+                ));
             }
             for i in 0..count {
                 let at = first + i * width;
@@ -184,6 +190,72 @@ fn shift_chunk_offsets(moov: &mut [u8], delta: u64) -> Result<(), String> {
             }
         }
     }
+    Ok(())
+}
+
+/// Gives the only sample of a one-frame movie the duration `seconds`, in its `stts` and in the
+/// `mdhd`, `tkhd` and `mvhd` durations. (muxide derives a sample's duration from the next
+/// timestamp and gives a lone sample one tick.)
+pub(super) fn set_lone_sample_duration(file: &mut [u8], seconds: f64) -> Result<(), String> {
+    let top = children(file, 0, file.len())?;
+    let moov = *top
+        .iter()
+        .find(|b| &b.kind == b"moov")
+        .ok_or("no `moov` box")?;
+    let mvhd = child(file, moov, b"mvhd")?.ok_or("no `mvhd` box")?;
+    let (movie_scale, at, wide) = scale_and_duration(file, mvhd)?;
+    let movie_ticks = (seconds * f64::from(movie_scale)).round() as u64;
+    put(file, at, wide, movie_ticks)?;
+    for trak in children(file, moov.body, moov.end)? {
+        if &trak.kind != b"trak" {
+            continue;
+        }
+        let tkhd = child(file, trak, b"tkhd")?.ok_or("track without `tkhd`")?;
+        // tkhd: version and flags, two times, track id, reserved, then the duration.
+        let wide = file.get(tkhd.body) == Some(&1);
+        put(
+            file,
+            tkhd.body + if wide { 28 } else { 20 },
+            wide,
+            movie_ticks,
+        )?;
+        let mdhd = descend(file, trak, &[b"mdia", b"mdhd"])?.ok_or("track without `mdhd`")?;
+        let (media_scale, at, wide) = scale_and_duration(file, mdhd)?;
+        let media_ticks = (seconds * f64::from(media_scale)).round() as u64;
+        put(file, at, wide, media_ticks)?;
+        let stts = descend(file, trak, &[b"mdia", b"minf", b"stbl", b"stts"])?
+            .ok_or("track without `stts`")?;
+        // stts: version and flags, entry count, then (sample count, delta) pairs.
+        if u32_at(file, stts.body + 4)? != 1 || u32_at(file, stts.body + 8)? != 1 {
+            return Err("the track has more than one sample".into());
+        }
+        put(file, stts.body + 12, false, media_ticks)?;
+    }
+    Ok(())
+}
+
+/// The timescale of an `mvhd` or `mdhd` box, and where its duration is and whether it is 64-bit.
+fn scale_and_duration(buf: &[u8], b: BoxRef) -> Result<(u32, usize, bool), String> {
+    // version and flags, creation and modification times (32- or 64-bit), timescale, duration.
+    Ok(match buf.get(b.body) {
+        Some(1) => (u32_at(buf, b.body + 20)?, b.body + 24, true),
+        _ => (u32_at(buf, b.body + 12)?, b.body + 16, false),
+    })
+}
+
+/// Writes a 32- or 64-bit big-endian value.
+fn put(buf: &mut [u8], at: usize, wide: bool, value: u64) -> Result<(), String> {
+    let bytes = if wide {
+        value.to_be_bytes().to_vec()
+    } else {
+        u32::try_from(value)
+            .map_err(|_| format!("duration {value} does not fit 32 bits"))?
+            .to_be_bytes()
+            .to_vec()
+    };
+    buf.get_mut(at..at + bytes.len())
+        .ok_or_else(|| format!("truncated box at byte {at}"))?
+        .copy_from_slice(&bytes);
     Ok(())
 }
 
@@ -225,12 +297,11 @@ pub(super) fn summarize(moov: &[u8]) -> Result<Movie, String> {
     let width = (u32_at(moov, tkhd.end - 8)? >> 16) as usize;
     let height = (u32_at(moov, tkhd.end - 4)? >> 16) as usize;
     let mdhd = descend(moov, trak, &[b"mdia", b"mdhd"])?.ok_or("video track without `mdhd`")?;
-    let (timescale, duration) = match moov.get(mdhd.body) {
-        Some(1) => (u32_at(moov, mdhd.body + 20)?, u64_at(moov, mdhd.body + 24)?),
-        _ => (
-            u32_at(moov, mdhd.body + 12)?,
-            u64::from(u32_at(moov, mdhd.body + 16)?),
-        ),
+    let (timescale, at, wide) = scale_and_duration(moov, mdhd)?;
+    let duration = if wide {
+        u64_at(moov, at)?
+    } else {
+        u64::from(u32_at(moov, at)?)
     };
     let stsz = descend(moov, trak, &[b"mdia", b"minf", b"stbl", b"stsz"])?
         .ok_or("video track without `stsz`")?;
@@ -293,7 +364,9 @@ pub(super) fn read_moov(path: &Path) -> Result<Vec<u8>> {
         }
         if &head[4..8] == b"moov" {
             if size > MAX_MOOV {
-                return Err(bad(format!("`moov` box of {size} bytes is implausibly large")));
+                return Err(bad(format!(
+                    "`moov` box of {size} bytes is implausibly large"
+                )));
             }
             let mut moov = vec![0u8; size as usize];
             f.seek(SeekFrom::Start(at)).map_err(io)?;
@@ -333,7 +406,10 @@ mod tests {
         let build = |first: u32| {
             let stbl = [b(b"stsz", &stsz), b(b"stco", &offsets(first))].concat();
             let minf = b(b"minf", &b(b"stbl", &stbl));
-            let mdia = b(b"mdia", &[b(b"mdhd", &mdhd), b(b"hdlr", &hdlr), minf].concat());
+            let mdia = b(
+                b"mdia",
+                &[b(b"mdhd", &mdhd), b(b"hdlr", &hdlr), minf].concat(),
+            );
             let trak = b(b"trak", &[b(b"tkhd", &tkhd), mdia].concat());
             b(b"moov", &trak)
         };
@@ -347,13 +423,9 @@ mod tests {
     fn samples(file: &[u8]) -> Vec<Vec<u8>> {
         let top = children(file, 0, file.len()).unwrap();
         let moov = *top.iter().find(|b| &b.kind == b"moov").unwrap();
-        let stco = descend(
-            file,
-            moov,
-            &[b"trak", b"mdia", b"minf", b"stbl", b"stco"],
-        )
-        .unwrap()
-        .unwrap();
+        let stco = descend(file, moov, &[b"trak", b"mdia", b"minf", b"stbl", b"stco"])
+            .unwrap()
+            .unwrap();
         (0..2)
             .map(|i| {
                 let at = u32_at(file, stco.body + 8 + 4 * i).unwrap() as usize;

@@ -29,12 +29,13 @@
 //! H.264 is covered by patents. Cisco pays the MPEG LA royalties for **its own prebuilt OpenH264
 //! binaries** only, when the user downloads them (<https://www.openh264.org/faq.html>); an
 //! encoder compiled from source, as the default `openh264-source` feature does, is not covered.
-//! That is fine for research and private use in most places, but whoever distributes binaries
-//! must decide: build with `--no-default-features --features openh264-dylib` and let users
-//! download Cisco's library (`libopenh264-2.x.y-linux64.z.so` from
-//! <https://github.com/cisco/openh264/releases>), passing its path in
-//! [`Mp4Options::openh264_library`]. openh264 checks the file's SHA-256 against the releases it
-//! knows before loading it. PNG and GIF carry no such burden.
+//! Whether that matters depends on where and how wanrt is used and shipped; this is a legal call
+//! for whoever distributes binaries, not a technical one. The alternative is to build with `--no-default-features --features openh264-dylib` and have users
+//! download Cisco's binary themselves, then pass its path in [`Mp4Options::openh264_library`].
+//! openh264 0.9 loads only the OpenH264 2.6.0 release binaries it knows by SHA-256 (on Linux
+//! x86-64 `libopenh264-2.6.0-linux64.8.so`, from `http://ciscobinary.openh264.org/` as `.bz2`,
+//! listed on <https://github.com/cisco/openh264/releases>); a distribution's own build, such as
+//! Debian's `libopenh264-7`, is refused with a hash error. PNG and GIF carry no such burden.
 
 mod gif;
 mod isobmff;
@@ -99,7 +100,12 @@ impl fmt::Display for MediaInfo {
     /// Three lines: format, size with frames and rate, metadata.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "format:   {}", self.format)?;
-        write!(f, "video:    {}x{}, {} frames", self.width, self.height, self.frames)?;
+        let plural = if self.frames == 1 { "" } else { "s" };
+        write!(
+            f,
+            "video:    {}x{}, {} frame{plural}",
+            self.width, self.height, self.frames
+        )?;
         if let Some(fps) = self.fps {
             write!(f, ", {} fps", (fps * 1000.0).round() / 1000.0)?;
         }
@@ -112,8 +118,12 @@ impl fmt::Display for MediaInfo {
     }
 }
 
-/// Recognises a media file by its first bytes; `None` for anything else (a model file, say).
+/// Recognises a media file by its first bytes; `None` for anything else (a model file or a
+/// folder, say).
 pub fn sniff(path: &Path) -> Result<Option<MediaFormat>> {
+    if path.is_dir() {
+        return Ok(None);
+    }
     let mut head = [0u8; 12];
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut n = 0;
@@ -161,7 +171,7 @@ fn frame_count(frames: &[u8], width: usize, height: usize) -> Result<usize> {
         .checked_mul(height)
         .and_then(|p| p.checked_mul(3))
         .ok_or_else(|| Error::InvalidArgument(format!("video: {width}x{height} is too large")))?;
-    if frames.is_empty() || frames.len() % frame_bytes != 0 {
+    if frames.is_empty() || !frames.len().is_multiple_of(frame_bytes) {
         return Err(Error::InvalidArgument(format!(
             "video: {} bytes are not a whole number (>= 1) of {width}x{height} RGB8 frames \
              ({frame_bytes} bytes each)",

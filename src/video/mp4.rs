@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use muxide::api::{MuxerBuilder, VideoCodec};
 use openh264::encoder::{
-    BitRate, Complexity, Encoder, EncoderConfig, FrameRate, FrameType, IntraFramePeriod, QpRange,
-    RateControlMode, UsageType, VuiConfig,
+    Complexity, Encoder, EncoderConfig, FrameRate, FrameType, IntraFramePeriod, QpRange,
+    RateControlMode, VuiConfig,
 };
 use openh264::formats::{RgbSliceU8, YUVBuffer};
 use openh264::{OpenH264API, Timestamp};
@@ -15,9 +15,10 @@ use super::{check_fps, frame_count, isobmff, MediaFormat, MediaInfo, DEFAULT_FPS
 use crate::error::{Error, Result};
 use crate::io::atomic::write_atomic;
 
-/// Default bitrate per pixel and frame: 1.6 Mbit/s for 832×480 at 16 fps, where OpenH264's
-/// Baseline output of generated video looks clean.
-const DEFAULT_BITS_PER_PIXEL: f64 = 0.25;
+/// The default quantiser: generated 832×480 clips come out at roughly 0.5-3 Mbit/s, without
+/// visible blocking (OpenH264 has no CABAC or B-frames, so it needs a lower QP than x264's CRF 23
+/// for the same look).
+const DEFAULT_QP: u8 = 20;
 
 /// Seconds between keyframes (for seeking; a Wan clip of 81 frames gets three).
 const KEYFRAME_SECONDS: f64 = 2.0;
@@ -27,12 +28,10 @@ const KEYFRAME_SECONDS: f64 = 2.0;
 pub struct Mp4Options {
     /// Frames per second, constant. Default [`DEFAULT_FPS`] (16, Wan2.1's rate).
     pub fps: f64,
-    /// Target bitrate in bits per second; `None` (the default) picks 0.25 bit per pixel and
-    /// frame (1.6 Mbit/s at 832×480, 16 fps).
-    pub bitrate: Option<u32>,
-    /// The coarsest quantiser the rate control may use, 0..=51 (lower is better quality). It
-    /// wins over the bitrate: detailed clips get more bits rather than visible blocks. Default 32.
-    pub max_qp: u8,
+    /// The H.264 quantiser, 0..=51, used for every frame: lower is better quality and a larger
+    /// file (each step of 6 doubles the quantiser step size). Constant quality suits generated
+    /// clips better than a bitrate target: the file is as large as its content needs. Default 20.
+    pub qp: u8,
     /// Cisco's prebuilt OpenH264 library to encode with (needs the `openh264-dylib` feature);
     /// `None` uses the encoder compiled into wanrt (the default `openh264-source` feature). See
     /// the patent note in [`crate::video`].
@@ -43,8 +42,7 @@ impl Default for Mp4Options {
     fn default() -> Self {
         Mp4Options {
             fps: DEFAULT_FPS,
-            bitrate: None,
-            max_qp: 32,
+            qp: DEFAULT_QP,
             openh264_library: None,
         }
     }
@@ -76,31 +74,26 @@ pub fn encode_mp4(
     metadata: Option<&str>,
 ) -> Result<Vec<u8>> {
     let count = frame_count(frames, width, height)?;
-    if width % 2 != 0 || height % 2 != 0 {
+    if !width.is_multiple_of(2) || !height.is_multiple_of(2) {
         return Err(Error::InvalidArgument(format!(
             "mp4: H.264 needs an even width and height, got {width}x{height}"
         )));
     }
     check_fps(options.fps)?;
-    if options.max_qp > 51 {
+    if options.qp > 51 {
         return Err(Error::InvalidArgument(format!(
-            "mp4: max_qp {} is not in 0..=51",
-            options.max_qp
+            "mp4: qp {} is not in 0..=51",
+            options.qp
         )));
     }
     let fps = options.fps;
     let codec = |e: &dyn std::fmt::Display| Error::InvalidArgument(format!("mp4: {e}"));
-    let bitrate = match options.bitrate {
-        Some(b) => b,
-        None => (width as f64 * height as f64 * fps * DEFAULT_BITS_PER_PIXEL).min(u32::MAX as f64)
-            as u32,
-    };
     let config = EncoderConfig::new()
-        .usage_type(UsageType::CameraVideoNonRealTime)
-        .rate_control_mode(RateControlMode::Quality)
-        .bitrate(BitRate::from_bps(bitrate))
+        // A one-value QP range pins the quantiser. The buffer-based mode follows it without
+        // complaint; the bitrate modes print a warning when frame skipping is off.
+        .rate_control_mode(RateControlMode::Bufferbased)
+        .qp(QpRange::new(options.qp, options.qp))
         .max_frame_rate(FrameRate::from_hz(fps as f32))
-        .qp(QpRange::new(0, options.max_qp))
         // Every input frame must become one sample: the clip's length is part of the result.
         .skip_frames(false)
         .complexity(Complexity::High)
@@ -142,7 +135,10 @@ pub fn encode_mp4(
             .map_err(|e| codec(&e))?;
     }
     muxer.finish_in_place().map_err(|e| codec(&e))?;
-    let bytes = muxer.into_writer();
+    let mut bytes = muxer.into_writer();
+    if count == 1 {
+        isobmff::set_lone_sample_duration(&mut bytes, 1.0 / fps).map_err(|e| codec(&e))?;
+    }
     match metadata {
         Some(text) => isobmff::add_comment(&bytes, text).map_err(|e| codec(&e)),
         None => Ok(bytes),
@@ -155,8 +151,8 @@ fn api(options: &Mp4Options) -> Result<OpenH264API> {
         #[cfg(feature = "openh264-dylib")]
         Some(lib) => OpenH264API::from_blob_path(lib).map_err(|e| {
             Error::InvalidArgument(format!(
-                "mp4: cannot load the OpenH264 library {}: {e} (it must be an unmodified \
-                 release from https://github.com/cisco/openh264/releases)",
+                "mp4: cannot load the OpenH264 library {}: {e} (it must be Cisco's unmodified \
+                 OpenH264 2.6.0 binary, see https://github.com/cisco/openh264/releases)",
                 lib.display()
             ))
         }),
