@@ -30,12 +30,13 @@
 //! binaries** only, when the user downloads them (<https://www.openh264.org/faq.html>); an
 //! encoder compiled from source, as the default `openh264-source` feature does, is not covered.
 //! Whether that matters depends on where and how wanrt is used and shipped; this is a legal call
-//! for whoever distributes binaries, not a technical one. The alternative is to build with `--no-default-features --features openh264-dylib` and have users
-//! download Cisco's binary themselves, then pass its path in [`Mp4Options::openh264_library`].
-//! openh264 0.9 loads only the OpenH264 2.6.0 release binaries it knows by SHA-256 (on Linux
-//! x86-64 `libopenh264-2.6.0-linux64.8.so`, from `http://ciscobinary.openh264.org/` as `.bz2`,
-//! listed on <https://github.com/cisco/openh264/releases>); a distribution's own build, such as
-//! Debian's `libopenh264-7`, is refused with a hash error. PNG and GIF carry no such burden.
+//! for whoever distributes binaries, not a technical one. The alternative is to build with
+//! `--no-default-features --features openh264-dylib` and have users download Cisco's binary
+//! themselves, then pass its path in [`Mp4Options::openh264_library`]. openh264 0.9 loads only
+//! the OpenH264 2.6.0 release binaries it knows by SHA-256 (on Linux x86-64
+//! `libopenh264-2.6.0-linux64.8.so`, from `http://ciscobinary.openh264.org/` as `.bz2`, listed
+//! on <https://github.com/cisco/openh264/releases>); a distribution's own build, such as Debian's
+//! `libopenh264-7`, is refused with a hash error. PNG and GIF carry no such burden.
 
 mod gif;
 mod isobmff;
