@@ -1,8 +1,10 @@
 //! The `wanrt` command line.
 //!
-//! One subcommand per job (`inspect` today; `generate`, `bench` and `train` join as the
-//! library grows). Errors are reported as one line, `error: <path>: <what>`, and a non-zero
+//! One subcommand per job (`inspect`, `bench`; `generate` and `train` join as the library
+//! grows). Errors are reported as one line, `error: <path>: <what>`, and a non-zero
 //! exit code; never as a panic or a backtrace.
+
+mod bench;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -26,6 +28,11 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Time a model component on random weights (llama-bench style: markdown or --json).
+    Bench {
+        #[command(subcommand)]
+        target: bench::Target,
+    },
 }
 
 fn main() -> ExitCode {
@@ -35,6 +42,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let ok = match cli.command {
         Command::Inspect { files } => inspect(&files),
+        Command::Bench { target } => bench::run(target),
     };
     if ok {
         ExitCode::SUCCESS

@@ -22,6 +22,7 @@ pub use crate::io::config::DitConfig;
 pub use block::CrossKv;
 pub use nag::NagParams;
 pub use rope::RopeTable;
+pub use weights::weight_shapes;
 
 use block::{Block, BlockInputs};
 use weights::{Linear, Take};
@@ -293,6 +294,53 @@ impl WanDit {
             x = block.forward(&x, &inputs)?;
         }
         Ok(x)
+    }
+
+    /// Runs block `index` alone on the hidden state `x [B, S, dim]` of a token grid `grid`
+    /// (`S = grid[0]·grid[1]·grid[2]`), with the time projection `e0 [B, 6, dim]` and a prepared
+    /// text context of `B` samples. For benchmarks and per-block tooling: the same code as a
+    /// block of [`WanDit::forward_with`], with no embedding or head around it.
+    pub fn block_forward(
+        &self,
+        index: usize,
+        x: &Tensor,
+        e0: &Tensor,
+        grid: [usize; 3],
+        text: &TextContext,
+    ) -> Result<Tensor> {
+        let block = self.blocks.get(index).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "block {index} of a model with {} blocks",
+                self.blocks.len()
+            ))
+        })?;
+        let (b, s, dim) = (
+            x.dims().first().copied().unwrap_or(0),
+            grid.iter().product(),
+            self.cfg.dim,
+        );
+        self.check_text(text, b, "WanDit::block_forward text context")?;
+        for (t, want, op) in [
+            (x, [b, s, dim], "block_forward x"),
+            (e0, [b, 6, dim], "block_forward e0"),
+        ] {
+            if t.dims() != want || t.dtype() != DType::F32 {
+                return Err(Error::ShapeMismatch {
+                    op,
+                    expected: format!("f32 {want:?}"),
+                    got: t.shape().clone(),
+                });
+            }
+        }
+        let rope = self.rope_table(grid)?;
+        let kv = text_kv(block, text, index)?;
+        let inputs = BlockInputs {
+            e0,
+            rope: &rope,
+            kv: &kv,
+            nag: None,
+        };
+        block.forward(x, &inputs)
     }
 
     /// The RoPE table for `grid`, reused while the grid stays the same.
