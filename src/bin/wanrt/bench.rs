@@ -108,6 +108,11 @@ struct Record {
     min_ms: f64,
     max_ms: f64,
     samples_ms: Vec<f64>,
+    /// CPU time (user + system, all threads) per timed run: steadier than wall time on a
+    /// shared machine, where other processes take cores away.
+    cpu_ms: f64,
+    /// Minor page faults per timed run: first touches of freshly mapped memory.
+    minor_faults: f64,
     gflop: f64,
     gflops: f64,
     peak_rss_mb: f64,
@@ -162,13 +167,17 @@ fn bench(target: Target) -> Result<()> {
         drop((p.run)()?);
     }
     let mut samples = Vec::with_capacity(common.iters);
+    let (cpu0, faults0) = cpu_and_faults();
     for _ in 0..common.iters {
         let start = Instant::now();
         let out = (p.run)()?;
         samples.push(start.elapsed().as_secs_f64() * 1e3);
         drop(out);
     }
-    let record = record(&p, common, samples);
+    let (cpu1, faults1) = cpu_and_faults();
+    let per_iter = |a: f64, b: f64| (b - a) / common.iters as f64;
+    let counters = (per_iter(cpu0, cpu1), per_iter(faults0, faults1));
+    let record = record(&p, common, samples, counters);
     if common.json {
         let text = serde_json::to_string(&record)
             .map_err(|e| Error::InvalidArgument(format!("json: {e}")))?;
@@ -179,7 +188,8 @@ fn bench(target: Target) -> Result<()> {
     Ok(())
 }
 
-fn record(p: &Prepared, common: &Common, samples: Vec<f64>) -> Record {
+/// The record of `samples` (wall ms) with `(cpu_ms, minor_faults)` per run.
+fn record(p: &Prepared, common: &Common, samples: Vec<f64>, counters: (f64, f64)) -> Record {
     let n = samples.len() as f64;
     let mean = samples.iter().sum::<f64>() / n;
     let var = samples.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
@@ -209,6 +219,8 @@ fn record(p: &Prepared, common: &Common, samples: Vec<f64>) -> Record {
         min_ms: sorted[0],
         max_ms: sorted[sorted.len() - 1],
         samples_ms: samples,
+        cpu_ms: counters.0,
+        minor_faults: counters.1,
         gflop: p.flop / 1e9,
         gflops: p.flop / 1e9 / (median / 1e3),
         peak_rss_mb: peak_rss_mb(),
@@ -240,6 +252,23 @@ fn print_markdown(p: &Prepared, r: &Record) {
         r.gflops,
         r.peak_rss_mb
     );
+}
+
+/// `(CPU time in ms, minor page faults)` of this process so far, from `/proc/self/stat`; zeros
+/// where unknown. utime and stime are in clock ticks, which Linux fixes at 100 per second
+/// for user space.
+fn cpu_and_faults() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name, from field 3: minflt is field 10, utime
+    // and stime fields 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let field = |i: usize| {
+        rest.split_whitespace()
+            .nth(i - 3)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    ((field(14) + field(15)) * 10.0, field(10))
 }
 
 /// Peak resident memory of this process so far (Linux `VmHWM`), in MiB; 0 where unknown.
