@@ -161,7 +161,12 @@ impl Prepare for DitShape {
     fn prepare(&self) -> Result<Prepared> {
         let mut cfg = match self.config.as_str() {
             "1.3b" | "14b" => preset(&self.config)?,
-            path => config_json(Path::new(path))?,
+            path if Path::new(path).is_file() => config_json(Path::new(path))?,
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "--config {other}: not 1.3b, 14b or an existing config.json"
+                )))
+            }
         };
         if let Some(n) = self.layers {
             positive(&[("--layers", n)])?;
@@ -326,11 +331,7 @@ fn preset(name: &str) -> Result<DitConfig> {
     let (dim, ffn_dim, num_layers) = match name {
         "1.3b" => (1536, 8960, 30),
         "14b" => (5120, 13824, 40),
-        other => {
-            return Err(Error::InvalidArgument(format!(
-                "unknown config `{other}` (1.3b, 14b or a config.json path)"
-            )))
-        }
+        other => return Err(Error::InvalidArgument(format!("no preset `{other}`"))),
     };
     Ok(DitConfig {
         model_type: ModelType::T2v,
