@@ -7,14 +7,17 @@ SDPA, cross-attention on the affine `norm3` with the context K/V computed in the
 GELU(tanh) FFN and the gated residuals. Weights are random, f32, with the same shapes as wanrt's
 (the values differ; the work does not).
 
-The machine may be shared, so the two are measured in alternating rounds: each round times the
-torch block `--iters` times, then runs `wanrt bench dit-block --json` with the same shapes,
-threads and iteration count. The ratio of each round's medians is reported, and their median
-is the figure to quote. The load average before and after is printed with it.
+The machine may be shared, so the two are measured in alternating rounds (torch first in odd
+rounds, wanrt first in even ones, to cancel drifts in the load): each round times the torch block
+`--iters` times after `--warmup` runs, and runs `wanrt bench dit-block --json` with the same
+shapes, threads, warmup and iteration count. Reported: the median over rounds of the ratio of
+the rounds' medians (the figure to quote), the ratio of the fastest runs (the least disturbed
+ones), CPU time per run for both (user + system, all threads; OpenMP's and rayon's spinning
+workers count too), peak memory, and the load average before and after.
 
 PyTorch is needed only here: `pip install torch` (never by the build or the tests).
 
-    python3 benches/vs_torch.py --tokens 3744 --threads 2 --iters 5 --rounds 3
+    python3 benches/vs_torch.py --tokens 3744 --threads 2 --iters 3 --rounds 6
 """
 
 import argparse
@@ -115,16 +118,19 @@ class Block:
         return x + y * e[5]
 
 
-def time_torch(block, inputs, warmup, iters):
+def time_torch(fn, warmup, iters):
+    """Wall ms of each call of `fn`, and the process CPU ms per call."""
     with torch.inference_mode():
         for _ in range(warmup):
-            block.forward(*inputs)
+            fn()
         samples = []
+        cpu = time.process_time()
         for _ in range(iters):
             t = time.perf_counter()
-            block.forward(*inputs)
+            fn()
             samples.append((time.perf_counter() - t) * 1e3)
-    return samples
+        cpu = (time.process_time() - cpu) * 1e3 / iters
+    return samples, cpu
 
 
 def time_wanrt(a):
@@ -141,18 +147,43 @@ def time_wanrt(a):
     return json.loads(out.stdout)
 
 
+def compare_ops(a):
+    """The block's big ops alone, each side by side once: wanrt `gemm` (f32 weights) against
+    `F.linear`, wanrt `attention` against SDPA, at the block's shapes."""
+    s, d, f, h = a.tokens, a.dim, a.ffn_dim, a.heads
+    common = ["--json", "--threads", str(a.threads), "--warmup", str(a.warmup), "--iters", str(a.iters)]
+    ops = []
+    for i, o in [(d, d), (d, f), (f, d)]:
+        x, w, b = torch.rand(s, i), torch.rand(o, i), torch.rand(o)
+        args = ["gemm", "--tokens", str(s), "--in", str(i), "--out", str(o), "--dtype", "f32"]
+        ops.append((f"linear {i}->{o}", lambda x=x, w=w, b=b: F.linear(x, w, b), args))
+    for kv in [s, a.text_len]:
+        q, k, v = torch.rand(1, h, s, d // h), torch.rand(1, h, kv, d // h), torch.rand(1, h, kv, d // h)
+        args = ["attention", "--tokens", str(s), "--kv-tokens", str(kv), "--heads", str(h),
+                "--head-dim", str(d // h)]  # fmt: skip
+        ops.append((f"attention {s}x{kv}", lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v), args))
+    for name, fn, args in ops:
+        t = statistics.median(time_torch(fn, a.warmup, a.iters)[0])
+        out = subprocess.run([a.wanrt, "bench", *args, *common], capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.exit(f"wanrt failed: {out.stderr}")
+        w = json.loads(out.stdout)["median_ms"]
+        print(f"{name}: torch {t:.1f} ms, wanrt {w:.1f} ms, ratio {w / t:.3f}", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tokens", type=int, default=3744)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--rounds", type=int, default=3, help="alternating torch/wanrt rounds")
+    ap.add_argument("--rounds", type=int, default=6, help="alternating torch/wanrt rounds")
     ap.add_argument("--dim", type=int, default=1536)
     ap.add_argument("--heads", type=int, default=12)
     ap.add_argument("--ffn-dim", type=int, default=8960)
     ap.add_argument("--text-len", type=int, default=512)
     ap.add_argument("--wanrt-dtype", default="f32", help="wanrt weight storage (torch is f32)")
+    ap.add_argument("--ops", action="store_true", help="also compare the block's GEMMs and attentions")
     ap.add_argument("wanrt", nargs="?", default="target/release/wanrt", help="wanrt binary")
     a = ap.parse_args()
 
@@ -173,20 +204,40 @@ def main():
         f"{a.threads} threads, {a.iters} iters x {a.rounds} rounds; torch {torch.__version__}, "
         f"wanrt weights {a.wanrt_dtype}"
     )
-    rows = []
+    t_all, w_all, ratios, t_cpu, w_cpu, w_rss = [], [], [], [], [], []
     for r in range(a.rounds):
-        t = statistics.median(time_torch(block, inputs, a.warmup, a.iters))
-        w = time_wanrt(a)
-        rows.append((t, w["median_ms"], w["median_ms"] / t, w["peak_rss_mb"]))
-        print(f"round {r + 1}: torch {t:.1f} ms, wanrt {w['median_ms']:.1f} ms, ratio {rows[-1][2]:.3f}")
+        if r % 2 == 1:
+            w = time_wanrt(a)
+        t, tc = time_torch(lambda: block.forward(*inputs), a.warmup, a.iters)
+        if r % 2 == 0:
+            w = time_wanrt(a)
+        t_all += t
+        w_all += w["samples_ms"]
+        t_cpu.append(tc)
+        w_cpu.append(w["cpu_ms"])
+        w_rss.append(w["peak_rss_mb"])
+        ratios.append(w["median_ms"] / statistics.median(t))
+        print(
+            f"round {r + 1}: torch {statistics.median(t):.1f} ms, wanrt {w['median_ms']:.1f} ms, "
+            f"ratio {ratios[-1]:.3f}",
+            flush=True,
+        )
+    if a.ops:
+        compare_ops(a)
     load1 = os.getloadavg()
     torch_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    med = lambda i: statistics.median(row[i] for row in rows)  # noqa: E731
-    print(f"torch median {med(0):.1f} ms, wanrt median {med(1):.1f} ms, "
-          f"ratio wanrt/torch {med(2):.3f} (median of {a.rounds} rounds)")
-    print(f"peak RSS: wanrt {max(r[3] for r in rows):.0f} MiB, torch process {torch_rss:.0f} MiB")
-    print(f"load average before {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}, "
-          f"after {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
+    med = statistics.median
+    print(f"torch: median {med(t_all):.1f} ms, min {min(t_all):.1f} ms, cpu {med(t_cpu):.0f} ms/run")
+    print(f"wanrt: median {med(w_all):.1f} ms, min {min(w_all):.1f} ms, cpu {med(w_cpu):.0f} ms/run")
+    print(
+        f"ratio wanrt/torch: {med(ratios):.3f} (median of {a.rounds} rounds), "
+        f"{min(w_all) / min(t_all):.3f} (fastest runs), {med(w_cpu) / med(t_cpu):.3f} (cpu time)"
+    )
+    print(f"peak RSS: wanrt {max(w_rss):.0f} MiB, torch process {torch_rss:.0f} MiB")
+    print(
+        f"load average before {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}, "
+        f"after {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}"
+    )
 
 
 if __name__ == "__main__":
