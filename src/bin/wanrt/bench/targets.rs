@@ -205,7 +205,7 @@ impl Prepare for DitShape {
             1.0,
         )?;
         let ctx = (0..b)
-            .map(|i| random::tensor(&[cfg.text_len, cfg.text_dim], 2002 + i as u64, 0.0, 0.1))
+            .map(|i| random::tensor(&[cfg.text_len, cfg.text_dim], 2002 + i as u32, 0.0, 0.1))
             .collect::<Result<Vec<_>>>()?;
         let steps = vec![500.0; b];
         let vol = (pt * ph * pw) as f64;
@@ -413,7 +413,7 @@ fn random_dit(cfg: &DitConfig, dtype: DType) -> Result<BTreeMap<String, Weight>>
             } else {
                 (0.0, (3.0 / fan_in).sqrt())
             };
-            let w = random::weight(&dims, dtype, k as u64, center, amp)?;
+            let w = random::weight(&dims, dtype, k as u32, center, amp)?;
             Ok((name, w))
         })
         .collect()
