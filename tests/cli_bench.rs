@@ -144,7 +144,7 @@ fn markdown_row() {
 
 #[test]
 fn bad_flags_are_clear_errors() {
-    let cases: [(&[&str], &str); 9] = [
+    let cases: [(&[&str], &str); 10] = [
         (&["gemm", "--device", "cuda"], "no CUDA support"),
         (&["gemm", "--iters", "0"], "--iters must be at least 1"),
         (&["gemm", "--threads", "0"], "--threads must be at least 1"),
@@ -155,6 +155,7 @@ fn bad_flags_are_clear_errors() {
             &["dit", "--config", "7b"],
             "not 1.3b, 14b or an existing config.json",
         ),
+        (&["dit", "--layers", "31"], "the model has 30 layers"),
         (
             &["dit", "--height", "3", "--frames", "1", "--width", "4"],
             "multiple of the patch size",

@@ -170,7 +170,13 @@ impl Prepare for DitShape {
         };
         if let Some(n) = self.layers {
             positive(&[("--layers", n)])?;
-            cfg.num_layers = n.min(cfg.num_layers);
+            if n > cfg.num_layers {
+                return Err(Error::InvalidArgument(format!(
+                    "--layers {n}: the model has {} layers",
+                    cfg.num_layers
+                )));
+            }
+            cfg.num_layers = n;
         }
         positive(&[("--batch", self.batch)])?;
         let [pt, ph, pw] = cfg.patch_size;
