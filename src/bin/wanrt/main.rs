@@ -1,9 +1,10 @@
 //! The `wanrt` command line.
 //!
-//! One subcommand per job (`inspect`, `lora merge`; `generate`, `bench` and `train` join as the
-//! library grows). Errors are reported as one line, `error: <path>: <what>`, and a non-zero
+//! One subcommand per job (`inspect`, `lora merge`, `bench`; `generate` and `train` join as
+//! the library grows). Errors are reported as one line, `error: <path>: <what>`, and a non-zero
 //! exit code; never as a panic or a backtrace.
 
+mod bench;
 mod lora;
 
 use std::path::{Path, PathBuf};
@@ -34,6 +35,11 @@ enum Command {
         #[command(subcommand)]
         command: lora::LoraCommand,
     },
+    /// Time a model component on random weights (llama-bench style: markdown or --json).
+    Bench {
+        #[command(subcommand)]
+        target: bench::Target,
+    },
 }
 
 fn main() -> ExitCode {
@@ -44,6 +50,7 @@ fn main() -> ExitCode {
     let ok = match cli.command {
         Command::Inspect { files } => inspect(&files),
         Command::Lora { command } => lora::run(&command),
+        Command::Bench { target } => bench::run(target),
     };
     if ok {
         ExitCode::SUCCESS

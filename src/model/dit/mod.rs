@@ -22,6 +22,7 @@ pub use crate::io::config::DitConfig;
 pub use block::CrossKv;
 pub use nag::NagParams;
 pub use rope::RopeTable;
+pub use weights::weight_shapes;
 pub use weights::LinearDelta;
 
 use block::{Block, BlockInputs};
@@ -353,6 +354,53 @@ impl WanDit {
         Ok(x)
     }
 
+    /// Runs block `index` alone on the hidden state `x [B, S, dim]` of a token grid `grid`
+    /// (`S = grid[0]·grid[1]·grid[2]`), with the time projection `e0 [B, 6, dim]` and a prepared
+    /// text context of `B` samples. For benchmarks and per-block tooling: the same code as a
+    /// block of [`WanDit::forward_with`], with no embedding or head around it.
+    pub fn block_forward(
+        &self,
+        index: usize,
+        x: &Tensor,
+        e0: &Tensor,
+        grid: [usize; 3],
+        text: &TextContext,
+    ) -> Result<Tensor> {
+        let block = self.blocks.get(index).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "block {index} of a model with {} blocks",
+                self.blocks.len()
+            ))
+        })?;
+        let (b, s, dim) = (
+            x.dims().first().copied().unwrap_or(0),
+            grid.iter().product(),
+            self.cfg.dim,
+        );
+        self.check_text(text, b, "WanDit::block_forward text context")?;
+        for (t, want, op) in [
+            (x, [b, s, dim], "block_forward x"),
+            (e0, [b, 6, dim], "block_forward e0"),
+        ] {
+            if t.dims() != want || t.dtype() != DType::F32 {
+                return Err(Error::ShapeMismatch {
+                    op,
+                    expected: format!("f32 {want:?}"),
+                    got: t.shape().clone(),
+                });
+            }
+        }
+        let rope = self.rope_table(grid)?;
+        let kv = text_kv(block, text, index)?;
+        let inputs = BlockInputs {
+            e0,
+            rope: &rope,
+            kv: &kv,
+            nag: None,
+        };
+        block.forward(x, &inputs)
+    }
+
     /// The RoPE table for `grid`, reused while the grid stays the same.
     fn rope_table(&self, grid: [usize; 3]) -> Result<Arc<RopeTable>> {
         let mut cached = self.rope.lock().unwrap_or_else(|e| e.into_inner());
@@ -501,4 +549,87 @@ fn check_config(c: &DitConfig) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::config::ModelType;
+
+    fn tiny() -> DitConfig {
+        DitConfig {
+            model_type: ModelType::T2v,
+            dim: 16,
+            ffn_dim: 40,
+            num_heads: 2,
+            num_layers: 1,
+            in_dim: 4,
+            out_dim: 4,
+            text_dim: 12,
+            freq_dim: 8,
+            text_len: 6,
+            eps: 1e-6,
+            patch_size: [1, 2, 2],
+        }
+    }
+
+    fn noise(dims: &[usize], seed: &mut u32) -> Tensor {
+        let v = (0..dims.iter().product())
+            .map(|_| {
+                *seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+                (*seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+            })
+            .collect();
+        Tensor::from_f32(v, dims).unwrap()
+    }
+
+    #[test]
+    fn weight_shapes_are_exactly_what_the_model_takes() {
+        let cfg = tiny();
+        let mut seed = 3;
+        let mut w: BTreeMap<String, Weight> = weight_shapes(&cfg)
+            .into_iter()
+            .map(|(n, d)| (n, Weight::new(noise(&d, &mut seed))))
+            .collect();
+        assert!(WanDit::new(w.clone(), cfg.clone()).is_ok());
+        w.pop_first();
+        assert!(matches!(
+            WanDit::new(w, cfg),
+            Err(Error::MissingTensor { .. })
+        ));
+    }
+
+    /// `block_forward` is the block of a forward: for one layer, its output minus the patch
+    /// embedding is the forward's residual (batch 2, so the generic modulation path runs too).
+    #[test]
+    fn block_forward_is_the_forward_block() {
+        let cfg = tiny();
+        let mut seed = 5;
+        let w = weight_shapes(&cfg)
+            .into_iter()
+            .map(|(n, d)| (n, Weight::new(noise(&d, &mut seed))))
+            .collect();
+        let dit = WanDit::new(w, cfg.clone()).unwrap();
+        for batch in [1, 2] {
+            let latent = noise(&[batch, 4, 2, 4, 6], &mut seed);
+            let ctx: Vec<Tensor> = (0..batch).map(|_| noise(&[3, 12], &mut seed)).collect();
+            let text = dit.encode_text(&ctx, false).unwrap();
+            let opts = ForwardOptions {
+                signal: Some(TeaCacheSignal::TimeProjection),
+                return_residual: true,
+                ..Default::default()
+            };
+            let steps = vec![700.0; batch];
+            let out = dit.forward_with(&latent, &steps, &text, &opts).unwrap();
+            let e0 = out.signal.unwrap();
+            let x0 = embed::patchify(&latent, &dit.patch_w, &dit.patch_b, cfg.patch_size).unwrap();
+            let y = dit.block_forward(0, &x0, &e0, [2, 2, 3], &text).unwrap();
+            let got = y.sub(&x0).unwrap().to_f32_vec().unwrap();
+            let want = out.residual.unwrap().to_f32_vec().unwrap();
+            assert_eq!(got, want, "batch {batch}");
+            let bad = dit.block_forward(0, &x0, &e0, [2, 2, 2], &text);
+            assert!(matches!(bad, Err(Error::ShapeMismatch { .. })));
+            assert!(dit.block_forward(1, &x0, &e0, [2, 2, 3], &text).is_err());
+        }
+    }
 }

@@ -53,6 +53,54 @@ impl LinearDelta {
 
 /// A linear layer as stored: weight `[out, in]` and bias `[out]` (every DiT linear has a bias),
 /// plus an optional unmerged low-rank delta.
+
+/// Every canonical tensor (original Wan names) that [`super::WanDit::new`] takes for `cfg`, with
+/// its shape: for building random or synthetic models (benchmarks, tests).
+pub fn weight_shapes(cfg: &DitConfig) -> Vec<(String, Vec<usize>)> {
+    let (d, f, [pt, ph, pw]) = (cfg.dim, cfg.ffn_dim, cfg.patch_size);
+    let mut shapes: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut linear = |name: String, out: usize, inp: usize| {
+        shapes.push((format!("{name}.weight"), vec![out, inp]));
+        shapes.push((format!("{name}.bias"), vec![out]));
+    };
+    linear("text_embedding.0".into(), d, cfg.text_dim);
+    linear("text_embedding.2".into(), d, d);
+    linear("time_embedding.0".into(), d, cfg.freq_dim);
+    linear("time_embedding.2".into(), d, d);
+    linear("time_projection.1".into(), 6 * d, d);
+    linear("head.head".into(), pt * ph * pw * cfg.out_dim, d);
+    for i in 0..cfg.num_layers {
+        for a in ["self_attn", "cross_attn"] {
+            for m in ["q", "k", "v", "o"] {
+                linear(format!("blocks.{i}.{a}.{m}"), d, d);
+            }
+        }
+        linear(format!("blocks.{i}.ffn.0"), f, d);
+        linear(format!("blocks.{i}.ffn.2"), d, f);
+    }
+    shapes.push((
+        "patch_embedding.weight".into(),
+        vec![d, cfg.in_dim, pt, ph, pw],
+    ));
+    shapes.push(("patch_embedding.bias".into(), vec![d]));
+    shapes.push(("head.modulation".into(), vec![1, 2, d]));
+    for i in 0..cfg.num_layers {
+        shapes.push((format!("blocks.{i}.modulation"), vec![1, 6, d]));
+        for n in [
+            "self_attn.norm_q",
+            "self_attn.norm_k",
+            "cross_attn.norm_q",
+            "cross_attn.norm_k",
+            "norm3",
+        ] {
+            shapes.push((format!("blocks.{i}.{n}.weight"), vec![d]));
+        }
+        shapes.push((format!("blocks.{i}.norm3.bias"), vec![d]));
+    }
+    shapes
+}
+
+/// A linear layer as stored: weight `[out, in]` and bias `[out]` (every DiT linear has a bias).
 #[derive(Debug, Clone)]
 pub(super) struct Linear {
     pub w: Weight,

@@ -1,0 +1,426 @@
+//! The bench targets: their flags, and how each builds its random model and inputs.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+use serde_json::Value;
+use wanrt::io::config::{DitConfig, ModelType};
+use wanrt::model::dit::{weight_shapes, ForwardOptions, TextContext, WanDit};
+use wanrt::tensor::ops::{attention, AttentionParams};
+use wanrt::tensor::Weight;
+use wanrt::{DType, Error, Result};
+
+use super::random;
+use super::Prepared;
+
+/// A target's flags turned into a ready-to-time [`Prepared`].
+pub trait Prepare {
+    /// Builds the random weights and inputs (untimed).
+    fn prepare(&self) -> Result<Prepared>;
+}
+
+/// Weight storage dtypes (activations are always f32).
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum WeightDType {
+    F32,
+    Bf16,
+    F16,
+    /// fp8 e4m3fn (unscaled).
+    Fp8,
+    /// fp8 e5m2.
+    Fp8E5m2,
+}
+
+impl WeightDType {
+    fn dtype(self) -> DType {
+        match self {
+            WeightDType::F32 => DType::F32,
+            WeightDType::Bf16 => DType::BF16,
+            WeightDType::F16 => DType::F16,
+            WeightDType::Fp8 => DType::F8E4M3,
+            WeightDType::Fp8E5m2 => DType::F8E5M2,
+        }
+    }
+
+    fn name(self) -> String {
+        self.to_possible_value()
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default()
+    }
+}
+
+/// `dit-block` flags; the defaults are one block of the 1.3B model at 3744 tokens.
+#[derive(Args, Debug)]
+pub struct BlockShape {
+    /// Hidden width.
+    #[arg(long, default_value_t = 1536)]
+    dim: usize,
+    /// Attention heads (must divide `--dim` into an even head width).
+    #[arg(long, default_value_t = 12)]
+    heads: usize,
+    /// FFN inner width.
+    #[arg(long, default_value_t = 8960)]
+    ffn_dim: usize,
+    /// Video tokens (latent patches).
+    #[arg(long, default_value_t = 3744)]
+    tokens: usize,
+    /// Text tokens of the cross-attention context.
+    #[arg(long, default_value_t = 512)]
+    text_len: usize,
+    /// Samples per run (2 = a CFG pair).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Weight storage dtype.
+    #[arg(long, value_enum, default_value_t = WeightDType::Bf16)]
+    dtype: WeightDType,
+}
+
+impl Prepare for BlockShape {
+    fn prepare(&self) -> Result<Prepared> {
+        positive(&[
+            ("--tokens", self.tokens),
+            ("--text-len", self.text_len),
+            ("--batch", self.batch),
+            ("--heads", self.heads),
+        ])?;
+        let cfg = DitConfig {
+            dim: self.dim,
+            ffn_dim: self.ffn_dim,
+            num_heads: self.heads,
+            num_layers: 1,
+            text_len: self.text_len,
+            ..preset("1.3b")?
+        };
+        let dit = WanDit::new(random_dit(&cfg, self.dtype.dtype())?, cfg.clone())?;
+        let (b, s, d) = (self.batch, self.tokens, self.dim);
+        let x = random::tensor(&[b, s, d], 1001, 0.0, 1.0)?;
+        let e0 = random::tensor(&[b, 6, d], 1002, 0.0, 0.1)?;
+        // The context as the block sees it (after the text embedding); its K/V are computed in
+        // every run, as the reference block does.
+        let text = TextContext {
+            embedded: random::tensor(&[b, self.text_len, d], 1003, 0.0, 1.0)?,
+            kv: None,
+        };
+        Ok(Prepared {
+            target: "dit-block",
+            shape: vec![
+                ("dim", d.into()),
+                ("heads", self.heads.into()),
+                ("ffn_dim", self.ffn_dim.into()),
+                ("tokens", s.into()),
+                ("text_len", self.text_len.into()),
+                ("batch", b.into()),
+            ],
+            dtype: self.dtype.name(),
+            flop: b as f64 * block_flop(&cfg, s),
+            run: Box::new(move || dit.block_forward(0, &x, &e0, [1, 1, s], &text)),
+        })
+    }
+}
+
+/// Matrix-product FLOPs of one block for one sample of `s` tokens.
+fn block_flop(c: &DitConfig, s: usize) -> f64 {
+    let (s, l, d, f) = (s as f64, c.text_len as f64, c.dim as f64, c.ffn_dim as f64);
+    let self_attn = 8.0 * s * d * d + 4.0 * s * s * d;
+    let cross_attn = 4.0 * s * d * d + 4.0 * l * d * d + 4.0 * s * l * d;
+    self_attn + cross_attn + 4.0 * s * d * f
+}
+
+/// `dit` flags.
+#[derive(Args, Debug)]
+pub struct DitShape {
+    /// The model: `1.3b`, `14b`, or the path of a Wan `config.json`.
+    #[arg(long, default_value = "1.3b")]
+    config: String,
+    /// Run only the first N blocks.
+    #[arg(long)]
+    layers: Option<usize>,
+    /// Latent frames (default 12, with height 26 and width 48: 3744 tokens).
+    #[arg(long, conflicts_with = "tokens")]
+    frames: Option<usize>,
+    /// Latent height (a multiple of the patch height, 2).
+    #[arg(long, conflicts_with = "tokens")]
+    height: Option<usize>,
+    /// Latent width (a multiple of the patch width, 2).
+    #[arg(long, conflicts_with = "tokens")]
+    width: Option<usize>,
+    /// Video tokens instead of a latent size (a 1-frame latent one patch high).
+    #[arg(long)]
+    tokens: Option<usize>,
+    /// Samples per run (2 = a CFG pair).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Weight storage dtype.
+    #[arg(long, value_enum, default_value_t = WeightDType::Bf16)]
+    dtype: WeightDType,
+}
+
+impl Prepare for DitShape {
+    fn prepare(&self) -> Result<Prepared> {
+        let mut cfg = match self.config.as_str() {
+            "1.3b" | "14b" => preset(&self.config)?,
+            path if Path::new(path).is_file() => config_json(Path::new(path))?,
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "--config {other}: not 1.3b, 14b or an existing config.json"
+                )))
+            }
+        };
+        if let Some(n) = self.layers {
+            positive(&[("--layers", n)])?;
+            if n > cfg.num_layers {
+                return Err(Error::InvalidArgument(format!(
+                    "--layers {n}: the model has {} layers",
+                    cfg.num_layers
+                )));
+            }
+            cfg.num_layers = n;
+        }
+        positive(&[("--batch", self.batch)])?;
+        let [pt, ph, pw] = cfg.patch_size;
+        let latent = match self.tokens {
+            Some(t) => {
+                positive(&[("--tokens", t)])?;
+                [pt, ph, pw * t]
+            }
+            None => [
+                self.frames.unwrap_or(12),
+                self.height.unwrap_or(26),
+                self.width.unwrap_or(48),
+            ],
+        };
+        if latent
+            .iter()
+            .zip(cfg.patch_size)
+            .any(|(&n, p)| n == 0 || n % p != 0)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "latent {latent:?} (--frames, --height, --width): each must be a non-zero multiple of the patch size {:?}",
+                cfg.patch_size
+            )));
+        }
+        let tokens = latent[0] / pt * (latent[1] / ph) * (latent[2] / pw);
+        let dit = WanDit::new(random_dit(&cfg, self.dtype.dtype())?, cfg.clone())?;
+        let b = self.batch;
+        let x = random::tensor(
+            &[b, cfg.in_dim, latent[0], latent[1], latent[2]],
+            2001,
+            0.0,
+            1.0,
+        )?;
+        let ctx = (0..b)
+            .map(|i| random::tensor(&[cfg.text_len, cfg.text_dim], 2002 + i as u32, 0.0, 0.1))
+            .collect::<Result<Vec<_>>>()?;
+        let steps = vec![500.0; b];
+        let vol = (pt * ph * pw) as f64;
+        let (s, d) = (tokens as f64, cfg.dim as f64);
+        let outer = 2.0 * cfg.text_len as f64 * (cfg.text_dim as f64 * d + d * d)
+            + 2.0 * s * d * vol * (cfg.in_dim + cfg.out_dim) as f64;
+        let flop = b as f64 * (cfg.num_layers as f64 * block_flop(&cfg, tokens) + outer);
+        Ok(Prepared {
+            target: "dit",
+            shape: vec![
+                ("config", self.config.clone().into()),
+                ("layers", cfg.num_layers.into()),
+                ("dim", cfg.dim.into()),
+                ("latent", Value::from(latent.to_vec())),
+                ("tokens", tokens.into()),
+                ("batch", b.into()),
+            ],
+            dtype: self.dtype.name(),
+            flop,
+            run: Box::new(move || dit.forward(&x, &steps, &ctx, &ForwardOptions::default())),
+        })
+    }
+}
+
+/// `attention` flags.
+#[derive(Args, Debug)]
+pub struct AttentionShape {
+    /// Query tokens.
+    #[arg(long, default_value_t = 3744)]
+    tokens: usize,
+    /// Key/value tokens (default: `--tokens`, self-attention; 512 is the text cross-attention).
+    #[arg(long)]
+    kv_tokens: Option<usize>,
+    /// Heads.
+    #[arg(long, default_value_t = 12)]
+    heads: usize,
+    /// Head width.
+    #[arg(long, default_value_t = 128)]
+    head_dim: usize,
+}
+
+impl Prepare for AttentionShape {
+    fn prepare(&self) -> Result<Prepared> {
+        let (s, h, d) = (self.tokens, self.heads, self.head_dim);
+        let kv = self.kv_tokens.unwrap_or(s);
+        positive(&[
+            ("--tokens", s),
+            ("--kv-tokens", kv),
+            ("--heads", h),
+            ("--head-dim", d),
+        ])?;
+        let q = random::tensor(&[1, s, h, d], 3001, 0.0, 1.0)?;
+        let k = random::tensor(&[1, kv, h, d], 3002, 0.0, 1.0)?;
+        let v = random::tensor(&[1, kv, h, d], 3003, 0.0, 1.0)?;
+        let scale = 1.0 / (d as f32).sqrt();
+        Ok(Prepared {
+            target: "attention",
+            shape: vec![
+                ("tokens", s.into()),
+                ("kv_tokens", kv.into()),
+                ("heads", h.into()),
+                ("head_dim", d.into()),
+            ],
+            dtype: "f32".into(),
+            flop: 4.0 * (s * kv * h * d) as f64,
+            run: Box::new(move || {
+                let p = AttentionParams {
+                    scale,
+                    kv_lens: None,
+                    bias: None,
+                };
+                attention(&q, &k, &v, &p)
+            }),
+        })
+    }
+}
+
+/// `gemm` flags: `[tokens, in] × [out, in]ᵀ + bias`.
+#[derive(Args, Debug)]
+pub struct GemmShape {
+    /// Rows of the activations.
+    #[arg(long, default_value_t = 3744)]
+    tokens: usize,
+    /// Input features.
+    #[arg(long = "in", default_value_t = 1536)]
+    in_features: usize,
+    /// Output features.
+    #[arg(long = "out", default_value_t = 8960)]
+    out_features: usize,
+    /// Weight storage dtype.
+    #[arg(long, value_enum, default_value_t = WeightDType::Bf16)]
+    dtype: WeightDType,
+}
+
+impl Prepare for GemmShape {
+    fn prepare(&self) -> Result<Prepared> {
+        let (t, i, o) = (self.tokens, self.in_features, self.out_features);
+        positive(&[("--tokens", t), ("--in", i), ("--out", o)])?;
+        let x = random::tensor(&[t, i], 4001, 0.0, 1.0)?;
+        let amp = (3.0 / i as f32).sqrt();
+        let w = random::weight(&[o, i], self.dtype.dtype(), 4002, 0.0, amp)?;
+        let bias = random::weight(&[o], self.dtype.dtype(), 4003, 0.0, 0.02)?;
+        Ok(Prepared {
+            target: "gemm",
+            shape: vec![("tokens", t.into()), ("in", i.into()), ("out", o.into())],
+            dtype: self.dtype.name(),
+            flop: 2.0 * (t * i * o) as f64,
+            run: Box::new(move || x.linear(&w, Some(&bias))),
+        })
+    }
+}
+
+/// Fails with a clear message for any flag that is 0.
+fn positive(flags: &[(&str, usize)]) -> Result<()> {
+    match flags.iter().find(|(_, v)| *v == 0) {
+        Some((name, _)) => Err(Error::InvalidArgument(format!("{name} must be at least 1"))),
+        None => Ok(()),
+    }
+}
+
+/// The published Wan2.1 T2V configs (`wan/configs/wan_t2v_{1_3B,14B}.py`).
+fn preset(name: &str) -> Result<DitConfig> {
+    let (dim, ffn_dim, num_layers) = match name {
+        "1.3b" => (1536, 8960, 30),
+        "14b" => (5120, 13824, 40),
+        other => return Err(Error::InvalidArgument(format!("no preset `{other}`"))),
+    };
+    Ok(DitConfig {
+        model_type: ModelType::T2v,
+        dim,
+        ffn_dim,
+        num_heads: dim / 128,
+        num_layers,
+        in_dim: 16,
+        out_dim: 16,
+        text_dim: 4096,
+        freq_dim: 256,
+        text_len: 512,
+        eps: 1e-6,
+        patch_size: [1, 2, 2],
+    })
+}
+
+/// The fields of a Wan `config.json` that size the DiT; missing ones keep the 1.3B values.
+#[derive(Deserialize)]
+struct ConfigJson {
+    model_type: Option<String>,
+    dim: Option<usize>,
+    ffn_dim: Option<usize>,
+    num_heads: Option<usize>,
+    num_layers: Option<usize>,
+    in_dim: Option<usize>,
+    out_dim: Option<usize>,
+    text_dim: Option<usize>,
+    freq_dim: Option<usize>,
+    text_len: Option<usize>,
+    eps: Option<f64>,
+    patch_size: Option<[usize; 3]>,
+}
+
+fn config_json(path: &Path) -> Result<DitConfig> {
+    let bad = |what: String| Error::BadFile {
+        path: path.to_path_buf(),
+        what,
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let j: ConfigJson = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let base = preset("1.3b")?;
+    let dim = j.dim.unwrap_or(base.dim);
+    Ok(DitConfig {
+        model_type: match j.model_type.as_deref() {
+            None | Some("t2v") => ModelType::T2v,
+            Some("i2v") => ModelType::I2v,
+            Some(other) => return Err(bad(format!("unknown model_type `{other}`"))),
+        },
+        dim,
+        ffn_dim: j.ffn_dim.unwrap_or(base.ffn_dim),
+        num_heads: j.num_heads.unwrap_or(dim / 128),
+        num_layers: j.num_layers.unwrap_or(base.num_layers),
+        in_dim: j.in_dim.unwrap_or(base.in_dim),
+        out_dim: j.out_dim.unwrap_or(base.out_dim),
+        text_dim: j.text_dim.unwrap_or(base.text_dim),
+        freq_dim: j.freq_dim.unwrap_or(base.freq_dim),
+        text_len: j.text_len.unwrap_or(base.text_len),
+        eps: j.eps.unwrap_or(base.eps),
+        patch_size: j.patch_size.unwrap_or(base.patch_size),
+    })
+}
+
+/// Random weights for every tensor of `cfg`, stored in `dtype`: matrices uniform with unit
+/// variance gain (`±sqrt(3/fan_in)`), norm gains near 1, biases and modulation tables small.
+fn random_dit(cfg: &DitConfig, dtype: DType) -> Result<BTreeMap<String, Weight>> {
+    weight_shapes(cfg)
+        .into_iter()
+        .enumerate()
+        .map(|(k, (name, dims))| {
+            let fan_in = dims[1..].iter().product::<usize>().max(1) as f32;
+            let (center, amp) = if name.contains("norm") && name.ends_with(".weight") {
+                (1.0, 0.1)
+            } else if dims.len() == 1 || name.ends_with("modulation") {
+                (0.0, 0.02)
+            } else {
+                (0.0, (3.0 / fan_in).sqrt())
+            };
+            let w = random::weight(&dims, dtype, k as u32, center, amp)?;
+            Ok((name, w))
+        })
+        .collect()
+}

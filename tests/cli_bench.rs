@@ -1,0 +1,180 @@
+//! `wanrt bench`, run as a process: every target at tiny shapes with `--json`, the markdown
+//! row, and bad flags.
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn bench(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wanrt"))
+        .arg("bench")
+        .args(args)
+        .output()
+        .expect("run wanrt")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8(b.to_vec()).expect("utf-8 output")
+}
+
+/// Runs `args --iters 2 --json` and returns the one JSON object it printed.
+fn json(args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["--iters", "2", "--warmup", "0", "--threads", "1", "--json"]);
+    let out = bench(&all);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+    assert_eq!(stdout.lines().count(), 1, "one JSON line: {stdout}");
+    let v: Value = serde_json::from_str(&stdout).expect("valid JSON");
+    assert_eq!(v["iters"], 2);
+    assert_eq!(v["threads"], 1);
+    assert_eq!(v["device"], "cpu");
+    assert_eq!(v["samples_ms"].as_array().map(Vec::len), Some(2));
+    let ms = |k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k} in {v}"));
+    assert!(ms("min_ms") > 0.0 && ms("min_ms") <= ms("median_ms"));
+    assert!(ms("median_ms") <= ms("max_ms") && ms("sd_ms") >= 0.0);
+    assert!(ms("gflop") > 0.0 && ms("cpu_ms") >= 0.0 && ms("minor_faults") >= 0.0);
+    assert!(ms("peak_rss_mb") > 1.0, "VmHWM read: {v}");
+    v
+}
+
+#[test]
+fn dit_block_json() {
+    let v = json(&[
+        "dit-block",
+        "--dim",
+        "32",
+        "--heads",
+        "2",
+        "--ffn-dim",
+        "48",
+        "--tokens",
+        "10",
+        "--text-len",
+        "7",
+    ]);
+    assert_eq!(v["target"], "dit-block");
+    assert_eq!(v["dtype"], "bf16");
+    let s = &v["shape"];
+    let shape = [
+        ("dim", 32),
+        ("heads", 2),
+        ("ffn_dim", 48),
+        ("tokens", 10),
+        ("text_len", 7),
+        ("batch", 1),
+    ];
+    for (k, n) in shape {
+        assert_eq!(s[k], n, "{k} in {s}");
+    }
+}
+
+/// The 1.3B config cut to one layer (the 14B one takes ten seconds to build here; its forward
+/// is covered by tests/dit.rs).
+#[test]
+fn dit_json_real_config() {
+    let v = json(&[
+        "dit", "--config", "1.3b", "--layers", "1", "--frames", "1", "--height", "4", "--width",
+        "8", "--dtype", "fp8",
+    ]);
+    assert_eq!(v["target"], "dit");
+    assert_eq!(v["dtype"], "fp8");
+    let s = &v["shape"];
+    assert_eq!(s["layers"], 1);
+    assert_eq!(s["tokens"], 8);
+    assert_eq!(s["latent"], serde_json::json!([1, 4, 8]));
+    assert_eq!(s["dim"], 1536);
+}
+
+#[test]
+fn dit_json_from_a_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.json");
+    let cfg = r#"{"_class_name": "WanModel", "dim": 64, "ffn_dim": 96, "num_heads": 4,
+        "num_layers": 2, "in_dim": 16, "out_dim": 16, "text_len": 8, "model_type": "t2v"}"#;
+    std::fs::write(&path, cfg).unwrap();
+    let p = path.to_str().unwrap();
+    let v = json(&["dit", "--config", p, "--tokens", "6", "--batch", "2"]);
+    assert_eq!(v["shape"]["layers"], 2);
+    assert_eq!(v["shape"]["dim"], 64);
+    assert_eq!(v["shape"]["tokens"], 6);
+    assert_eq!(v["shape"]["batch"], 2);
+}
+
+#[test]
+fn attention_and_gemm_json() {
+    let v = json(&[
+        "attention",
+        "--tokens",
+        "20",
+        "--kv-tokens",
+        "9",
+        "--heads",
+        "3",
+        "--head-dim",
+        "8",
+    ]);
+    assert_eq!(v["target"], "attention");
+    assert_eq!(v["shape"]["kv_tokens"], 9);
+    assert_eq!(v["shape"]["head_dim"], 8);
+    for dtype in ["f32", "bf16", "fp8"] {
+        let v = json(&[
+            "gemm", "--tokens", "5", "--in", "16", "--out", "24", "--dtype", dtype,
+        ]);
+        assert_eq!(v["target"], "gemm");
+        assert_eq!(v["dtype"], dtype);
+        assert_eq!(v["shape"]["in"], 16);
+        assert_eq!(v["shape"]["out"], 24);
+    }
+}
+
+#[test]
+fn markdown_row() {
+    let out = bench(&[
+        "gemm", "--tokens", "4", "--in", "8", "--out", "8", "--iters", "3",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert!(lines[0].contains("mean ± sd (ms)") && lines[0].contains("median (ms)"));
+    assert!(lines[2].starts_with("| gemm | tokens=4 in=8 out=8 | bf16 | cpu |"));
+    assert!(lines[2].contains(" ± "));
+}
+
+#[test]
+fn bad_flags_are_clear_errors() {
+    let cases: [(&[&str], &str); 10] = [
+        (&["gemm", "--device", "cuda"], "no CUDA support"),
+        (&["gemm", "--iters", "0"], "--iters must be at least 1"),
+        (&["gemm", "--threads", "0"], "--threads must be at least 1"),
+        (&["gemm", "--tokens", "0"], "--tokens must be at least 1"),
+        (&["gemm", "--dtype", "int4"], "invalid value 'int4'"),
+        (&["dit-block", "--dim", "30", "--heads", "4"], "dim 30"),
+        (
+            &["dit", "--config", "7b"],
+            "not 1.3b, 14b or an existing config.json",
+        ),
+        (&["dit", "--layers", "31"], "the model has 30 layers"),
+        (
+            &["dit", "--height", "3", "--frames", "1", "--width", "4"],
+            "multiple of the patch size",
+        ),
+        (
+            &["dit", "--tokens", "4", "--frames", "2"],
+            "cannot be used with",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = bench(args);
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(
+            out.stdout.is_empty(),
+            "{args:?} printed {:?}",
+            text(&out.stdout)
+        );
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
