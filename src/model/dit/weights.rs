@@ -51,9 +51,6 @@ impl LinearDelta {
     }
 }
 
-/// A linear layer as stored: weight `[out, in]` and bias `[out]` (every DiT linear has a bias),
-/// plus an optional unmerged low-rank delta.
-
 /// Every canonical tensor (original Wan names) that [`super::WanDit::new`] takes for `cfg`, with
 /// its shape: for building random or synthetic models (benchmarks, tests).
 pub fn weight_shapes(cfg: &DitConfig) -> Vec<(String, Vec<usize>)> {
@@ -100,7 +97,8 @@ pub fn weight_shapes(cfg: &DitConfig) -> Vec<(String, Vec<usize>)> {
     shapes
 }
 
-/// A linear layer as stored: weight `[out, in]` and bias `[out]` (every DiT linear has a bias).
+/// A linear layer as stored: weight `[out, in]` and bias `[out]` (every DiT linear has a bias),
+/// plus an optional unmerged low-rank delta.
 #[derive(Debug, Clone)]
 pub(super) struct Linear {
     pub w: Weight,
