@@ -1,8 +1,5 @@
 //! Models, written once against the tensor ops.
 
 pub mod dit;
-<<<<<<< HEAD
 pub mod t5;
-=======
 pub mod vae;
->>>>>>> vae
