@@ -106,6 +106,23 @@ impl std::str::FromStr for Device {
     }
 }
 
+impl Device {
+    /// Fails for a device the pipeline cannot run on: CUDA in a build without the `cuda`
+    /// feature ([`Error::CudaNotCompiled`]), and for now CUDA in any build, since the models
+    /// run on the CPU backend only so far.
+    pub fn ensure_supported(self) -> Result<()> {
+        match self {
+            Device::Cpu => Ok(()),
+            Device::Cuda => {
+                crate::backend::cuda::device_available()?;
+                Err(Error::Device(
+                    "the pipeline runs on the CPU backend only so far; use --device cpu".into(),
+                ))
+            }
+        }
+    }
+}
+
 /// A LoRA merged into the DiT.
 #[derive(Debug, Clone)]
 pub struct LoadedLora {
@@ -291,7 +308,7 @@ impl Pipeline {
     /// model size fails before any weight is changed), the tokenizer and text encoder, the VAE.
     pub fn load(files: &ModelFiles, loras: &[LoraSpec], device: Device) -> Result<Pipeline> {
         let start = Instant::now();
-        check_device(device)?;
+        device.ensure_supported()?;
         let opened = loras
             .iter()
             .map(|l| Lora::open(&l.path).map(|lora| (lora, l.strength)))
@@ -688,19 +705,6 @@ fn report(
     match on_progress(&p) {
         Flow::Continue => Ok(()),
         Flow::Cancel => Err(Error::Cancelled),
-    }
-}
-
-/// Fails for a device the pipeline cannot run on.
-fn check_device(device: Device) -> Result<()> {
-    match device {
-        Device::Cpu => Ok(()),
-        Device::Cuda => {
-            crate::backend::cuda::device_available()?;
-            Err(Error::Device(
-                "the pipeline runs on the CPU backend only so far; use --device cpu".into(),
-            ))
-        }
     }
 }
 
