@@ -73,7 +73,7 @@ fn vae_decode(v: &VaeConfig, h: u64, w: u64) -> u64 {
     let mut total = 0;
     for (i, &m) in v.dim_mult.iter().enumerate() {
         // Stage i (from the output) runs at 1/2^i of the frame size with dim·mult[i] channels.
-        let pixels = h * w >> (2 * i);
+        let pixels = (h * w) >> (2 * i);
         let channels = (v.dim * m) as u64;
         total += (2 * 8 + 6) * channels * pixels * F32;
     }
