@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use wanrt::model::dit::{DitConfig, ForwardOptions, NagParams, TeaCacheSignal, WanDit};
+use wanrt::model::dit::{
+    weight_shapes, DitConfig, ForwardOptions, NagParams, TeaCacheSignal, WanDit,
+};
 use wanrt::tensor::Weight;
 use wanrt::{Error, Tensor};
 
@@ -358,55 +360,7 @@ fn checkpoint_config_mismatch_is_an_error() {
 /// Random bf16 weights for every canonical tensor of `cfg` (uniform, `±1/sqrt(fan_in)`), built
 /// from the shapes the model itself checks.
 fn random_weights(cfg: &DitConfig) -> BTreeMap<String, Weight> {
-    let (d, f, p) = (cfg.dim, cfg.ffn_dim, cfg.patch_size);
-    let mut shapes: Vec<(String, Vec<usize>)> = vec![
-        (
-            "patch_embedding.weight".into(),
-            vec![d, cfg.in_dim, p[0], p[1], p[2]],
-        ),
-        ("patch_embedding.bias".into(), vec![d]),
-        ("head.modulation".into(), vec![1, 2, d]),
-        (
-            "head.head.weight".into(),
-            vec![p.iter().product::<usize>() * cfg.out_dim, d],
-        ),
-        (
-            "head.head.bias".into(),
-            vec![p.iter().product::<usize>() * cfg.out_dim],
-        ),
-    ];
-    let mut linear = |name: String, out: usize, inp: usize| {
-        shapes.push((format!("{name}.weight"), vec![out, inp]));
-        shapes.push((format!("{name}.bias"), vec![out]));
-    };
-    linear("text_embedding.0".into(), d, cfg.text_dim);
-    linear("text_embedding.2".into(), d, d);
-    linear("time_embedding.0".into(), d, cfg.freq_dim);
-    linear("time_embedding.2".into(), d, d);
-    linear("time_projection.1".into(), 6 * d, d);
-    for i in 0..cfg.num_layers {
-        for a in ["self_attn", "cross_attn"] {
-            for m in ["q", "k", "v", "o"] {
-                linear(format!("blocks.{i}.{a}.{m}"), d, d);
-            }
-        }
-        linear(format!("blocks.{i}.ffn.0"), f, d);
-        linear(format!("blocks.{i}.ffn.2"), d, f);
-    }
-    for i in 0..cfg.num_layers {
-        shapes.push((format!("blocks.{i}.modulation"), vec![1, 6, d]));
-        for n in [
-            "self_attn.norm_q",
-            "self_attn.norm_k",
-            "cross_attn.norm_q",
-            "cross_attn.norm_k",
-            "norm3",
-        ] {
-            shapes.push((format!("blocks.{i}.{n}.weight"), vec![d]));
-        }
-        shapes.push((format!("blocks.{i}.norm3.bias"), vec![d]));
-    }
-    shapes
+    weight_shapes(cfg)
         .into_iter()
         .enumerate()
         .map(|(k, (name, dims))| {
