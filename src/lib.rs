@@ -8,7 +8,9 @@
 //! - [`backend`]: the devices behind the tensor ops (the CPU reference backend; CUDA behind the
 //!   `cuda` feature);
 //! - [`io`]: model files (safetensors, PyTorch `.pth`), key layouts and config inference;
-//! - [`lora`]: LoRA files in every format, merged into the weights or applied on the fly.
+//! - [`lora`]: LoRA files in every format, merged into the weights or applied on the fly;
+//! - [`video`]: RGB8 frames to MP4 (H.264), PNG or GIF files that record the generation
+//!   parameters.
 #![deny(missing_docs)]
 
 pub mod backend;
@@ -18,6 +20,7 @@ pub mod lora;
 pub mod model;
 pub mod sampler;
 pub mod tensor;
+pub mod video;
 
 pub use error::{Error, Result, Status};
 pub use tensor::{DType, Shape, Tensor};

@@ -4,6 +4,7 @@
 //! [`open`] reads any supported file (or a sharded safetensors folder) into a [`Checkpoint`]:
 //! every tensor under the name it has in the file, borrowing its bytes from a memory map.
 
+pub mod atomic;
 pub mod config;
 pub mod describe;
 pub mod layout;

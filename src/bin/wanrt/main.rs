@@ -22,9 +22,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Describe model files: format, component, key layout, storage dtype, tensor counts.
+    /// Describe model files (format, component, key layout, storage dtype, tensor counts) or
+    /// wanrt's outputs (MP4, PNG, GIF: size, frames, frame rate, recorded generation parameters).
     Inspect {
-        /// Model files (.safetensors, .pth) or sharded model folders.
+        /// Model files (.safetensors, .pth), sharded model folders, or .mp4/.png/.gif outputs.
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -55,12 +56,10 @@ fn main() -> ExitCode {
 fn inspect(files: &[PathBuf]) -> bool {
     let mut ok = true;
     for path in files {
-        let result =
-            std::panic::catch_unwind(|| io::open(path).and_then(|c| io::describe::summarize(&c)));
-        match result {
+        match std::panic::catch_unwind(|| describe(path)) {
             Ok(Ok(summary)) => {
                 println!("{}", path.display());
-                for line in summary.to_string().lines() {
+                for line in summary.lines() {
                     println!("  {line}");
                 }
             }
@@ -83,6 +82,14 @@ fn inspect(files: &[PathBuf]) -> bool {
         }
     }
     ok
+}
+
+/// A video output or a model file, in lines.
+fn describe(path: &Path) -> wanrt::Result<String> {
+    if wanrt::video::sniff(path)?.is_some() {
+        return Ok(wanrt::video::probe(path)?.to_string());
+    }
+    Ok(io::describe::summarize(&io::open(path)?)?.to_string())
 }
 
 /// The error message, minus its leading path when that is the path already printed.
