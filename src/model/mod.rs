@@ -2,3 +2,4 @@
 
 pub mod dit;
 pub mod t5;
+pub mod vae;

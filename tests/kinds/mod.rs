@@ -7,6 +7,7 @@ mod dit;
 mod lora;
 mod sampler;
 mod t5;
+mod vae;
 
 use wanrt::DType;
 
@@ -23,6 +24,8 @@ pub const RUNNERS: &[(&str, Runner)] = &[
     ("sampler", sampler::run),
     ("t5_encode", t5::run),
     ("tokenize", t5::run),
+    ("vae_decode", vae::run),
+    ("vae_encode", vae::run),
 ];
 
 /// The error of one expected tensor.
