@@ -10,7 +10,8 @@
 //! - [`io`]: model files (safetensors, PyTorch `.pth`), key layouts and config inference;
 //! - [`lora`]: LoRA files in every format, merged into the weights or applied on the fly;
 //! - [`video`]: RGB8 frames to MP4 (H.264), PNG or GIF files that record the generation
-//!   parameters.
+//!   parameters;
+//! - [`pipeline`]: text to video end to end (the safe API the CLI and the C ABI wrap).
 #![deny(missing_docs)]
 
 pub mod backend;
@@ -18,6 +19,7 @@ pub mod error;
 pub mod io;
 pub mod lora;
 pub mod model;
+pub mod pipeline;
 pub mod sampler;
 pub mod tensor;
 pub mod video;

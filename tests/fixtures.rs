@@ -2,7 +2,7 @@
 //! according to its `kind` and prints one line per case:
 //!
 //! ```text
-//! fixture <case-name> <kind> rel_l2=<value> tol=<value> ok|FAIL
+//! fixture <case-name> <kind> rel_l2=<value> tol=<value>[ <tensor> max_abs=<value> tol=<value>] ok|FAIL
 //! fixture <case-name> <kind> SKIP: <reason>
 //! fixtures: N passed, M failed, K skipped
 //! ```
@@ -75,13 +75,24 @@ fn run_case(case: &Case, verbose: bool) -> Verdict {
             eprintln!("  {} {}: rel_l2={:.3e}", case.name, c.name, c.rel_l2);
         }
     }
-    if worst.rel_l2 <= tol {
-        println!("{tag} rel_l2={:.3e} tol={tol:e} ok", worst.rel_l2);
+    // Max-abs-diff bounds, on the same line: ` <name> max_abs=<v> tol=<t>` each.
+    let abs: String = checks
+        .iter()
+        .filter_map(|c| c.max_abs.map(|m| (c, m)))
+        .map(|(c, m)| format!(" {} max_abs={:.3e} tol={}", c.name, m.value, m.tol))
+        .collect();
+    let abs_fail = checks.iter().find(|c| c.max_abs.is_some_and(|m| !m.ok()));
+    if worst.rel_l2 <= tol && abs_fail.is_none() {
+        println!("{tag} rel_l2={:.3e} tol={tol:e}{abs} ok", worst.rel_l2);
         Verdict::Pass
     } else {
+        let culprit = match abs_fail {
+            Some(c) if worst.rel_l2 <= tol => format!("{} max_abs", c.name),
+            _ => worst.name.clone(),
+        };
         println!(
-            "{tag} rel_l2={:.3e} tol={tol:e} FAIL (worst: {})",
-            worst.rel_l2, worst.name
+            "{tag} rel_l2={:.3e} tol={tol:e}{abs} FAIL (worst: {culprit})",
+            worst.rel_l2
         );
         Verdict::Fail
     }

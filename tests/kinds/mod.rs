@@ -5,6 +5,7 @@
 
 mod dit;
 mod lora;
+mod pipeline;
 mod sampler;
 mod t5;
 mod vae;
@@ -21,6 +22,7 @@ pub const RUNNERS: &[(&str, Runner)] = &[
     ("dit_forward", dit::run),
     ("dit_forward_nag", dit::run),
     ("lora_merge", lora::run),
+    ("pipeline", pipeline::run),
     ("sampler", sampler::run),
     ("t5_encode", t5::run),
     ("tokenize", t5::run),
@@ -35,6 +37,39 @@ pub struct Check {
     pub name: String,
     /// `‖out − expected‖₂ / ‖expected‖₂`.
     pub rel_l2: f64,
+    /// A second bound some cases state for a tensor (`frames_max_abs_diff`): the largest
+    /// `|out − expected|` over its elements and the tolerance for it. The harness prints it on
+    /// the case's line and fails the case when it is exceeded.
+    pub max_abs: Option<MaxAbs>,
+}
+
+/// A max-abs-diff check: see [`Check::max_abs`].
+#[derive(Debug, Clone, Copy)]
+pub struct MaxAbs {
+    /// `max |out − expected|`.
+    pub value: f64,
+    /// The largest value allowed.
+    pub tol: f64,
+}
+
+impl MaxAbs {
+    /// The max-abs difference of `out` against `expected` (NaN when the lengths differ or a
+    /// value is NaN), with its tolerance.
+    pub fn of(out: &[f64], expected: &[f64], tol: f64) -> MaxAbs {
+        let diffs = out.iter().zip(expected).map(|(a, b)| (a - b).abs());
+        // NaN is worse than any number (f64::max would skip it).
+        let value = if out.len() != expected.len() || diffs.clone().any(f64::is_nan) {
+            f64::NAN
+        } else {
+            diffs.fold(0.0, f64::max)
+        };
+        MaxAbs { value, tol }
+    }
+
+    /// Whether the bound holds (NaN fails).
+    pub fn ok(&self) -> bool {
+        self.value <= self.tol
+    }
 }
 
 /// Why a runner stopped without checks.
@@ -96,6 +131,7 @@ pub fn compare(expected: &Tensors, outputs: &[Output]) -> Result<Vec<Check>, Sto
         checks.push(Check {
             name: name.clone(),
             rel_l2,
+            max_abs: None,
         });
     }
     Ok(checks)

@@ -87,6 +87,7 @@ fn tokenize(case: &Case) -> Result<Vec<Check>, Stop> {
         checks.push(Check {
             name: format!("prompts[{i}]"),
             rel_l2: 0.0,
+            max_abs: None,
         });
     }
     Ok(checks)

@@ -1,9 +1,10 @@
 //! The `wanrt` command line.
 //!
-//! One subcommand per job (`inspect`, `lora merge`; `generate`, `bench` and `train` join as the
+//! One subcommand per job (`inspect`, `generate`, `lora merge`; `bench` and `train` join as the
 //! library grows). Errors are reported as one line, `error: <path>: <what>`, and a non-zero
 //! exit code; never as a panic or a backtrace.
 
+mod generate;
 mod lora;
 
 use std::path::{Path, PathBuf};
@@ -29,6 +30,8 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Generate a video from a prompt (`--demo` to try it without models).
+    Generate(Box<generate::GenerateArgs>),
     /// LoRA tools (`wanrt lora merge`).
     Lora {
         #[command(subcommand)]
@@ -43,6 +46,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let ok = match cli.command {
         Command::Inspect { files } => inspect(&files),
+        Command::Generate(args) => generate::run(&args),
         Command::Lora { command } => lora::run(&command),
     };
     if ok {

@@ -1,0 +1,661 @@
+//! The pipeline end to end: the `pipeline_t2v` fixture through `wanrt generate` (its PNG frames
+//! against the expected frames, its MP4 decoded), model folders in both layouts, LoRAs (wrong
+//! ones refused, trigger phrases offered), cancellation (from the callback and by Ctrl-C), bad
+//! input refused before any work, and the `--demo` run. The same fixture through the library
+//! API is the harness's `pipeline` kind (`tests/kinds/pipeline.rs`).
+
+mod common;
+
+use std::ffi::OsString;
+use std::fs;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::{f64_data, fixtures_root, tensor, Case};
+use wanrt::pipeline::{
+    Flow, GenerateRequest, LoraSpec, ModelSource, Pipeline, Progress, Stage, MAX_SEED,
+};
+use wanrt::{Error, Tensor};
+
+fn model(rel: &str) -> PathBuf {
+    let root = fixtures_root();
+    assert!(
+        root.join("models").is_dir(),
+        "fixtures not found at {} (set WANRT_FIXTURES)",
+        root.display()
+    );
+    root.join("models").join(rel)
+}
+
+fn case() -> Case {
+    Case::load(&fixtures_root().join("cases/pipeline_t2v")).unwrap()
+}
+
+fn wanrt(args: &[OsString]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wanrt"))
+        .arg("generate")
+        .args(args)
+        .output()
+        .expect("run wanrt")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// `--flag value` pairs as arguments.
+fn args(pairs: &[(&str, &dyn AsRef<std::ffi::OsStr>)]) -> Vec<OsString> {
+    let mut out = Vec::new();
+    for (flag, value) in pairs {
+        out.push(OsString::from(flag));
+        if !value.as_ref().is_empty() {
+            out.push(value.as_ref().to_os_string());
+        }
+    }
+    out
+}
+
+/// The fixture's explicit model files as flags.
+fn model_flags() -> Vec<OsString> {
+    model_flags_but(None)
+}
+
+/// [`model_flags`] without `skip`.
+fn model_flags_but(skip: Option<&str>) -> Vec<OsString> {
+    let c = case();
+    let p = |k: &str| c.path(k).unwrap();
+    let flags = [
+        ("--dit", p("dit")),
+        ("--vae", p("vae")),
+        ("--t5", p("t5")),
+        ("--tokenizer", p("tokenizer")),
+        ("--dit-config", p("dit_config")),
+        ("--vae-config", p("vae_config")),
+        ("--t5-config", p("t5_config")),
+    ];
+    let mut out = Vec::new();
+    for (flag, path) in flags.iter().filter(|(f, _)| Some(*f) != skip) {
+        out.extend([OsString::from(flag), path.clone().into_os_string()]);
+    }
+    out
+}
+
+/// A file named like a folder entry: a symbolic link to a fixture file.
+fn link(src: &Path, dst: &Path) {
+    fs::create_dir_all(dst.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(src, dst).unwrap();
+}
+
+/// Decodes a PNG into RGB8.
+fn read_png(path: &Path) -> (Vec<u8>, u32, u32) {
+    let decoder = png::Decoder::new(BufReader::new(fs::File::open(path).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert_eq!(info.color_type, png::ColorType::Rgb);
+    buf.truncate(info.buffer_size());
+    (buf, info.width, info.height)
+}
+
+/// Decodes every frame of an MP4 with OpenH264 (samples rewritten from AVCC to Annex-B with
+/// the parameter sets in front); returns the frame count and size.
+fn decode_mp4(path: &Path) -> (usize, usize, usize) {
+    use openh264::decoder::Decoder;
+    let size = fs::metadata(path).unwrap().len();
+    let mut mp4 =
+        mp4::Mp4Reader::read_header(BufReader::new(fs::File::open(path).unwrap()), size).unwrap();
+    let (id, track) = mp4
+        .tracks()
+        .iter()
+        .find(|(_, t)| t.media_type().unwrap() == mp4::MediaType::H264)
+        .expect("an H.264 track");
+    let (id, w, h, count) = (
+        *id,
+        track.width() as usize,
+        track.height() as usize,
+        track.sample_count(),
+    );
+    let mut params = Vec::new();
+    for ps in [
+        track.sequence_parameter_set().unwrap(),
+        track.picture_parameter_set().unwrap(),
+    ] {
+        params.extend_from_slice(&[0, 0, 0, 1]);
+        params.extend_from_slice(ps);
+    }
+    let mut decoder = Decoder::new().unwrap();
+    let mut frames = 0;
+    for i in 1..=count {
+        let sample = mp4.read_sample(id, i).unwrap().expect("sample");
+        let mut annexb = params.clone();
+        let mut avcc = &sample.bytes[..];
+        while !avcc.is_empty() {
+            let len = u32::from_be_bytes(avcc[..4].try_into().unwrap()) as usize;
+            annexb.extend_from_slice(&[0, 0, 0, 1]);
+            annexb.extend_from_slice(&avcc[4..4 + len]);
+            avcc = &avcc[4 + len..];
+        }
+        frames += usize::from(decoder.decode(&annexb).unwrap().is_some());
+    }
+    frames += decoder.flush_remaining().unwrap().len();
+    (frames, w, h)
+}
+
+/// ffprobe's frame count, size and rate, or `None` when ffprobe is not installed.
+fn ffprobe(path: &Path) -> Option<(usize, usize, usize, String)> {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0", "-count_frames"])
+        .args([
+            "-show_entries",
+            "stream=width,height,r_frame_rate,nb_read_frames",
+        ])
+        .args(["-of", "json"])
+        .arg(path)
+        .output();
+    let Ok(out) = out else {
+        eprintln!("skipping the ffprobe check: ffprobe is not installed (apt install ffmpeg)");
+        return None;
+    };
+    assert!(out.status.success(), "ffprobe: {}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = &v["streams"][0];
+    let n = |k: &str| s[k].as_u64().unwrap_or(0) as usize;
+    let frames = s["nb_read_frames"].as_str().unwrap().parse().unwrap();
+    Some((
+        frames,
+        n("width"),
+        n("height"),
+        s["r_frame_rate"].as_str().unwrap().to_string(),
+    ))
+}
+
+/// Checks an MP4 of `frames` frames of `w`×`h` at 16 fps with three readers.
+fn check_mp4(path: &Path, frames: usize, w: usize, h: usize) {
+    let info = wanrt::video::probe(path).unwrap();
+    assert_eq!((info.frames, info.width, info.height), (frames, w, h));
+    assert!((info.fps.unwrap() - 16.0).abs() < 1e-9);
+    assert!(info.metadata.unwrap().contains("\"seed\""));
+    assert_eq!(decode_mp4(path), (frames, w, h));
+    if let Some(p) = ffprobe(path) {
+        assert_eq!(p, (frames, w, h, "16/1".to_string()));
+    }
+}
+
+// ------------------------------------------------------------------- the fixture via the CLI
+
+#[test]
+fn cli_reproduces_the_fixture_frames() {
+    let c = case();
+    let dir = tempfile::tempdir().unwrap();
+    let frames_dir = dir.path().join("frames");
+    let out = dir.path().join("out.mp4");
+    let num = |k: &str| c.f64(k).unwrap().to_string();
+    let mut a = model_flags();
+    a.extend(args(&[
+        ("--prompt", &c.str("prompt").unwrap()),
+        ("--negative-prompt", &c.str("negative_prompt").unwrap()),
+        ("--sampler", &c.str("solver").unwrap()),
+        ("--steps", &num("steps")),
+        ("--shift", &num("shift")),
+        ("--cfg", &num("guidance_scale")),
+        ("--frames", &num("frames")),
+        ("--width", &num("width")),
+        ("--height", &num("height")),
+        ("--seed", &"0"),
+        ("--latent-init", &c.path("inputs").unwrap()),
+        ("--frames-dir", &frames_dir),
+        ("--out", &out),
+        ("--json", &""),
+    ]));
+    let run = wanrt(&a);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(json["seed"], 0);
+    assert_eq!(json["latent_init"], true);
+    assert!(json["timings"]["steps_s"].as_array().unwrap().len() == 4);
+
+    let expected = c.tensors("expected").unwrap();
+    let want = tensor(&expected, "frames").unwrap();
+    let [f, h, w] = [want.dims()[0], want.dims()[1], want.dims()[2]];
+    let want = f64_data(want).unwrap();
+    let tol = c.json["tolerance"]["frames_max_abs_diff"].as_f64().unwrap();
+    let mut worst = 0.0f64;
+    for i in 0..f {
+        let (rgb, pw, ph) = read_png(&frames_dir.join(wanrt::video::frame_file_name(i)));
+        assert_eq!((pw as usize, ph as usize), (w, h));
+        let n = h * w * 3;
+        for (a, b) in rgb.iter().zip(&want[i * n..(i + 1) * n]) {
+            worst = worst.max((*a as f64 - b).abs());
+        }
+    }
+    assert!(!frames_dir.join(wanrt::video::frame_file_name(f)).exists());
+    eprintln!("CLI frames: max abs diff {worst} (tolerance {tol})");
+    assert!(worst <= tol, "max abs diff {worst} > {tol}");
+    check_mp4(&out, f, w, h);
+}
+
+// ------------------------------------------------------------------- model folders
+
+/// The tiny models as the official Wan-AI folder: the sharded DiT with its config, the
+/// `.pth` VAE and text encoder, the tokenizer under google/umt5-xxl.
+fn wan_ai_folder(dir: &Path, with_vae: bool) {
+    for e in fs::read_dir(model("tiny-dit-sharded")).unwrap() {
+        let p = e.unwrap().path();
+        link(&p, &dir.join(p.file_name().unwrap()));
+    }
+    if with_vae {
+        link(&model("tiny-vae/vae_bf16.pth"), &dir.join("Wan2.1_VAE.pth"));
+    }
+    link(
+        &model("tiny-umt5/umt5_enc_bf16.pth"),
+        &dir.join("models_t5_umt5-xxl-enc-bf16.pth"),
+    );
+    link(
+        &model("tiny-umt5/tokenizer.json"),
+        &dir.join("google/umt5-xxl/tokenizer.json"),
+    );
+}
+
+/// A small request the tiny models run in well under a second.
+fn small(prompt: &str) -> GenerateRequest {
+    let mut r = GenerateRequest::new(prompt);
+    (r.width, r.height, r.frames, r.steps, r.seed) = (32, 32, 5, 2, Some(3));
+    r
+}
+
+#[test]
+fn both_folder_layouts_load_and_generate() {
+    let dir = tempfile::tempdir().unwrap();
+    let wan = dir.path().join("Wan2.1-T2V-tiny");
+    wan_ai_folder(&wan, true);
+    let source = ModelSource {
+        models_dir: Some(wan.clone()),
+        ..ModelSource::default()
+    };
+    let files = source.resolve().unwrap();
+    assert_eq!(files.layout, wanrt::pipeline::ModelLayout::WanAi);
+    assert_eq!(files.dit, wan);
+    let pipe = Pipeline::load(&files, &[], wanrt::pipeline::Device::Cpu).unwrap();
+    let g = pipe
+        .generate(&small("a hill"), &mut |_| Flow::Continue)
+        .unwrap();
+    assert_eq!((g.frame_count, g.width, g.height), (5, 32, 32));
+    assert_eq!(g.frames.len(), 5 * 32 * 32 * 3);
+
+    // ComfyUI's tree, with a stray file the scan must pass over, and no tokenizer at first.
+    let comfy = dir.path().join("ComfyUI");
+    let m = comfy.join("models");
+    link(
+        &model("tiny-dit/dit_comfy_bf16.safetensors"),
+        &m.join("diffusion_models/wan_tiny.safetensors"),
+    );
+    link(
+        &model("tiny-vae/vae_f32.safetensors"),
+        &m.join("vae/wan_2.1_vae.safetensors"),
+    );
+    link(
+        &model("tiny-umt5/umt5_enc_hf_f32.safetensors"),
+        &m.join("text_encoders/umt5_tiny.safetensors"),
+    );
+    link(
+        &model("tiny-lora/lora_comfy.safetensors"),
+        &m.join("text_encoders/not_a_text_encoder.safetensors"),
+    );
+    let source = ModelSource {
+        models_dir: Some(comfy.clone()),
+        dit_config: Some(model("tiny-dit/config.json")),
+        ..ModelSource::default()
+    };
+    let e = source.resolve().unwrap_err().to_string();
+    assert!(
+        e.contains("tokenizer.json") && e.contains("ComfyUI") && e.contains("--tokenizer"),
+        "{e}"
+    );
+    link(
+        &model("tiny-umt5/tokenizer.json"),
+        &m.join("text_encoders/tokenizer.json"),
+    );
+    let files = source.resolve().unwrap();
+    assert_eq!(files.layout, wanrt::pipeline::ModelLayout::ComfyUi);
+    assert!(files.t5.ends_with("umt5_tiny.safetensors"), "{files:?}");
+    let pipe = Pipeline::load(&files, &[], wanrt::pipeline::Device::Cpu).unwrap();
+    let g2 = pipe
+        .generate(&small("a hill"), &mut |_| Flow::Continue)
+        .unwrap();
+    assert_eq!(g2.frames.len(), g.frames.len());
+
+    // Two DiTs: the folder no longer says which.
+    link(
+        &model("tiny-dit/dit_f32.safetensors"),
+        &m.join("diffusion_models/other.safetensors"),
+    );
+    let e = source.resolve().unwrap_err().to_string();
+    assert!(e.contains("several") && e.contains("--dit"), "{e}");
+}
+
+#[test]
+fn missing_model_files_name_the_file_and_the_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let wan = dir.path().join("wan");
+    wan_ai_folder(&wan, false);
+    let run = wanrt(&args(&[("--models", &wan), ("--prompt", &"x")]));
+    assert!(!run.status.success());
+    let e = text(&run.stderr);
+    assert!(
+        e.contains("Wan2.1_VAE.pth") && e.contains("official Wan-AI folder"),
+        "{e}"
+    );
+    let missing = dir.path().join("nope.safetensors");
+    let mut a = model_flags_but(Some("--dit"));
+    a.extend(args(&[("--dit", &missing), ("--prompt", &"x")]));
+    let e = text(&wanrt(&a).stderr);
+    assert!(e.contains("nope.safetensors") && e.contains("DiT"), "{e}");
+    let e = text(&wanrt(&args(&[("--models", &dir.path()), ("--prompt", &"x")])).stderr);
+    assert!(
+        e.contains("neither an official Wan-AI") && e.contains("ComfyUI"),
+        "{e}"
+    );
+    let e = text(&wanrt(&args(&[("--prompt", &"x")])).stderr);
+    assert!(e.contains("no DiT given"), "{e}");
+}
+
+// ------------------------------------------------------------------- LoRAs
+
+/// Writes f32 tensors (all 0.01) as a safetensors file with `metadata`.
+fn write_safetensors(path: &Path, tensors: &[(&str, Vec<usize>)], metadata: &[(&str, &str)]) {
+    use safetensors::tensor::{Dtype, TensorView};
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, d)| {
+            let n: usize = d.iter().product();
+            (0..n).flat_map(|_| 0.01f32.to_le_bytes()).collect()
+        })
+        .collect();
+    let views: Vec<(&str, TensorView)> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, d), b)| (*name, TensorView::new(Dtype::F32, d.clone(), b).unwrap()))
+        .collect();
+    let meta = metadata
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    fs::write(path, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
+}
+
+#[test]
+fn loras_for_other_models_are_refused_and_triggers_offered() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.mp4");
+    let sdxl = dir.path().join("sdxl.safetensors");
+    write_safetensors(
+        &sdxl,
+        &[
+            (
+                "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight",
+                vec![4, 320],
+            ),
+            (
+                "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight",
+                vec![320, 4],
+            ),
+        ],
+        &[],
+    );
+    let big = dir.path().join("wan14b.safetensors");
+    write_safetensors(
+        &big,
+        &[
+            (
+                "lora_unet_blocks_0_self_attn_q.lora_down.weight",
+                vec![4, 5120],
+            ),
+            (
+                "lora_unet_blocks_0_self_attn_q.lora_up.weight",
+                vec![5120, 4],
+            ),
+        ],
+        &[],
+    );
+    for (lora, needle) in [(&sdxl, "Stable Diffusion"), (&big, "another model size")] {
+        let mut a = model_flags();
+        a.extend(args(&[
+            ("--lora", lora),
+            ("--prompt", &"x"),
+            ("--out", &out),
+        ]));
+        let run = wanrt(&a);
+        assert!(!run.status.success());
+        let e = text(&run.stderr);
+        assert!(e.contains(needle), "{e}");
+        assert!(!out.exists());
+    }
+
+    // A style LoRA for this DiT whose metadata names its trigger phrase.
+    let style = dir.path().join("style.safetensors");
+    write_safetensors(
+        &style,
+        &[
+            (
+                "lora_unet_blocks_0_self_attn_q.lora_down.weight",
+                vec![2, 64],
+            ),
+            ("lora_unet_blocks_0_self_attn_q.lora_up.weight", vec![64, 2]),
+        ],
+        &[("modelspec.trigger_phrase", "Ghibli style.")],
+    );
+    let files = ModelSource {
+        dit: Some(model("tiny-dit/dit_f32.safetensors")),
+        vae: Some(model("tiny-vae/vae_f32.safetensors")),
+        t5: Some(model("tiny-umt5/umt5_enc_f32.safetensors")),
+        tokenizer: Some(model("tiny-umt5/tokenizer.json")),
+        dit_config: Some(model("tiny-dit/config.json")),
+        ..ModelSource::default()
+    }
+    .resolve()
+    .unwrap();
+    let spec = LoraSpec {
+        path: style.clone(),
+        strength: 0.5,
+    };
+    let pipe = Pipeline::load(&files, &[spec], wanrt::pipeline::Device::Cpu).unwrap();
+    assert_eq!(pipe.lora_triggers(), ["Ghibli style."]);
+    assert_eq!(pipe.info().loras[0].low_rank, 1);
+    let mut req = small("a hill");
+    req.lora_trigger = true;
+    let g = pipe.generate(&req, &mut |_| Flow::Continue).unwrap();
+    assert_eq!(g.params.prompt, "Ghibli style. a hill");
+    let meta = g.metadata(pipe.info());
+    assert_eq!(meta["loras"][0]["file"], "style.safetensors");
+    assert_eq!(meta["loras"][0]["strength"], 0.5);
+
+    let mut a = model_flags();
+    a.extend(args(&[
+        ("--lora", &format!("{}:0.5", style.display())),
+        ("--prompt", &"a hill"),
+        ("--width", &"32"),
+        ("--height", &"32"),
+        ("--frames", &"1"),
+        ("--steps", &"1"),
+        ("--out", &dir.path().join("one.png")),
+    ]));
+    let run = wanrt(&a);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    assert!(text(&run.stderr).contains("--lora-trigger"));
+}
+
+// ------------------------------------------------------------------- cancellation
+
+#[test]
+fn cancelling_from_the_callback_stops_within_one_step() {
+    let pipe = Pipeline::demo(0).unwrap();
+    let mut req = small("a hill");
+    req.steps = 6;
+    for (stage, at) in [
+        (Stage::TextEncoding, 0),
+        (Stage::Denoising, 2),
+        (Stage::Decoding, 1),
+    ] {
+        let mut seen: Vec<Progress> = Vec::new();
+        let r = pipe.generate(&req, &mut |p| {
+            seen.push(*p);
+            if p.stage == stage && p.done == at {
+                Flow::Cancel
+            } else {
+                Flow::Continue
+            }
+        });
+        assert!(matches!(r, Err(Error::Cancelled)), "{stage:?}: {r:?}");
+        let last = seen.last().unwrap();
+        assert_eq!(
+            (last.stage, last.done),
+            (stage, at),
+            "{stage:?}: no call after the cancel"
+        );
+    }
+    // Progress covers every stage, with sigma while denoising.
+    let mut seen: Vec<Progress> = Vec::new();
+    pipe.generate(&req, &mut |p| {
+        seen.push(*p);
+        Flow::Continue
+    })
+    .unwrap();
+    let den: Vec<&Progress> = seen
+        .iter()
+        .filter(|p| p.stage == Stage::Denoising)
+        .collect();
+    assert_eq!(den.len(), 7);
+    assert!(den.windows(2).all(|w| w[1].sigma < w[0].sigma));
+    assert_eq!(den.last().unwrap().sigma, Some(0.0));
+    assert!(seen
+        .iter()
+        .any(|p| p.stage == Stage::Decoding && p.done == 5));
+}
+
+#[test]
+fn ctrl_c_cancels_the_cli_and_leaves_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo.mp4");
+    let child = Command::new(env!("CARGO_BIN_EXE_wanrt"))
+        .args(["generate", "--demo", "--steps", "1000", "--out"])
+        .arg(&out)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let sent = Instant::now();
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let run = child.wait_with_output().unwrap();
+    let waited = sent.elapsed();
+    assert!(!run.status.success());
+    let e = text(&run.stderr);
+    assert!(e.contains("cancelled"), "{e}");
+    // One demo step takes well under a second even in a debug build.
+    assert!(waited < Duration::from_secs(20), "stopped after {waited:?}");
+    let left: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+// ------------------------------------------------------------------- bad input
+
+#[test]
+fn bad_input_is_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.mp4");
+    let cases: [(&[&str], &str); 9] = [
+        (&["--width", "40"], "multiple of 16"),
+        (&["--height", "100"], "use 96 or 112"),
+        (&["--frames", "8"], "1 + 4k"),
+        (&["--seed", "-1"], "seed out of range"),
+        (&["--seed", "9223372036854775808"], "seed out of range"),
+        (&["--sampler", "ddim"], "unknown solver"),
+        (&["--preset", "fast"], "unknown preset"),
+        (&["--slg-blocks", "7"], "SLG block 7"),
+        (&["--nag-alpha", "2"], "alpha"),
+    ];
+    for (extra, needle) in cases {
+        let mut a = args(&[("--demo", &""), ("--out", &out)]);
+        a.extend(extra.iter().map(OsString::from));
+        let start = Instant::now();
+        let run = wanrt(&a);
+        assert!(!run.status.success(), "{extra:?} was accepted");
+        let e = text(&run.stderr);
+        assert!(e.contains(needle), "{extra:?}: {e}");
+        assert!(start.elapsed() < Duration::from_secs(20), "{extra:?} ran");
+        assert!(!out.exists());
+    }
+    for (path, needle) in [
+        (dir.path().join("missing/x.mp4"), "missing"),
+        (dir.path().join("x.webm"), "unknown format"),
+        (dir.path().to_path_buf(), "unknown format"),
+    ] {
+        let e = text(&wanrt(&args(&[("--demo", &""), ("--out", &path)])).stderr);
+        assert!(e.contains(needle), "{}: {e}", path.display());
+    }
+    let unwritable = Path::new("/proc/version/x.mp4");
+    let e = text(&wanrt(&args(&[("--demo", &""), ("--out", &unwritable)])).stderr);
+    assert!(e.contains("/proc/version/x.mp4"), "{e}");
+    assert!(fs::read_dir(dir.path()).unwrap().next().is_none());
+}
+
+#[test]
+fn the_library_checks_the_request_against_the_model() {
+    let pipe = Pipeline::demo(0).unwrap();
+    let e = |r: GenerateRequest| pipe.check(&r).unwrap_err().to_string();
+    let mut r = small("x");
+    (r.width, r.height, r.frames) = (16384, 16384, 81);
+    assert!(e(r).contains("working memory"));
+    let mut r = small("x");
+    r.seed = Some(MAX_SEED + 1);
+    assert!(e(r).contains("out of range"));
+    let mut r = small("x");
+    r.prompt = "word ".repeat(200);
+    assert!(e(r).contains("tokens long"));
+    let mut r = small("x");
+    r.latent_init = Some(Tensor::zeros([1, 16, 2, 4, 5], wanrt::DType::F32));
+    assert!(e(r).contains("initial latent"));
+    let mut r = small("x");
+    r.teacache = Some(0.1);
+    assert!(e(r).contains("TeaCache"));
+    assert!(pipe.check(&small("x")).unwrap().peak() > 0);
+}
+
+// ------------------------------------------------------------------- the demo
+
+#[test]
+fn demo_runs_and_is_deterministic() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo.mp4");
+    let start = Instant::now();
+    let run = wanrt(&args(&[
+        ("--demo", &""),
+        ("--out", &out),
+        ("--seed", &"7"),
+        ("--json", &""),
+    ]));
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    eprintln!(
+        "wanrt generate --demo: {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    let json: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(json["models"]["demo"], true);
+    assert_eq!(json["seed"], 7);
+    check_mp4(&out, 17, 320, 192);
+    assert!(text(&run.stderr).contains("noise"));
+
+    let pipe = Pipeline::demo(0).unwrap();
+    let gen = |seed| {
+        let mut r = small("a hill");
+        r.seed = Some(seed);
+        pipe.generate(&r, &mut |_| Flow::Continue).unwrap().frames
+    };
+    assert_eq!(gen(1), gen(1));
+    assert_ne!(gen(1), gen(2));
+}
