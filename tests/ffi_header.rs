@@ -8,6 +8,12 @@
 //!
 //! It also compiles the header as strict C and C++, and checks that every function and type in
 //! it carries documentation.
+//!
+//! Why a test rather than `build.rs`: a build script that writes into the source tree breaks
+//! builds from read-only or packaged sources (`cargo package` rejects build scripts that modify
+//! the source), and it would add cbindgen and its parser to every build of the library,
+//! downstream users' and cargo-c's included. As a dev-dependency cbindgen costs only the test
+//! build, and CI fails on a stale header just the same.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
