@@ -122,3 +122,45 @@ fn header_compiles_as_c99() {
 fn header_compiles_as_cpp11() {
     compiles("c++", &["-std=c++11"]);
 }
+
+/// Every exported function runs its body inside the panic boundary (`guard` or `guard_value`
+/// in src/ffi/status.rs, given the function's own name), except the few that only return
+/// constants or the last-error pointer.
+#[test]
+fn every_export_runs_inside_the_panic_boundary() {
+    const CANNOT_PANIC: [&str; 4] = [
+        "wanrt_abi_version",
+        "wanrt_version",
+        "wanrt_status_str",
+        "wanrt_last_error",
+    ];
+    let mut unguarded = Vec::new();
+    let mut exports = 0;
+    for entry in std::fs::read_dir(root().join("src/ffi")).unwrap() {
+        let path = entry.unwrap().path();
+        let source = std::fs::read_to_string(&path).unwrap();
+        for (at, _) in source.match_indices("extern \"C\" fn ") {
+            let rest = &source[at + "extern \"C\" fn ".len()..];
+            let name = &rest[..rest.find('(').unwrap()];
+            exports += 1;
+            // The first statement of the body.
+            let body = &rest[rest.find("{\n").unwrap() + 2..];
+            let first = body.trim_start();
+            // The guard names the function, since every error message starts with that name.
+            let guarded = [
+                format!("guard(\"{name}\""),
+                format!("guard_value(\"{name}\""),
+            ]
+            .iter()
+            .any(|g| first.starts_with(g.as_str()));
+            if !guarded && !CANNOT_PANIC.contains(&name) {
+                unguarded.push(format!("{}: {name}", path.display()));
+            }
+        }
+    }
+    assert!(exports > 20, "found only {exports} exports");
+    assert!(
+        unguarded.is_empty(),
+        "outside the panic boundary: {unguarded:#?}"
+    );
+}

@@ -158,8 +158,14 @@ pub unsafe extern "C" fn wanrt_generation_latent(
 ) -> *const f32 {
     guard_value("wanrt_generation_latent", std::ptr::null(), || {
         let latent = &handle(generation, "generation")?.generation.latent;
+        let dims: [usize; 5] = latent.dims().try_into().map_err(|_| {
+            Error::InvalidArgument(format!(
+                "the latent has shape {:?}, not 5 dims",
+                latent.dims()
+            ))
+        })?;
         if !shape.is_null() {
-            std::ptr::copy_nonoverlapping(latent.dims().as_ptr(), shape, 5);
+            std::ptr::copy_nonoverlapping(dims.as_ptr(), shape, 5);
         }
         Ok(latent.f32_data()?.as_ptr())
     })

@@ -5,7 +5,7 @@ use std::sync::{Mutex, TryLockError};
 
 use super::generation::wanrt_generation;
 use super::params::{self, handle, opt_path, opt_str, req_str, write_out, Versioned};
-use super::status::{guard, null_argument, wanrt_status};
+use super::status::{guard, guard_value, null_argument, wanrt_status};
 use super::wanrt_lora_list;
 use crate::error::{Error, Result};
 use crate::pipeline::{
@@ -199,7 +199,7 @@ pub unsafe extern "C" fn wanrt_pipeline_load(
 /// `pipeline` is NULL or a live pipeline that no other thread is using.
 #[no_mangle]
 pub unsafe extern "C" fn wanrt_pipeline_free(pipeline: *mut wanrt_pipeline) {
-    super::status::guard_value("wanrt_pipeline_free", (), || {
+    guard_value("wanrt_pipeline_free", (), || {
         if !pipeline.is_null() {
             drop(Box::from_raw(pipeline));
         }

@@ -206,3 +206,83 @@ def test_concurrent_call_is_refused(pipeline: wanrt.Pipeline):
         release.set()
         t.join()
     assert results["first"].frame_count == 1
+
+
+# --- the ctypes declarations mirror include/wanrt.h ---------------------------------------------
+
+HEADER = REPO / "include" / "wanrt.h"
+
+
+def c_type(decl: str):
+    """The ctypes type of a C declaration's type part, as the header spells it."""
+    from ctypes import (POINTER, c_char_p, c_double, c_float, c_int32, c_int64, c_size_t,
+                        c_uint8, c_uint32, c_void_p)
+
+    from wanrt import _lib
+
+    decl = " ".join(decl.replace("*", " * ").split())
+    handles = {
+        "wanrt_lora_list": _lib.LoraList,
+        "wanrt_pipeline": _lib.PipelineHandle,
+        "wanrt_generation": _lib.GenerationHandle,
+        "wanrt_pipeline_params": _lib.PipelineParams,
+        "wanrt_generate_params": _lib.GenerateParams,
+        "wanrt_mp4_params": _lib.Mp4Params,
+    }
+    scalars = {
+        "size_t": c_size_t, "int32_t": c_int32, "uint32_t": c_uint32, "int64_t": c_int64,
+        "float": c_float, "double": c_double, "uint8_t": c_uint8, "void": None,
+        "enum wanrt_status": c_int32, "wanrt_progress_fn": _lib.PROGRESS_FN,
+        "wanrt_stage_fn": _lib.STAGE_FN,
+    }
+    stars = decl.count("*")
+    base = decl.replace("*", "").replace("const ", "").replace("struct ", "").strip()
+    if base == "char" and stars == 1:
+        return c_char_p
+    if base == "void" and stars == 1:
+        return c_void_p
+    t = handles.get(base) or scalars[base]
+    for _ in range(stars):
+        t = POINTER(t)
+    return t
+
+
+def header_text() -> str:
+    import re
+
+    return re.sub(r"/\*.*?\*/", "", HEADER.read_text(), flags=re.S)
+
+
+def test_structs_mirror_the_header():
+    import re
+
+    from wanrt import _lib
+
+    structs = dict(re.findall(r"typedef struct (\w+) \{(.*?)\} \w+;", header_text(), re.S))
+    ours = {"wanrt_pipeline_params": _lib.PipelineParams,
+            "wanrt_generate_params": _lib.GenerateParams, "wanrt_mp4_params": _lib.Mp4Params}
+    assert set(structs) == set(ours)
+    for name, body in structs.items():
+        fields = []
+        for line in filter(None, (l.strip() for l in body.split(";"))):
+            decl, field = line.rsplit(None, 1)
+            stars = len(field) - len(field.lstrip("*"))
+            fields.append((field.lstrip("*"), c_type(decl + "*" * stars)))
+        assert fields == list(ours[name]._fields_), name
+
+
+def test_functions_mirror_the_header():
+    import re
+
+    from wanrt import _lib
+
+    found = {}
+    for ret, name, args in re.findall(r"^([\w ]+?\**)\s*(wanrt_\w+)\((.*?)\);", header_text(),
+                                      re.S | re.M):
+        params = [] if args.strip() == "void" else [
+            c_type(a.strip().rsplit(None, 1)[0] + "*" * a.count("*")) if "*" in a.split()[-1]
+            else c_type(a.strip().rsplit(None, 1)[0])
+            for a in args.split(",")
+        ]
+        found[name] = (c_type(ret), params)
+    assert found == {k: (r, list(a)) for k, (r, a) in _lib.SIGNATURES.items()}

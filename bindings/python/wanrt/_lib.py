@@ -156,6 +156,64 @@ class Mp4Params(Structure):
     ]
 
 
+_STATUS = c_int32  # enum wanrt_status: an int on every platform wanrt supports
+
+#: Every function of the header: name -> (return type, argument types).
+SIGNATURES = {
+    # versions, status, last error
+    "wanrt_abi_version": (c_uint32, []),
+    "wanrt_version": (c_char_p, []),
+    "wanrt_status_str": (c_char_p, [c_int32]),
+    "wanrt_last_error": (c_char_p, []),
+    # LoRA lists
+    "wanrt_lora_list_new": (_STATUS, [POINTER(POINTER(LoraList))]),
+    "wanrt_lora_list_add": (_STATUS, [POINTER(LoraList), c_char_p, c_float]),
+    "wanrt_lora_list_count": (c_size_t, [POINTER(LoraList)]),
+    "wanrt_lora_list_free": (None, [POINTER(LoraList)]),
+    # pipelines
+    "wanrt_pipeline_params_init": (_STATUS, [POINTER(PipelineParams), c_size_t]),
+    "wanrt_pipeline_load": (
+        _STATUS,
+        [POINTER(PipelineParams), POINTER(POINTER(PipelineHandle))],
+    ),
+    "wanrt_pipeline_free": (None, [POINTER(PipelineHandle)]),
+    "wanrt_generate_params_init": (_STATUS, [POINTER(GenerateParams), c_size_t]),
+    "wanrt_generate_params_preset": (_STATUS, [POINTER(GenerateParams), c_char_p]),
+    "wanrt_generate": (
+        _STATUS,
+        [
+            POINTER(PipelineHandle),
+            POINTER(GenerateParams),
+            POINTER(POINTER(GenerationHandle)),
+        ],
+    ),
+    # results
+    "wanrt_mp4_params_init": (_STATUS, [POINTER(Mp4Params), c_size_t]),
+    "wanrt_generation_frame_count": (c_uint32, [POINTER(GenerationHandle)]),
+    "wanrt_generation_width": (c_uint32, [POINTER(GenerationHandle)]),
+    "wanrt_generation_height": (c_uint32, [POINTER(GenerationHandle)]),
+    "wanrt_generation_frames": (
+        POINTER(c_uint8),
+        [POINTER(GenerationHandle), POINTER(c_size_t)],
+    ),
+    "wanrt_generation_latent": (
+        POINTER(c_float),
+        [POINTER(GenerationHandle), POINTER(c_size_t)],
+    ),
+    "wanrt_generation_seed": (c_int64, [POINTER(GenerationHandle)]),
+    "wanrt_generation_json": (c_char_p, [POINTER(GenerationHandle)]),
+    "wanrt_generation_write_mp4": (
+        _STATUS,
+        [POINTER(GenerationHandle), c_char_p, POINTER(Mp4Params)],
+    ),
+    "wanrt_generation_write_png_frames": (
+        _STATUS,
+        [POINTER(GenerationHandle), c_char_p],
+    ),
+    "wanrt_generation_free": (None, [POINTER(GenerationHandle)]),
+}
+
+
 def _candidates() -> list[str]:
     env = os.environ.get("WANRT_LIBRARY")
     if env:
@@ -186,61 +244,7 @@ def _load() -> ctypes.CDLL:
 
 
 def _declare(lib: ctypes.CDLL) -> None:
-    status = c_int32  # enum wanrt_status: an int on every platform wanrt supports
-    sigs = {
-        # versions, status, last error
-        "wanrt_abi_version": (c_uint32, []),
-        "wanrt_version": (c_char_p, []),
-        "wanrt_status_str": (c_char_p, [c_int32]),
-        "wanrt_last_error": (c_char_p, []),
-        # LoRA lists
-        "wanrt_lora_list_new": (status, [POINTER(POINTER(LoraList))]),
-        "wanrt_lora_list_add": (status, [POINTER(LoraList), c_char_p, c_float]),
-        "wanrt_lora_list_count": (c_size_t, [POINTER(LoraList)]),
-        "wanrt_lora_list_free": (None, [POINTER(LoraList)]),
-        # pipelines
-        "wanrt_pipeline_params_init": (status, [POINTER(PipelineParams), c_size_t]),
-        "wanrt_pipeline_load": (
-            status,
-            [POINTER(PipelineParams), POINTER(POINTER(PipelineHandle))],
-        ),
-        "wanrt_pipeline_free": (None, [POINTER(PipelineHandle)]),
-        "wanrt_generate_params_init": (status, [POINTER(GenerateParams), c_size_t]),
-        "wanrt_generate_params_preset": (status, [POINTER(GenerateParams), c_char_p]),
-        "wanrt_generate": (
-            status,
-            [
-                POINTER(PipelineHandle),
-                POINTER(GenerateParams),
-                POINTER(POINTER(GenerationHandle)),
-            ],
-        ),
-        # results
-        "wanrt_mp4_params_init": (status, [POINTER(Mp4Params), c_size_t]),
-        "wanrt_generation_frame_count": (c_uint32, [POINTER(GenerationHandle)]),
-        "wanrt_generation_width": (c_uint32, [POINTER(GenerationHandle)]),
-        "wanrt_generation_height": (c_uint32, [POINTER(GenerationHandle)]),
-        "wanrt_generation_frames": (
-            POINTER(c_uint8),
-            [POINTER(GenerationHandle), POINTER(c_size_t)],
-        ),
-        "wanrt_generation_latent": (
-            POINTER(c_float),
-            [POINTER(GenerationHandle), POINTER(c_size_t)],
-        ),
-        "wanrt_generation_seed": (c_int64, [POINTER(GenerationHandle)]),
-        "wanrt_generation_json": (c_char_p, [POINTER(GenerationHandle)]),
-        "wanrt_generation_write_mp4": (
-            status,
-            [POINTER(GenerationHandle), c_char_p, POINTER(Mp4Params)],
-        ),
-        "wanrt_generation_write_png_frames": (
-            status,
-            [POINTER(GenerationHandle), c_char_p],
-        ),
-        "wanrt_generation_free": (None, [POINTER(GenerationHandle)]),
-    }
-    for name, (restype, argtypes) in sigs.items():
+    for name, (restype, argtypes) in SIGNATURES.items():
         fn = getattr(lib, name)
         fn.restype = restype
         fn.argtypes = argtypes
