@@ -230,6 +230,8 @@ fn c_misuse_returns_documented_statuses() {
     .map(|k| path_arg(&case, k))
     .collect();
     args.push(dir.path().display().to_string());
+    let lora = fixtures_root().join("models/tiny-lora/lora_comfy.safetensors");
+    args.push(lora.display().to_string());
     let valgrind = Command::new("valgrind").arg("--version").output().is_ok();
     let out = if valgrind {
         let mut full = vec![

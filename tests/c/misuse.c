@@ -2,8 +2,8 @@
  * Misuse of the C API: every wrong call returns its documented status and message, nothing
  * crashes or leaks (tests/ffi.rs runs this under valgrind when it is installed).
  *
- * Usage: misuse DIT VAE T5 TOKENIZER DIT_CONFIG VAE_CONFIG T5_CONFIG SCRATCH_DIR
- * (the tiny fixture models). Prints one line per failed check; exits 1 if any failed.
+ * Usage: misuse DIT VAE T5 TOKENIZER DIT_CONFIG VAE_CONFIG T5_CONFIG SCRATCH_DIR LORA
+ * (the tiny fixture models and a LoRA for them). Prints one line per failed check; exits 1 if any failed.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -90,8 +90,9 @@ int main(int argc, char **argv) {
     pthread_t thread;
     int fresh = 0;
 
-    if (argc != 9) {
-        fprintf(stderr, "usage: misuse DIT VAE T5 TOKENIZER DIT_CONFIG VAE_CONFIG T5_CONFIG DIR\n");
+    if (argc != 10) {
+        fprintf(stderr, "usage: misuse DIT VAE T5 TOKENIZER DIT_CONFIG VAE_CONFIG T5_CONFIG DIR "
+                        "LORA\n");
         return 2;
     }
 
@@ -173,9 +174,11 @@ int main(int argc, char **argv) {
            "is not finite");
     EXPECT(wanrt_lora_list_add(loras, "", 1.0f), WANRT_STATUS_INVALID_ARGUMENT, "path is empty");
     CHECK(wanrt_lora_list_count(loras) == 0);
-    wanrt_lora_list_free(loras);
+    EXPECT(wanrt_lora_list_add(loras, argv[9], 0.5f), WANRT_STATUS_OK, "");
+    CHECK(wanrt_lora_list_count(loras) == 1);
 
-    /* Loading: a missing file, a bad device, then the real models. */
+    /* Loading: a missing file, a file that is not a model, a bad device, then the real models
+       with the LoRA (the list may be freed as soon as loading returns). */
     EXPECT(wanrt_pipeline_params_init(&load, sizeof load), WANRT_STATUS_OK, "");
     load.dit = "/nonexistent/dit.safetensors";
     load.vae = argv[2];
@@ -183,6 +186,8 @@ int main(int argc, char **argv) {
     load.tokenizer = argv[4];
     EXPECT(wanrt_pipeline_load(&load, &pipeline), WANRT_STATUS_NOT_FOUND,
            "/nonexistent/dit.safetensors");
+    load.dit = argv[4];
+    EXPECT(wanrt_pipeline_load(&load, &pipeline), WANRT_STATUS_BAD_FILE, argv[4]);
     load.dit = argv[1];
     load.dit_config = argv[5];
     load.vae_config = argv[6];
@@ -192,7 +197,9 @@ int main(int argc, char **argv) {
            "params->device 7 is not a wanrt_device");
     load.device = WANRT_DEVICE_CPU;
     EXPECT(wanrt_pipeline_load(&load, NULL), WANRT_STATUS_INVALID_ARGUMENT, "out is NULL");
+    load.loras = loras;
     EXPECT(wanrt_pipeline_load(&load, &pipeline), WANRT_STATUS_OK, "");
+    wanrt_lora_list_free(loras);
     if (!pipeline) {
         printf("misuse.c: no pipeline, stopping\n");
         return 1;
@@ -255,6 +262,7 @@ int main(int argc, char **argv) {
     CHECK(shape[0] == 1 && shape[1] == 16 && shape[2] == 1 && shape[3] == 4 && shape[4] == 6);
     CHECK(wanrt_generation_seed(result) == 7);
     CHECK(strstr(wanrt_generation_json(result), "\"seed\":7") != NULL);
+    CHECK(strstr(wanrt_generation_json(result), "\"strength\":0.5") != NULL);
 
     /* Writers: bad options and unwritable paths are errors, not crashes. */
     EXPECT(wanrt_mp4_params_init(&mp4, sizeof mp4), WANRT_STATUS_OK, "");

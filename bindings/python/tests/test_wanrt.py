@@ -161,6 +161,13 @@ def test_errors_carry_status_and_message(case: dict, pipeline: wanrt.Pipeline):
     assert "unknown preset" in str(e.value)
 
 
+def test_lora_is_merged(case: dict):
+    lora = FIXTURES / "models" / "tiny-lora" / "lora_musubi.safetensors"
+    with wanrt.Pipeline(**case["paths"], loras=[(lora, 0.75)]) as p:
+        loras = p.generate("a cat", **small()).json["loras"]
+    assert [(l["file"], l["strength"]) for l in loras] == [("lora_musubi.safetensors", 0.75)]
+
+
 def test_cancel_and_call_again(pipeline: wanrt.Pipeline):
     with pytest.raises(wanrt.WanrtError) as e:
         pipeline.generate("a cat", **small(), on_step=lambda step, total, sigma: step == 1)
