@@ -114,8 +114,8 @@ typedef enum wanrt_device {
      */
     WANRT_DEVICE_CPU = 0,
     /**
-     * An NVIDIA GPU; needs a build with the `cuda` feature (otherwise
-     * `WANRT_STATUS_DEVICE_ERROR`).
+     * An NVIDIA GPU. The pipeline runs on the CPU only so far: loading returns
+     * `WANRT_STATUS_DEVICE_ERROR` (as it does in a build without the `cuda` feature).
      */
     WANRT_DEVICE_CUDA = 1,
 } wanrt_device;

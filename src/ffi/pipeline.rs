@@ -48,8 +48,8 @@ impl wanrt_pipeline {
 pub enum wanrt_device {
     /// The CPU backend (multi-threaded).
     Cpu = 0,
-    /// An NVIDIA GPU; needs a build with the `cuda` feature (otherwise
-    /// `WANRT_STATUS_DEVICE_ERROR`).
+    /// An NVIDIA GPU. The pipeline runs on the CPU only so far: loading returns
+    /// `WANRT_STATUS_DEVICE_ERROR` (as it does in a build without the `cuda` feature).
     Cuda = 1,
 }
 
