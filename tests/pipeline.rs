@@ -2,7 +2,9 @@
 //! against the expected frames, its MP4 decoded), model folders in both layouts, LoRAs (wrong
 //! ones refused, trigger phrases offered), cancellation (from the callback and by Ctrl-C), bad
 //! input refused before any work, and the `--demo` run. The same fixture through the library
-//! API is the harness's `pipeline` kind (`tests/kinds/pipeline.rs`).
+//! API is the harness's `pipeline` kind (`tests/kinds/pipeline.rs`). Unix only: model folders
+//! are built from symbolic links, and Ctrl-C is a SIGINT.
+#![cfg(unix)]
 
 mod common;
 
@@ -568,7 +570,7 @@ fn ctrl_c_cancels_the_cli_and_leaves_no_file() {
 fn bad_input_is_refused_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("x.mp4");
-    let cases: [(&[&str], &str); 9] = [
+    let cases: [(&[&str], &str); 10] = [
         (&["--width", "40"], "multiple of 16"),
         (&["--height", "100"], "use 96 or 112"),
         (&["--frames", "8"], "1 + 4k"),
@@ -578,6 +580,7 @@ fn bad_input_is_refused_before_any_work() {
         (&["--preset", "fast"], "unknown preset"),
         (&["--slg-blocks", "7"], "SLG block 7"),
         (&["--nag-alpha", "2"], "alpha"),
+        (&["--device", "cuda"], "CUDA"),
     ];
     for (extra, needle) in cases {
         let mut a = args(&[("--demo", &""), ("--out", &out)]);

@@ -378,21 +378,35 @@ fn gif_keeps_frames_loops_and_metadata() {
 }
 
 #[test]
-fn no_metadata_reads_back_as_none() {
+fn metadata_round_trips_in_every_format() {
     let dir = tempfile::tempdir().unwrap();
     let rgb = clip(3, 16, 16);
-    let mp4 = dir.path().join("a.mp4");
-    let gif = dir.path().join("a.gif");
-    let png = dir.path().join("a.png");
-    write_mp4(&mp4, &rgb, 16, 16, &Mp4Options::default(), None).unwrap();
-    write_gif(&gif, &rgb, 16, 16, 16.0, None).unwrap();
-    write_png(&png, &rgb[..16 * 16 * 3], 16, 16, None).unwrap();
-    for p in [&mp4, &gif, &png] {
-        assert_eq!(read_metadata(p).unwrap(), None, "{}", p.display());
+    // Longer than one GIF sub-block (255 bytes), with multi-byte characters across the splits.
+    let long =
+        serde_json::json!({ "prompt": "水墨画风格的山水，".repeat(40), "seed": 7 }).to_string();
+    assert!(long.len() > 1000);
+    for meta in [None, Some(META), Some(long.as_str())] {
+        let mp4 = dir.path().join("a.mp4");
+        let gif = dir.path().join("a.gif");
+        let png = dir.path().join("a.png");
+        write_mp4(&mp4, &rgb, 16, 16, &Mp4Options::default(), meta).unwrap();
+        write_gif(&gif, &rgb, 16, 16, 16.0, meta).unwrap();
+        write_png(&png, &rgb[..16 * 16 * 3], 16, 16, meta).unwrap();
+        for p in [&mp4, &gif, &png] {
+            assert_eq!(
+                read_metadata(p).unwrap().as_deref(),
+                meta,
+                "{}",
+                p.display()
+            );
+        }
+        // The comment box must not disturb the samples it moved.
+        assert_eq!(decode(&mp4).frames, 3);
     }
     let other = dir.path().join("model.safetensors");
     fs::write(&other, b"\x08\0\0\0\0\0\0\0{}      ").unwrap();
     assert_eq!(video::sniff(&other).unwrap(), None);
+    assert_eq!(video::sniff(dir.path()).unwrap(), None);
     assert!(read_metadata(&other).is_err());
 }
 

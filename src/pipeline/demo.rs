@@ -258,8 +258,9 @@ fn vae(seed: u64) -> Result<WanVae> {
 }
 
 impl Pipeline {
-    /// The demo pipeline: tiny random-weight models of the real architectures, built in memory
-    /// (see [`demo`](self)); the same `seed` gives the same models. **Its videos are noise.**
+    /// The demo pipeline (`wanrt generate --demo`): the real architectures at a tiny width
+    /// (2-block UMT5 and DiT, a VAE of base width 8) with random weights, built in memory, and
+    /// a byte-level tokenizer; the same `seed` gives the same models. **Its videos are noise.**
     pub fn demo(seed: u64) -> Result<Pipeline> {
         let start = std::time::Instant::now();
         let text = t5(byte_tokenizer()?, seed)?;

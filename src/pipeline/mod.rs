@@ -116,7 +116,8 @@ impl Device {
             Device::Cuda => {
                 crate::backend::cuda::device_available()?;
                 Err(Error::Device(
-                    "the pipeline runs on the CPU backend only so far; use --device cpu".into(),
+                    "CUDA: the pipeline runs on the CPU backend only so far; use --device cpu"
+                        .into(),
                 ))
             }
         }

@@ -379,6 +379,12 @@ fn generate(a: &GenerateArgs) -> Result<()> {
         pipe?
     };
     report_loras(&pipe, a.lora_trigger);
+    if a.preset.as_deref() == Some("distill") && loras.is_empty() && !a.demo {
+        eprintln!(
+            "note: the distill preset (8 steps, cfg 1) expects a step-distill LoRA \
+             (--lora FILE:1) or a step-distilled DiT; a base model gives blurry results with it"
+        );
+    }
     pipe.check(&req)?;
     let mut bars = Bars::new(show);
     let g = pipe.generate(&req, &mut |p| bars.update(p))?;

@@ -123,10 +123,10 @@ impl WanVae {
         Tensor::from_f32(video, [b, 3, f, h * s, w * s])
     }
 
-    /// Decodes like [`WanVae::decode`] but hands the video to `sink` in order, in chunks
-    /// `[B, 3, n, 8h, 8w]` (clamped to `[-1, 1]`; `n` is 1 except at the very start of some
-    /// configs), each as soon as it is complete. With tiling, the frames come after the last tile.
-    /// An error from `sink` (e.g. [`Error::Cancelled`]) stops the decode and is returned.
+    /// Decodes like [`WanVae::decode`] but hands the video to `sink` one frame at a time, in
+    /// order, as `[B, 3, 1, 8h, 8w]` clamped to `[-1, 1]`, each frame as soon as it is complete
+    /// (with tiling: after the last tile, from the blended video). An error from `sink` (e.g.
+    /// [`Error::Cancelled`]) stops the decode and is returned.
     pub fn decode_frames(
         &self,
         z: &Tensor,
@@ -243,7 +243,7 @@ impl WanVae {
                 got: v.shape().clone(),
             });
         }
-        if (d[2] - 1) % ts != 0 {
+        if !(d[2] - 1).is_multiple_of(ts) {
             return Err(Error::InvalidArgument(format!(
                 "Wan VAE encode: {} frames; the causal encoder needs 1 + {ts}·k frames (e.g. {} or {})",
                 d[2],
@@ -251,7 +251,7 @@ impl WanVae {
                 1 + (d[2] - 1).div_ceil(ts) * ts
             )));
         }
-        if d[3] % s != 0 || d[4] % s != 0 {
+        if !d[3].is_multiple_of(s) || !d[4].is_multiple_of(s) {
             return Err(Error::InvalidArgument(format!(
                 "Wan VAE encode: frame size {}×{} (W×H) must be a multiple of {s} in both directions",
                 d[4], d[3]

@@ -58,7 +58,7 @@ impl<'a> Stream<'a> {
 pub(super) fn place(video: &mut [f32], frames: usize, chunk: &Tensor, f0: usize) -> Result<()> {
     let [_, _, n, h, w] = dims5(chunk)?;
     let plane = h * w;
-    if f0 + n > frames || video.len() % (frames * plane).max(1) != 0 {
+    if f0 + n > frames || !video.len().is_multiple_of((frames * plane).max(1)) {
         return Err(Error::InvalidArgument(format!(
             "VAE: a chunk of {n} frames at frame {f0} does not fit a video of {frames} frames"
         )));

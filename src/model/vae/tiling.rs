@@ -23,8 +23,9 @@ pub struct Tiling {
 
 impl Default for Tiling {
     /// 32 latent pixels (256 video pixels) with an overlap of 8 (64 video pixels), as diffusers'
-    /// Wan VAE tiling: at 832×480 a frame is 3 × 4 tiles and the peak memory about a third of
-    /// the untiled decode's, for roughly twice the compute.
+    /// Wan VAE tiling: at 832×480 a frame is 3 × 4 tiles, for about twice the compute, and the
+    /// peak memory about a quarter of the untiled decode's (1.4 against 5.0 GiB with the real
+    /// model's weights, docs/PERF.md).
     fn default() -> Tiling {
         Tiling {
             tile: 32,
