@@ -11,11 +11,13 @@
 //! - [`lora`]: LoRA files in every format, merged into the weights or applied on the fly;
 //! - [`video`]: RGB8 frames to MP4 (H.264), PNG or GIF files that record the generation
 //!   parameters;
-//! - [`pipeline`]: text to video end to end (the safe API the CLI and the C ABI wrap).
+//! - [`pipeline`]: text to video end to end (the safe API the CLI and the C ABI wrap);
+//! - [`ffi`]: the C ABI (`include/wanrt.h`).
 #![deny(missing_docs)]
 
 pub mod backend;
 pub mod error;
+pub mod ffi;
 pub mod io;
 pub mod lora;
 pub mod model;

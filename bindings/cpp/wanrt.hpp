@@ -1,0 +1,320 @@
+// wanrt.hpp: a header-only C++17 wrapper over the wanrt C API (include/wanrt.h).
+//
+// - Handles are move-only RAII objects (wanrt::Pipeline, wanrt::Generation); nothing to free.
+// - Every failing call throws wanrt::Error, which carries the wanrt_status and the library's
+//   message (wanrt_last_error()).
+// - Progress is a lambda returning wanrt::Flow::Continue or wanrt::Flow::Cancel (generate() then
+//   throws wanrt::Error with status WANRT_STATUS_CANCELLED). An exception thrown by the lambda
+//   cancels the generation and is rethrown from generate() (it never crosses the C library).
+// - Parameter builders own their strings, so temporaries are fine:
+//     auto pipeline = wanrt::Pipeline::load(wanrt::PipelineParams().models_dir("Wan2.1-T2V-1.3B"));
+//     auto video = pipeline.generate(wanrt::GenerateParams().prompt("a cat").frames(33),
+//         [](uint32_t step, uint32_t total, float) { return wanrt::Flow::Continue; });
+//     video.write_mp4("cat.mp4");
+//
+// Thread rules are the C API's: one call at a time per pipeline (a concurrent call throws
+// "pipeline is busy"), results are immutable, everything may be destroyed on any thread.
+#ifndef WANRT_HPP
+#define WANRT_HPP
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "wanrt.h"
+
+namespace wanrt {
+
+/// A failed wanrt call: the status code and the library's message.
+class Error : public std::runtime_error {
+public:
+    Error(wanrt_status status, const std::string &message)
+        : std::runtime_error(message), status_(status) {}
+    /// The C status code (never WANRT_STATUS_OK).
+    wanrt_status status() const noexcept { return status_; }
+
+private:
+    wanrt_status status_;
+};
+
+/// Throws wanrt::Error for any status but WANRT_STATUS_OK.
+inline void check(wanrt_status status) {
+    if (status != WANRT_STATUS_OK) throw Error(status, wanrt_last_error());
+}
+
+/// The loaded library's version, e.g. "0.1.0".
+inline std::string version() { return wanrt_version(); }
+
+/// Throws when the loaded library's ABI differs from the header this program was built with.
+inline void check_abi() {
+    if (wanrt_abi_version() != WANRT_ABI_VERSION)
+        throw Error(WANRT_STATUS_INVALID_ARGUMENT,
+                    "libwanrt has ABI " + std::to_string(wanrt_abi_version()) +
+                        ", this program was built for " + std::to_string(WANRT_ABI_VERSION));
+}
+
+/// A read-only view of memory owned by a Generation.
+template <typename T>
+struct View {
+    const T *data = nullptr;
+    std::size_t size = 0;  ///< elements
+    const T *begin() const noexcept { return data; }
+    const T *end() const noexcept { return data + size; }
+};
+
+namespace detail {
+template <typename T, void (*Free)(T *)>
+struct Deleter {
+    void operator()(T *p) const noexcept { Free(p); }
+};
+inline const char *c_str_or_null(const std::optional<std::string> &s) {
+    return s ? s->c_str() : nullptr;
+}
+}  // namespace detail
+
+/// What Pipeline::load reads: a model folder and/or explicit files, LoRAs, the device.
+class PipelineParams {
+public:
+    PipelineParams() = default;
+    /// A model folder (official Wan-AI layout or ComfyUI's models/ tree).
+    PipelineParams &models_dir(std::string v) { return set(models_dir_, std::move(v)); }
+    PipelineParams &dit(std::string v) { return set(dit_, std::move(v)); }
+    PipelineParams &vae(std::string v) { return set(vae_, std::move(v)); }
+    PipelineParams &t5(std::string v) { return set(t5_, std::move(v)); }
+    PipelineParams &tokenizer(std::string v) { return set(tokenizer_, std::move(v)); }
+    PipelineParams &dit_config(std::string v) { return set(dit_config_, std::move(v)); }
+    PipelineParams &vae_config(std::string v) { return set(vae_config_, std::move(v)); }
+    PipelineParams &t5_config(std::string v) { return set(t5_config_, std::move(v)); }
+    /// Adds a LoRA merged at load (in the order added) with its strength.
+    PipelineParams &lora(std::string path, float strength = 1.0f) {
+        loras_.emplace_back(std::move(path), strength);
+        return *this;
+    }
+    PipelineParams &device(wanrt_device d) {
+        device_ = d;
+        return *this;
+    }
+
+private:
+    friend class Pipeline;
+    PipelineParams &set(std::optional<std::string> &field, std::string v) {
+        field = std::move(v);
+        return *this;
+    }
+    std::optional<std::string> models_dir_, dit_, vae_, t5_, tokenizer_, dit_config_,
+        vae_config_, t5_config_;
+    std::vector<std::pair<std::string, float>> loras_;
+    wanrt_device device_ = WANRT_DEVICE_CPU;
+};
+
+/// One generation request. Starts from the library's defaults (the "quality" preset at
+/// 832x480, 81 frames, random seed); each setter changes one field. raw() gives the C struct
+/// for fields without a setter.
+class GenerateParams {
+public:
+    GenerateParams() { check(wanrt_generate_params_init(&raw_, sizeof raw_)); }
+    GenerateParams &prompt(std::string v) { prompt_ = std::move(v); return *this; }
+    /// Unset: Wan's default negative prompt.
+    GenerateParams &negative_prompt(std::string v) { negative_ = std::move(v); return *this; }
+    GenerateParams &size(uint32_t width, uint32_t height) {
+        raw_.width = width;
+        raw_.height = height;
+        return *this;
+    }
+    GenerateParams &frames(uint32_t n) { raw_.frames = n; return *this; }
+    GenerateParams &steps(uint32_t n) { raw_.steps = n; return *this; }
+    GenerateParams &solver(wanrt_solver s) { raw_.solver = s; return *this; }
+    GenerateParams &shift(double v) { raw_.shift = v; return *this; }
+    GenerateParams &guidance_scale(double v) { raw_.guidance_scale = v; return *this; }
+    GenerateParams &cfg_zero_star(bool on) { raw_.cfg_zero_star = on; return *this; }
+    /// -1: a random seed (Generation::seed() tells which).
+    GenerateParams &seed(int64_t v) { raw_.seed = v; return *this; }
+    /// NAG with its scale (>= 1), tau, alpha and negative prompt (unset: Wan's default).
+    GenerateParams &nag(float scale, float tau = 2.5f, float alpha = 0.25f,
+                        std::optional<std::string> negative_prompt = std::nullopt) {
+        raw_.nag_scale = scale;
+        raw_.nag_tau = tau;
+        raw_.nag_alpha = alpha;
+        nag_negative_ = std::move(negative_prompt);
+        return *this;
+    }
+    /// Skip Layer Guidance on `blocks` from fraction `start` to `end` of the steps.
+    GenerateParams &slg(std::vector<uint32_t> blocks, double start = 0.1, double end = 1.0) {
+        slg_blocks_ = std::move(blocks);
+        raw_.slg_start = start;
+        raw_.slg_end = end;
+        return *this;
+    }
+    /// 0: off.
+    GenerateParams &teacache(double threshold) { raw_.teacache_threshold = threshold; return *this; }
+    /// The initial latent x_T, [1, 16, (frames-1)/4+1, height/8, width/8] row-major.
+    GenerateParams &initial_latent(std::vector<float> x) {
+        latent_ = std::move(x);
+        return *this;
+    }
+    GenerateParams &lora_trigger(bool on) { raw_.lora_trigger = on; return *this; }
+    GenerateParams &batch_cfg(bool on) { raw_.batch_cfg = on; return *this; }
+    /// "quality" or "distill": sets solver, steps, shift, guidance and NAG.
+    GenerateParams &preset(const std::string &name) {
+        check(wanrt_generate_params_preset(&raw_, name.c_str()));
+        return *this;
+    }
+    /// The C struct (pointer fields are filled in by Pipeline::generate from this object).
+    wanrt_generate_params &raw() noexcept { return raw_; }
+
+private:
+    friend class Pipeline;
+    /// The C struct with its pointers aimed at this object's storage.
+    wanrt_generate_params c_params() const {
+        wanrt_generate_params p = raw_;
+        p.prompt = prompt_.c_str();
+        p.negative_prompt = detail::c_str_or_null(negative_);
+        p.nag_negative_prompt = detail::c_str_or_null(nag_negative_);
+        p.slg_blocks = slg_blocks_.empty() ? nullptr : slg_blocks_.data();
+        p.slg_block_count = slg_blocks_.size();
+        p.initial_latent = latent_.empty() ? nullptr : latent_.data();
+        p.initial_latent_len = latent_.size();
+        return p;
+    }
+    wanrt_generate_params raw_;
+    std::string prompt_;
+    std::optional<std::string> negative_, nag_negative_;
+    std::vector<uint32_t> slg_blocks_;
+    std::vector<float> latent_;
+};
+
+/// The result of Pipeline::generate: frames, latent, seed and parameters. Move-only.
+class Generation {
+public:
+    uint32_t frame_count() const { return wanrt_generation_frame_count(get()); }
+    uint32_t width() const { return wanrt_generation_width(get()); }
+    uint32_t height() const { return wanrt_generation_height(get()); }
+    /// frame_count x height x width x 3 bytes of RGB.
+    View<uint8_t> frames() const {
+        View<uint8_t> v;
+        v.data = wanrt_generation_frames(get(), &v.size);
+        return v;
+    }
+    /// The final latent, float32 [1, 16, T, height/8, width/8].
+    View<float> latent() const {
+        View<float> v;
+        std::array<std::size_t, 5> s = latent_shape();
+        v.data = wanrt_generation_latent(get(), nullptr);
+        v.size = s[0] * s[1] * s[2] * s[3] * s[4];
+        return v;
+    }
+    std::array<std::size_t, 5> latent_shape() const {
+        std::array<std::size_t, 5> shape{};
+        wanrt_generation_latent(get(), shape.data());
+        return shape;
+    }
+    int64_t seed() const { return wanrt_generation_seed(get()); }
+    /// The request as run, the models, LoRAs and timings, as JSON.
+    std::string json() const { return wanrt_generation_json(get()); }
+    /// An H.264 MP4 (fps in (0, 1000], qp 0..51), written atomically.
+    void write_mp4(const std::string &path, double fps = 16.0, int qp = 20) const {
+        wanrt_mp4_params p;
+        check(wanrt_mp4_params_init(&p, sizeof p));
+        p.fps = fps;
+        p.qp = qp;
+        check(wanrt_generation_write_mp4(get(), path.c_str(), &p));
+    }
+    /// frame_00000.png, frame_00001.png, ... in `dir` (created if missing).
+    void write_png_frames(const std::string &dir) const {
+        check(wanrt_generation_write_png_frames(get(), dir.c_str()));
+    }
+    /// The C handle, still owned by this object.
+    const wanrt_generation *get() const noexcept { return handle_.get(); }
+
+private:
+    friend class Pipeline;
+    explicit Generation(wanrt_generation *h) : handle_(h) {}
+    std::unique_ptr<wanrt_generation, detail::Deleter<wanrt_generation, wanrt_generation_free>>
+        handle_;
+};
+
+/// What a progress callback answers.
+enum class Flow { Continue, Cancel };
+
+/// The per-step progress callback: (step, total, sigma) -> Flow. Called with step 0 before the
+/// first denoising step and after each step.
+using Progress = std::function<Flow(uint32_t step, uint32_t total, float sigma)>;
+
+/// The loaded models; generate() any number of times. Move-only.
+class Pipeline {
+public:
+    static Pipeline load(const PipelineParams &params) {
+        using Loras = std::unique_ptr<wanrt_lora_list,
+                                      detail::Deleter<wanrt_lora_list, wanrt_lora_list_free>>;
+        wanrt_pipeline_params p;
+        check(wanrt_pipeline_params_init(&p, sizeof p));
+        p.models_dir = detail::c_str_or_null(params.models_dir_);
+        p.dit = detail::c_str_or_null(params.dit_);
+        p.vae = detail::c_str_or_null(params.vae_);
+        p.t5 = detail::c_str_or_null(params.t5_);
+        p.tokenizer = detail::c_str_or_null(params.tokenizer_);
+        p.dit_config = detail::c_str_or_null(params.dit_config_);
+        p.vae_config = detail::c_str_or_null(params.vae_config_);
+        p.t5_config = detail::c_str_or_null(params.t5_config_);
+        p.device = params.device_;
+        Loras loras;
+        if (!params.loras_.empty()) {
+            wanrt_lora_list *list = nullptr;
+            check(wanrt_lora_list_new(&list));
+            loras.reset(list);
+            for (const auto &l : params.loras_)
+                check(wanrt_lora_list_add(list, l.first.c_str(), l.second));
+            p.loras = list;
+        }
+        wanrt_pipeline *handle = nullptr;
+        check(wanrt_pipeline_load(&p, &handle));
+        return Pipeline(handle);
+    }
+
+    /// Runs one generation. `progress` (optional) sees every denoising step and cancels by
+    /// returning Flow::Cancel.
+    Generation generate(const GenerateParams &params, const Progress &progress = nullptr) {
+        struct Context {
+            const Progress *progress;
+            std::exception_ptr error;
+        } context{&progress, nullptr};
+        wanrt_generate_params p = params.c_params();
+        if (progress) {
+            p.progress = [](void *user, uint32_t step, uint32_t total, float sigma) -> int32_t {
+                auto *c = static_cast<Context *>(user);
+                try {
+                    return (*c->progress)(step, total, sigma) == Flow::Cancel ? 1 : 0;
+                } catch (...) {
+                    c->error = std::current_exception();
+                    return 1;
+                }
+            };
+            p.user_data = &context;
+        }
+        wanrt_generation *result = nullptr;
+        wanrt_status status = wanrt_generate(handle_.get(), &p, &result);
+        if (context.error) std::rethrow_exception(context.error);
+        check(status);
+        return Generation(result);
+    }
+
+    /// The C handle, still owned by this object.
+    wanrt_pipeline *get() const noexcept { return handle_.get(); }
+
+private:
+    explicit Pipeline(wanrt_pipeline *h) : handle_(h) {}
+    std::unique_ptr<wanrt_pipeline, detail::Deleter<wanrt_pipeline, wanrt_pipeline_free>>
+        handle_;
+};
+
+}  // namespace wanrt
+
+#endif  // WANRT_HPP

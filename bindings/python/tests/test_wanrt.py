@@ -1,0 +1,295 @@
+"""Tests of the Python package: the pipeline fixture case through the C library, errors,
+cancellation, callbacks, busy pipelines and output files.
+
+Needs the library (``WANRT_LIBRARY``) and the fixture models (``WANRT_FIXTURES``, by default
+``../shared/fixtures`` next to the repository).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+import threading
+from pathlib import Path
+
+import pytest
+
+import wanrt
+
+REPO = Path(__file__).resolve().parents[3]
+FIXTURES = Path(os.environ.get("WANRT_FIXTURES", REPO.parent / "shared" / "fixtures"))
+CASE = FIXTURES / "cases" / "pipeline_t2v"
+
+
+def read_safetensors(path: Path) -> dict:
+    """{name: (shape, list of floats)} for the float32 tensors of a safetensors file."""
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        assert info["dtype"] == "F32", (name, info["dtype"])
+        start, end = info["data_offsets"]
+        data = raw[8 + n + start : 8 + n + end]
+        out[name] = (info["shape"], list(struct.unpack(f"<{len(data) // 4}f", data)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def case() -> dict:
+    spec = json.loads((CASE / "case.json").read_text())
+    spec["paths"] = {k: str((CASE / spec[k]).resolve()) for k in
+                     ["dit", "dit_config", "vae", "vae_config", "t5", "t5_config", "tokenizer"]}
+    return spec
+
+
+@pytest.fixture(scope="module")
+def pipeline(case: dict):
+    with wanrt.Pipeline(**case["paths"]) as p:
+        yield p
+
+
+def small(**kw):
+    """A cheap request on the tiny models."""
+    args = dict(width=48, height=32, frames=1, steps=2, seed=3)
+    args.update(kw)
+    return args
+
+
+def test_versions():
+    assert wanrt.abi_version() == wanrt.ABI_VERSION == 1
+    assert wanrt.version().count(".") == 2
+
+
+def test_pipeline_case_matches_expected(case: dict, pipeline: wanrt.Pipeline, tmp_path: Path):
+    inputs = read_safetensors(CASE / case["inputs"])
+    expected = read_safetensors(CASE / case["expected"])
+    steps = []
+    video = pipeline.generate(
+        case["prompt"],
+        negative_prompt=case["negative_prompt"],
+        width=case["width"],
+        height=case["height"],
+        frames=case["frames"],
+        steps=case["steps"],
+        solver=wanrt.Solver.UNIPC,
+        shift=case["shift"],
+        guidance_scale=case["guidance_scale"],
+        initial_latent=inputs["x_T"][1],
+        on_step=lambda step, total, sigma: steps.append((step, total, sigma)),
+    )
+    assert [s[0] for s in steps] == list(range(case["steps"] + 1))
+    assert steps[-1][2] == 0.0
+    assert (video.frame_count, video.height, video.width) == (
+        case["frames"], case["height"], case["width"])
+
+    frames = video.frames(as_numpy=False)
+    want = expected["frames"][1]
+    assert len(frames) == len(want)
+    max_diff = max(abs(a - b) for a, b in zip(frames, want))
+    assert max_diff <= case["tolerance"]["frames_max_abs_diff"]
+
+    raw = video.latent(as_numpy=False)
+    latent = struct.unpack(f"={len(raw) // 4}f", raw)
+    want = expected["latent"][1]
+    diff = math.sqrt(sum((a - b) ** 2 for a, b in zip(latent, want)))
+    norm = math.sqrt(sum(b * b for b in want))
+    assert diff / norm <= case["tolerance"]["rel_l2_f32_compute"]
+    assert video.latent_shape() == tuple(expected["latent"][0])
+
+    params = video.json
+    assert params["prompt"] == case["prompt"] and params["steps"] == case["steps"]
+    video.write_mp4(tmp_path / "out.mp4")
+    video.write_png_frames(tmp_path / "frames")
+    assert (tmp_path / "out.mp4").stat().st_size > 0
+    assert len(list((tmp_path / "frames").glob("frame_*.png"))) == case["frames"]
+
+
+def test_numpy_arrays(pipeline: wanrt.Pipeline):
+    np = pytest.importorskip("numpy")
+    video = pipeline.generate("a cat", **small(initial_latent=np.zeros((1, 16, 1, 4, 6))))
+    frames = video.frames()
+    assert frames.dtype == np.uint8 and frames.shape == (1, 32, 48, 3)
+    latent = video.latent()
+    assert latent.dtype == np.float32 and latent.shape == (1, 16, 1, 4, 6)
+    assert wanrt.has_numpy()
+
+
+def test_bytes_without_numpy(pipeline: wanrt.Pipeline):
+    video = pipeline.generate("a cat", **small())
+    assert isinstance(video.frames(as_numpy=False), bytes)
+    assert len(video.frames(as_numpy=False)) == 32 * 48 * 3
+    assert video.seed == 3
+    video.close()
+    video.close()  # idempotent
+    with pytest.raises(ValueError):
+        video.frames()
+
+
+def test_random_seed_is_reported(pipeline: wanrt.Pipeline):
+    video = pipeline.generate("a cat", **small(seed=None))
+    assert 0 <= video.seed < 2**63
+    assert video.json["seed"] == video.seed
+
+
+def test_errors_carry_status_and_message(case: dict, pipeline: wanrt.Pipeline):
+    with pytest.raises(wanrt.WanrtError) as e:
+        pipeline.generate("a cat", **small(width=40))
+    assert e.value.status == wanrt.Status.INVALID_ARGUMENT
+    assert "width 40 is not a multiple of 16" in str(e.value)
+
+    with pytest.raises(wanrt.WanrtError) as e:
+        pipeline.generate("a cat", **small(initial_latent=[0.0] * 5))
+    assert "initial_latent_len is 5" in str(e.value)
+
+    paths = dict(case["paths"], dit="/nonexistent/dit.safetensors")
+    with pytest.raises(wanrt.WanrtError) as e:
+        wanrt.Pipeline(**paths)
+    assert e.value.status == wanrt.Status.NOT_FOUND
+    assert "/nonexistent/dit.safetensors" in str(e.value)
+
+    with pytest.raises(wanrt.WanrtError) as e:
+        wanrt.Pipeline(**case["paths"], loras=[("/nonexistent/lora.safetensors", 1.0)])
+    assert e.value.status == wanrt.Status.NOT_FOUND
+
+    with pytest.raises(wanrt.WanrtError) as e:
+        pipeline.generate("a cat", preset="fast")
+    assert "unknown preset" in str(e.value)
+
+
+def test_lora_is_merged(case: dict):
+    lora = FIXTURES / "models" / "tiny-lora" / "lora_musubi.safetensors"
+    with wanrt.Pipeline(**case["paths"], loras=[(lora, 0.75)]) as p:
+        loras = p.generate("a cat", **small()).json["loras"]
+    assert [(l["file"], l["strength"]) for l in loras] == [("lora_musubi.safetensors", 0.75)]
+
+
+def test_cancel_and_call_again(pipeline: wanrt.Pipeline):
+    with pytest.raises(wanrt.WanrtError) as e:
+        pipeline.generate("a cat", **small(), on_step=lambda step, total, sigma: step == 1)
+    assert e.value.status == wanrt.Status.CANCELLED
+    stages = []
+    video = pipeline.generate("a cat", **small(),
+                              on_stage=lambda stage, done, total: stages.append(stage))
+    assert video.frame_count == 1
+    assert stages[0] == wanrt.Stage.TEXT_ENCODING and stages[-1] == wanrt.Stage.DECODING
+
+
+def test_callback_exception_is_reraised(pipeline: wanrt.Pipeline):
+    class Boom(Exception):
+        pass
+
+    def on_step(step, total, sigma):
+        raise Boom("from the callback")
+
+    with pytest.raises(Boom):
+        pipeline.generate("a cat", **small(), on_step=on_step)
+
+
+def test_concurrent_call_is_refused(pipeline: wanrt.Pipeline):
+    started, release = threading.Event(), threading.Event()
+    results = {}
+
+    def on_step(step, total, sigma):
+        started.set()
+        release.wait(timeout=60)
+
+    def first():
+        results["first"] = pipeline.generate("a cat", **small(), on_step=on_step)
+
+    t = threading.Thread(target=first)
+    t.start()
+    assert started.wait(timeout=60)
+    try:
+        with pytest.raises(wanrt.WanrtError) as e:
+            pipeline.generate("a dog", **small())
+        assert e.value.status == wanrt.Status.INVALID_ARGUMENT
+        assert "pipeline is busy" in str(e.value)
+    finally:
+        release.set()
+        t.join()
+    assert results["first"].frame_count == 1
+
+
+# --- the ctypes declarations mirror include/wanrt.h ---------------------------------------------
+
+HEADER = REPO / "include" / "wanrt.h"
+
+
+def c_type(decl: str):
+    """The ctypes type of a C declaration's type part, as the header spells it."""
+    from ctypes import (POINTER, c_char_p, c_double, c_float, c_int32, c_int64, c_size_t,
+                        c_uint8, c_uint32, c_void_p)
+
+    from wanrt import _lib
+
+    decl = " ".join(decl.replace("*", " * ").split())
+    handles = {
+        "wanrt_lora_list": _lib.LoraList,
+        "wanrt_pipeline": _lib.PipelineHandle,
+        "wanrt_generation": _lib.GenerationHandle,
+        "wanrt_pipeline_params": _lib.PipelineParams,
+        "wanrt_generate_params": _lib.GenerateParams,
+        "wanrt_mp4_params": _lib.Mp4Params,
+    }
+    scalars = {
+        "size_t": c_size_t, "int32_t": c_int32, "uint32_t": c_uint32, "int64_t": c_int64,
+        "float": c_float, "double": c_double, "uint8_t": c_uint8, "void": None,
+        "enum wanrt_status": c_int32, "wanrt_progress_fn": _lib.PROGRESS_FN,
+        "wanrt_stage_fn": _lib.STAGE_FN,
+    }
+    stars = decl.count("*")
+    base = decl.replace("*", "").replace("const ", "").replace("struct ", "").strip()
+    if base == "char" and stars == 1:
+        return c_char_p
+    if base == "void" and stars == 1:
+        return c_void_p
+    t = handles.get(base) or scalars[base]
+    for _ in range(stars):
+        t = POINTER(t)
+    return t
+
+
+def header_text() -> str:
+    import re
+
+    return re.sub(r"/\*.*?\*/", "", HEADER.read_text(), flags=re.S)
+
+
+def test_structs_mirror_the_header():
+    import re
+
+    from wanrt import _lib
+
+    structs = dict(re.findall(r"typedef struct (\w+) \{(.*?)\} \w+;", header_text(), re.S))
+    ours = {"wanrt_pipeline_params": _lib.PipelineParams,
+            "wanrt_generate_params": _lib.GenerateParams, "wanrt_mp4_params": _lib.Mp4Params}
+    assert set(structs) == set(ours)
+    for name, body in structs.items():
+        fields = []
+        for line in filter(None, (l.strip() for l in body.split(";"))):
+            decl, field = line.rsplit(None, 1)
+            stars = len(field) - len(field.lstrip("*"))
+            fields.append((field.lstrip("*"), c_type(decl + "*" * stars)))
+        assert fields == list(ours[name]._fields_), name
+
+
+def test_functions_mirror_the_header():
+    import re
+
+    from wanrt import _lib
+
+    found = {}
+    for ret, name, args in re.findall(r"^([\w ]+?\**)\s*(wanrt_\w+)\((.*?)\);", header_text(),
+                                      re.S | re.M):
+        params = [] if args.strip() == "void" else [
+            c_type(a.strip().rsplit(None, 1)[0] + "*" * a.count("*")) if "*" in a.split()[-1]
+            else c_type(a.strip().rsplit(None, 1)[0])
+            for a in args.split(",")
+        ]
+        found[name] = (c_type(ret), params)
+    assert found == {k: (r, list(a)) for k, (r, a) in _lib.SIGNATURES.items()}

@@ -1,0 +1,383 @@
+"""wanrt: Wan2.1 text-to-video generation from Python.
+
+A thin client of the wanrt C library (``include/wanrt.h``) through ctypes::
+
+    import wanrt
+
+    with wanrt.Pipeline("Wan2.1-T2V-1.3B") as pipe:
+        video = pipe.generate("a cat on a windy hill", frames=33, seed=42)
+        video.write_mp4("cat.mp4")
+
+Frames and latents come back as NumPy arrays when NumPy is installed, as ``bytes`` otherwise
+(choose with ``as_numpy``). Failures raise :class:`WanrtError`. Thread rules are the C API's:
+one call at a time per pipeline (a concurrent call raises "pipeline is busy"), results are
+immutable, anything may be closed from any thread. Calls release the GIL while they run.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json as _json
+import os
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
+
+from ._lib import (
+    ABI_VERSION,
+    PROGRESS_FN,
+    STAGE_FN,
+    Device,
+    GenerateParams,
+    GenerationHandle,
+    LoraList,
+    Mp4Params,
+    PipelineHandle,
+    PipelineParams,
+    Solver,
+    Stage,
+    Status,
+    WanrtError,
+    check,
+    init,
+    lib,
+)
+
+try:  # NumPy is optional.
+    import numpy as _np
+except ImportError:  # pragma: no cover - depends on the environment
+    _np = None
+
+__all__ = [
+    "ABI_VERSION",
+    "Device",
+    "Generation",
+    "Pipeline",
+    "Solver",
+    "Stage",
+    "Status",
+    "WanrtError",
+    "abi_version",
+    "has_numpy",
+    "version",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+#: ``on_step(step, total, sigma)``: return a true value to cancel.
+StepCallback = Callable[[int, int, float], Any]
+#: ``on_stage(stage, done, total)``: return a true value to cancel.
+StageCallback = Callable[[Stage, int, int], Any]
+
+
+def version() -> str:
+    """The loaded library's version, e.g. ``"0.1.0"``."""
+    return lib.wanrt_version().decode()
+
+
+def abi_version() -> int:
+    """The loaded library's ABI version (equal to :data:`ABI_VERSION`, checked at import)."""
+    return int(lib.wanrt_abi_version())
+
+
+def has_numpy() -> bool:
+    """Whether frames and latents are returned as NumPy arrays by default."""
+    return _np is not None
+
+
+def _path(p: Optional[PathLike]) -> Optional[bytes]:
+    return None if p is None else os.fsencode(p)
+
+
+class Generation:
+    """The result of :meth:`Pipeline.generate`: frames, latent, seed and parameters.
+
+    The data stays in the library until :meth:`close` (or garbage collection); the accessors
+    return copies, so they outlive the object.
+    """
+
+    def __init__(self, handle: "ctypes._Pointer[GenerationHandle]") -> None:
+        self._handle: Optional["ctypes._Pointer[GenerationHandle]"] = handle
+
+    def _h(self) -> "ctypes._Pointer[GenerationHandle]":
+        if self._handle is None:
+            raise ValueError("this Generation was closed")
+        return self._handle
+
+    @property
+    def frame_count(self) -> int:
+        """Number of frames."""
+        return int(lib.wanrt_generation_frame_count(self._h()))
+
+    @property
+    def width(self) -> int:
+        """Frame width in pixels."""
+        return int(lib.wanrt_generation_width(self._h()))
+
+    @property
+    def height(self) -> int:
+        """Frame height in pixels."""
+        return int(lib.wanrt_generation_height(self._h()))
+
+    @property
+    def seed(self) -> int:
+        """The seed the noise came from (the drawn one when none was given)."""
+        return int(lib.wanrt_generation_seed(self._h()))
+
+    @property
+    def json(self) -> dict:
+        """The request as run, the models and LoRAs with fingerprints, and the timings."""
+        return _json.loads(lib.wanrt_generation_json(self._h()).decode())
+
+    def frames(self, as_numpy: Optional[bool] = None) -> Any:
+        """The frames, RGB ``uint8`` of shape ``[frame_count, height, width, 3]``: a NumPy
+        array (``as_numpy`` true, the default when NumPy is installed) or ``bytes``."""
+        size = ctypes.c_size_t()
+        ptr = lib.wanrt_generation_frames(self._h(), ctypes.byref(size))
+        data = ctypes.string_at(ptr, size.value)
+        if not _want_numpy(as_numpy):
+            return data
+        shape = (self.frame_count, self.height, self.width, 3)
+        return _np.frombuffer(data, dtype=_np.uint8).reshape(shape).copy()
+
+    def latent_shape(self) -> Tuple[int, ...]:
+        """``(1, 16, T, height // 8, width // 8)``."""
+        shape = (ctypes.c_size_t * 5)()
+        lib.wanrt_generation_latent(self._h(), shape)
+        return tuple(int(d) for d in shape)
+
+    def latent(self, as_numpy: Optional[bool] = None) -> Any:
+        """The final latent, ``float32`` of :meth:`latent_shape`: a NumPy array or the raw
+        bytes (native byte order)."""
+        shape = (ctypes.c_size_t * 5)()
+        ptr = lib.wanrt_generation_latent(self._h(), shape)
+        dims = tuple(int(d) for d in shape)
+        count = 1
+        for d in dims:
+            count *= d
+        data = ctypes.string_at(ptr, count * 4)
+        if not _want_numpy(as_numpy):
+            return data
+        return _np.frombuffer(data, dtype=_np.float32).reshape(dims).copy()
+
+    def write_mp4(self, path: PathLike, fps: float = 16.0, qp: int = 20) -> None:
+        """Writes an H.264 MP4 (atomically) that records the generation parameters."""
+        params = init(Mp4Params, "wanrt_mp4_params_init")
+        params.fps = fps
+        params.qp = qp
+        check(lib.wanrt_generation_write_mp4(self._h(), _path(path), ctypes.byref(params)))
+
+    def write_png_frames(self, directory: PathLike) -> None:
+        """Writes ``frame_00000.png``, ... into ``directory`` (created if missing)."""
+        check(lib.wanrt_generation_write_png_frames(self._h(), _path(directory)))
+
+    def close(self) -> None:
+        """Frees the result now (idempotent)."""
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            lib.wanrt_generation_free(handle)
+
+    def __enter__(self) -> "Generation":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def _want_numpy(as_numpy: Optional[bool]) -> bool:
+    if as_numpy is None:
+        return _np is not None
+    if as_numpy and _np is None:
+        raise RuntimeError("as_numpy=True needs NumPy (pip install numpy)")
+    return bool(as_numpy)
+
+
+class Pipeline:
+    """The models of text-to-video generation, loaded once.
+
+    Give a model folder (official Wan-AI layout or ComfyUI's ``models/`` tree), explicit files,
+    or both (explicit files win). ``loras`` is a sequence of ``(path, strength)`` merged in
+    order.
+    """
+
+    def __init__(
+        self,
+        models_dir: Optional[PathLike] = None,
+        *,
+        dit: Optional[PathLike] = None,
+        vae: Optional[PathLike] = None,
+        t5: Optional[PathLike] = None,
+        tokenizer: Optional[PathLike] = None,
+        dit_config: Optional[PathLike] = None,
+        vae_config: Optional[PathLike] = None,
+        t5_config: Optional[PathLike] = None,
+        loras: Sequence[Tuple[PathLike, float]] = (),
+        device: Device = Device.CPU,
+    ) -> None:
+        self._handle: Optional["ctypes._Pointer[PipelineHandle]"] = None
+        params = init(PipelineParams, "wanrt_pipeline_params_init")
+        params.models_dir = _path(models_dir)
+        params.dit = _path(dit)
+        params.vae = _path(vae)
+        params.t5 = _path(t5)
+        params.tokenizer = _path(tokenizer)
+        params.dit_config = _path(dit_config)
+        params.vae_config = _path(vae_config)
+        params.t5_config = _path(t5_config)
+        params.device = int(device)
+        lora_list = ctypes.POINTER(LoraList)()
+        try:
+            if loras:
+                check(lib.wanrt_lora_list_new(ctypes.byref(lora_list)))
+                for path, strength in loras:
+                    check(lib.wanrt_lora_list_add(lora_list, _path(path), float(strength)))
+                params.loras = lora_list
+            handle = ctypes.POINTER(PipelineHandle)()
+            check(lib.wanrt_pipeline_load(ctypes.byref(params), ctypes.byref(handle)))
+            self._handle = handle
+        finally:
+            lib.wanrt_lora_list_free(lora_list)
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        negative_prompt: Optional[str] = None,
+        preset: Optional[str] = None,
+        width: Optional[int] = None,
+        height: Optional[int] = None,
+        frames: Optional[int] = None,
+        steps: Optional[int] = None,
+        solver: Optional[Solver] = None,
+        shift: Optional[float] = None,
+        guidance_scale: Optional[float] = None,
+        cfg_zero_star: Optional[bool] = None,
+        nag_scale: Optional[float] = None,
+        nag_tau: Optional[float] = None,
+        nag_alpha: Optional[float] = None,
+        nag_negative_prompt: Optional[str] = None,
+        slg_blocks: Sequence[int] = (),
+        slg_start: Optional[float] = None,
+        slg_end: Optional[float] = None,
+        teacache: Optional[float] = None,
+        seed: Optional[int] = None,
+        initial_latent: Any = None,
+        lora_trigger: Optional[bool] = None,
+        batch_cfg: Optional[bool] = None,
+        on_step: Optional[StepCallback] = None,
+        on_stage: Optional[StageCallback] = None,
+    ) -> Generation:
+        """Runs one generation; ``None`` leaves a setting at the library's default (or the
+        preset's: ``"quality"``, the default, or ``"distill"``). Defaults: 832x480, 81 frames,
+        UniPC, 30 steps, shift 5, CFG 5, Wan's negative prompt, a random seed.
+
+        ``initial_latent`` is the starting noise x_T, ``float32`` of shape
+        ``[1, 16, (frames - 1) // 4 + 1, height // 8, width // 8]``: a NumPy array or any
+        buffer or sequence of floats in row-major order.
+
+        ``on_step(step, total, sigma)`` sees step 0 before denoising and each step after it;
+        ``on_stage(stage, done, total)`` sees every stage. A callback returning a true value
+        cancels (:class:`WanrtError` with ``Status.CANCELLED``); an exception in a callback
+        cancels and is re-raised here.
+        """
+        p = init(GenerateParams, "wanrt_generate_params_init")
+        if preset is not None:
+            check(lib.wanrt_generate_params_preset(ctypes.byref(p), preset.encode()))
+        p.prompt = prompt.encode()
+        if negative_prompt is not None:
+            p.negative_prompt = negative_prompt.encode()
+        if nag_negative_prompt is not None:
+            p.nag_negative_prompt = nag_negative_prompt.encode()
+        for field, value in [
+            ("width", width),
+            ("height", height),
+            ("frames", frames),
+            ("steps", steps),
+            ("solver", None if solver is None else int(solver)),
+            ("shift", shift),
+            ("guidance_scale", guidance_scale),
+            ("cfg_zero_star", cfg_zero_star),
+            ("nag_scale", nag_scale),
+            ("nag_tau", nag_tau),
+            ("nag_alpha", nag_alpha),
+            ("slg_start", slg_start),
+            ("slg_end", slg_end),
+            ("teacache_threshold", teacache),
+            ("seed", seed),
+            ("lora_trigger", lora_trigger),
+            ("batch_cfg", batch_cfg),
+        ]:
+            if value is not None:
+                setattr(p, field, value)
+        blocks = (ctypes.c_uint32 * len(slg_blocks))(*slg_blocks)
+        if slg_blocks:
+            p.slg_blocks = blocks
+            p.slg_block_count = len(slg_blocks)
+        latent = _float_buffer(initial_latent)
+        if latent is not None:
+            p.initial_latent = ctypes.cast(latent, ctypes.POINTER(ctypes.c_float))
+            p.initial_latent_len = len(latent)
+
+        raised: list = []
+
+        def guarded(fn: Callable[..., Any]) -> Callable[..., int]:
+            def call(_user: Any, *args: Any) -> int:
+                try:
+                    return 1 if fn(*args) else 0
+                except BaseException as e:  # re-raised after the C call returns
+                    raised.append(e)
+                    return 1
+
+            return call
+
+        # The ctypes callback objects must stay alive for the whole call.
+        step_cb = PROGRESS_FN(guarded(on_step)) if on_step else PROGRESS_FN()
+        stage_cb = (
+            STAGE_FN(guarded(lambda s, d, t: on_stage(Stage(s), d, t)))
+            if on_stage
+            else STAGE_FN()
+        )
+        p.progress = step_cb
+        p.stage_progress = stage_cb
+        out = ctypes.POINTER(GenerationHandle)()
+        status = lib.wanrt_generate(self._h(), ctypes.byref(p), ctypes.byref(out))
+        if raised:
+            if out:
+                lib.wanrt_generation_free(out)
+            raise raised[0]
+        check(status)
+        return Generation(out)
+
+    def _h(self) -> "ctypes._Pointer[PipelineHandle]":
+        if self._handle is None:
+            raise ValueError("this Pipeline was closed")
+        return self._handle
+
+    def close(self) -> None:
+        """Frees the models now (idempotent). Not while a generation on it is running."""
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            lib.wanrt_pipeline_free(handle)
+
+    def __enter__(self) -> "Pipeline":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def _float_buffer(x: Any) -> Optional[ctypes.Array]:
+    """``x`` as a contiguous ctypes float32 array (copied), or None."""
+    if x is None:
+        return None
+    if _np is not None and isinstance(x, _np.ndarray):
+        flat = _np.ascontiguousarray(x, dtype=_np.float32).ravel()
+        return (ctypes.c_float * flat.size).from_buffer_copy(flat)
+    if isinstance(x, (bytes, bytearray, memoryview)):
+        raw = bytes(x)
+        return (ctypes.c_float * (len(raw) // 4)).from_buffer_copy(raw)
+    values = list(x)
+    return (ctypes.c_float * len(values))(*values)

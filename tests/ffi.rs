@@ -1,0 +1,252 @@
+//! The C ABI as C and C++ programs see it: `examples/c/generate.c`, `examples/cpp/generate.cpp`
+//! (through `bindings/cpp/wanrt.hpp`) and the misuse checks of `tests/c/misuse.c` are compiled
+//! with the system `cc`/`c++` against `include/wanrt.h` and the cdylib this test was built with,
+//! then run against the fixture models. The examples must reproduce the `pipeline_t2v` case
+//! (its initial latent in, its frames and latent out, within the case's tolerance); the misuse
+//! program runs under `valgrind --error-exitcode=1` when valgrind is installed.
+//!
+//! Run it with a target dir of your own when several checkouts share one, since the cdylib's
+//! path in a shared target dir is the same for all of them.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{f64_data, fixtures_root, rel_l2, tensor, Case};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The folder of the `libwanrt.so` built with this test: `target/<profile>/deps`, where cargo
+/// puts the library's artifacts and this test binary.
+fn lib_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().expect("target/<profile>/deps");
+    let lib = dir.join(format!(
+        "{}wanrt{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    ));
+    assert!(lib.is_file(), "{} was not built", lib.display());
+    dir.to_path_buf()
+}
+
+/// Compiles `sources` into the program `out` with `compiler` ("cc" or "c++"), against the
+/// header and the cdylib, with warnings as errors.
+fn compile(compiler: &str, std: &str, sources: &[&str], out: &Path) {
+    let lib = lib_dir();
+    let output = Command::new(compiler)
+        .arg(format!("-std={std}"))
+        .args(["-Wall", "-Wextra", "-Werror", "-pedantic", "-g", "-pthread"])
+        .arg("-I")
+        .arg(root().join("include"))
+        .arg("-I")
+        .arg(root().join("bindings/cpp"))
+        .args(sources.iter().map(|s| root().join(s)))
+        .arg("-o")
+        .arg(out)
+        .arg("-L")
+        .arg(&lib)
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .arg("-lwanrt")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `{compiler}`: {e}"));
+    assert!(
+        output.status.success(),
+        "{compiler} failed on {sources:?}:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn run(program: &Path, args: &[String]) -> Output {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
+    assert!(
+        output.status.success(),
+        "{} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        program.display(),
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn pipeline_case() -> Case {
+    let dir = fixtures_root().join("cases/pipeline_t2v");
+    Case::load(&dir).unwrap_or_else(|e| panic!("the pipeline_t2v fixture case: {e}"))
+}
+
+fn path_arg(case: &Case, key: &str) -> String {
+    case.path(key).unwrap().display().to_string()
+}
+
+/// The example's command line for the case: models, prompts, sampling, the initial latent
+/// (written raw into `dir`) and where to write the raw frames and latent.
+fn example_args(case: &Case, dir: &Path) -> Vec<String> {
+    let inputs = case.tensors("inputs").unwrap();
+    let x_t = tensor(&inputs, "x_T").unwrap().to_f32_vec().unwrap();
+    let latent_raw = dir.join("x_T.f32");
+    std::fs::write(&latent_raw, f32_bytes(&x_t)).unwrap();
+    let mut args = Vec::new();
+    for (flag, key) in [
+        ("--dit", "dit"),
+        ("--dit-config", "dit_config"),
+        ("--vae", "vae"),
+        ("--vae-config", "vae_config"),
+        ("--t5", "t5"),
+        ("--t5-config", "t5_config"),
+        ("--tokenizer", "tokenizer"),
+    ] {
+        args.extend([flag.to_string(), path_arg(case, key)]);
+    }
+    for (flag, key) in [
+        ("--prompt", "prompt"),
+        ("--negative-prompt", "negative_prompt"),
+    ] {
+        args.extend([flag.to_string(), case.str(key).unwrap().to_string()]);
+    }
+    assert_eq!(
+        case.str("solver").unwrap(),
+        "unipc",
+        "the examples use the default solver"
+    );
+    for (flag, key) in [
+        ("--steps", "steps"),
+        ("--shift", "shift"),
+        ("--cfg", "guidance_scale"),
+        ("--frames", "frames"),
+        ("--width", "width"),
+        ("--height", "height"),
+    ] {
+        args.extend([flag.to_string(), case.f64(key).unwrap().to_string()]);
+    }
+    let out = |name: &str| dir.join(name).display().to_string();
+    args.extend([
+        "--latent-raw".into(),
+        latent_raw.display().to_string(),
+        "--frames-raw".into(),
+        out("frames.u8"),
+        "--latent-out".into(),
+        out("latent.f32"),
+        "--out".into(),
+        out("video.mp4"),
+        "--frames-dir".into(),
+        out("frames"),
+    ]);
+    args
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_ne_bytes()).collect()
+}
+
+/// Compares what an example wrote into `dir` with the case's expected frames and latent.
+fn check_outputs(case: &Case, dir: &Path) {
+    let expected = case.tensors("expected").unwrap();
+    let frames = std::fs::read(dir.join("frames.u8")).unwrap();
+    let want = tensor(&expected, "frames").unwrap();
+    let want_frames = f64_data(want).unwrap();
+    assert_eq!(frames.len(), want_frames.len(), "frame bytes");
+    let max_diff = frames
+        .iter()
+        .zip(&want_frames)
+        .map(|(&a, &b)| (f64::from(a) - b).abs())
+        .fold(0.0, f64::max);
+    let tol = case.json["tolerance"]["frames_max_abs_diff"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        max_diff <= tol,
+        "frames differ by up to {max_diff} (tolerance {tol})"
+    );
+
+    let latent: Vec<f64> = std::fs::read(dir.join("latent.f32"))
+        .unwrap()
+        .chunks_exact(4)
+        .map(|b| f64::from(f32::from_ne_bytes(b.try_into().unwrap())))
+        .collect();
+    let want_latent = f64_data(tensor(&expected, "latent").unwrap()).unwrap();
+    let err = rel_l2(&latent, &want_latent);
+    let tol = case.rel_l2_tolerance().unwrap();
+    assert!(err <= tol, "latent rel_l2 {err:.3e} > {tol:.1e}");
+
+    let frame_count = case.f64("frames").unwrap() as usize;
+    let pngs = std::fs::read_dir(dir.join("frames")).unwrap().count();
+    assert_eq!(pngs, frame_count, "PNG frames written");
+    let info = wanrt::video::probe(&dir.join("video.mp4")).unwrap();
+    assert_eq!(info.frames, frame_count);
+    let metadata = info.metadata.expect("the MP4 records the parameters");
+    assert!(metadata.contains(case.str("prompt").unwrap()), "{metadata}");
+}
+
+#[test]
+fn c_example_reproduces_the_pipeline_case() {
+    let case = pipeline_case();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("generate_c");
+    compile("cc", "c99", &["examples/c/generate.c"], &exe);
+    let out = run(&exe, &example_args(&case, dir.path()));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("step 4/4"), "progress callback: {log}");
+    check_outputs(&case, dir.path());
+}
+
+#[test]
+fn cpp_example_reproduces_the_pipeline_case() {
+    let case = pipeline_case();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("generate_cpp");
+    compile("c++", "c++17", &["examples/cpp/generate.cpp"], &exe);
+    let out = run(&exe, &example_args(&case, dir.path()));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("step 4/4"), "progress callback: {log}");
+    check_outputs(&case, dir.path());
+}
+
+/// NULL handles and out-pointers, NULL, too-small and newer structs, free(NULL), a cancelling
+/// callback, a re-entrant call on a busy pipeline, calls after an error, bad requests and
+/// unwritable paths: each returns its documented status and message (see tests/c/misuse.c).
+#[test]
+fn c_misuse_returns_documented_statuses() {
+    let case = pipeline_case();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("misuse");
+    compile("cc", "c99", &["tests/c/misuse.c"], &exe);
+    let mut args: Vec<String> = [
+        "dit",
+        "vae",
+        "t5",
+        "tokenizer",
+        "dit_config",
+        "vae_config",
+        "t5_config",
+    ]
+    .iter()
+    .map(|k| path_arg(&case, k))
+    .collect();
+    args.push(dir.path().display().to_string());
+    let lora = fixtures_root().join("models/tiny-lora/lora_comfy.safetensors");
+    args.push(lora.display().to_string());
+    let valgrind = Command::new("valgrind").arg("--version").output().is_ok();
+    let out = if valgrind {
+        let mut full = vec![
+            "--error-exitcode=1".to_string(),
+            "--leak-check=full".into(),
+            "--errors-for-leak-kinds=definite".into(),
+            "--quiet".into(),
+            exe.display().to_string(),
+        ];
+        full.extend(args);
+        run(Path::new("valgrind"), &full)
+    } else {
+        println!("valgrind is not installed: running the misuse checks without it");
+        run(&exe, &args)
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("misuse: all checks passed"), "{stdout}");
+}
