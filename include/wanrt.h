@@ -577,8 +577,10 @@ enum wanrt_status wanrt_generate_params_preset(struct wanrt_generate_params *par
  *
  * Returns `WANRT_STATUS_OK`; `WANRT_STATUS_INVALID_ARGUMENT` for a NULL argument, a bad
  * `struct_size`, an invalid request (the message says which field and why) or a busy
- * pipeline; `WANRT_STATUS_CANCELLED` when a callback returned non-zero (`*out` is not
- * written and nothing is leaked); `WANRT_STATUS_DEVICE_ERROR` for a device failure.
+ * pipeline; `WANRT_STATUS_OUT_OF_MEMORY` when the request's estimated working memory exceeds
+ * the memory available (the message gives both); `WANRT_STATUS_CANCELLED` when a callback
+ * returned non-zero (`*out` is not written and nothing is leaked);
+ * `WANRT_STATUS_DEVICE_ERROR` for a device failure.
  *
  * # Safety
  * `pipeline` is NULL or a live pipeline; `params` is NULL or an initialised

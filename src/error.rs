@@ -95,6 +95,9 @@ pub enum Error {
     Device(String),
 
     // === Runtime ===
+    /// A request needs more working memory than the machine has (checked before any heavy work).
+    #[error("out of memory: {0}")]
+    OutOfMemory(String),
     /// The caller cancelled the operation through its callback.
     #[error("cancelled")]
     Cancelled,
@@ -167,6 +170,7 @@ impl Error {
             | Error::UnsupportedDType { .. }
             | Error::ShapeOverflow(_)
             | Error::InvalidArgument(_) => Status::InvalidArgument,
+            Error::OutOfMemory(_) => Status::OutOfMemory,
             Error::CudaNotCompiled | Error::Device(_) => Status::DeviceError,
             Error::Cancelled => Status::Cancelled,
         }

@@ -60,9 +60,13 @@ fn compile(compiler: &str, std: &str, sources: &[&str], out: &Path) {
     );
 }
 
+/// Runs `program`, loading `libwanrt.so` from [`lib_dir`]: cargo's `LD_LIBRARY_PATH` also
+/// names `target/<profile>`, where an older `cargo build` may have left another `libwanrt.so`,
+/// and it takes precedence over the programs' run path.
 fn run(program: &Path, args: &[String]) -> Output {
     let output = Command::new(program)
         .args(args)
+        .env("LD_LIBRARY_PATH", lib_dir())
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
     assert!(

@@ -613,7 +613,9 @@ fn the_library_checks_the_request_against_the_model() {
     let e = |r: GenerateRequest| pipe.check(&r).unwrap_err().to_string();
     let mut r = small("x");
     (r.width, r.height, r.frames) = (16384, 16384, 81);
-    assert!(e(r).contains("working memory"));
+    let oom = pipe.check(&r).unwrap_err();
+    assert_eq!(oom.status(), wanrt::Status::OutOfMemory, "{oom}");
+    assert!(oom.to_string().contains("working memory"), "{oom}");
     let mut r = small("x");
     r.seed = Some(MAX_SEED + 1);
     assert!(e(r).contains("out of range"));

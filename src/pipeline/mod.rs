@@ -526,7 +526,7 @@ impl Pipeline {
         }
         let e = estimate(1);
         if e.peak() > available {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::OutOfMemory(format!(
                 "{}x{} with {} frames needs about {} of working memory (denoising {}, VAE \
                  decoding {}) but only {} is available: lower the size or the frame count, or \
                  free memory",

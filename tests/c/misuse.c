@@ -227,6 +227,14 @@ int main(int argc, char **argv) {
     EXPECT(wanrt_generate(pipeline, &gen, &result), WANRT_STATUS_INVALID_ARGUMENT,
            "params->seed -5 is out of range");
     gen.seed = 7;
+    gen.width = 16384;
+    gen.height = 16384;
+    gen.frames = 81;
+    EXPECT(wanrt_generate(pipeline, &gen, &result), WANRT_STATUS_OUT_OF_MEMORY,
+           "of working memory");
+    gen.width = 48;
+    gen.height = 32;
+    gen.frames = 1;
     gen.initial_latent_len = 3;
     EXPECT(wanrt_generate(pipeline, &gen, &result), WANRT_STATUS_INVALID_ARGUMENT,
            "params->initial_latent is NULL");

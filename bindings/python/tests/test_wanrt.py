@@ -143,6 +143,11 @@ def test_errors_carry_status_and_message(case: dict, pipeline: wanrt.Pipeline):
     assert "width 40 is not a multiple of 16" in str(e.value)
 
     with pytest.raises(wanrt.WanrtError) as e:
+        pipeline.generate("a cat", **small(width=16384, height=16384, frames=81))
+    assert e.value.status == wanrt.Status.OUT_OF_MEMORY
+    assert "of working memory" in str(e.value)
+
+    with pytest.raises(wanrt.WanrtError) as e:
         pipeline.generate("a cat", **small(initial_latent=[0.0] * 5))
     assert "initial_latent_len is 5" in str(e.value)
 
