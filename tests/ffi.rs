@@ -254,3 +254,76 @@ fn c_misuse_returns_documented_statuses() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("misuse: all checks passed"), "{stdout}");
 }
+
+/// `cargo cinstall --release --prefix <tmp>` installs a header, the shared and static libraries
+/// and a `wanrt.pc` with which a C program compiles, links and runs. Ignored by default (a
+/// release build of a few minutes, and it needs cargo-c: `cargo install cargo-c`); run it with
+/// `cargo test --test ffi -- --ignored cinstall`.
+#[test]
+#[ignore]
+fn cinstall_gives_a_working_pkg_config() {
+    let prefix = tempfile::tempdir().unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["cinstall", "--release", "--prefix"])
+        .arg(prefix.path())
+        .current_dir(root())
+        .status()
+        .expect("cargo cinstall (cargo install cargo-c)");
+    assert!(status.success(), "cargo cinstall failed");
+    let pc = walk(prefix.path())
+        .into_iter()
+        .find(|p| p.file_name().is_some_and(|n| n == "wanrt.pc"))
+        .expect("wanrt.pc installed");
+    let pkg_config = |args: &[&str]| {
+        let out = Command::new("pkg-config")
+            .args(args)
+            .arg("wanrt")
+            .env("PKG_CONFIG_PATH", pc.parent().unwrap())
+            .output()
+            .expect("pkg-config");
+        assert!(out.status.success(), "pkg-config {args:?} failed");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let flags = pkg_config(&["--cflags", "--libs"]);
+    let libdir = pkg_config(&["--variable=libdir"]);
+    let libdir = libdir.trim();
+    for name in ["libwanrt.so", "libwanrt.a"] {
+        assert!(Path::new(libdir).join(name).exists(), "{name} in {libdir}");
+    }
+    let exe = prefix.path().join("pkg_config_test");
+    let status = Command::new("cc")
+        .arg(root().join("tests/c/pkg_config.c"))
+        .args(flags.split_whitespace())
+        .arg(format!("-Wl,-rpath,{libdir}"))
+        .arg("-o")
+        .arg(&exe)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "cc with `pkg-config --cflags --libs wanrt`: {flags}"
+    );
+    let out = Command::new(&exe)
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
