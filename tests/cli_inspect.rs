@@ -3,21 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn fixtures() -> PathBuf {
-    let root = std::env::var_os("WANRT_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"));
-    assert!(
-        root.join("models").is_dir(),
-        "fixtures not found at {} (set WANRT_FIXTURES)",
-        root.display()
-    );
-    root
-}
-
-fn model(rel: &str) -> PathBuf {
-    fixtures().join("models").join(rel)
-}
+mod common;
+use common::model;
 
 fn inspect(paths: &[PathBuf]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_wanrt"))

@@ -2,7 +2,7 @@
 //! `tests/kinds/dit.rs`). Fixtures: `$WANRT_FIXTURES`, default `../shared/fixtures` next to the crate.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use wanrt::model::dit::{
     weight_shapes, DitConfig, ForwardOptions, NagParams, TeaCacheSignal, WanDit,
@@ -10,11 +10,8 @@ use wanrt::model::dit::{
 use wanrt::tensor::Weight;
 use wanrt::{Error, Tensor};
 
-fn fixtures() -> PathBuf {
-    std::env::var_os("WANRT_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"))
-}
+mod common;
+use common::model;
 
 /// Canonical weights of a checkpoint file or folder, in any layout.
 fn load_weights(path: &Path) -> BTreeMap<String, Weight> {
@@ -45,7 +42,7 @@ fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
 // ---------------------------------------------------------------------------- the tiny model
 
 fn tiny_weights() -> (BTreeMap<String, Weight>, DitConfig) {
-    let dir = fixtures().join("models/tiny-dit");
+    let dir = model("tiny-dit");
     let w = load_weights(&dir.join("dit_f32.safetensors"));
     let cfg = load_config(&w, &dir.join("config.json"));
     (w, cfg)

@@ -2,7 +2,6 @@
 //! synthetic key sets of the real checkpoints (names and shapes only, no data).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use wanrt::io::config::{DitConfig, ModelType, T5Config, VaeConfig};
 use wanrt::io::layout::{
@@ -13,23 +12,10 @@ use wanrt::io::{self, Checkpoint};
 use wanrt::tensor::{DType, Tensor, Weight};
 use wanrt::Error;
 
+mod common;
+use common::model;
+
 // === Helpers ===
-
-fn fixtures() -> PathBuf {
-    let root = std::env::var_os("WANRT_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"));
-    assert!(
-        root.join("models").is_dir(),
-        "fixtures not found at {} (set WANRT_FIXTURES)",
-        root.display()
-    );
-    root
-}
-
-fn model(rel: &str) -> PathBuf {
-    fixtures().join("models").join(rel)
-}
 
 fn open(rel: &str) -> Checkpoint {
     io::open(model(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))

@@ -2,35 +2,19 @@
 //! hand-built pickles and zips exercise the restricted unpickler's refusals; mutated fixture
 //! bytes never make the reader panic.
 
-use std::path::{Path, PathBuf};
-
 use proptest::prelude::*;
 use wanrt::io::{open, pth, FileFormat};
 use wanrt::{DType, Error};
 
-/// The fixture models: under `$WANRT_FIXTURES`, by default `../shared/fixtures` next to the
-/// crate (or one level further up, from a worktree).
-fn fixtures() -> PathBuf {
-    let root = std::env::var_os("WANRT_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-            let near = crate_dir.join("../shared/fixtures");
-            if near.exists() {
-                near
-            } else {
-                crate_dir.join("../../shared/fixtures")
-            }
-        });
-    root.join("models")
-}
+mod common;
+use common::model;
 
 // ---------------------------------------------------------------------------------------------
 // The fixtures
 
 fn assert_equals_rounded_twin(pth_file: &str, f32_file: &str) {
-    let pth = open(fixtures().join(pth_file)).unwrap();
-    let f32 = open(fixtures().join(f32_file)).unwrap();
+    let pth = open(model(pth_file)).unwrap();
+    let f32 = open(model(f32_file)).unwrap();
     assert_eq!(pth.format, FileFormat::Pth);
     assert!(pth.metadata.is_empty());
     let names: Vec<_> = pth.tensors.keys().collect();
@@ -900,7 +884,7 @@ proptest! {
         edits in proptest::collection::vec((any::<u8>(), any::<usize>(), any::<u8>()), 0..8),
         cut in proptest::option::weighted(0.2, any::<usize>()),
     ) {
-        let base = std::fs::read(fixtures().join("tiny-umt5/umt5_enc_bf16.pth")).unwrap();
+        let base = std::fs::read(model("tiny-umt5/umt5_enc_bf16.pth")).unwrap();
         let bytes = mutate(&base, &edits, cut);
         if let Ok(c) = read(&bytes) {
             for t in c.tensors.values() {

@@ -13,15 +13,11 @@ use wanrt::io::{Checkpoint, FileFormat};
 use wanrt::tensor::Storage;
 use wanrt::{DType, Error, Result, Tensor};
 
-fn fixtures() -> PathBuf {
-    match std::env::var_os("WANRT_FIXTURES") {
-        Some(p) => PathBuf::from(p),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"),
-    }
-}
+mod common;
+use common::fixtures_root;
 
 fn fixture(rel: &str) -> PathBuf {
-    let p = fixtures().join(rel);
+    let p = fixtures_root().join(rel);
     assert!(
         p.exists(),
         "missing fixture {} (set WANRT_FIXTURES)",
@@ -42,7 +38,7 @@ fn fixture_files() -> Vec<PathBuf> {
             }
         }
     }
-    let root = fixtures();
+    let root = fixtures_root();
     assert!(
         root.is_dir(),
         "fixtures not found at {} (set WANRT_FIXTURES)",

@@ -11,25 +11,15 @@ mod common;
 use std::ffi::OsString;
 use std::fs;
 use std::io::BufReader;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{f64_data, fixtures_root, tensor, Case};
+use common::{f64_data, fixtures_root, model, tensor, Case};
 use wanrt::pipeline::{
     Flow, GenerateRequest, LoraSpec, ModelSource, Pipeline, Progress, Stage, MAX_SEED,
 };
 use wanrt::{Error, Tensor};
-
-fn model(rel: &str) -> PathBuf {
-    let root = fixtures_root();
-    assert!(
-        root.join("models").is_dir(),
-        "fixtures not found at {} (set WANRT_FIXTURES)",
-        root.display()
-    );
-    root.join("models").join(rel)
-}
 
 fn case() -> Case {
     Case::load(&fixtures_root().join("cases/pipeline_t2v")).unwrap()

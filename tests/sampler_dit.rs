@@ -2,8 +2,6 @@
 //! residual hooks and Skip Layer Guidance. Fixtures: `$WANRT_FIXTURES`, default
 //! `../shared/fixtures` next to the crate.
 
-use std::path::{Path, PathBuf};
-
 use wanrt::model::dit::{NagParams, WanDit};
 use wanrt::sampler::{
     noise, Flow, Guidance, PassUse, Sampler, SamplerConfig, Slg, SolverKind, StepReport, TeaCache,
@@ -11,11 +9,10 @@ use wanrt::sampler::{
 };
 use wanrt::Tensor;
 
+mod common;
+
 fn tiny() -> WanDit {
-    let dir = std::env::var_os("WANRT_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"))
-        .join("models/tiny-dit");
+    let dir = common::model("tiny-dit");
     WanDit::open(
         dir.join("dit_f32.safetensors"),
         Some(&dir.join("config.json")),

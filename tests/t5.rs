@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use wanrt::model::t5::{file_identity, TextEncoder, Umt5Encoder, Umt5Tokenizer};
 use wanrt::{Error, Tensor};
 
+mod common;
+use common::model;
+
 fn umt5_dir() -> PathBuf {
-    std::env::var_os("WANRT_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"))
-        .join("models/tiny-umt5")
+    model("tiny-umt5")
 }
 
 fn encoder() -> Umt5Encoder {

@@ -18,6 +18,18 @@ pub fn fixtures_root() -> PathBuf {
     }
 }
 
+/// `rel` under the fixture models (`fixtures_root()/models`); panics with a hint when the
+/// fixtures are not there.
+pub fn model(rel: &str) -> PathBuf {
+    let models = fixtures_root().join("models");
+    assert!(
+        models.is_dir(),
+        "fixtures not found at {} (set WANRT_FIXTURES)",
+        models.display()
+    );
+    models.join(rel)
+}
+
 /// Every folder under `root` that holds a `case.json` (not descending into cases), sorted.
 pub fn find_cases(root: &Path) -> std::io::Result<Vec<PathBuf>> {
     fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
