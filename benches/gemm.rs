@@ -4,20 +4,9 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use wanrt::tensor::random::values;
 use wanrt::tensor::Weight;
 use wanrt::{DType, Tensor};
-
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
 
 fn linear(c: &mut Criterion) {
     let tokens = std::env::var("WANRT_BENCH_TOKENS")

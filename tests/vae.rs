@@ -5,38 +5,24 @@
 use std::collections::BTreeMap;
 
 use wanrt::model::vae::{to_rgb8, DecodeOptions, Tiling, VaeConfig, WanVae};
+use wanrt::tensor::random;
 use wanrt::tensor::Weight;
 use wanrt::{DType, Error, Tensor};
 
 // ---------------------------------------------------------------------------- random weights
-
-/// Deterministic pseudo-random values in [-1, 1).
-fn uniform(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
 
 /// The weight map of a Wan VAE (dim_mult [1, 2, 4, 4], 2 residual blocks, temporal
 /// downsampling [false, true, true]) of base width `d`, written from the key list of
 /// wan-architecture.md §2.7: conv weights of variance 1/fan_in, small biases, unit gammas.
 struct Builder {
     map: BTreeMap<String, Weight>,
-    seed: u64,
+    seed: u32,
 }
 
 impl Builder {
     fn put(&mut self, name: String, dims: &[usize], scale: f32) {
         self.seed += 1;
-        let n = dims.iter().product();
-        let v: Vec<f32> = uniform(n, self.seed).iter().map(|x| x * scale).collect();
-        let t = Tensor::from_f32(v, dims).unwrap();
+        let t = random::tensor(dims, self.seed, 0.0, scale).unwrap();
         self.map.insert(name, Weight::new(t));
     }
 
@@ -70,7 +56,7 @@ impl Builder {
     }
 }
 
-fn random_vae_weights(d: usize, seed: u64) -> BTreeMap<String, Weight> {
+fn random_vae_weights(d: usize, seed: u32) -> BTreeMap<String, Weight> {
     let mut b = Builder {
         map: BTreeMap::new(),
         seed,

@@ -9,6 +9,7 @@ pub mod convert;
 mod dtype;
 pub mod fp8;
 pub mod ops;
+pub mod random;
 mod shape;
 mod storage;
 mod weight;

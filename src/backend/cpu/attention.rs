@@ -412,19 +412,7 @@ fn exp_approx<const FMA: bool>(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Deterministic values in [-1, 1).
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
+    use crate::tensor::random::values;
 
     /// Direct softmax attention in f64, one (batch, head, query) at a time.
     fn reference(q: &[f32], k: &[f32], v: &[f32], dims: AttnDims, opts: &AttnOpts<'_>) -> Vec<f64> {

@@ -235,16 +235,9 @@ pub(crate) mod test_support {
     use super::Conv3dGeom;
 
     /// Deterministic pseudo-random values in [-2, 2).
-    pub(crate) fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-            })
-            .collect()
+    pub(crate) fn values(n: usize, seed: u32) -> Vec<f32> {
+        let v = crate::tensor::random::values(n, seed);
+        v.into_iter().map(|x| 2.0 * x).collect()
     }
 
     /// Direct-loop 3-D convolution in f64 (same layouts as [`super::conv3d`]).

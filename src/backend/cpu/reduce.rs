@@ -218,18 +218,7 @@ pub fn softmax_last(x: &[f32], n: usize, out: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407);
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
+    use crate::tensor::random::values;
 
     /// Naive reduction in f64 by explicit indices.
     fn reduce_ref(op: ReduceOp, x: &[f32], outer: usize, n: usize, inner: usize) -> Vec<f64> {
@@ -264,7 +253,7 @@ mod tests {
             (5000, 4, 3),
         ];
         for (s, &(outer, n, inner)) in shapes.iter().enumerate() {
-            let x = rand_vec(outer * n * inner, s as u64);
+            let x = values(outer * n * inner, s as u32);
             for op in [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max] {
                 let mut out = vec![f32::NAN; outer * inner];
                 reduce(op, &x, outer, n, inner, &mut out);
@@ -293,7 +282,7 @@ mod tests {
     #[test]
     fn max_propagates_nan() {
         for pos in [0, 7, 16, 40] {
-            let mut x = rand_vec(41, 9);
+            let mut x = values(41, 9);
             x[pos] = f32::NAN;
             let mut out = [0.0];
             reduce(ReduceOp::Max, &x, 1, 41, 1, &mut out);
@@ -323,7 +312,7 @@ mod tests {
     #[test]
     fn softmax_matches_reference() {
         for &(rows, n) in &[(1, 1), (3, 5), (7, 33), (2, 1000), (300, 257)] {
-            let x: Vec<f32> = rand_vec(rows * n, n as u64)
+            let x: Vec<f32> = values(rows * n, n as u32)
                 .iter()
                 .map(|v| v * 30.0)
                 .collect();

@@ -8,7 +8,6 @@
 //! `peak_rss_mb` is the process's peak resident memory (Linux `VmHWM`): weights, inputs and the
 //! op's working memory together.
 
-mod random;
 mod targets;
 
 use std::time::Instant;

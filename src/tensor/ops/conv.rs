@@ -140,12 +140,12 @@ pub(crate) mod tests {
     use crate::error::Error;
     use crate::tensor::{DType, Tensor, Weight};
 
-    pub(crate) fn tensor(dims: &[usize], seed: u64) -> Tensor {
+    pub(crate) fn tensor(dims: &[usize], seed: u32) -> Tensor {
         Tensor::from_f32(values(dims.iter().product(), seed), dims).unwrap()
     }
 
     /// A weight stored as `dtype`; fp8 carries a scale, as ComfyUI scaled fp8 does.
-    pub(crate) fn weight(dims: &[usize], seed: u64, dtype: DType) -> Weight {
+    pub(crate) fn weight(dims: &[usize], seed: u32, dtype: DType) -> Weight {
         let t = tensor(dims, seed).to_dtype(dtype).unwrap();
         let scale = matches!(dtype, DType::F8E4M3 | DType::F8E5M2).then_some(0.75);
         Weight { tensor: t, scale }

@@ -178,20 +178,9 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams<'_>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tensor::random::values;
 
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
-
-    fn t(dims: &[usize], seed: u64) -> Tensor {
+    fn t(dims: &[usize], seed: u32) -> Tensor {
         Tensor::from_f32(values(dims.iter().product(), seed), dims).unwrap()
     }
 

@@ -12,8 +12,8 @@ use wanrt::tensor::ops::{attention, AttentionParams};
 use wanrt::tensor::Weight;
 use wanrt::{DType, Error, Result};
 
-use super::random;
 use super::Prepared;
+use wanrt::tensor::random;
 
 /// A target's flags turned into a ready-to-time [`Prepared`].
 pub trait Prepare {

@@ -1,4 +1,5 @@
-//! Fast, reproducible random tensors for benchmarks.
+//! Reproducible pseudo-random tensors, for benchmarks, tests and random-weight models (not for
+//! sampling noise: that is [`crate::sampler::noise`]).
 //!
 //! The generator is counter-based: element `i` of stream `seed` is a hash of `(seed, i)`
 //! (the SplitMix64 finalizer), so any chunk is computed on its own and chunks run in parallel.
@@ -6,10 +7,11 @@
 //! the minutes a sequential generator would.
 
 use rayon::prelude::*;
-use wanrt::backend::cpu::elementwise::simd;
-use wanrt::tensor::convert::narrow_from_f32;
-use wanrt::tensor::Weight;
-use wanrt::{DType, Error, Result, Tensor};
+
+use crate::backend::cpu::elementwise::simd;
+use crate::error::{Error, Result};
+use crate::tensor::convert::narrow_from_f32;
+use crate::tensor::{DType, Tensor, Weight};
 
 /// Elements per parallel job.
 const CHUNK: usize = 1 << 16;
@@ -44,6 +46,15 @@ fn fill_bf16(seed: u32, offset: usize, center: f32, amp: f32, out: &mut [u16]) {
             *o = ((b + 0x7FFF + ((b >> 16) & 1)) >> 16) as u16;
         }
     })
+}
+
+/// `n` values of stream `seed`, uniform in `[-1, 1)`.
+pub fn values(n: usize, seed: u32) -> Vec<f32> {
+    let mut v = vec![0f32; n];
+    v.par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(c, out)| fill(seed, c * CHUNK, 0.0, 1.0, out));
+    v
 }
 
 /// An f32 tensor of `center + amp · U[-1, 1)` values.
