@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use proptest::prelude::*;
-use wanrt::io::safetensors::{read_file, read_folder, write_file};
+use wanrt::io::safetensors::{read_file, read_folder, write_file, write_file_with, TensorSpec};
 use wanrt::io::{Checkpoint, FileFormat};
 use wanrt::tensor::Storage;
 use wanrt::{DType, Error, Result, Tensor};
@@ -244,6 +244,70 @@ fn write_file_replaces_atomically_and_checks_names() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(left, ["w.safetensors"]);
+}
+
+/// Tensors streamed through `write_file_with`, in any order, give the bytes `write_file` gives;
+/// a tensor that is unknown, repeated, unlike its spec or never written, or an error from the
+/// producer, leaves no file and the old one untouched.
+#[test]
+fn streamed_writes_match_write_file_and_check_every_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = f32_tensor(&[1.0, 2.0, 3.0], &[3]);
+    let b = Tensor::from_slice(&[half::bf16::from_f32(0.5), half::bf16::ONE], [2, 1]).unwrap();
+    let c = f32_tensor(&[4.0], &[]);
+    let meta = BTreeMap::from([("k".to_string(), "v".to_string())]);
+    let whole = dir.path().join("whole.safetensors");
+    write_file(&whole, &[("a", &a), ("b", &b), ("c", &c)], &meta).unwrap();
+    let spec = |name: &str, t: &Tensor| TensorSpec {
+        name: name.into(),
+        dtype: t.dtype(),
+        dims: t.dims().to_vec(),
+    };
+    let specs = [spec("a", &a), spec("b", &b), spec("c", &c)];
+    let path = dir.path().join("streamed.safetensors");
+    write_file_with(&path, &specs, &meta, |put| {
+        put("c", &c)?;
+        put("b", &b)?;
+        put("a", &a)
+    })
+    .unwrap();
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        std::fs::read(&whole).unwrap()
+    );
+
+    type Producer = fn(&mut dyn FnMut(&str, &Tensor) -> Result<()>, &[Tensor]) -> Result<()>;
+    let cases: [(Producer, &str); 5] = [
+        (
+            |put, t| put("a", &t[0]).and(put("b", &t[1])),
+            "`c` was never written",
+        ),
+        (
+            |put, t| put("a", &t[0]).and(put("a", &t[0])),
+            "`a` written twice",
+        ),
+        (|put, t| put("d", &t[0]), "`d` is not in the header"),
+        (|put, t| put("b", &t[0]), "but the header says bf16 [2, 1]"),
+        (
+            |put, t| put("a", &t[0]).and(Err(Error::Cancelled)),
+            "cancelled",
+        ),
+    ];
+    let tensors = [a.clone(), b.clone(), c.clone()];
+    for (produce, message) in cases {
+        let err = write_file_with(&path, &specs, &meta, |put| produce(put, &tensors)).unwrap_err();
+        assert!(err.to_string().contains(message), "{err}");
+    }
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        std::fs::read(&whole).unwrap()
+    );
+    let mut left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["streamed.safetensors", "whole.safetensors"]);
 }
 
 const GOOD: &str = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;

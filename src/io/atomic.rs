@@ -21,21 +21,36 @@ pub fn write_atomic<F>(path: &Path, write: F) -> Result<()>
 where
     F: FnOnce(&mut dyn Write) -> std::io::Result<()>,
 {
+    write_atomic_file(path, |file| {
+        let mut w = BufWriter::new(file);
+        write(&mut w)
+            .and_then(|()| w.flush())
+            .map_err(|e| Error::io(path, e))
+    })
+}
+
+/// As [`write_atomic`], but `write` receives the temporary file itself (so it can write at
+/// offsets) and returns the crate's errors, which are passed through unchanged; it reports its
+/// own I/O errors (against `path`, say).
+pub fn write_atomic_file<F>(path: &Path, write: F) -> Result<()>
+where
+    F: FnOnce(&mut fs::File) -> Result<()>,
+{
     let (dir, tmp) = temp_path(path)?;
-    let written = (|| -> std::io::Result<()> {
-        let file = fs::OpenOptions::new()
+    let written = (|| -> Result<()> {
+        let mut file = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .open(&tmp)?;
-        let mut w = BufWriter::new(file);
-        write(&mut w)?;
-        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        fs::rename(&tmp, path)
+            .open(&tmp)
+            .map_err(|e| Error::io(path, e))?;
+        write(&mut file)?;
+        file.sync_all().map_err(|e| Error::io(path, e))?;
+        fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
     })();
     if let Err(e) = written {
         // Best effort: the temporary file may not exist, and the original error matters more.
         let _ = fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
+        return Err(e);
     }
     // Make the rename itself durable.
     fs::File::open(&dir)

@@ -509,35 +509,76 @@ pub fn write_file(
     tensors: &[(&str, &Tensor)],
     metadata: &BTreeMap<String, String>,
 ) -> Result<()> {
-    let mut order: Vec<(&str, &Tensor)> = tensors.to_vec();
+    let specs: Vec<TensorSpec> = tensors
+        .iter()
+        .map(|(name, t)| TensorSpec {
+            name: name.to_string(),
+            dtype: t.dtype(),
+            dims: t.dims().to_vec(),
+        })
+        .collect();
+    write_file_with(path, &specs, metadata, |put| {
+        tensors.iter().try_for_each(|(name, t)| put(name, t))
+    })
+}
+
+/// The name, dtype and shape of a tensor that [`write_file_with`] will write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorSpec {
+    /// The tensor's name in the file.
+    pub name: String,
+    /// Its dtype.
+    pub dtype: DType,
+    /// Its shape.
+    pub dims: Vec<usize>,
+}
+
+/// Writes a safetensors file whose tensors are produced one at a time, so that only the tensor
+/// being produced needs to be in memory. The header is laid out from `specs` exactly as
+/// [`write_file`] lays it out; then `produce` passes every tensor to `put` once, in any order,
+/// and `put` checks it against its spec and writes it at its offset. Atomic as [`write_file`]:
+/// on any error (from `produce`, a tensor unknown, repeated or unlike its spec, or one never
+/// put) no file appears and an existing one is untouched.
+pub fn write_file_with<F>(
+    path: &Path,
+    specs: &[TensorSpec],
+    metadata: &BTreeMap<String, String>,
+    produce: F,
+) -> Result<()>
+where
+    F: FnOnce(&mut dyn FnMut(&str, &Tensor) -> Result<()>) -> Result<()>,
+{
+    let mut order: Vec<&TensorSpec> = specs.iter().collect();
     // The reference writer's order: its dtype enum is declared by increasing alignment.
     order.sort_by(|a, b| {
-        format_dtype(b.1.dtype())
-            .cmp(&format_dtype(a.1.dtype()))
-            .then(a.0.cmp(b.0))
+        format_dtype(b.dtype)
+            .cmp(&format_dtype(a.dtype))
+            .then(a.name.cmp(&b.name))
     });
-    if let Some(w) = order.windows(2).find(|w| w[0].0 == w[1].0) {
+    if let Some(w) = order.windows(2).find(|w| w[0].name == w[1].name) {
         return Err(Error::InvalidArgument(format!(
             "write_file: tensor `{}` given twice",
-            w[0].0
+            w[0].name
         )));
     }
-    if order.iter().any(|(name, _)| *name == METADATA_KEY) {
+    if order.iter().any(|t| t.name == METADATA_KEY) {
         return Err(Error::InvalidArgument(format!(
             "write_file: `{METADATA_KEY}` is not a tensor name"
         )));
     }
     let mut entries = Vec::with_capacity(order.len());
     let mut offset = 0;
-    for &(name, t) in &order {
-        let bytes = t.raw_bytes()?;
+    for t in &order {
+        let len = checked_product(&t.dims)
+            .and_then(|n| n.checked_mul(t.dtype.size_in_bytes()))
+            .ok_or_else(|| Error::ShapeOverflow(t.dims.clone()))?;
         entries.push(Entry {
-            name,
-            dtype: t.dtype(),
-            shape: t.dims(),
-            offsets: [offset, offset + bytes.len()],
+            name: &t.name,
+            dtype: t.dtype,
+            shape: &t.dims,
+            offsets: [offset, offset + len],
         });
-        offset += bytes.len();
+        offset += len;
     }
     let mut header = serde_json::to_vec(&HeaderOut {
         metadata,
@@ -545,14 +586,52 @@ pub fn write_file(
     })
     .map_err(|e| Error::InvalidArgument(format!("write_file: header: {e}")))?;
     header.resize(header.len().next_multiple_of(8), b' ');
+    let data_start = (8 + header.len()) as u64;
+    let index: BTreeMap<&str, usize> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.name, i))
+        .collect();
 
-    super::atomic::write_atomic(path, |w| {
-        w.write_all(&(header.len() as u64).to_le_bytes())?;
-        w.write_all(&header)?;
-        for (_, t) in &order {
-            w.write_all(t.raw_bytes().map_err(std::io::Error::other)?)?;
+    super::atomic::write_atomic_file(path, |file| {
+        use std::io::{Seek, SeekFrom, Write};
+        let io_err = |e| Error::io(path, e);
+        file.write_all(&(header.len() as u64).to_le_bytes())
+            .map_err(io_err)?;
+        file.write_all(&header).map_err(io_err)?;
+        let mut written = vec![false; entries.len()];
+        produce(&mut |name, t| {
+            let i = *index.get(name).ok_or_else(|| {
+                Error::InvalidArgument(format!("write_file: tensor `{name}` is not in the header"))
+            })?;
+            let e = &entries[i];
+            if written[i] {
+                return Err(Error::InvalidArgument(format!(
+                    "write_file: tensor `{name}` written twice"
+                )));
+            }
+            if t.dtype() != e.dtype || t.dims() != e.shape {
+                return Err(Error::InvalidArgument(format!(
+                    "write_file: tensor `{name}` is {} {:?}, but the header says {} {:?}",
+                    t.dtype(),
+                    t.dims(),
+                    e.dtype,
+                    e.shape
+                )));
+            }
+            file.seek(SeekFrom::Start(data_start + e.offsets[0] as u64))
+                .map_err(io_err)?;
+            file.write_all(t.raw_bytes()?).map_err(io_err)?;
+            written[i] = true;
+            Ok(())
+        })?;
+        match written.iter().position(|w| !w) {
+            Some(i) => Err(Error::InvalidArgument(format!(
+                "write_file: tensor `{}` was never written",
+                entries[i].name
+            ))),
+            None => Ok(()),
         }
-        Ok(())
     })
 }
 

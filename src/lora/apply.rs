@@ -8,7 +8,7 @@ use super::{check_strength, combine, Lora, LowRank};
 use crate::backend::cpu::gemm::{sgemm, MatRef};
 use crate::error::{Error, Result};
 use crate::model::dit::{LinearDelta, WanDit};
-use crate::tensor::{Tensor, Weight};
+use crate::tensor::{DType, Tensor, Weight};
 
 /// How LoRAs are applied to a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,23 +178,58 @@ pub fn merge(
     loras: &[(&Lora, f32)],
     store: StoreAs,
 ) -> Result<(BTreeMap<String, Weight>, Report)> {
-    store.validate()?;
-    let (targets, report) = plan(&weights, loras)?;
-    for (name, deltas) in &targets {
-        let old = &weights[name];
-        let mut v = widen(old)?;
-        add_deltas(&mut v, deltas)?;
-        let new = store.store(name, v, old)?;
-        weights.insert(name.clone(), new);
-    }
+    let plan = MergePlan::new(&weights, loras, store)?;
     for (name, w) in weights.iter_mut() {
-        if !targets.contains_key(name) {
-            if let Some(new) = store.convert(name, w)? {
-                *w = new;
-            }
+        if let Some(new) = plan.merged(name, w)? {
+            *w = new;
         }
     }
-    Ok((weights, report))
+    Ok((weights, plan.report))
+}
+
+/// A merge matched and checked but not yet computed, so that its parameters can be merged one
+/// at a time (as `wanrt lora merge` streams them to disk); [`merge`] does them all at once.
+pub struct MergePlan<'a> {
+    targets: Targets<'a>,
+    store: StoreAs,
+    /// What the merge applies and ignores.
+    pub report: Report,
+}
+
+impl<'a> MergePlan<'a> {
+    /// Matches `loras` against `weights` (errors as in [`merge`]) without computing anything.
+    pub fn new(
+        weights: &BTreeMap<String, Weight>,
+        loras: &[(&'a Lora, f32)],
+        store: StoreAs,
+    ) -> Result<Self> {
+        store.validate()?;
+        let (targets, report) = plan(weights, loras)?;
+        Ok(MergePlan {
+            targets,
+            store,
+            report,
+        })
+    }
+
+    /// The dtype parameter `name` (stored as `old`) has after the merge, and whether it carries
+    /// a ComfyUI fp8 scale: what [`MergePlan::merged`] will return, known before computing it.
+    pub fn stored_form(&self, name: &str, old: &Weight) -> (DType, bool) {
+        self.store.stored_form(name, old)
+    }
+
+    /// Parameter `name` (stored as `old`) with the LoRAs merged in and stored as planned, or
+    /// `None` where it stays exactly as `old`.
+    pub fn merged(&self, name: &str, old: &Weight) -> Result<Option<Weight>> {
+        match self.targets.get(name) {
+            Some(deltas) => {
+                let mut v = widen(old)?;
+                add_deltas(&mut v, deltas)?;
+                self.store.store(name, v, old).map(Some)
+            }
+            None => self.store.convert(name, old),
+        }
+    }
 }
 
 /// LoRAs prepared to run unmerged: what [`unmerged`] returns.

@@ -19,7 +19,7 @@ mod store;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-pub use apply::{merge, open_dit, unmerged, LoraReport, Mode, Report, Unmerged};
+pub use apply::{merge, open_dit, unmerged, LoraReport, MergePlan, Mode, Report, Unmerged};
 pub use store::StoreAs;
 
 use crate::error::{Error, Result};

@@ -62,6 +62,14 @@ impl StoreAs {
         }
     }
 
+    /// The dtype in which parameter `name` (now `w`) is stored, and whether with a scale.
+    pub(super) fn stored_form(self, name: &str, w: &Weight) -> (DType, bool) {
+        match self.target(name, w) {
+            Target::Plain(d) => (d, false),
+            Target::Scaled(d, _) => (d, true),
+        }
+    }
+
     /// The merged f32 `values` of parameter `name`, whose stored form was `old`.
     pub(super) fn store(self, name: &str, values: Vec<f32>, old: &Weight) -> Result<Weight> {
         let shape = old.tensor.shape().clone();

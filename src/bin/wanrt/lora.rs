@@ -8,8 +8,9 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use wanrt::io::config::DitConfig;
 use wanrt::io::layout::{self, Component, Quant, StoredName};
+use wanrt::io::safetensors::TensorSpec;
 use wanrt::io::{self, Checkpoint};
-use wanrt::lora::{self, Lora, StoreAs};
+use wanrt::lora::{Lora, MergePlan, StoreAs};
 use wanrt::tensor::Weight;
 use wanrt::{DType, Error, Result, Tensor};
 
@@ -97,13 +98,13 @@ fn merge(args: &MergeArgs) -> Result<Vec<String>> {
         loras.push((Lora::open(&path)?, strength));
     }
     let refs: Vec<(&Lora, f32)> = loras.iter().map(|(l, s)| (l, *s)).collect();
-    let (merged, report) = lora::merge(weights, &refs, args.dtype)?;
+    let plan = MergePlan::new(&weights, &refs, args.dtype)?;
 
     let base_scaled = match detected.quant {
         Quant::ScaledFp8(d) => Some(d),
         _ => None,
     };
-    let tensors = in_stored_layout(&ckpt, base_scaled, &names, &merged)?;
+    let out = Outputs::new(&ckpt, base_scaled, &names, &weights, &plan)?;
     let mut metadata = ckpt.metadata.clone();
     let mut record: Vec<serde_json::Value> = metadata
         .get(MERGED_KEY)
@@ -122,9 +123,27 @@ fn merge(args: &MergeArgs) -> Result<Vec<String>> {
         serde_json::Value::from(record).to_string(),
     );
     metadata.insert("wanrt.merge_dtype".into(), args.dtype.to_string());
-    let list: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
-    io::safetensors::write_file(&args.out, &list, &metadata)?;
+    // One merged weight at a time: only the weight being merged is in memory.
+    io::safetensors::write_file_with(&args.out, &out.specs, &metadata, |put| {
+        for (n, scale_name) in &out.weights {
+            let old = &weights[&n.canonical];
+            let merged = plan.merged(&n.canonical, old)?;
+            let w = merged.as_ref().unwrap_or(old);
+            put(&n.stored, &w.tensor)?;
+            if let (Some(name), Some(s)) = (scale_name, w.scale) {
+                put(name, &Tensor::from_f32(vec![s], [])?)?;
+            }
+        }
+        for k in &out.base {
+            put(k, &ckpt.tensors[*k])?;
+        }
+        if let Some((name, dtype)) = &out.marker {
+            put(name, &Tensor::zeros([0], *dtype))?;
+        }
+        Ok(())
+    })?;
 
+    let report = plan.report;
     for r in &report.loras {
         println!(
             "merged {} (strength {}): {} low-rank modules, {} full deltas",
@@ -141,69 +160,100 @@ fn merge(args: &MergeArgs) -> Result<Vec<String>> {
 /// The metadata key listing the merged LoRAs (a JSON list; a merge of a merged file extends it).
 const MERGED_KEY: &str = "wanrt.merged_loras";
 
-/// The merged canonical weights under the base file's names: each weight where the base has
-/// it, its ComfyUI `scale_weight` next to it when it is scaled fp8 (and the `scaled_fp8` marker
-/// once, the base's own when the fp8 type is unchanged, `base_scaled`), the base's other tensors
-/// (`scale_input`s of still-scaled weights) unchanged.
-fn in_stored_layout(
-    ckpt: &Checkpoint,
-    base_scaled: Option<DType>,
-    names: &[StoredName],
-    merged: &BTreeMap<String, Weight>,
-) -> Result<Vec<(String, Tensor)>> {
-    let mut out = Vec::with_capacity(ckpt.tensors.len());
-    let mut written = BTreeSet::new();
-    let mut scaled = None;
-    for n in names {
-        let w = merged
-            .get(&n.canonical)
-            .ok_or_else(|| Error::MissingTensor {
-                name: n.canonical.clone(),
-                context: "merged weights".into(),
-            })?;
-        out.push((n.stored.clone(), w.tensor.clone()));
-        written.extend([n.stored.clone()].into_iter().chain(n.scale.clone()));
-        if let Some(s) = w.scale {
-            let base = n.stored.strip_suffix("weight").unwrap_or(&n.stored);
-            let name = n
-                .scale
-                .clone()
-                .unwrap_or_else(|| format!("{base}scale_weight"));
-            out.push((name, Tensor::from_f32(vec![s], [])?));
-            scaled = Some(w.dtype());
-        }
-    }
-    let is_marker = |k: &str| k == "scaled_fp8" || k.ends_with(".scaled_fp8");
-    let still_scaled = |weight: &str| {
-        names
-            .iter()
-            .any(|n| n.stored == weight && merged[&n.canonical].scale.is_some())
-    };
-    for (k, t) in &ckpt.tensors {
-        if written.contains(k) {
-            continue;
-        }
-        // The base's marker stays if the weights stay scaled in its fp8 type.
-        let keep = if is_marker(k) {
-            scaled.is_some() && scaled == base_scaled
-        } else if let Some(m) = k.strip_suffix(".scale_input") {
-            still_scaled(&format!("{m}.weight"))
-        } else {
-            true
+/// The tensors of the merged file, in the base file's layout: each weight under the base's
+/// name (merged, or as the base stores it), with its ComfyUI `scale_weight` when it is scaled
+/// fp8; the base's other tensors that still apply (markers, `scale_input`s of still-scaled
+/// weights, anything unknown); and a new `scaled_fp8` marker when the weights became scaled
+/// in another fp8 type than the base's (`base_scaled`).
+struct Outputs<'a> {
+    /// Every weight with the name of its scale tensor, if it has one after the merge.
+    weights: Vec<(&'a StoredName, Option<String>)>,
+    /// The base's other tensors kept as they are.
+    base: Vec<&'a str>,
+    /// A new `scaled_fp8` marker: its name and fp8 type.
+    marker: Option<(String, DType)>,
+    /// The name, dtype and shape of everything above, for the file's header.
+    specs: Vec<TensorSpec>,
+}
+
+impl<'a> Outputs<'a> {
+    fn new(
+        ckpt: &'a Checkpoint,
+        base_scaled: Option<DType>,
+        names: &'a [StoredName],
+        weights: &BTreeMap<String, Weight>,
+        plan: &MergePlan<'_>,
+    ) -> Result<Self> {
+        let mut out = Outputs {
+            weights: Vec::with_capacity(names.len()),
+            base: Vec::new(),
+            marker: None,
+            specs: Vec::with_capacity(ckpt.tensors.len()),
         };
-        if keep {
-            out.push((k.clone(), t.clone()));
+        let mut written = BTreeSet::new();
+        let mut still_scaled = BTreeSet::new();
+        let mut scaled = None;
+        for n in names {
+            let w = weights
+                .get(&n.canonical)
+                .ok_or_else(|| Error::MissingTensor {
+                    name: n.canonical.clone(),
+                    context: "merged weights".into(),
+                })?;
+            let (dtype, has_scale) = plan.stored_form(&n.canonical, w);
+            out.spec(&n.stored, dtype, w.dims());
+            written.extend([n.stored.clone()].into_iter().chain(n.scale.clone()));
+            let scale_name = has_scale.then(|| {
+                let base = n.stored.strip_suffix("weight").unwrap_or(&n.stored);
+                n.scale
+                    .clone()
+                    .unwrap_or_else(|| format!("{base}scale_weight"))
+            });
+            if let Some(name) = &scale_name {
+                out.spec(name, DType::F32, &[]);
+                still_scaled.insert(n.stored.as_str());
+                scaled = Some(dtype);
+            }
+            out.weights.push((n, scale_name));
         }
-    }
-    if let Some(dtype) = scaled {
-        if scaled != base_scaled {
-            // Under the base's ComfyUI prefix, if any (the stored name minus the canonical one).
-            let prefix = names
-                .iter()
-                .find_map(|n| n.stored.strip_suffix(n.canonical.as_str()))
-                .unwrap_or("");
-            out.push((format!("{prefix}scaled_fp8"), Tensor::zeros([0], dtype)));
+        let is_marker = |k: &str| k == "scaled_fp8" || k.ends_with(".scaled_fp8");
+        for (k, t) in &ckpt.tensors {
+            if written.contains(k) {
+                continue;
+            }
+            // The base's marker stays if the weights stay scaled in its fp8 type.
+            let keep = if is_marker(k) {
+                scaled.is_some() && scaled == base_scaled
+            } else if let Some(m) = k.strip_suffix(".scale_input") {
+                still_scaled.contains(format!("{m}.weight").as_str())
+            } else {
+                true
+            };
+            if keep {
+                out.spec(k, t.dtype(), t.dims());
+                out.base.push(k);
+            }
         }
+        if let Some(dtype) = scaled {
+            if scaled != base_scaled {
+                // Under the base's ComfyUI prefix, if any (the stored name minus the canonical one).
+                let prefix = names
+                    .iter()
+                    .find_map(|n| n.stored.strip_suffix(n.canonical.as_str()))
+                    .unwrap_or("");
+                let name = format!("{prefix}scaled_fp8");
+                out.spec(&name, dtype, &[0]);
+                out.marker = Some((name, dtype));
+            }
+        }
+        Ok(out)
     }
-    Ok(out)
+
+    fn spec(&mut self, name: &str, dtype: DType, dims: &[usize]) {
+        self.specs.push(TensorSpec {
+            name: name.to_string(),
+            dtype,
+            dims: dims.to_vec(),
+        });
+    }
 }
