@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{fixtures_root, model, Case};
-use wanrt::io::config::{DitConfig, ModelType};
+use wanrt::io::config::DitConfig;
 use wanrt::io::layout::{self, Quant};
 use wanrt::io::safetensors::write_file;
 use wanrt::lora::{self, Lora, Mode, StoreAs};
@@ -914,20 +914,7 @@ fn modulation_delta_spellings_agree() {
 #[test]
 #[ignore]
 fn merge_memory_1_3b() {
-    let cfg = DitConfig {
-        model_type: ModelType::T2v,
-        dim: 1536,
-        ffn_dim: 8960,
-        num_heads: 12,
-        num_layers: 30,
-        in_dim: 16,
-        out_dim: 16,
-        text_dim: 4096,
-        freq_dim: 256,
-        text_len: 512,
-        eps: 1e-6,
-        patch_size: [1, 2, 2],
-    };
+    let cfg = DitConfig::preset("1.3b").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let shapes: BTreeMap<String, Vec<usize>> = weight_shapes(&cfg).into_iter().collect();
     let dit = dir.path().join("dit.safetensors");

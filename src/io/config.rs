@@ -179,6 +179,66 @@ impl DitConfig {
         })
     }
 
+    /// A published Wan2.1 T2V shape, `1.3b` or `14b`, for building models without weights
+    /// (random-weight benchmarks and tests).
+    pub fn preset(name: &str) -> Result<DitConfig> {
+        let (dim, ffn_dim, num_layers) = match name {
+            "1.3b" => (1536, 8960, 30),
+            "14b" => (5120, 13824, 40),
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "no DiT preset `{other}` (1.3b, 14b)"
+                )))
+            }
+        };
+        Ok(DitConfig {
+            model_type: ModelType::T2v,
+            dim,
+            ffn_dim,
+            num_heads: dim / DIT_HEAD_DIM,
+            num_layers,
+            in_dim: 16,
+            out_dim: 16,
+            text_dim: 4096,
+            freq_dim: 256,
+            text_len: 512,
+            eps: 1e-6,
+            patch_size: [1, 2, 2],
+        })
+    }
+
+    /// The config of a `config.json` file alone, without weights: the fields it gives over
+    /// `base` (`num_heads` defaults to `dim / 128`). For models built without weights; a
+    /// checkpoint's config comes from [`DitConfig::load`], which checks the json against it.
+    pub fn from_json_file(path: &Path, base: DitConfig) -> Result<DitConfig> {
+        let j: DitJson = parse_json(Some(&read_json(path)?), &["WanModel"])?;
+        let model_type = match j.model_type.as_deref() {
+            None => base.model_type,
+            Some("t2v") => ModelType::T2v,
+            Some("i2v") => ModelType::I2v,
+            Some(other) => {
+                return Err(Error::UnsupportedModel(format!(
+                    "DiT model_type `{other}` (only t2v and i2v exist in Wan2.1)"
+                )))
+            }
+        };
+        let dim = j.dim.unwrap_or(base.dim);
+        Ok(DitConfig {
+            model_type,
+            dim,
+            ffn_dim: j.ffn_dim.unwrap_or(base.ffn_dim),
+            num_heads: j.num_heads.unwrap_or(dim / DIT_HEAD_DIM),
+            num_layers: j.num_layers.unwrap_or(base.num_layers),
+            in_dim: j.in_dim.unwrap_or(base.in_dim),
+            out_dim: j.out_dim.unwrap_or(base.out_dim),
+            text_dim: j.text_dim.unwrap_or(base.text_dim),
+            freq_dim: j.freq_dim.unwrap_or(base.freq_dim),
+            text_len: j.text_len.unwrap_or(base.text_len),
+            eps: j.eps.unwrap_or(base.eps),
+            patch_size: j.patch_size.unwrap_or(base.patch_size),
+        })
+    }
+
     /// Per-head width (`dim / num_heads`).
     pub fn head_dim(&self) -> usize {
         self.dim / self.num_heads
@@ -496,4 +556,44 @@ fn parse_json<T: DeserializeOwned + Default>(json: Option<&str>, classes: &[&str
         }
     }
     serde_json::from_value(value).map_err(|e| Error::InvalidConfig(format!("config.json: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_and_config_files_without_weights() {
+        let small = DitConfig::preset("1.3b").unwrap();
+        assert_eq!(
+            (small.num_heads, small.num_layers, small.head_dim()),
+            (12, 30, 128)
+        );
+        assert_eq!(DitConfig::preset("14b").unwrap().num_heads, 40);
+        assert!(DitConfig::preset("7b")
+            .unwrap_err()
+            .to_string()
+            .contains("1.3b, 14b"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, r#"{"dim": 2048, "num_layers": 2, "eps": 1e-5}"#).unwrap();
+        let c = DitConfig::from_json_file(&path, small.clone()).unwrap();
+        assert_eq!(
+            (c.dim, c.num_heads, c.num_layers, c.eps),
+            (2048, 16, 2, 1e-5)
+        );
+        assert_eq!((c.ffn_dim, c.text_dim), (small.ffn_dim, small.text_dim));
+        for (json, message) in [
+            (r#"{"model_type": "v2v"}"#, "model_type `v2v`"),
+            (r#"{"_class_name": "AutoencoderKLWan"}"#, "AutoencoderKLWan"),
+            ("{", "config.json"),
+        ] {
+            std::fs::write(&path, json).unwrap();
+            let err = DitConfig::from_json_file(&path, small.clone()).unwrap_err();
+            assert!(err.to_string().contains(message), "{err}");
+        }
+        let missing = dir.path().join("missing.json");
+        assert!(DitConfig::from_json_file(&missing, small).is_err());
+    }
 }

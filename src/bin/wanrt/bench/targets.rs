@@ -4,9 +4,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use clap::{Args, ValueEnum};
-use serde::Deserialize;
 use serde_json::Value;
-use wanrt::io::config::{DitConfig, ModelType};
+use wanrt::io::config::DitConfig;
 use wanrt::model::dit::{weight_shapes, ForwardOptions, TextContext, WanDit};
 use wanrt::tensor::ops::{attention, AttentionParams};
 use wanrt::tensor::Weight;
@@ -91,7 +90,7 @@ impl Prepare for BlockShape {
             num_heads: self.heads,
             num_layers: 1,
             text_len: self.text_len,
-            ..preset("1.3b")?
+            ..DitConfig::preset("1.3b")?
         };
         let dit = WanDit::new(random_dit(&cfg, self.dtype.dtype())?, cfg.clone())?;
         let (b, s, d) = (self.batch, self.tokens, self.dim);
@@ -160,8 +159,10 @@ pub struct DitShape {
 impl Prepare for DitShape {
     fn prepare(&self) -> Result<Prepared> {
         let mut cfg = match self.config.as_str() {
-            "1.3b" | "14b" => preset(&self.config)?,
-            path if Path::new(path).is_file() => config_json(Path::new(path))?,
+            "1.3b" | "14b" => DitConfig::preset(&self.config)?,
+            path if Path::new(path).is_file() => {
+                DitConfig::from_json_file(Path::new(path), DitConfig::preset("1.3b")?)?
+            }
             other => {
                 return Err(Error::InvalidArgument(format!(
                     "--config {other}: not 1.3b, 14b or an existing config.json"
@@ -333,77 +334,6 @@ fn positive(flags: &[(&str, usize)]) -> Result<()> {
 }
 
 /// The published Wan2.1 T2V configs (`wan/configs/wan_t2v_{1_3B,14B}.py`).
-fn preset(name: &str) -> Result<DitConfig> {
-    let (dim, ffn_dim, num_layers) = match name {
-        "1.3b" => (1536, 8960, 30),
-        "14b" => (5120, 13824, 40),
-        other => return Err(Error::InvalidArgument(format!("no preset `{other}`"))),
-    };
-    Ok(DitConfig {
-        model_type: ModelType::T2v,
-        dim,
-        ffn_dim,
-        num_heads: dim / 128,
-        num_layers,
-        in_dim: 16,
-        out_dim: 16,
-        text_dim: 4096,
-        freq_dim: 256,
-        text_len: 512,
-        eps: 1e-6,
-        patch_size: [1, 2, 2],
-    })
-}
-
-/// The fields of a Wan `config.json` that size the DiT; missing ones keep the 1.3B values.
-#[derive(Deserialize)]
-struct ConfigJson {
-    model_type: Option<String>,
-    dim: Option<usize>,
-    ffn_dim: Option<usize>,
-    num_heads: Option<usize>,
-    num_layers: Option<usize>,
-    in_dim: Option<usize>,
-    out_dim: Option<usize>,
-    text_dim: Option<usize>,
-    freq_dim: Option<usize>,
-    text_len: Option<usize>,
-    eps: Option<f64>,
-    patch_size: Option<[usize; 3]>,
-}
-
-fn config_json(path: &Path) -> Result<DitConfig> {
-    let bad = |what: String| Error::BadFile {
-        path: path.to_path_buf(),
-        what,
-    };
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let j: ConfigJson = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-    let base = preset("1.3b")?;
-    let dim = j.dim.unwrap_or(base.dim);
-    Ok(DitConfig {
-        model_type: match j.model_type.as_deref() {
-            None | Some("t2v") => ModelType::T2v,
-            Some("i2v") => ModelType::I2v,
-            Some(other) => return Err(bad(format!("unknown model_type `{other}`"))),
-        },
-        dim,
-        ffn_dim: j.ffn_dim.unwrap_or(base.ffn_dim),
-        num_heads: j.num_heads.unwrap_or(dim / 128),
-        num_layers: j.num_layers.unwrap_or(base.num_layers),
-        in_dim: j.in_dim.unwrap_or(base.in_dim),
-        out_dim: j.out_dim.unwrap_or(base.out_dim),
-        text_dim: j.text_dim.unwrap_or(base.text_dim),
-        freq_dim: j.freq_dim.unwrap_or(base.freq_dim),
-        text_len: j.text_len.unwrap_or(base.text_len),
-        eps: j.eps.unwrap_or(base.eps),
-        patch_size: j.patch_size.unwrap_or(base.patch_size),
-    })
-}
-
 /// Random weights for every tensor of `cfg`, stored in `dtype`: matrices uniform with unit
 /// variance gain (`±sqrt(3/fan_in)`), norm gains near 1, biases and modulation tables small.
 fn random_dit(cfg: &DitConfig, dtype: DType) -> Result<BTreeMap<String, Weight>> {
