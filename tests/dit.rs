@@ -387,20 +387,10 @@ fn peak_rss_mib() -> f64 {
 }
 
 /// A real config cut to 2 layers, with random bf16 weights, at a small latent (1×4×8).
-fn real_config_forward(dim: usize, ffn_dim: usize) {
+fn real_config_forward(preset: &str) {
     let cfg = DitConfig {
-        model_type: wanrt::io::config::ModelType::T2v,
-        dim,
-        ffn_dim,
-        num_heads: dim / 128,
         num_layers: 2,
-        in_dim: 16,
-        out_dim: 16,
-        text_dim: 4096,
-        freq_dim: 256,
-        text_len: 512,
-        eps: 1e-6,
-        patch_size: [1, 2, 2],
+        ..DitConfig::preset(preset).unwrap()
     };
     let weights = random_weights(&cfg);
     let bytes: usize = weights
@@ -417,7 +407,7 @@ fn real_config_forward(dim: usize, ffn_dim: usize) {
     assert_eq!(v.dims(), [1, 16, 1, 4, 8]);
     assert!(v.to_f32_vec().unwrap().iter().all(|x| x.is_finite()));
     println!(
-        "dim {dim}, 2 layers: weights {:.0} MiB (bf16), forward {:.2} s, peak RSS {:.0} MiB",
+        "{preset}, 2 layers: weights {:.0} MiB (bf16), forward {:.2} s, peak RSS {:.0} MiB",
         bytes as f64 / 1048576.0,
         start.elapsed().as_secs_f64(),
         peak_rss_mib()
@@ -426,11 +416,11 @@ fn real_config_forward(dim: usize, ffn_dim: usize) {
 
 #[test]
 fn real_config_1_3b_two_layers() {
-    real_config_forward(1536, 8960);
+    real_config_forward("1.3b");
 }
 
 #[test]
 #[ignore = "about 1.9 GB of random weights; run with --ignored"]
 fn real_config_14b_two_layers() {
-    real_config_forward(5120, 13824);
+    real_config_forward("14b");
 }

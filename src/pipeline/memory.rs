@@ -100,26 +100,9 @@ pub(super) fn gib(bytes: u64) -> String {
 mod tests {
     use super::*;
 
-    fn dit_1_3b() -> DitConfig {
-        DitConfig {
-            model_type: crate::io::config::ModelType::T2v,
-            dim: 1536,
-            ffn_dim: 8960,
-            num_heads: 12,
-            num_layers: 30,
-            in_dim: 16,
-            out_dim: 16,
-            text_dim: 4096,
-            freq_dim: 256,
-            text_len: 512,
-            eps: 1e-6,
-            patch_size: [1, 2, 2],
-        }
-    }
-
     #[test]
     fn estimates_grow_with_size_and_batch() {
-        let (dit, vae) = (dit_1_3b(), VaeConfig::default());
+        let (dit, vae) = (DitConfig::preset("1.3b").unwrap(), VaeConfig::default());
         let shapes = |batch, frames: usize| Shapes {
             dit: &dit,
             vae: &vae,
