@@ -111,6 +111,16 @@ fn context_suffix(context: &str) -> String {
     }
 }
 
+/// The message of a caught panic (the payload `catch_unwind` returns): the text of a
+/// `panic!("literal")` or a formatted `panic!`, `None` for any other payload. The CLI and the
+/// C ABI report panics with it.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> Option<&str> {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+}
+
 /// Coarse classification of an [`Error`], stable across versions; the C ABI returns these codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(i32)]
@@ -174,5 +184,23 @@ impl Error {
             Error::CudaNotCompiled | Error::Device(_) => Status::DeviceError,
             Error::Cancelled => Status::Cancelled,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panic_messages_of_every_payload_kind() {
+        let caught = |f: fn()| std::panic::catch_unwind(f).unwrap_err();
+        assert_eq!(
+            panic_message(caught(|| panic!("plain")).as_ref()),
+            Some("plain")
+        );
+        let formatted = caught(|| panic!("formatted {}", 7));
+        assert_eq!(panic_message(formatted.as_ref()), Some("formatted 7"));
+        let other = caught(|| std::panic::panic_any(7u8));
+        assert_eq!(panic_message(other.as_ref()), None);
     }
 }

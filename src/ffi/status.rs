@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::ffi::{c_char, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use crate::error::{Error, Result, Status};
+use crate::error::{panic_message, Error, Result, Status};
 
 /// What a wanrt function returns: `WANRT_STATUS_OK` (0) on success, otherwise the kind of
 /// failure. `wanrt_last_error()` then describes the failure in words.
@@ -129,11 +129,7 @@ fn run<T>(func: &'static str, body: impl FnOnce() -> Result<T>) -> Result<T, wan
             Err(error.status().into())
         }
         Err(payload) => {
-            let what = payload
-                .downcast_ref::<&str>()
-                .copied()
-                .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-                .unwrap_or("(no message)");
+            let what = panic_message(payload.as_ref()).unwrap_or("(no message)");
             set_last_error(format!(
                 "{func}: internal error: panic: {what} (this is a bug in wanrt; please report it)"
             ));

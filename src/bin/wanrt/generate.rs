@@ -217,11 +217,7 @@ pub fn run(args: &GenerateArgs) -> bool {
             false
         }
         Err(panic) => {
-            let msg = panic
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| panic.downcast_ref::<&str>().copied())
-                .unwrap_or("unknown");
+            let msg = wanrt::error::panic_message(panic.as_ref()).unwrap_or("unknown");
             eprintln!("error: internal error (please report): {msg}");
             false
         }
