@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{f64_data, fixtures_root, model, tensor, Case};
+use common::{f64_data, fixtures_root, model, readback, tensor, Case};
 use wanrt::pipeline::{
     Flow, GenerateRequest, LoraSpec, ModelSource, Pipeline, Progress, Stage, MAX_SEED,
 };
@@ -91,87 +91,26 @@ fn read_png(path: &Path) -> (Vec<u8>, u32, u32) {
     (buf, info.width, info.height)
 }
 
-/// Decodes every frame of an MP4 with OpenH264 (samples rewritten from AVCC to Annex-B with
-/// the parameter sets in front); returns the frame count and size.
-fn decode_mp4(path: &Path) -> (usize, usize, usize) {
-    use openh264::decoder::Decoder;
-    let size = fs::metadata(path).unwrap().len();
-    let mut mp4 =
-        mp4::Mp4Reader::read_header(BufReader::new(fs::File::open(path).unwrap()), size).unwrap();
-    let (id, track) = mp4
-        .tracks()
-        .iter()
-        .find(|(_, t)| t.media_type().unwrap() == mp4::MediaType::H264)
-        .expect("an H.264 track");
-    let (id, w, h, count) = (
-        *id,
-        track.width() as usize,
-        track.height() as usize,
-        track.sample_count(),
-    );
-    let mut params = Vec::new();
-    for ps in [
-        track.sequence_parameter_set().unwrap(),
-        track.picture_parameter_set().unwrap(),
-    ] {
-        params.extend_from_slice(&[0, 0, 0, 1]);
-        params.extend_from_slice(ps);
-    }
-    let mut decoder = Decoder::new().unwrap();
-    let mut frames = 0;
-    for i in 1..=count {
-        let sample = mp4.read_sample(id, i).unwrap().expect("sample");
-        let mut annexb = params.clone();
-        let mut avcc = &sample.bytes[..];
-        while !avcc.is_empty() {
-            let len = u32::from_be_bytes(avcc[..4].try_into().unwrap()) as usize;
-            annexb.extend_from_slice(&[0, 0, 0, 1]);
-            annexb.extend_from_slice(&avcc[4..4 + len]);
-            avcc = &avcc[4 + len..];
-        }
-        frames += usize::from(decoder.decode(&annexb).unwrap().is_some());
-    }
-    frames += decoder.flush_remaining().unwrap().len();
-    (frames, w, h)
-}
-
-/// ffprobe's frame count, size and rate, or `None` when ffprobe is not installed.
-fn ffprobe(path: &Path) -> Option<(usize, usize, usize, String)> {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-select_streams", "v:0", "-count_frames"])
-        .args([
-            "-show_entries",
-            "stream=width,height,r_frame_rate,nb_read_frames",
-        ])
-        .args(["-of", "json"])
-        .arg(path)
-        .output();
-    let Ok(out) = out else {
-        eprintln!("skipping the ffprobe check: ffprobe is not installed (apt install ffmpeg)");
-        return None;
-    };
-    assert!(out.status.success(), "ffprobe: {}", text(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let s = &v["streams"][0];
-    let n = |k: &str| s[k].as_u64().unwrap_or(0) as usize;
-    let frames = s["nb_read_frames"].as_str().unwrap().parse().unwrap();
-    Some((
-        frames,
-        n("width"),
-        n("height"),
-        s["r_frame_rate"].as_str().unwrap().to_string(),
-    ))
-}
-
 /// Checks an MP4 of `frames` frames of `w`×`h` at 16 fps with three readers.
 fn check_mp4(path: &Path, frames: usize, w: usize, h: usize) {
     let info = wanrt::video::probe(path).unwrap();
     assert_eq!((info.frames, info.width, info.height), (frames, w, h));
     assert!((info.fps.unwrap() - 16.0).abs() < 1e-9);
     assert!(info.metadata.unwrap().contains("\"seed\""));
-    assert_eq!(decode_mp4(path), (frames, w, h));
-    if let Some(p) = ffprobe(path) {
-        assert_eq!(p, (frames, w, h, "16/1".to_string()));
+    let decoded = readback::decode(path);
+    assert_eq!(
+        (decoded.frames, decoded.width, decoded.height),
+        (frames, w, h)
+    );
+    if let Some(report) = readback::ffprobe(path) {
+        let s = &report["streams"][0];
+        let frames_read: usize = s["nb_read_frames"].as_str().unwrap().parse().unwrap();
+        assert_eq!(frames_read, frames);
+        assert_eq!(
+            (s["width"].as_u64(), s["height"].as_u64()),
+            (Some(w as u64), Some(h as u64))
+        );
+        assert_eq!(s["r_frame_rate"], "16/1");
     }
 }
 

@@ -1,7 +1,11 @@
 //! Helpers shared by the integration tests: finding the reference fixtures, reading a case's
-//! `case.json` and tensor files, and the relative L2 error the fixtures' tolerances are stated in.
+//! `case.json` and tensor files, the relative L2 error the fixtures' tolerances are stated in, and
+//! reading MP4s back with other decoders (`readback`).
 // Each test crate that includes this module uses a different subset of it.
 #![allow(dead_code)]
+
+#[cfg(feature = "openh264-source")]
+pub mod readback;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
