@@ -11,7 +11,7 @@ use wanrt::tensor::Weight;
 use wanrt::{Error, Tensor};
 
 mod common;
-use common::model;
+use common::{model, rel_l2_tensors};
 
 /// Canonical weights of a checkpoint file or folder, in any layout.
 fn load_weights(path: &Path) -> BTreeMap<String, Weight> {
@@ -25,18 +25,6 @@ fn load_weights(path: &Path) -> BTreeMap<String, Weight> {
 fn load_config(weights: &BTreeMap<String, Weight>, json: &Path) -> DitConfig {
     DitConfig::load(&wanrt::io::layout::weight_metas(weights), Some(json))
         .unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims());
-    let (a, b) = (a.to_f32_vec().unwrap(), b.to_f32_vec().unwrap());
-    let num: f64 = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
-        .sum();
-    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    (num / den.max(1e-60)).sqrt()
 }
 
 // ---------------------------------------------------------------------------- the tiny model
@@ -98,7 +86,7 @@ fn batch_equals_single_samples() {
                 &ForwardOptions::default(),
             )
             .unwrap();
-        let err = rel_l2(&both.narrow(0, b, 1).unwrap(), &one);
+        let err = rel_l2_tensors(&both.narrow(0, b, 1).unwrap(), &one);
         assert!(err < 1e-6, "sample {b}: {err}");
     }
 }
@@ -118,7 +106,7 @@ fn cached_kv_and_residual_hooks_reproduce_the_forward() {
         ..Default::default()
     };
     let out = dit.forward_with(&lat, &[500.0], &text, &opts).unwrap();
-    assert!(rel_l2(&out.velocity, &plain) < 1e-6);
+    assert!(rel_l2_tensors(&out.velocity, &plain) < 1e-6);
     assert_eq!(out.signal.as_ref().unwrap().dims(), [1, 12, cfg.dim]);
     // Reusing the residual (TeaCache's skip) gives the same output without running the blocks.
     let reuse = ForwardOptions {
@@ -126,7 +114,7 @@ fn cached_kv_and_residual_hooks_reproduce_the_forward() {
         ..Default::default()
     };
     let again = dit.forward_with(&lat, &[500.0], &text, &reuse).unwrap();
-    assert!(rel_l2(&again.velocity, &plain) < 1e-6);
+    assert!(rel_l2_tensors(&again.velocity, &plain) < 1e-6);
     // Skipping every block is the same as a zero residual.
     let skip_all = ForwardOptions {
         skip_blocks: (0..cfg.num_layers).collect(),
@@ -144,9 +132,9 @@ fn cached_kv_and_residual_hooks_reproduce_the_forward() {
         .forward_with(&lat, &[500.0], &text, &zero)
         .unwrap()
         .velocity;
-    assert!(rel_l2(&a, &b) < 1e-6);
+    assert!(rel_l2_tensors(&a, &b) < 1e-6);
     assert!(
-        rel_l2(&a, &plain) > 1e-3,
+        rel_l2_tensors(&a, &plain) > 1e-3,
         "skipping blocks must change the output"
     );
     for (sig, dims) in [
@@ -195,7 +183,7 @@ fn nag_scale_one_is_plain_and_guides_only_chosen_samples() {
             },
         )
         .unwrap();
-    assert!(rel_l2(&one, &plain) < 1e-6);
+    assert!(rel_l2_tensors(&one, &plain) < 1e-6);
     nag.scale = 11.0;
     nag.guided = Some(vec![true, false]);
     let g = dit
@@ -209,8 +197,8 @@ fn nag_scale_one_is_plain_and_guides_only_chosen_samples() {
             },
         )
         .unwrap();
-    assert!(rel_l2(&g.narrow(0, 0, 1).unwrap(), &plain.narrow(0, 0, 1).unwrap()) > 1e-4);
-    assert!(rel_l2(&g.narrow(0, 1, 1).unwrap(), &plain.narrow(0, 1, 1).unwrap()) < 1e-6);
+    assert!(rel_l2_tensors(&g.narrow(0, 0, 1).unwrap(), &plain.narrow(0, 0, 1).unwrap()) > 1e-4);
+    assert!(rel_l2_tensors(&g.narrow(0, 1, 1).unwrap(), &plain.narrow(0, 1, 1).unwrap()) < 1e-6);
 }
 
 // ---------------------------------------------------------------------------- bad input

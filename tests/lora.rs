@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{fixtures_root, model, Case};
+use common::{fixtures_root, model, rel_l2_f32, Case};
 use wanrt::io::config::DitConfig;
 use wanrt::io::layout::{self, Quant};
 use wanrt::io::safetensors::write_file;
@@ -33,12 +33,6 @@ fn open(rel: &str) -> Lora {
 
 fn values(w: &Weight) -> Vec<f32> {
     w.to_f32().unwrap().to_f32_vec().unwrap()
-}
-
-fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
-    let a: Vec<f64> = a.iter().map(|&x| x as f64).collect();
-    let b: Vec<f64> = b.iter().map(|&x| x as f64).collect();
-    common::rel_l2(&a, &b)
 }
 
 /// The tiny LoRAs' targets: the ten linears of each of the two blocks.
@@ -179,9 +173,9 @@ fn unmerged_mode_matches_the_fixtures_and_the_merged_mode() {
             forward(&dit, &c)
         };
         let unmerged = run(Mode::Unmerged);
-        let err = rel_l2(&unmerged, &expected);
+        let err = rel_l2_f32(&unmerged, &expected);
         assert!(err <= tol, "{name}: unmerged rel_l2 {err:e} > {tol:e}");
-        let both = rel_l2(&unmerged, &run(Mode::Merged));
+        let both = rel_l2_f32(&unmerged, &run(Mode::Merged));
         assert!(both < 1e-5, "{name}: merged vs unmerged {both:e}");
     }
 }
@@ -202,7 +196,7 @@ fn deltas_can_be_detached_and_are_checked() {
         &c,
     );
     let with = forward(&dit, &c);
-    assert!(rel_l2(&with, &plain) > 1e-3);
+    assert!(rel_l2_f32(&with, &plain) > 1e-3);
     // A bad delta changes nothing.
     let u = lora::unmerged(base("tiny-dit/dit_f32.safetensors"), &[(&adapter, 0.8)]).unwrap();
     let mut wrong = u.deltas.clone();
@@ -283,10 +277,10 @@ fn every_format_gives_the_same_merged_weights() {
         for b in 0..2 {
             for t in TARGETS {
                 let k = format!("blocks.{b}.{t}.weight");
-                let err = rel_l2(&values(&m[&k]), &values(&reference[&k]));
+                let err = rel_l2_f32(&values(&m[&k]), &values(&reference[&k]));
                 assert!(err < 1e-6, "{}: {k} differs by {err:e}", f.display());
                 if let Some(want) = expected.get(&format!("merged.{k}")) {
-                    let err = rel_l2(&values(&m[&k]), &want.to_f32_vec().unwrap());
+                    let err = rel_l2_f32(&values(&m[&k]), &want.to_f32_vec().unwrap());
                     assert!(err < 1e-6, "{}: {k} vs the fixture {err:e}", f.display());
                 }
             }
@@ -452,7 +446,7 @@ fn conversions_to_other_storage() {
                 (dtype, scaled),
                 "{store} {k}"
             );
-            let err = rel_l2(&values(v), &values(&f32s[k]));
+            let err = rel_l2_f32(&values(v), &values(&f32s[k]));
             let tol = match dtype {
                 DType::F32 => 0.0,
                 DType::BF16 => 4e-3,
@@ -489,7 +483,7 @@ fn stacked_loras_add_their_deltas() {
     for (k, w) in &w0 {
         let (x0, xa, xb, xab) = (values(w), values(&wa[k]), values(&wb[k]), values(&wab[k]));
         let sum: Vec<f32> = (0..x0.len()).map(|i| xa[i] + xb[i] - x0[i]).collect();
-        let err = rel_l2(&xab, &sum);
+        let err = rel_l2_f32(&xab, &sum);
         assert!(err < 1e-6, "{k}: {err:e}");
         changed += usize::from(xab != x0);
     }
@@ -507,7 +501,7 @@ fn stacked_loras_add_their_deltas() {
         .unwrap();
         forward(&dit, &c)
     };
-    let err = rel_l2(&run(Mode::Unmerged), &run(Mode::Merged));
+    let err = rel_l2_f32(&run(Mode::Unmerged), &run(Mode::Merged));
     assert!(err < 1e-5, "{err:e}");
 }
 
@@ -703,7 +697,7 @@ fn cli_merge_reloads_and_reproduces_the_merged_forward() {
     let expected = c.tensors("expected").unwrap()["velocity"]
         .to_f32_vec()
         .unwrap();
-    let err = rel_l2(&forward(&dit, &c), &expected);
+    let err = rel_l2_f32(&forward(&dit, &c), &expected);
     assert!(err <= c.rel_l2_tolerance().unwrap(), "{err:e}");
     let ck = wanrt::io::open(&out).unwrap();
     assert_eq!(ck.metadata["wanrt.merge_dtype"], "same");
@@ -795,7 +789,7 @@ fn cli_merge_writes_scaled_fp8() {
             &[(&open("tiny-lora/lora_comfy.safetensors"), 0.8)],
         );
         let (_, got) = layout::canonical_weights(&ck).unwrap();
-        let err = rel_l2(
+        let err = rel_l2_f32(
             &values(&got["blocks.1.ffn.2.weight"]),
             &values(&want["blocks.1.ffn.2.weight"]),
         );

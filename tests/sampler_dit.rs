@@ -57,26 +57,20 @@ fn sample(config: SamplerConfig, m: &mut WanVelocity<'_>) -> (Vec<f32>, Vec<Step
     (x, reports)
 }
 
-fn rel(a: &[f32], b: &[f32]) -> f64 {
-    let d: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
-        .sum();
-    let n: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    (d / n).sqrt()
-}
-
 #[test]
 fn batched_cfg_with_nag_matches_separate_passes() {
     let dit = tiny();
     let (single, _) = sample(config(4), &mut model(&dit).with_nag(nag(&dit)));
     let mut batched = model(&dit).with_nag(nag(&dit)).with_batched_cfg().unwrap();
     let (both, _) = sample(config(4), &mut batched);
-    assert!(rel(&both, &single) < 1e-5, "{}", rel(&both, &single));
+    assert!(
+        common::rel_l2_f32(&both, &single) < 1e-5,
+        "{}",
+        common::rel_l2_f32(&both, &single)
+    );
     // NAG acts (on the conditional pass).
     let (plain, _) = sample(config(4), &mut model(&dit));
-    assert!(rel(&plain, &single) > 1e-4);
+    assert!(common::rel_l2_f32(&plain, &single) > 1e-4);
 }
 
 #[test]
@@ -102,7 +96,7 @@ fn teacache_hooks_on_the_dit() {
         assert_eq!(used, [cp, r, r, r, cp]);
     }
     assert!(cached.iter().all(|v| v.is_finite()));
-    let err = rel(&cached, &plain);
+    let err = common::rel_l2_f32(&cached, &plain);
     assert!(err > 1e-6 && err < 1.0, "{err}");
 }
 
@@ -118,7 +112,7 @@ fn slg_skips_dit_blocks() {
     });
     let (slg, reports) = sample(c.clone(), &mut model(&dit).with_batched_cfg().unwrap());
     assert!(reports.iter().all(|r| r.slg));
-    assert!(rel(&slg, &plain) > 1e-4);
+    assert!(common::rel_l2_f32(&slg, &plain) > 1e-4);
     let (unbatched, _) = sample(c.clone(), &mut model(&dit));
     assert_eq!(slg, unbatched, "SLG passes are never batched");
     // A block the model does not have.

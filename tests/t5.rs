@@ -7,7 +7,7 @@ use wanrt::model::t5::{file_identity, TextEncoder, Umt5Encoder, Umt5Tokenizer};
 use wanrt::{Error, Tensor};
 
 mod common;
-use common::model;
+use common::{model, rel_l2_f32};
 
 fn umt5_dir() -> PathBuf {
     model("tiny-umt5")
@@ -382,12 +382,6 @@ fn encoder_from(dir: &Path, name: &str, tensors: &[(String, Tensor)]) -> Umt5Enc
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn rel_l2(a: &[f32], b: &[f32]) -> f32 {
-    let num: f32 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
-    let den: f32 = b.iter().map(|y| y * y).sum();
-    (num / den).sqrt()
-}
-
 #[test]
 fn comfy_fp16_and_scaled_fp8_layouts() {
     use wanrt::DType;
@@ -407,7 +401,7 @@ fn comfy_fp16_and_scaled_fp8_layouts() {
         .collect();
     let fp16 = encoder_from(dir.path(), "comfy_fp16.safetensors", &comfy);
     let out = values(&fp16.encode(&[&ids]).unwrap()[0]);
-    let err = rel_l2(&out, &reference);
+    let err = rel_l2_f32(&out, &reference);
     assert!(err < 2e-3, "fp16: {err}");
 
     // ComfyUI scaled fp8: block linears as e4m3fn values times a per-tensor scale.
@@ -431,6 +425,6 @@ fn comfy_fp16_and_scaled_fp8_layouts() {
     fp8.push(("scaled_fp8".into(), marker));
     let scaled = encoder_from(dir.path(), "fp8_scaled.safetensors", &fp8);
     let out = values(&scaled.encode(&[&ids]).unwrap()[0]);
-    let err = rel_l2(&out, &reference);
+    let err = rel_l2_f32(&out, &reference);
     assert!(err > 0.0 && err < 0.1, "scaled fp8: {err}");
 }

@@ -2,8 +2,11 @@
 //! tiling, bad input; and (ignored by default) the peak memory of a real-size decode. Its
 //! fixture cases run in the harness (`tests/kinds/vae.rs`).
 
+mod common;
+
 use std::collections::BTreeMap;
 
+use common::rel_l2_tensors;
 use wanrt::model::vae::{to_rgb8, DecodeOptions, Tiling, VaeConfig, WanVae};
 use wanrt::tensor::random;
 use wanrt::tensor::Weight;
@@ -184,18 +187,6 @@ fn smooth_latent(t: usize, h: usize, w: usize) -> Tensor {
     Tensor::from_f32(v, [1, 16, t, h, w]).unwrap()
 }
 
-fn rel_l2(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims());
-    let (a, b) = (a.to_f32_vec().unwrap(), b.to_f32_vec().unwrap());
-    let num: f64 = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
-        .sum();
-    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    (num / den.max(1e-60)).sqrt()
-}
-
 // ---------------------------------------------------------------------------- tests
 
 #[test]
@@ -238,9 +229,9 @@ fn streamed_decode_equals_the_whole_sequence_form() {
     assert!(chunks.iter().all(|c| c.dims() == [1, 3, 1, 24, 40]));
     let streamed = vae.decode(&z, &DecodeOptions::default()).unwrap();
     for (i, c) in chunks.iter().enumerate() {
-        assert_eq!(rel_l2(c, &streamed.narrow(2, i, 1).unwrap()), 0.0);
+        assert_eq!(rel_l2_tensors(c, &streamed.narrow(2, i, 1).unwrap()), 0.0);
     }
-    let err = rel_l2(&streamed, &whole);
+    let err = rel_l2_tensors(&streamed, &whole);
     assert!(err < 1e-6, "streamed vs whole: rel_l2 {err:e}");
 }
 
@@ -252,12 +243,12 @@ fn decode_and_encode_are_causal() {
     let opts = DecodeOptions::default();
     let full = vae.decode(&z, &opts).unwrap();
     let head = vae.decode(&z.narrow(2, 0, 2).unwrap(), &opts).unwrap();
-    assert!(rel_l2(&head, &full.narrow(2, 0, 5).unwrap()) < 1e-6);
+    assert!(rel_l2_tensors(&head, &full.narrow(2, 0, 5).unwrap()) < 1e-6);
     // The first 5 frames encode to the first 2 latent frames of the 9-frame encode.
     let video = smooth_video(9, 16, 16);
     let z9 = vae.encode(&video).unwrap();
     let z5 = vae.encode(&video.narrow(2, 0, 5).unwrap()).unwrap();
-    assert!(rel_l2(&z5, &z9.narrow(2, 0, 2).unwrap()) < 1e-6);
+    assert!(rel_l2_tensors(&z5, &z9.narrow(2, 0, 2).unwrap()) < 1e-6);
 }
 
 /// The weights with every 3×3 spatial kernel reduced to its centre tap and the decoder's
@@ -302,7 +293,7 @@ fn tiled_decode_is_close_to_untiled() {
     let local = WanVae::new(spatially_pointwise(random_vae_weights(4, 1)), config(4)).unwrap();
     let plain = local.decode(&z, &DecodeOptions::default()).unwrap();
     for (tile, overlap) in [(12, 4), (7, 3), (16, 0)] {
-        let err = rel_l2(&tiled(&local, tile, overlap), &plain);
+        let err = rel_l2_tensors(&tiled(&local, tile, overlap), &plain);
         assert!(
             err < 1e-6,
             "pointwise decoder, tile {tile}/{overlap}: {err:e}"
@@ -311,9 +302,9 @@ fn tiled_decode_is_close_to_untiled() {
 
     let vae = tiny();
     let plain = vae.decode(&z, &DecodeOptions::default()).unwrap();
-    assert_eq!(rel_l2(&tiled(&vae, 40, 8), &plain), 0.0);
-    let small = rel_l2(&tiled(&vae, 20, 8), &plain);
-    let large = rel_l2(&tiled(&vae, 36, 28), &plain);
+    assert_eq!(rel_l2_tensors(&tiled(&vae, 40, 8), &plain), 0.0);
+    let small = rel_l2_tensors(&tiled(&vae, 20, 8), &plain);
+    let large = rel_l2_tensors(&tiled(&vae, 36, 28), &plain);
     eprintln!("tiled vs untiled: 20/8 {small:.3e}, 36/28 {large:.3e}");
     assert!(
         small < 0.35 && large < 0.2 && large < small,

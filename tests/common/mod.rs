@@ -213,3 +213,16 @@ pub fn rel_l2(out: &[f64], expected: &[f64]) -> f64 {
     }
     diff.sqrt() / norm.sqrt().max(1e-30)
 }
+
+/// [`rel_l2`] of f32 values (accumulated in f64); the lengths must agree.
+pub fn rel_l2_f32(out: &[f32], expected: &[f32]) -> f64 {
+    assert_eq!(out.len(), expected.len(), "rel_l2 of different lengths");
+    let widen = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>();
+    rel_l2(&widen(out), &widen(expected))
+}
+
+/// [`rel_l2`] of two tensors of the same shape.
+pub fn rel_l2_tensors(out: &Tensor, expected: &Tensor) -> f64 {
+    assert_eq!(out.dims(), expected.dims());
+    rel_l2_f32(&out.to_f32_vec().unwrap(), &expected.to_f32_vec().unwrap())
+}
