@@ -230,6 +230,12 @@ fn tables() -> &'static Tables {
 /// Python's `html.unescape`: replaces `&name;`, `&#digits;` and `&#xhex;` references (the `;`
 /// optional where HTML allows it) by the characters they stand for.
 pub fn html_unescape(s: &str) -> String {
+    replace_references(s, python_charref)
+}
+
+/// `s` with every `&` for which `reference` (given the text after the `&`) returns the
+/// replacement and the bytes it consumes replaced so; other `&`s stay.
+fn replace_references(s: &str, reference: impl Fn(&str) -> Option<(String, usize)>) -> String {
     if !s.contains('&') {
         return s.to_string();
     }
@@ -238,7 +244,7 @@ pub fn html_unescape(s: &str) -> String {
     while let Some(at) = rest.find('&') {
         out.push_str(&rest[..at]);
         let tail = &rest[at + 1..];
-        match python_charref(tail) {
+        match reference(tail) {
             Some((text, used)) => {
                 out.push_str(&text);
                 rest = &tail[used..];
@@ -334,35 +340,27 @@ fn numeric_ref(n: u64) -> String {
 /// (1 to 24 ASCII letters or digits, then `;`) are decoded, and an upper-cased entity name
 /// (`&EACUTE;`) also decodes, to the upper-cased character, when it is not itself a name.
 pub(super) fn ftfy_unescape(s: &str) -> String {
-    if !s.contains('&') {
-        return s.to_string();
+    replace_references(s, ftfy_reference)
+}
+
+/// A complete reference at the start of `t` (the text after an `&`) as ftfy's fixer reads it:
+/// its decoded text (the reference itself where ftfy does not decode it) and its length.
+fn ftfy_reference(t: &str) -> Option<(String, usize)> {
+    let numeric = t.starts_with('#');
+    let body = &t[usize::from(numeric)..];
+    let n = body.bytes().take_while(u8::is_ascii_alphanumeric).count();
+    if !(1..=24).contains(&n) || !body[n..].starts_with(';') {
+        return None;
     }
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(at) = rest.find('&') {
-        out.push_str(&rest[..at]);
-        let tail = &rest[at + 1..];
-        let numeric = tail.starts_with('#');
-        let body = &tail[usize::from(numeric)..];
-        let n = body.bytes().take_while(u8::is_ascii_alphanumeric).count();
-        if !(1..=24).contains(&n) || !body[n..].starts_with(';') {
-            out.push('&');
-            rest = tail;
-            continue;
-        }
-        let used = usize::from(numeric) + n + 1;
-        let whole = &rest[at..at + 1 + used];
-        let decoded = if numeric {
-            let d = html_unescape(whole);
-            (!d.contains(';')).then_some(d)
-        } else {
-            ftfy_named(&body[..n])
-        };
-        out.push_str(decoded.as_deref().unwrap_or(whole));
-        rest = &tail[used..];
-    }
-    out.push_str(rest);
-    out
+    let used = usize::from(numeric) + n + 1;
+    let whole = format!("&{}", &t[..used]);
+    let decoded = if numeric {
+        let d = html_unescape(&whole);
+        (!d.contains(';')).then_some(d)
+    } else {
+        ftfy_named(&body[..n])
+    };
+    Some((decoded.unwrap_or(whole), used))
 }
 
 /// A named entity as ftfy's table holds it (`name` without `&` and `;`).
