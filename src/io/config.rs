@@ -77,6 +77,20 @@ struct DitJson {
     window_size: Option<[i64; 2]>,
 }
 
+impl DitJson {
+    /// The json's `model_type`, if it gives one.
+    fn model_type(&self) -> Result<Option<ModelType>> {
+        match self.model_type.as_deref() {
+            None => Ok(None),
+            Some("t2v") => Ok(Some(ModelType::T2v)),
+            Some("i2v") => Ok(Some(ModelType::I2v)),
+            Some(other) => Err(Error::UnsupportedModel(format!(
+                "DiT model_type `{other}` (only t2v and i2v exist in Wan2.1)"
+            ))),
+        }
+    }
+}
+
 impl DitConfig {
     /// Infers the config from canonical DiT weights alone (head count from head_dim 128).
     pub fn infer(weights: &MetaMap) -> Result<DitConfig> {
@@ -111,16 +125,7 @@ impl DitConfig {
         } else {
             ModelType::T2v
         };
-        let json_type = match j.model_type.as_deref() {
-            None => None,
-            Some("t2v") => Some(ModelType::T2v),
-            Some("i2v") => Some(ModelType::I2v),
-            Some(other) => {
-                return Err(Error::UnsupportedModel(format!(
-                    "DiT model_type `{other}` (only t2v and i2v exist in Wan2.1)"
-                )))
-            }
-        };
+        let json_type = j.model_type()?;
         if j.qk_norm == Some(false) || j.cross_attn_norm == Some(false) {
             return Err(Error::UnsupportedModel(
                 "DiT without qk_norm or cross_attn_norm".into(),
@@ -212,16 +217,7 @@ impl DitConfig {
     /// checkpoint's config comes from [`DitConfig::load`], which checks the json against it.
     pub fn from_json_file(path: &Path, base: DitConfig) -> Result<DitConfig> {
         let j: DitJson = parse_json(Some(&read_json(path)?), &["WanModel"])?;
-        let model_type = match j.model_type.as_deref() {
-            None => base.model_type,
-            Some("t2v") => ModelType::T2v,
-            Some("i2v") => ModelType::I2v,
-            Some(other) => {
-                return Err(Error::UnsupportedModel(format!(
-                    "DiT model_type `{other}` (only t2v and i2v exist in Wan2.1)"
-                )))
-            }
-        };
+        let model_type = j.model_type()?.unwrap_or(base.model_type);
         let dim = j.dim.unwrap_or(base.dim);
         Ok(DitConfig {
             model_type,

@@ -50,21 +50,21 @@ fn fill_bf16(seed: u32, offset: usize, center: f32, amp: f32, out: &mut [u16]) {
 
 /// `n` values of stream `seed`, uniform in `[-1, 1)`.
 pub fn values(n: usize, seed: u32) -> Vec<f32> {
+    filled(n, seed, 0.0, 1.0)
+}
+
+/// `n` values `center + amp · u(seed, i)`, generated in parallel chunks.
+fn filled(n: usize, seed: u32, center: f32, amp: f32) -> Vec<f32> {
     let mut v = vec![0f32; n];
     v.par_chunks_mut(CHUNK)
         .enumerate()
-        .for_each(|(c, out)| fill(seed, c * CHUNK, 0.0, 1.0, out));
+        .for_each(|(c, out)| fill(seed, c * CHUNK, center, amp, out));
     v
 }
 
 /// An f32 tensor of `center + amp · U[-1, 1)` values.
 pub fn tensor(dims: &[usize], seed: u32, center: f32, amp: f32) -> Result<Tensor> {
-    let n = dims.iter().product::<usize>();
-    let mut v = vec![0f32; n];
-    v.par_chunks_mut(CHUNK)
-        .enumerate()
-        .for_each(|(c, out)| fill(seed, c * CHUNK, center, amp, out));
-    Tensor::from_f32(v, dims)
+    Tensor::from_f32(filled(dims.iter().product(), seed, center, amp), dims)
 }
 
 /// A weight of `dtype` holding `center + amp · U[-1, 1)` values (rounded to `dtype`), generated
