@@ -509,6 +509,66 @@ fn header_errors_point_at_the_offending_file_byte() {
     }
 }
 
+/// A header of `n` zero-size tensors (the cheapest entries a hostile header can hold).
+fn empty_tensors(n: usize) -> Vec<u8> {
+    let entries: Vec<String> = (0..n)
+        .map(|i| format!(r#""t{i}":{{"dtype":"F32","shape":[0],"data_offsets":[0,0]}}"#))
+        .collect();
+    raw(&format!("{{{}}}", entries.join(",")), 0)
+}
+
+#[test]
+fn tensor_count_and_rank_are_bounded() {
+    use wanrt::io::safetensors::{MAX_RANK, MAX_TENSORS};
+    let dir = tempfile::tempdir().unwrap();
+    let at_limit = put(dir.path(), "many.safetensors", &empty_tensors(MAX_TENSORS));
+    assert_eq!(read_file(&at_limit).unwrap().tensors.len(), MAX_TENSORS);
+    assert_mentions(
+        &bad_bytes(&empty_tensors(MAX_TENSORS + 1)),
+        &[&format!("more than {MAX_TENSORS} tensors")],
+    );
+    let dims = |rank: usize| vec!["1"; rank].join(",");
+    let header = |rank| {
+        format!(
+            r#"{{"t":{{"dtype":"U8","shape":[{}],"data_offsets":[0,1]}}}}"#,
+            dims(rank)
+        )
+    };
+    let ok = put(dir.path(), "rank.safetensors", &raw(&header(MAX_RANK), 1));
+    assert_eq!(read_file(&ok).unwrap().tensors["t"].dims().len(), MAX_RANK);
+    assert_mentions(
+        &bad_bytes(&raw(&header(MAX_RANK + 1), 1)),
+        &["tensor `t`", &format!("more than {MAX_RANK} dimensions")],
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn special_files_are_refused_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("x.safetensors");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    // Each of these blocked forever on the FIFO before.
+    assert_mentions(
+        &bad(wanrt::io::open(&fifo)),
+        &["is a FIFO", "not a regular file"],
+    );
+    assert_mentions(&bad(read_file(&fifo)), &["is a FIFO"]);
+    assert_mentions(
+        &bad(wanrt::io::open(Path::new("/dev/zero"))),
+        &["is a device"],
+    );
+    // A link to a regular file is followed.
+    let file = put(dir.path(), "real.safetensors", &raw("{}", 0));
+    let link = dir.path().join("link.safetensors");
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    assert!(read_file(&link).unwrap().tensors.is_empty());
+}
+
 #[test]
 fn directory_instead_of_file_is_rejected() {
     let dir = tempfile::tempdir().unwrap();
@@ -516,7 +576,7 @@ fn directory_instead_of_file_is_rejected() {
     std::fs::create_dir(&sub).unwrap();
     assert_mentions(
         &bad(read_file(&sub)),
-        &["is a folder", "expected a .safetensors file"],
+        &["is a folder", "not a regular file"],
     );
     match read_file(&dir.path().join("absent.safetensors")) {
         Err(Error::Io { source, .. }) => assert_eq!(source.kind(), std::io::ErrorKind::NotFound),

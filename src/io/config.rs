@@ -533,7 +533,7 @@ fn agree<T: PartialEq + Debug>(field: &str, json: Option<T>, weights: T) -> Resu
 }
 
 fn read_json(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
+    super::input::read_text_capped(path, super::input::CONFIG_LIMIT, "config.json")
 }
 
 /// Parses a config json (an absent one gives the defaults). A `_class_name` outside `classes`

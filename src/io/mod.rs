@@ -7,6 +7,7 @@
 pub mod atomic;
 pub mod config;
 pub mod describe;
+pub mod input;
 pub mod layout;
 pub mod pth;
 pub mod safetensors;
@@ -62,7 +63,7 @@ pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint> {
     let mut magic = [0u8; 4];
     {
         use std::io::Read;
-        let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let mut f = input::open_regular(path)?;
         let n = f.read(&mut magic).map_err(|e| Error::io(path, e))?;
         if n < 4 {
             return Err(Error::bad_file(

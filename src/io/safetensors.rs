@@ -7,7 +7,8 @@
 //! against the file size (before anything is allocated), duplicate keys (which a plain serde map
 //! silently merges), the metadata type, the dtype names, `dtype × shape = byte length` without
 //! overflow, and offsets that tile the data section exactly (no overlap, gap, or byte outside).
-//! Errors name the file, the tensor and the file byte. The `safetensors` crate's own checks then
+//! The work per header is bounded: at most [`MAX_TENSORS`] tensors of at most [`MAX_RANK`]
+//! dimensions, refused while parsing. Errors name the file, the tensor and the file byte. The `safetensors` crate's own checks then
 //! run as a second gate; tensors borrow their bytes from one shared memory map.
 
 use std::collections::BTreeMap;
@@ -28,14 +29,21 @@ use crate::tensor::{checked_product, DType, Shape, Tensor};
 const LEN_BYTES: usize = 8;
 /// The largest header the format allows (the limit of the reference implementation).
 const MAX_HEADER: u64 = 100_000_000;
+/// The most tensors a header may describe. The largest Wan files (a 14B DiT in scaled fp8, a
+/// LoRA with full deltas) hold a few thousand; the limit bounds the time and memory a hostile
+/// header of millions of empty tensors could cost.
+pub const MAX_TENSORS: usize = 65_536;
+/// The most dimensions a tensor's shape may have (Wan's weights have at most 5).
+pub const MAX_RANK: usize = 16;
 /// The key of the free-form string metadata in a header.
 const METADATA_KEY: &str = "__metadata__";
 /// The suffix of the weight map of a sharded folder.
 const INDEX_SUFFIX: &str = ".safetensors.index.json";
 
-/// Maps a file read-only. The map is shared by all tensors of the file.
+/// Maps a file read-only (it must be a regular file). The map is shared by all tensors of the
+/// file.
 pub(crate) fn map_file(path: &Path) -> Result<Arc<memmap2::Mmap>> {
-    let file = fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let file = super::input::open_regular(path)?;
     // SAFETY: the map is read-only. Model files are not expected to change while loaded; if
     // another process truncates one, reads may fault, as with every mmap-based loader.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
@@ -44,16 +52,6 @@ pub(crate) fn map_file(path: &Path) -> Result<Arc<memmap2::Mmap>> {
 
 /// Reads one safetensors file; every tensor borrows its bytes from a memory map of the file.
 pub fn read_file(path: &Path) -> Result<Checkpoint> {
-    let meta = fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    if meta.is_dir() {
-        return Err(Error::bad_file(
-            path,
-            "is a folder, expected a .safetensors file",
-        ));
-    }
-    if !meta.is_file() {
-        return Err(Error::bad_file(path, "is not a regular file"));
-    }
     let map = map_file(path)?;
     let file_len = map.len();
     let Some(len_bytes) = map.get(..LEN_BYTES) else {
@@ -131,8 +129,40 @@ struct Info {
 #[derive(Deserialize)]
 struct RawInfo {
     dtype: String,
-    shape: Vec<usize>,
+    shape: Dims,
     data_offsets: (usize, usize),
+}
+
+/// A shape of at most [`MAX_RANK`] dimensions, refused as soon as it runs longer.
+struct Dims(Vec<usize>);
+
+impl<'de> Deserialize<'de> for Dims {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_seq(DimsVisitor)
+    }
+}
+
+struct DimsVisitor;
+
+impl<'de> Visitor<'de> for DimsVisitor {
+    type Value = Dims;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "a shape: an array of at most {MAX_RANK} sizes")
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Dims, A::Error> {
+        let mut dims = Vec::new();
+        while let Some(d) = seq.next_element()? {
+            if dims.len() == MAX_RANK {
+                return Err(de::Error::custom(format!(
+                    "shape has more than {MAX_RANK} dimensions"
+                )));
+            }
+            dims.push(d);
+        }
+        Ok(Dims(dims))
+    }
 }
 
 /// Parses the header JSON in one streaming pass (no `serde_json::Value`, nothing allocated
@@ -197,6 +227,11 @@ impl<'de> Visitor<'de> for HeaderVisitor<'_> {
             if duplicate {
                 return Err(de::Error::custom(format!("duplicate key `{key}`")));
             }
+            if key != METADATA_KEY && header.tensors.len() == MAX_TENSORS {
+                return Err(de::Error::custom(format!(
+                    "more than {MAX_TENSORS} tensors (wanrt's limit per file)"
+                )));
+            }
             if key == METADATA_KEY {
                 *self.context = format!(" in `{METADATA_KEY}`");
                 let m: Option<StringMap> = map.next_value()?;
@@ -212,7 +247,7 @@ impl<'de> Visitor<'de> for HeaderVisitor<'_> {
                 })?;
                 let info = Info {
                     dtype,
-                    shape: raw.shape,
+                    shape: raw.shape.0,
                     data_offsets: raw.data_offsets,
                 };
                 header.tensors.insert(key, info);
@@ -423,7 +458,8 @@ struct Index {
 
 fn read_sharded(dir: &Path, index_path: &Path) -> Result<Checkpoint> {
     let bad = |what: String| Error::bad_file(index_path, what);
-    let text = fs::read(index_path).map_err(|e| Error::io(index_path, e))?;
+    let text =
+        super::input::read_capped(index_path, super::input::INDEX_LIMIT, "weight-map index")?;
     let index: Index =
         serde_json::from_slice(&text).map_err(|e| bad(format!("invalid index: {e}")))?;
     let weight_map = index.weight_map.0;

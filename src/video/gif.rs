@@ -1,7 +1,6 @@
 //! Animated GIF output: a 256-colour palette per frame (NeuQuant, frames quantised in
 //! parallel), looping forever, the metadata in a comment extension.
 
-use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;
 
@@ -71,7 +70,7 @@ pub fn write_gif(
 
 /// Walks a GIF's blocks: size, frame count, total delay and the first comment.
 pub(super) fn probe(path: &Path) -> Result<MediaInfo> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let file = crate::io::input::open_regular(path)?;
     let mut r = Blocks(BufReader::new(file));
     let bad = |what: &str| Error::bad_file(path, format!("gif: {what}"));
     let io = |e| Error::io(path, e);

@@ -4,7 +4,6 @@
 //! A box is `u32 BE size | 4-byte type | body`; size 1 means a `u64` size follows the type, size
 //! 0 means "to the end of the parent". Errors are one-line strings; callers add the path.
 
-use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
@@ -341,7 +340,7 @@ fn comment(buf: &[u8], moov: BoxRef) -> Result<Option<String>, String> {
 pub(super) fn read_moov(path: &Path) -> Result<Vec<u8>> {
     let bad = |what: String| Error::bad_file(path, what);
     let io = |e| Error::io(path, e);
-    let mut f = File::open(path).map_err(io)?;
+    let mut f = crate::io::input::open_regular(path)?;
     let len = f.metadata().map_err(io)?.len();
     let mut at = 0u64;
     while at + 8 <= len {

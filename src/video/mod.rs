@@ -126,7 +126,7 @@ pub fn sniff(path: &Path) -> Result<Option<MediaFormat>> {
         return Ok(None);
     }
     let mut head = [0u8; 12];
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut f = crate::io::input::open_regular(path)?;
     let mut n = 0;
     while n < head.len() {
         match f.read(&mut head[n..]).map_err(|e| Error::io(path, e))? {

@@ -96,7 +96,7 @@ fn encode(
 
 /// Reads a PNG's size and its [`METADATA_KEY`] text (`iTXt` or `tEXt`).
 pub(super) fn probe(path: &Path) -> Result<MediaInfo> {
-    let file = fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let file = crate::io::input::open_regular(path)?;
     let bad = |e: png::DecodingError| Error::bad_file(path, format!("png: {e}"));
     let reader = png::Decoder::new(BufReader::new(file))
         .read_info()

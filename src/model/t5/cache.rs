@@ -10,7 +10,6 @@
 //!   rewritten.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -318,7 +317,7 @@ pub fn file_identity(path: impl AsRef<Path>) -> Result<String> {
             let name = f.file_name().map(|n| n.to_string_lossy().into_owned());
             h.write(name.unwrap_or_default().as_bytes());
         }
-        let mut file = File::open(f).map_err(|e| Error::io(f, e))?;
+        let mut file = crate::io::input::open_regular(f)?;
         let size = file.metadata().map_err(|e| Error::io(f, e))?.len();
         total += size;
         h.write(&size.to_le_bytes());

@@ -9,6 +9,7 @@ use tokenizers::Tokenizer;
 
 use super::clean::clean_prompt;
 use crate::error::{Error, Result};
+use crate::io::input::{read_capped, TOKENIZER_LIMIT};
 
 /// A prompt as the encoder takes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,7 +54,7 @@ impl Umt5Tokenizer {
     /// `text_len` starts at 512.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Umt5Tokenizer> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = read_capped(path, TOKENIZER_LIMIT, "tokenizer.json")?;
         Umt5Tokenizer::from_bytes(&bytes, path)
     }
 
