@@ -11,6 +11,7 @@
 
 mod block;
 mod cache;
+mod charsmap;
 mod clean;
 mod html;
 mod tokenizer;

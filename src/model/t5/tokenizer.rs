@@ -1,14 +1,19 @@
 //! The UMT5 tokenizer: a `tokenizer.json` in the google/umt5-xxl format (a sentencepiece
 //! Unigram model) read by the pure-Rust `tokenizers` crate, used as Wan calls it
 //! (wan-architecture.md §3.3): cleaned prompt, `</s>` appended, at most `text_len` tokens.
+//!
+//! The crate trusts its file: its sentencepiece normalizer is checked first
+//! ([`super::charsmap`]), and any panic of the crate that remains, while loading or while
+//! tokenizing, becomes an [`Error::BadFile`] naming the file.
 
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 
 use tokenizers::models::ModelWrapper;
 use tokenizers::Tokenizer;
 
 use super::clean::clean_prompt;
-use crate::error::{Error, Result};
+use crate::error::{panic_message, Error, Result};
 use crate::io::input::{read_capped, TOKENIZER_LIMIT};
 
 /// A prompt as the encoder takes it.
@@ -48,8 +53,9 @@ impl std::fmt::Debug for Umt5Tokenizer {
 }
 
 impl Umt5Tokenizer {
-    /// Reads a `tokenizer.json` (no network access). Fails with [`Error::BadFile`] when it does
-    /// not parse, and [`Error::UnsupportedModel`] when its model is not Unigram (the
+    /// Reads a `tokenizer.json` (no network access). Fails with [`Error::BadFile`] when it is
+    /// not a regular file of at most [`TOKENIZER_LIMIT`] bytes, does not parse or holds a
+    /// damaged normalizer, and [`Error::UnsupportedModel`] when its model is not Unigram (the
     /// sentencepiece model of google/umt5-xxl) or it lacks the `</s>` and `<pad>` tokens.
     /// `text_len` starts at 512.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Umt5Tokenizer> {
@@ -61,7 +67,8 @@ impl Umt5Tokenizer {
     /// Reads the text of a `tokenizer.json`; `source` names it in errors.
     pub fn from_bytes(json: &[u8], source: impl Into<PathBuf>) -> Result<Umt5Tokenizer> {
         let source = source.into();
-        let mut inner = Tokenizer::from_bytes(json)
+        super::charsmap::check_normalizers(json).map_err(|e| Error::bad_file(&source, e))?;
+        let mut inner = contained(&source, "loading it", || Tokenizer::from_bytes(json))?
             .map_err(|e| Error::bad_file(&source, format!("not a tokenizer.json: {e}")))?;
         let kind = match inner.get_model() {
             ModelWrapper::Unigram(_) => None,
@@ -144,10 +151,10 @@ impl Umt5Tokenizer {
     /// without one still gets its `</s>`.
     pub fn encode_cleaned(&self, cleaned: impl Into<String>) -> Result<Tokenized> {
         let cleaned = cleaned.into();
-        let enc = self
-            .inner
-            .encode(cleaned.as_str(), false)
-            .map_err(|e| Error::InvalidArgument(format!("tokenizer: {e}")))?;
+        let enc = contained(&self.source, "tokenizing a prompt", || {
+            self.inner.encode(cleaned.as_str(), false)
+        })?
+        .map_err(|e| Error::InvalidArgument(format!("tokenizer: {e}")))?;
         let mut ids = enc.get_ids().to_vec();
         let full_len = ids.len() + 1;
         let truncated = full_len > self.text_len;
@@ -167,4 +174,16 @@ impl Umt5Tokenizer {
         ids.resize(self.text_len.max(ids.len()), self.pad);
         ids
     }
+}
+
+/// Runs `f`, a call into the `tokenizers` crate, turning a panic into an [`Error::BadFile`]
+/// for `source` (the crate panics on files it cannot handle).
+fn contained<T>(source: &Path, doing: &str, f: impl FnOnce() -> T) -> Result<T> {
+    std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|panic| {
+        let msg = panic_message(panic.as_ref()).unwrap_or("no message");
+        Error::bad_file(
+            source,
+            format!("the tokenizer failed while {doing} (damaged file?): {msg}"),
+        )
+    })
 }
