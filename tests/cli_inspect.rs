@@ -20,7 +20,7 @@ fn text(b: &[u8]) -> String {
 
 /// What inspect prints for each fixture model: the model line (with a LoRA's `targets` and
 /// `deltas` lines) and the tensor line.
-const EXPECTED: [(&str, &str, &str, &str); 16] = [
+const EXPECTED: [(&str, &str, &str, &str); 19] = [
     (
         "tiny-dit/dit_f32.safetensors",
         "safetensors",
@@ -117,6 +117,24 @@ const EXPECTED: [(&str, &str, &str, &str); 16] = [
         "dit t2v, original layout, bf16, dim 64, 2 layers",
         "69 (bf16 69)",
     ),
+    (
+        "tiny-dit-sharded/diffusion_pytorch_model.safetensors.index.json",
+        "sharded safetensors",
+        "dit t2v, original layout, bf16, dim 64, 2 layers",
+        "69 (bf16 69)",
+    ),
+    (
+        "tiny-dit-sharded/diffusion_pytorch_model-00001-of-00002.safetensors",
+        "safetensors, shard 1 of 2 (inspect its folder or index.json for the whole model)",
+        "dit t2v, original layout, bf16",
+        "34 (bf16 34)",
+    ),
+    (
+        "tiny-dit-sharded/diffusion_pytorch_model-00002-of-00002.safetensors",
+        "safetensors, shard 2 of 2 (inspect its folder or index.json for the whole model)",
+        "dit t2v, original layout, bf16",
+        "35 (bf16 35)",
+    ),
 ];
 
 fn block(path: &Path, format: &str, model: &str, tensors: &str) -> String {
@@ -159,6 +177,11 @@ fn describes_pth_fixtures() {
 #[test]
 fn describes_sharded_folder() {
     check_described(|r| r == "tiny-dit-sharded");
+}
+
+#[test]
+fn describes_one_shard_and_an_index() {
+    check_described(|r| r.starts_with("tiny-dit-sharded/"));
 }
 
 /// A safetensors file from (name, dtype, shape) headers with zero-filled data.

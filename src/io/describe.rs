@@ -25,6 +25,10 @@ pub struct Summary {
     /// Further `(label, text)` lines: for a LoRA, the modules its pairs target and the
     /// parameters its full deltas change.
     pub details: Vec<(&'static str, String)>,
+    /// Which shard of how many this file is, for one file of a sharded model
+    /// (`…-00001-of-00002.safetensors`): the model line then describes the shard's tensors
+    /// only (component, layout, storage), since the sizes need the whole model.
+    pub shard: Option<(usize, usize)>,
     /// Number of stored tensors (markers and scales included).
     pub tensors: usize,
     /// Stored tensors per dtype, most frequent first.
@@ -33,12 +37,25 @@ pub struct Summary {
 
 /// Describes a checkpoint. Fails where [`layout::canonical_metas`] or the config inference
 /// would (an unknown key, inconsistent shapes), so a file that describes cleanly also loads.
-/// An unrecognised file is described as `unknown`, not an error.
+/// An unrecognised file is described as `unknown`, not an error. One shard of a sharded model
+/// is described as such ([`Summary::shard`]).
 pub fn summarize(ckpt: &Checkpoint) -> Result<Summary> {
     let detected = layout::detect(ckpt)?;
+    let shard = match ckpt.format {
+        FileFormat::Safetensors => super::safetensors::shard_position(&ckpt.path),
+        _ => None,
+    };
     let mut details = Vec::new();
     let model = if detected.component == Component::Unknown {
         "unknown (not a Wan DiT, VAE, UMT5 encoder or LoRA)".to_string()
+    } else if shard.is_some() {
+        let Detected {
+            component,
+            layout,
+            quant,
+            ..
+        } = &detected;
+        format!("{component}, {layout} layout, {quant}")
     } else {
         let (_, canonical) = layout::canonical_metas(&layout::metas(ckpt))?;
         if detected.component == Component::Lora {
@@ -57,6 +74,7 @@ pub fn summarize(ckpt: &Checkpoint) -> Result<Summary> {
         detected,
         model,
         details,
+        shard,
         tensors: ckpt.tensors.len(),
         dtypes,
     })
@@ -224,9 +242,17 @@ fn braces(names: &[String]) -> String {
 }
 
 impl fmt::Display for Summary {
-    /// Format, model, any detail lines, then the tensors with their dtypes.
+    /// Format (with the shard of a sharded model), model, any detail lines, then the tensors
+    /// with their dtypes.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "format:  {}", self.format)?;
+        write!(f, "format:  {}", self.format)?;
+        if let Some((i, n)) = self.shard {
+            write!(
+                f,
+                ", shard {i} of {n} (inspect its folder or index.json for the whole model)"
+            )?;
+        }
+        writeln!(f)?;
         writeln!(f, "model:   {}", self.model)?;
         for (label, text) in &self.details {
             writeln!(f, "{:<9}{text}", format!("{label}:"))?;
@@ -311,5 +337,28 @@ mod tests {
             "blocks 0-2,5,7: ffn.0, self_attn.q; blocks 3: self_attn.q; head.head, time_projection.1"
         );
         assert_eq!(summarize_paths(std::iter::empty()), "");
+    }
+
+    #[test]
+    fn shard_names_are_recognised() {
+        use crate::io::safetensors::shard_position;
+        use std::path::Path;
+        let pos = |name: &str| shard_position(Path::new(name));
+        assert_eq!(
+            pos("m/diffusion_pytorch_model-00001-of-00002.safetensors"),
+            Some((1, 2))
+        );
+        assert_eq!(pos("model-3-of-12.safetensors"), Some((3, 12)));
+        for name in [
+            "model-00001-of-00001.safetensors",
+            "model-00000-of-00002.safetensors",
+            "model-00003-of-00002.safetensors",
+            "model-00001-of-00002.pth",
+            "model-0x1-of-00002.safetensors",
+            "model-of-00002.safetensors",
+            "model.safetensors",
+        ] {
+            assert_eq!(pos(name), None, "{name}");
+        }
     }
 }

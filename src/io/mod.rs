@@ -52,13 +52,17 @@ pub struct Checkpoint {
     pub metadata: BTreeMap<String, String>,
 }
 
-/// Reads a checkpoint: a safetensors file, a PyTorch `.pth` zip, or a folder holding either a
-/// `*.safetensors.index.json` with its shards or exactly one model file.
+/// Reads a checkpoint: a safetensors file, a PyTorch `.pth` zip, a `*.safetensors.index.json`
+/// (the sharded model it describes), or a folder holding either an index with its shards or
+/// exactly one model file.
 pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint> {
     let path = path.as_ref();
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     if meta.is_dir() {
         return safetensors::read_folder(path);
+    }
+    if safetensors::is_index(path) {
+        return safetensors::read_index(path);
     }
     let mut magic = [0u8; 4];
     {

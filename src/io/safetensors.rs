@@ -441,6 +441,38 @@ pub fn read_folder(path: &Path) -> Result<Checkpoint> {
     }
 }
 
+/// Reads the sharded model a `*.safetensors.index.json` describes: its shards, in its folder,
+/// checked as [`read_folder`] checks them.
+pub fn read_index(index: &Path) -> Result<Checkpoint> {
+    let dir = match index.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    read_sharded(dir, index)
+}
+
+/// Whether `path` names an index (`*.safetensors.index.json`).
+pub fn is_index(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|n| n.to_string_lossy().ends_with(INDEX_SUFFIX))
+}
+
+/// Which shard of how many `path` names, for the files of a sharded model
+/// (`…-00001-of-00002.safetensors`: `Some((1, 2))`); `None` for any other name, a shard
+/// number outside `1..=total` or a total below 2.
+pub fn shard_position(path: &Path) -> Option<(usize, usize)> {
+    let name = path.file_name()?.to_str()?.strip_suffix(".safetensors")?;
+    let (rest, total) = name.rsplit_once("-of-")?;
+    let (_, index) = rest.rsplit_once('-')?;
+    let number = |s: &str| {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<usize>().ok())
+            .flatten()
+    };
+    let (index, total) = (number(index)?, number(total)?);
+    (total >= 2 && (1..=total).contains(&index)).then_some((index, total))
+}
+
 fn file_names(paths: &[PathBuf]) -> String {
     let names: Vec<_> = paths
         .iter()
