@@ -161,6 +161,14 @@ fn expected() -> Vec<(&'static str, Detected)> {
         ),
         ("tiny-dit-sharded", dit(Original, Quant::Float(DType::BF16))),
         (
+            "tiny-dit-hd128/dit_f32.safetensors",
+            dit(Original, Quant::Float(DType::F32)),
+        ),
+        (
+            "tiny-dit-hd128/dit_bf16.safetensors",
+            dit(Original, Quant::Float(DType::BF16)),
+        ),
+        (
             "tiny-lora/lora_musubi.safetensors",
             lora(LoraFormat::Musubi, LoraAlpha::Uniform(2.0), 0),
         ),
