@@ -527,6 +527,15 @@ fn tensor_count_and_rank_are_bounded() {
         &bad_bytes(&empty_tensors(MAX_TENSORS + 1)),
         &[&format!("more than {MAX_TENSORS} tensors")],
     );
+    let entries: Vec<String> = (0..=MAX_TENSORS).map(|i| format!(r#""k{i}":"""#)).collect();
+    let metadata = format!(r#"{{"__metadata__":{{{}}}}}"#, entries.join(","));
+    assert_mentions(
+        &bad_bytes(&raw(&metadata, 0)),
+        &[
+            "in `__metadata__`",
+            &format!("more than {MAX_TENSORS} entries"),
+        ],
+    );
     let dims = |rank: usize| vec!["1"; rank].join(",");
     let header = |rank| {
         format!(

@@ -29,9 +29,10 @@ use crate::tensor::{checked_product, DType, Shape, Tensor};
 const LEN_BYTES: usize = 8;
 /// The largest header the format allows (the limit of the reference implementation).
 const MAX_HEADER: u64 = 100_000_000;
-/// The most tensors a header may describe. The largest Wan files (a 14B DiT in scaled fp8, a
-/// LoRA with full deltas) hold a few thousand; the limit bounds the time and memory a hostile
-/// header of millions of empty tensors could cost.
+/// The most tensors a header may describe, and the most entries of its `__metadata__` or of a
+/// weight map. The largest Wan files (a 14B DiT in scaled fp8, a LoRA with full deltas) hold a
+/// few thousand tensors; the limit bounds the time and memory a hostile header of millions of
+/// empty tensors or metadata entries could cost.
 pub const MAX_TENSORS: usize = 65_536;
 /// The most dimensions a tensor's shape may have (Wan's weights have at most 5).
 pub const MAX_RANK: usize = 16;
@@ -307,6 +308,11 @@ impl<'de> Visitor<'de> for StringMapVisitor {
         while let Some((k, v)) = map.next_entry::<String, String>()? {
             if out.contains_key(&k) {
                 return Err(de::Error::custom(format!("duplicate key `{k}`")));
+            }
+            if out.len() == MAX_TENSORS {
+                return Err(de::Error::custom(format!(
+                    "more than {MAX_TENSORS} entries (wanrt's limit)"
+                )));
             }
             out.insert(k, v);
         }
