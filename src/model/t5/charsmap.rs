@@ -86,7 +86,7 @@ pub(super) fn check_charsmap(bytes: &[u8]) -> Result<(), String> {
         ));
     };
     let trie_bytes = u32::from_le_bytes(*size) as usize;
-    if trie_bytes == 0 || trie_bytes % 4 != 0 || trie_bytes > rest.len() {
+    if trie_bytes == 0 || !trie_bytes.is_multiple_of(4) || trie_bytes > rest.len() {
         return Err(format!(
             "declares a trie of {trie_bytes} bytes, but a trie is a nonzero multiple of 4 bytes \
              and only {} bytes follow the size",
