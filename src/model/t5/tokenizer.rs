@@ -187,3 +187,24 @@ fn contained<T>(source: &Path, doing: &str, f: impl FnOnce() -> T) -> Result<T> 
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panics_of_the_crate_become_bad_file_errors() {
+        let source = Path::new("models/tokenizer.json");
+        assert_eq!(contained(source, "loading it", || 7).unwrap(), 7);
+        let e = contained(source, "tokenizing a prompt", || -> u32 {
+            panic!("index out of bounds")
+        })
+        .unwrap_err();
+        assert_eq!(e.status(), crate::error::Status::BadFile);
+        assert_eq!(
+            e.to_string(),
+            "models/tokenizer.json: the tokenizer failed while tokenizing a prompt (damaged \
+             file?): index out of bounds"
+        );
+    }
+}
