@@ -554,6 +554,23 @@ fn the_library_checks_the_request_against_the_model() {
     let mut r = small("x");
     r.latent_init = Some(Tensor::zeros([1, 16, 2, 4, 5], wanrt::DType::F32));
     assert!(e(r).contains("initial latent"));
+    // Non-finite initial latents are refused before any work: no progress is reported.
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut r = small("x");
+        let mut v = vec![0.25f32; 16 * 2 * 4 * 4];
+        v[77] = bad;
+        r.latent_init = Some(Tensor::from_f32(v, [1, 16, 2, 4, 4]).unwrap());
+        assert!(e(r.clone()).contains(&format!("holds {bad} at element 77")));
+        let mut calls = 0;
+        let err = pipe
+            .generate(&r, &mut |_| {
+                calls += 1;
+                Flow::Continue
+            })
+            .unwrap_err();
+        assert_eq!(err.status(), wanrt::Status::InvalidArgument, "{err}");
+        assert_eq!(calls, 0, "{err}");
+    }
     let mut r = small("x");
     r.teacache = Some(0.1);
     assert!(e(r).contains("TeaCache"));
