@@ -101,6 +101,21 @@ pub enum Error {
     /// The caller cancelled the operation through its callback.
     #[error("cancelled")]
     Cancelled,
+    /// Sampling made the latent non-finite (NaN or infinity) at step `step` (0-based) of
+    /// `steps`: the numbers overflowed, so the video would be garbage.
+    #[error(
+        "the latent holds {value} after denoising step {} of {steps}: the numbers overflowed \
+         (try a lower guidance scale or LoRA strength, or check the model file)",
+        .step + 1
+    )]
+    NonFiniteLatent {
+        /// The step that produced it (0-based).
+        step: usize,
+        /// The number of steps.
+        steps: usize,
+        /// The first non-finite value.
+        value: f64,
+    },
 }
 
 fn context_suffix(context: &str) -> String {
@@ -179,7 +194,8 @@ impl Error {
             | Error::ShapeMismatch { .. }
             | Error::UnsupportedDType { .. }
             | Error::ShapeOverflow(_)
-            | Error::InvalidArgument(_) => Status::InvalidArgument,
+            | Error::InvalidArgument(_)
+            | Error::NonFiniteLatent { .. } => Status::InvalidArgument,
             Error::OutOfMemory(_) => Status::OutOfMemory,
             Error::CudaNotCompiled | Error::Device(_) => Status::DeviceError,
             Error::Cancelled => Status::Cancelled,

@@ -1,6 +1,6 @@
 //! LoRAs: the unmerged mode against the `lora_merge` fixtures (the merged mode runs in the
-//! harness, `tests/kinds/lora.rs`), every format giving the same merge, merging into fp8 and
-//! bf16 checkpoints, stacking, `wanrt lora merge`, and bad input.
+//! harness, `tests/kinds/lora.rs`), every format giving the same merge, DoRA, merging into fp8
+//! and bf16 checkpoints, stacking, `wanrt lora merge`, and bad input (LoHa and LoKr included).
 
 mod common;
 
@@ -288,6 +288,157 @@ fn every_format_gives_the_same_merged_weights() {
     }
 }
 
+// ---------------------------------------------------------------------------- DoRA
+
+/// DoRA's merge of one weight in f64: `W + s · (m · (W + ΔW) / (‖W + ΔW‖ + ε) − W)`, the norm
+/// over each output row (peft's `torch.linalg.norm(W + ΔW, dim=1)`), ε = f32::EPSILON.
+fn naive_dora(w: &Weight, lora: &Lora, module: &str, strength: f32) -> Vec<f64> {
+    let p = lora.modules[module].low_rank.as_ref().unwrap();
+    let m = p.magnitude.as_ref().unwrap().to_f32_vec().unwrap();
+    let (plain, base) = (naive_merge(w, lora, module, 1.0), values(w));
+    let n = base.len() / m.len();
+    let mut out = Vec::with_capacity(base.len());
+    for (o, row) in plain.chunks(n).enumerate() {
+        let norm = row.iter().map(|x| x * x).sum::<f64>().sqrt();
+        for (i, x) in row.iter().enumerate() {
+            let w = base[o * n + i] as f64;
+            let dora = m[o] as f64 * x / (norm + f32::EPSILON as f64);
+            out.push(w + strength as f64 * (dora - w));
+        }
+    }
+    out
+}
+
+/// Magnitudes `0.5 + 0.03 · o` for `n` output rows.
+fn magnitudes(n: usize, dims: &[usize]) -> Tensor {
+    Tensor::from_f32((0..n).map(|o| 0.5 + 0.03 * o as f32).collect(), dims).unwrap()
+}
+
+#[test]
+fn dora_renormalizes_each_output_row() {
+    // The musubi LoRA with DoRA magnitudes on two layers, `[out, 1]` (kohya/LyCORIS) and `[out]`.
+    let mut tensors = musubi_tensors();
+    let (q, ffn) = ("lora_unet_blocks_0_self_attn_q", "lora_unet_blocks_1_ffn_0");
+    let out = |b: &str, t: &BTreeMap<String, Tensor>| t[&format!("{b}.lora_up.weight")].dims()[0];
+    let (oq, of) = (out(q, &tensors), out(ffn, &tensors));
+    tensors.insert(format!("{q}.dora_scale"), magnitudes(oq, &[oq, 1]));
+    tensors.insert(format!("{ffn}.dora_scale"), magnitudes(of, &[of]));
+    let dir = tempfile::tempdir().unwrap();
+    let dora = Lora::open(write_lora(dir.path(), "dora.safetensors", &tensors)).unwrap();
+    assert!(dora.unmatched.is_empty(), "{:?}", dora.unmatched);
+    let plain = open("tiny-lora/lora_musubi.safetensors");
+    let before = base("tiny-dit/dit_f32.safetensors");
+    let doras = ["blocks.0.self_attn.q", "blocks.1.ffn.0"];
+    for strength in [1.0, 0.6] {
+        let (after, report) =
+            lora::merge(before.clone(), &[(&dora, strength)], StoreAs::Same).unwrap();
+        assert!(report.warnings().is_empty(), "{:?}", report.warnings());
+        assert_eq!(report.loras[0].low_rank, 20);
+        let reference = merged(before.clone(), &[(&plain, strength)]);
+        for (k, w) in &after {
+            let m = k.strip_suffix(".weight").unwrap_or(k);
+            if doras.contains(&m) {
+                let want = naive_dora(&before[k], &dora, m, strength);
+                let got = values(w);
+                for (g, w) in got.iter().zip(&want) {
+                    assert!(
+                        (*g as f64 - w).abs() <= 1e-6 * (1.0 + w.abs()),
+                        "{k}: {g} {w}"
+                    );
+                }
+                let off = rel_l2_f32(&got, &values(&reference[k]));
+                assert!(off > 1e-3, "{k}: DoRA and LoRA merges agree ({off:e})");
+            } else {
+                assert_eq!(values(w), values(&reference[k]), "{k}");
+            }
+        }
+        // Unmerged, the DoRA layers are merged into f32 copies and the others stay low-rank.
+        let u = lora::unmerged(before.clone(), &[(&dora, strength)]).unwrap();
+        assert_eq!(u.deltas.len(), 18);
+        for m in doras {
+            let k = format!("{m}.weight");
+            assert!(!u.deltas.contains_key(m));
+            assert_eq!(u.weights[&k].dtype(), DType::F32);
+            assert_eq!(values(&u.weights[&k]), values(&after[&k]), "{k}");
+        }
+    }
+
+    // PEFT's `lora_magnitude_vector` in a ComfyUI/diffusion-pipe file gives the same merge.
+    let mut peft = convert(
+        |b, i, ab| {
+            let ab = if ab == "down" { "A" } else { "B" };
+            format!("diffusion_model.blocks.{b}.{}.lora_{ab}.weight", TARGETS[i])
+        },
+        |s| (s, 1.0),
+    );
+    let key = |m: &str| format!("diffusion_model.{m}.lora_magnitude_vector");
+    peft.insert(key(doras[0]), magnitudes(oq, &[oq]));
+    peft.insert(key(doras[1]), magnitudes(of, &[of]));
+    let l = Lora::open(write_lora(dir.path(), "peft.safetensors", &peft)).unwrap();
+    let a = merged(before.clone(), &[(&l, 0.6)]);
+    let b = merged(before.clone(), &[(&dora, 0.6)]);
+    for m in doras {
+        let k = format!("{m}.weight");
+        let err = rel_l2_f32(&values(&a[&k]), &values(&b[&k]));
+        assert!(err < 1e-6, "{k}: {err:e}");
+    }
+
+    // A magnitude per input column (LyCORIS `wd_on_out = False`) is refused, naming the key.
+    let mut bad = musubi_tensors();
+    bad.insert(format!("{ffn}.dora_scale"), t(&[1, 64], 0.5));
+    let err = lora_error(&bad);
+    assert!(
+        err.contains(&format!("{ffn}.dora_scale")) && err.contains("[1, 64]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn loha_and_lokr_files_are_refused_naming_the_format() {
+    let loha = BTreeMap::from([
+        (
+            "lora_unet_blocks_0_self_attn_q.hada_w1_a".to_string(),
+            t(&[64, 4], 0.1),
+        ),
+        (
+            "lora_unet_blocks_0_self_attn_q.hada_w1_b".to_string(),
+            t(&[4, 64], 0.1),
+        ),
+        (
+            "lora_unet_blocks_0_self_attn_q.hada_w2_a".to_string(),
+            t(&[64, 4], 0.1),
+        ),
+        (
+            "lora_unet_blocks_0_self_attn_q.hada_w2_b".to_string(),
+            t(&[4, 64], 0.1),
+        ),
+        (
+            "lora_unet_blocks_0_self_attn_q.alpha".to_string(),
+            t(&[], 4.0),
+        ),
+    ]);
+    let lokr = BTreeMap::from([
+        (
+            "diffusion_model.blocks.0.ffn.0.lokr_w1".to_string(),
+            t(&[8, 8], 0.1),
+        ),
+        (
+            "diffusion_model.blocks.0.ffn.0.lokr_w2".to_string(),
+            t(&[16, 8], 0.1),
+        ),
+    ]);
+    // A file mixing LoRA pairs with LoKr factors is refused too, not merged in part.
+    let mut mixed = musubi_tensors();
+    mixed.insert("lora_unet_blocks_1_ffn_2.lokr_w1".into(), t(&[8, 8], 0.1));
+    for (tensors, format) in [(loha, "LoHa"), (lokr, "LoKr"), (mixed, "LoKr")] {
+        let err = lora_error(&tensors);
+        assert!(err.contains(&format!("a {format} file")), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let e = Lora::open(write_lora(dir.path(), "x.safetensors", &tensors)).unwrap_err();
+        assert_eq!(e.status(), wanrt::Status::BadFile, "{e}");
+    }
+}
+
 // ---------------------------------------------------------------------------- dtypes
 
 /// The spacing of fp8 values around `x` (in stored units).
@@ -325,40 +476,57 @@ fn naive_merge(w: &Weight, lora: &Lora, module: &str, strength: f32) -> Vec<f64>
 #[test]
 fn fp8_merges_are_within_one_rounding_step() {
     let adapter = open("tiny-lora/lora_musubi.safetensors");
-    for (file, dtype, has_scale) in [
+    // Strength 40 pushes merged weights past the scaled checkpoint's old range (448 · scale):
+    // the scale is recomputed from the merged weight, so nothing clips.
+    for (file, dtype, has_scale, strength) in [
         (
             "tiny-dit/dit_fp8_e4m3fn_scaled.safetensors",
             DType::F8E4M3,
             true,
+            0.8,
         ),
-        ("tiny-dit/dit_fp8_e5m2.safetensors", DType::F8E5M2, false),
+        (
+            "tiny-dit/dit_fp8_e4m3fn_scaled.safetensors",
+            DType::F8E4M3,
+            true,
+            40.0,
+        ),
+        (
+            "tiny-dit/dit_fp8_e5m2.safetensors",
+            DType::F8E5M2,
+            false,
+            0.8,
+        ),
     ] {
         let before = base(file);
-        let after = merged(before.clone(), &[(&adapter, 0.8)]);
+        let after = merged(before.clone(), &[(&adapter, strength)]);
         let max = if dtype == DType::F8E4M3 {
             448.0
         } else {
             57344.0
         };
+        let mut past_old_range = 0;
         for b in 0..2 {
             for t in TARGETS {
                 let m = format!("blocks.{b}.{t}");
                 let k = format!("{m}.weight");
                 let (old, new) = (&before[&k], &after[&k]);
                 assert_eq!(new.dtype(), dtype, "{file} {k}");
-                assert_eq!(new.scale, old.scale, "{file} {k}: the scale is kept");
                 assert_eq!(new.scale.is_some(), has_scale);
+                let want = naive_merge(old, &adapter, &m, strength);
+                let amax = want.iter().fold(0f64, |a, w| a.max(w.abs()));
+                if let (Some(old_s), Some(new_s)) = (old.scale, new.scale) {
+                    let rel = (new_s as f64 - amax / max as f64).abs() / (amax / max as f64);
+                    assert!(rel < 1e-6, "{file} {k}: scale {new_s}, max|W'| {amax}");
+                    past_old_range += usize::from(amax > (max * old_s) as f64);
+                }
                 let s = new.scale.unwrap_or(1.0);
-                let want = naive_merge(old, &adapter, &m, 0.8);
                 let got = new.tensor.to_f32_vec().unwrap();
                 for (q, w) in got.iter().zip(&want) {
                     let x = (*w / s as f64) as f32;
+                    assert!(x.abs() <= max * (1.0 + 1e-6), "{file} {k}: {x} clips");
                     let err = (*q as f64 - x as f64).abs();
-                    let bound = if x.abs() >= max {
-                        (x.abs() - max) as f64
-                    } else {
-                        0.5 * fp8_step(x, dtype) as f64 * (1.0 + 1e-3)
-                    };
+                    let bound = 0.5 * fp8_step(x, dtype) as f64 * (1.0 + 1e-3);
                     assert!(
                         err <= bound,
                         "{file} {k}: stored {q}, merge {x} (step {})",
@@ -372,10 +540,17 @@ fn fp8_merges_are_within_one_rounding_step() {
                 );
             }
         }
+        if strength > 1.0 {
+            assert!(past_old_range > 0, "strength {strength} stays in range");
+        }
         // Untouched tensors are kept as they are.
         assert_eq!(
             after["head.head.weight"].tensor.raw_bytes().unwrap(),
             before["head.head.weight"].tensor.raw_bytes().unwrap()
+        );
+        assert_eq!(
+            after["head.head.weight"].scale,
+            before["head.head.weight"].scale
         );
     }
 }
@@ -630,7 +805,6 @@ fn keys_matching_no_module_are_warnings() {
             "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight",
             [4, 768],
         ),
-        ("lora_unet_blocks_0_self_attn_q.dora_scale", [1, 64]),
     ];
     for (k, d) in extra {
         tensors.insert(k.to_string(), t(&d, 0.1));

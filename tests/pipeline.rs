@@ -554,6 +554,23 @@ fn the_library_checks_the_request_against_the_model() {
     let mut r = small("x");
     r.latent_init = Some(Tensor::zeros([1, 16, 2, 4, 5], wanrt::DType::F32));
     assert!(e(r).contains("initial latent"));
+    // Non-finite initial latents are refused before any work: no progress is reported.
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut r = small("x");
+        let mut v = vec![0.25f32; 16 * 2 * 4 * 4];
+        v[77] = bad;
+        r.latent_init = Some(Tensor::from_f32(v, [1, 16, 2, 4, 4]).unwrap());
+        assert!(e(r.clone()).contains(&format!("holds {bad} at element 77")));
+        let mut calls = 0;
+        let err = pipe
+            .generate(&r, &mut |_| {
+                calls += 1;
+                Flow::Continue
+            })
+            .unwrap_err();
+        assert_eq!(err.status(), wanrt::Status::InvalidArgument, "{err}");
+        assert_eq!(calls, 0, "{err}");
+    }
     let mut r = small("x");
     r.teacache = Some(0.1);
     assert!(e(r).contains("TeaCache"));
@@ -592,4 +609,61 @@ fn demo_runs_and_is_deterministic() {
     };
     assert_eq!(gen(1), gen(1));
     assert_ne!(gen(1), gen(2));
+}
+
+// ------------------------------------------------------------------- determinism
+
+/// Runs `f` on a rayon pool of `threads` threads.
+fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(f)
+}
+
+/// The frames and the latent's bits of one generation.
+fn bits(pipe: &Pipeline, req: &GenerateRequest) -> (Vec<u8>, Vec<u32>) {
+    let g = pipe.generate(req, &mut |_| Flow::Continue).unwrap();
+    let latent = g.latent.to_f32_vec().unwrap();
+    (g.frames, latent.iter().map(|v| v.to_bits()).collect())
+}
+
+#[test]
+fn same_bits_on_one_and_two_threads() {
+    // The pipeline fixture, through the library, from its x_T.
+    let c = case();
+    let source = ModelSource {
+        dit: Some(c.path("dit").unwrap()),
+        vae: Some(c.path("vae").unwrap()),
+        t5: Some(c.path("t5").unwrap()),
+        tokenizer: Some(c.path("tokenizer").unwrap()),
+        dit_config: Some(c.path("dit_config").unwrap()),
+        vae_config: Some(c.path("vae_config").unwrap()),
+        t5_config: Some(c.path("t5_config").unwrap()),
+        ..ModelSource::default()
+    };
+    let files = source.resolve().unwrap();
+    let pipe = Pipeline::load(&files, &[], wanrt::pipeline::Device::Cpu).unwrap();
+    let mut req = GenerateRequest::new(c.str("prompt").unwrap());
+    req.negative_prompt = Some(c.str("negative_prompt").unwrap().to_string());
+    req.solver = c.str("solver").unwrap().parse().unwrap();
+    let num = |k: &str| c.f64(k).unwrap();
+    (req.steps, req.frames) = (num("steps") as usize, num("frames") as usize);
+    (req.width, req.height) = (num("width") as usize, num("height") as usize);
+    (req.shift, req.guidance_scale) = (num("shift"), num("guidance_scale"));
+    req.seed = Some(0);
+    let inputs = c.tensors("inputs").unwrap();
+    let x_t = tensor(&inputs, "x_T").unwrap();
+    req.latent_init = Some(x_t.to_dtype(wanrt::DType::F32).unwrap());
+    let one = on_threads(1, || bits(&pipe, &req));
+    assert_eq!(on_threads(2, || bits(&pipe, &req)), one, "pipeline fixture");
+
+    // The demo from its seed, with CFG-Zero* over a latent of several reduction chunks.
+    let pipe = Pipeline::demo(0).unwrap();
+    let mut req = small("a hill at dawn");
+    (req.width, req.height, req.frames, req.steps) = (256, 256, 5, 2);
+    (req.cfg_zero_star, req.zero_init_steps) = (true, Some(1));
+    let one = on_threads(1, || bits(&pipe, &req));
+    assert_eq!(on_threads(2, || bits(&pipe, &req)), one, "demo, CFG-Zero*");
 }

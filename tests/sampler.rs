@@ -567,3 +567,59 @@ fn bad_input_gives_clear_errors() {
     s.step(&mut Fake::new(), &mut [0.0; 3]).unwrap();
     assert!(s.step(&mut Fake::new(), &mut [0.0; 4]).is_err());
 }
+
+// ------------------------------------------------------------------------------ overflow
+
+/// A model whose velocity is finite before step `bad` and infinite from it on.
+struct Overflows {
+    bad: usize,
+}
+
+impl VelocityModel<f32> for Overflows {
+    fn evaluate(
+        &mut self,
+        x: &[f32],
+        at: &StepInfo,
+        passes: &mut [PassRequest<'_, f32>],
+    ) -> wanrt::Result<()> {
+        for p in passes {
+            for (v, &x) in p.velocity.iter_mut().zip(x) {
+                *v = if at.step >= self.bad {
+                    f32::INFINITY
+                } else {
+                    x
+                };
+            }
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_non_finite_latent_is_an_error_naming_the_step() {
+    for guidance in [Guidance::Cfg { scale: 1.0 }, Guidance::Cfg { scale: 5.0 }] {
+        let mut sampler = Sampler::<f32>::new(euler(6, guidance)).unwrap();
+        let mut x = vec![0.5f32, -1.0, 2.0];
+        let mut seen = Vec::new();
+        let err = sampler
+            .run(&mut Overflows { bad: 2 }, &mut x, |p| {
+                seen.push(p.step);
+                Flow::Continue
+            })
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::NonFiniteLatent {
+                    step: 2,
+                    steps: 6,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(err.status(), wanrt::Status::InvalidArgument);
+        assert!(err.to_string().contains("step 3 of 6"), "{err}");
+        assert_eq!(seen, [0, 1], "no progress is reported for the bad step");
+    }
+}

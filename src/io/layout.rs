@@ -11,7 +11,8 @@
 //! - `<m>.lora_down.weight` `[rank, in]`, `<m>.lora_up.weight` `[out, rank]`, `<m>.alpha`
 //!   (scalar, only where the file stores one);
 //! - full deltas: `<m>.diff` (added to `<m>.weight`), `<m>.diff_b` (added to `<m>.bias`; also
-//!   PEFT's `lora_B.bias`) and `blocks.N.diff_m` (added to `blocks.N.modulation`).
+//!   PEFT's `lora_B.bias`) and `blocks.N.diff_m` (added to `blocks.N.modulation`);
+//! - DoRA's magnitude `<m>.dora_scale` (also PEFT's `lora_magnitude_vector`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -991,6 +992,8 @@ enum LoraPart {
     Diff,
     DiffB,
     DiffM,
+    /// DoRA's magnitude (`dora_scale`, PEFT's `lora_magnitude_vector`).
+    DoraScale,
 }
 
 impl LoraPart {
@@ -1002,11 +1005,12 @@ impl LoraPart {
             LoraPart::Diff => ".diff",
             LoraPart::DiffB => ".diff_b",
             LoraPart::DiffM => ".diff_m",
+            LoraPart::DoraScale => ".dora_scale",
         }
     }
 }
 
-const LORA_PARTS: [(&str, LoraPart); 9] = [
+const LORA_PARTS: [(&str, LoraPart); 12] = [
     (".lora_down.weight", LoraPart::Down),
     (".lora_up.weight", LoraPart::Up),
     (".lora_A.weight", LoraPart::Down),
@@ -1016,6 +1020,9 @@ const LORA_PARTS: [(&str, LoraPart); 9] = [
     (".diff_b", LoraPart::DiffB),
     (".diff_m", LoraPart::DiffM),
     (".diff", LoraPart::Diff),
+    (".dora_scale", LoraPart::DoraScale),
+    (".lora_magnitude_vector.weight", LoraPart::DoraScale),
+    (".lora_magnitude_vector", LoraPart::DoraScale),
 ];
 
 /// A musubi/kohya module name (`blocks_0_self_attn_q`, dots mangled to `_`) in original names.
@@ -1096,6 +1103,7 @@ fn lora_plan(names: &[(&str, &str)], metas: &MetaMap, lenient: bool) -> Result<L
     let mut unmatched = Vec::new();
     let mut pairs: BTreeMap<String, [Option<&TensorMeta>; 2]> = BTreeMap::new();
     let mut alphas = BTreeMap::new();
+    let mut doras = Vec::new();
     let mut deltas = 0;
     for &(stored, name) in names {
         let Some((module, part)) = lora_target(format, name) else {
@@ -1128,6 +1136,7 @@ fn lora_plan(names: &[(&str, &str)], metas: &MetaMap, lenient: bool) -> Result<L
                 }
                 alphas.insert(module.clone(), stored.to_string());
             }
+            LoraPart::DoraScale => doras.push(module.clone()),
             _ => deltas += 1,
         }
         entries.push(Entry {
@@ -1153,6 +1162,11 @@ fn lora_plan(names: &[(&str, &str)], metas: &MetaMap, lenient: bool) -> Result<L
                 )))
             }
         }
+    }
+    if let Some(m) = doras.iter().find(|m| !pairs.contains_key(*m)) {
+        return Err(Error::UnsupportedModel(format!(
+            "DoRA magnitude for `{m}` without down/up matrices"
+        )));
     }
     if let Some(m) = alphas.keys().find(|m| !pairs.contains_key(*m)) {
         return Err(Error::UnsupportedModel(format!(

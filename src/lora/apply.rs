@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use rayon::prelude::*;
+
 use super::store::{widen, StoreAs};
 use super::{check_strength, combine, Lora, LowRank};
 use crate::backend::cpu::gemm::{sgemm, MatRef};
@@ -16,7 +18,9 @@ pub enum Mode {
     /// Baked into the weights, stored back in their dtype: no cost per forward.
     Merged,
     /// Applied on the fly by every adapted linear layer: the big weights stay as stored (no
-    /// requantization loss, no copy); full deltas go into f32 copies of their (small) tensors.
+    /// requantization loss, no copy); full deltas go into f32 copies of their (small) tensors,
+    /// and so do the layers a DoRA changes (its per-row renormalization of the whole weight is
+    /// no low-rank delta).
     Unmerged,
 }
 
@@ -27,7 +31,7 @@ pub struct LoraReport {
     pub path: PathBuf,
     /// Its strength.
     pub strength: f32,
-    /// Low-rank pairs applied.
+    /// Low-rank pairs applied (DoRA ones included).
     pub low_rank: usize,
     /// Full deltas (`diff`, `diff_b`, `diff_m`) applied.
     pub full_deltas: usize,
@@ -64,6 +68,8 @@ impl Report {
 enum Delta<'a> {
     /// `+= scale · up @ down`.
     LowRank(&'a LowRank, f32),
+    /// DoRA, see [`renormalize`]: the pair, its magnitude, `alpha / rank` and the strength.
+    Dora(&'a LowRank, &'a Tensor, f32, f32),
     /// `+= strength · delta`.
     Full(&'a Tensor, f32),
 }
@@ -100,7 +106,13 @@ fn plan<'a>(
                     keys.push(format!("{m}.alpha"));
                 }
                 let dims = vec![p.up.dims()[0], p.down.dims()[1]];
-                let delta = Delta::LowRank(p, p.scale(strength));
+                let delta = match &p.magnitude {
+                    Some(mag) => {
+                        keys.push(format!("{m}.dora_scale"));
+                        Delta::Dora(p, mag, p.scale(1.0), strength)
+                    }
+                    None => Delta::LowRank(p, p.scale(strength)),
+                };
                 changes.push((format!("{m}.weight"), dims, delta, keys));
             }
             let full = [
@@ -130,7 +142,7 @@ fn plan<'a>(
                     )));
                 }
                 match delta {
-                    Delta::LowRank(..) => r.low_rank += 1,
+                    Delta::LowRank(..) | Delta::Dora(..) => r.low_rank += 1,
                     Delta::Full(..) => r.full_deltas += 1,
                 }
                 targets.entry(target).or_default().push(delta);
@@ -157,22 +169,59 @@ fn add_deltas<'a>(v: &mut [f32], deltas: impl IntoIterator<Item = &'a Delta<'a>>
                     *x += strength * y;
                 }
             }
-            Delta::LowRank(p, scale) => {
-                let (out, rank, inp) = (p.up.dims()[0], p.rank(), p.down.dims()[1]);
-                let up: Vec<f32> = p.up.f32_data()?.iter().map(|u| scale * u).collect();
-                let a = MatRef::row_major(&up, out, rank);
-                let b = MatRef::row_major(p.down.f32_data()?, rank, inp);
-                sgemm(a, b, v, true, rayon::current_num_threads());
+            Delta::LowRank(p, scale) => add_low_rank(v, p, scale)?,
+            Delta::Dora(p, magnitude, scale, strength) => {
+                let before = v.to_vec();
+                add_low_rank(v, p, scale)?;
+                renormalize(v, &before, magnitude.f32_data()?, strength);
             }
         }
     }
     Ok(())
 }
 
+/// `v += scale · up @ down`.
+fn add_low_rank(v: &mut [f32], p: &LowRank, scale: f32) -> Result<()> {
+    let (out, rank, inp) = (p.up.dims()[0], p.rank(), p.down.dims()[1]);
+    let up: Vec<f32> = p.up.f32_data()?.iter().map(|u| scale * u).collect();
+    let a = MatRef::row_major(&up, out, rank);
+    let b = MatRef::row_major(p.down.f32_data()?, rank, inp);
+    sgemm(a, b, v, true, rayon::current_num_threads());
+    Ok(())
+}
+
+/// DoRA's merge, given `v = W + ΔW` (`ΔW = alpha / rank · up @ down`) and `before = W`, both
+/// `[out, in]`: `W_dora = m · (W + ΔW) / (‖W + ΔW‖ + ε)`, where the norm is taken per output
+/// row, over the `in` axis, as the reference does (peft's `DoraLinearLayer.get_weight_norm`:
+/// `torch.linalg.norm(W + ΔW, dim=1)` on the `[out, in]` weight, one norm per output feature,
+/// matching `lora_magnitude_vector` `[out]` and kohya/LyCORIS's `dora_scale` `[out, 1]`);
+/// ε = f32::EPSILON as in ComfyUI. The strength blends as ComfyUI does: `v = W + strength ·
+/// (W_dora − W)`, so strength 1 is the DoRA weight and 0 the base weight. Each row is summed
+/// serially in f64: the same bits for every thread count.
+fn renormalize(v: &mut [f32], before: &[f32], magnitude: &[f32], strength: f32) {
+    let n = v.len() / magnitude.len();
+    let strength = strength as f64;
+    v.par_chunks_mut(n)
+        .zip(before.par_chunks(n))
+        .zip(magnitude.par_iter())
+        .for_each(|((row, w), &m)| {
+            let norm = row.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+            let f = m as f64 / (norm + f32::EPSILON as f64);
+            for (x, &w) in row.iter_mut().zip(w) {
+                let w = w as f64;
+                *x = (w + strength * (*x as f64 * f - w)) as f32;
+            }
+        });
+}
+
 /// Merges `loras` (each with its strength) into canonical DiT `weights`: every changed
-/// parameter is computed in f32 (`W + Σ scale · up @ down + Σ strength · diff`) and stored back
-/// as `store` says; with a `store` other than [`StoreAs::Same`] the unchanged parameters are
-/// converted too. Errors as [`Report`] describes; ignored keys are in the report.
+/// parameter is computed in f32 (`W + Σ scale · up @ down + Σ strength · diff`, the changes in
+/// LoRA order) and stored back as `store` says; with a `store` other than [`StoreAs::Same`] the
+/// unchanged parameters are converted too. A DoRA pair with magnitude `m` turns the weight `W`
+/// it finds into `W + strength · (W_dora − W)`, `W_dora = m · (W + ΔW) / ‖W + ΔW‖` with
+/// `ΔW = alpha / rank · up @ down` and one norm per output row (peft's convention:
+/// `torch.linalg.norm(W + ΔW, dim=1)` over the `[out, in]` weight). Errors as [`Report`]
+/// describes; ignored keys are in the report.
 pub fn merge(
     mut weights: BTreeMap<String, Weight>,
     loras: &[(&Lora, f32)],
@@ -246,27 +295,29 @@ pub struct Unmerged {
 
 /// Prepares `loras` to run on the fly: their low-rank pairs become per-layer [`LinearDelta`]s
 /// (ranks concatenated, scales folded in), their full deltas are added to f32 copies of the
-/// (small) parameters they change. Matching and errors as in [`merge`].
+/// (small) parameters they change. A weight that a DoRA changes gets all its changes merged
+/// into an f32 copy instead, as [`merge`] computes them. Matching and errors as in [`merge`].
 pub fn unmerged(mut weights: BTreeMap<String, Weight>, loras: &[(&Lora, f32)]) -> Result<Unmerged> {
     let (targets, report) = plan(&weights, loras)?;
     let mut deltas = BTreeMap::new();
     for (name, changes) in &targets {
-        let full: Vec<&Delta> = changes
+        let dora = changes.iter().any(|d| matches!(d, Delta::Dora(..)));
+        let copied: Vec<&Delta> = changes
             .iter()
-            .filter(|d| matches!(d, Delta::Full(..)))
+            .filter(|d| dora || matches!(d, Delta::Full(..)))
             .collect();
-        if !full.is_empty() {
+        if !copied.is_empty() {
             let old = &weights[name];
             let mut v = widen(old)?;
-            add_deltas(&mut v, full)?;
+            add_deltas(&mut v, copied)?;
             let new = Weight::new(Tensor::from_f32(v, old.tensor.shape().clone())?);
             weights.insert(name.clone(), new);
         }
         let pairs: Vec<(&LowRank, f32)> = changes
             .iter()
             .filter_map(|d| match *d {
-                Delta::LowRank(p, s) => Some((p, s)),
-                Delta::Full(..) => None,
+                Delta::LowRank(p, s) if !dora => Some((p, s)),
+                _ => None,
             })
             .collect();
         if !pairs.is_empty() {

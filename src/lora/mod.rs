@@ -6,7 +6,8 @@
 //! per original Wan module path (`blocks.0.self_attn.q`) its low-rank pair and full deltas
 //! ([`LoraModule`]). A pair changes its weight by `scale · up @ down` with
 //! `scale = strength · alpha / rank`, or `strength` when the file has no alpha (as ComfyUI and
-//! lightx2v read such files).
+//! lightx2v read such files). A DoRA file's pairs carry their magnitude ([`LowRank::magnitude`]);
+//! LoHa and LoKr files are refused, naming the format.
 //!
 //! [`merge`] bakes any number of LoRAs into canonical weights in f32 and stores the result back
 //! in the base dtype ([`StoreAs`]); [`unmerged`] instead returns per-layer [`LinearDelta`]s for
@@ -37,6 +38,10 @@ pub struct LowRank {
     pub up: Tensor,
     /// The file's alpha for this module, if it has one.
     pub alpha: Option<f32>,
+    /// DoRA's magnitude `m`, `[out]` f32 (the file's `dora_scale` `[out, 1]` or PEFT's
+    /// `lora_magnitude_vector` `[out]`), if this pair is a DoRA one: the weight then becomes
+    /// `m · (W + ΔW) / ‖W + ΔW‖` with one norm per output row (see [`merge`]).
+    pub magnitude: Option<Tensor>,
 }
 
 impl LowRank {
@@ -86,13 +91,14 @@ pub struct Lora {
 }
 
 /// The parts of a canonical LoRA tensor name, longest suffix first.
-const PARTS: [&str; 6] = [
+const PARTS: [&str; 7] = [
     ".lora_down.weight",
     ".lora_up.weight",
     ".alpha",
     ".diff_b",
     ".diff_m",
     ".diff",
+    ".dora_scale",
 ];
 
 impl Lora {
@@ -101,12 +107,19 @@ impl Lora {
         Lora::from_checkpoint(&crate::io::open(path)?)
     }
 
-    /// The LoRA in a checkpoint. Fails on a file that is not a LoRA, a non-finite value, a
-    /// malformed pair (rank mismatch, one matrix missing, not 2-D), and on a file none of whose
-    /// keys names a Wan DiT module (naming the first key and, when recognisable, the
-    /// architecture it was made for).
+    /// The LoRA in a checkpoint. Fails on a LoHa or LoKr file (naming the format), a file
+    /// that is not a LoRA, a non-finite value, a malformed pair (rank mismatch, one matrix
+    /// missing, not 2-D), a DoRA magnitude that is not one value per output row, and on a file
+    /// none of whose keys names a Wan DiT module (naming the first key and, when recognisable,
+    /// the architecture it was made for).
     pub fn from_checkpoint(ckpt: &Checkpoint) -> Result<Lora> {
         let bad = |what: String| Error::bad_file(&ckpt.path, what);
+        if let Some((format, key)) = other_adapter(ckpt.tensors.keys()) {
+            return Err(bad(format!(
+                "a {format} file (LyCORIS, key `{key}`): wanrt applies LoRA and DoRA files \
+                 only (merging {format} factors as a LoRA would change the weights wrongly)"
+            )));
+        }
         let c = layout::canonical_lora(ckpt)?;
         let format = c
             .detected
@@ -116,6 +129,7 @@ impl Lora {
         let mut modules: BTreeMap<String, LoraModule> = BTreeMap::new();
         let mut pairs: BTreeMap<String, [Option<Tensor>; 2]> = BTreeMap::new();
         let mut alphas = BTreeMap::new();
+        let mut doras = BTreeMap::new();
         for (name, w) in &c.weights {
             let stored = c.stored.get(name).unwrap_or(name);
             let t = w.to_f32()?;
@@ -137,6 +151,9 @@ impl Lora {
                 }
                 ".diff_b" => entry.diff_b = Some(t),
                 ".diff_m" => entry.diff_m = Some(t),
+                ".dora_scale" => {
+                    doras.insert(module, (t, stored.clone()));
+                }
                 _ => entry.diff = Some(t),
             }
         }
@@ -145,8 +162,28 @@ impl Lora {
                 return Err(bad(format!("`{module}` lacks its down or up matrix")));
             };
             let alpha = alphas.get(&module).copied();
+            let out = up.dims()[0];
+            let magnitude = match doras.remove(&module) {
+                Some((m, _)) if matches!(m.dims(), [n] | [n, 1] if *n == out) => {
+                    Some(m.reshape([out])?)
+                }
+                Some((m, stored)) => {
+                    return Err(bad(format!(
+                        "DoRA magnitude `{stored}` has shape {:?}; `{module}` has {out} output \
+                         rows, so [{out}, 1] or [{out}] was expected (only the decomposition \
+                         per output row is supported)",
+                        m.dims()
+                    )))
+                }
+                None => None,
+            };
             let entry = modules.entry(module).or_default();
-            entry.low_rank = Some(LowRank { down, up, alpha });
+            entry.low_rank = Some(LowRank {
+                down,
+                up,
+                alpha,
+                magnitude,
+            });
         }
         if modules.is_empty() {
             return Err(bad(match foreign_architecture(&c.unmatched) {
@@ -173,6 +210,23 @@ impl Lora {
     pub fn stored_name<'a>(&'a self, name: &'a str) -> &'a str {
         self.stored.get(name).map_or(name, String::as_str)
     }
+}
+
+/// The LyCORIS format other than LoRA (LoHa or LoKr) that a key of the file belongs to, with
+/// that key.
+fn other_adapter<'a>(
+    keys: impl IntoIterator<Item = &'a String>,
+) -> Option<(&'static str, &'a str)> {
+    keys.into_iter().find_map(|k| {
+        let last = k.rsplit('.').next().unwrap_or(k);
+        if last.starts_with("hada_") {
+            Some(("LoHa", k.as_str()))
+        } else if last.starts_with("lokr_") {
+            Some(("LoKr", k.as_str()))
+        } else {
+            None
+        }
+    })
 }
 
 /// The model family that keys of another architecture belong to, with the key that shows it.

@@ -1,5 +1,6 @@
 //! Storing merged f32 values back in a checkpoint dtype: bf16/f16 round to nearest even, fp8
-//! rounds to nearest even and saturates, ComfyUI scaled fp8 stores `W / scale`.
+//! rounds to nearest even and saturates, ComfyUI scaled fp8 stores `W / scale` with the scale
+//! recomputed from the merged weight (`max|W| / fp8 max`), so that no merged value clips.
 
 use std::fmt;
 use std::str::FromStr;
@@ -14,15 +15,17 @@ use crate::tensor::{DType, Tensor, Weight};
 /// How merged weights are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreAs {
-    /// Every parameter keeps its dtype, and a ComfyUI scaled fp8 weight its scale.
+    /// Every parameter keeps its dtype; a ComfyUI scaled fp8 weight stays scaled, with a new
+    /// scale `max|W'| / fp8 max` when a LoRA changed it (the old scale would clip a merged
+    /// weight that grew past `fp8 max · scale`).
     Same,
     /// Every parameter in this float dtype (f32, bf16 or f16); fp8 scales are folded in.
     Float(DType),
     /// Block linear weights in this fp8 dtype (a plain cast), the rest bf16.
     Fp8(DType),
     /// ComfyUI scaled fp8: block linear weights in this fp8 dtype with a per-tensor scale
-    /// `max|W| / fp8 max` (a weight already scaled in this dtype keeps its scale), the rest
-    /// bf16.
+    /// `max|W| / fp8 max` (an unchanged weight already scaled in this dtype keeps its scale),
+    /// the rest bf16.
     ScaledFp8(DType),
 }
 
@@ -50,14 +53,12 @@ impl StoreAs {
             name.starts_with("blocks.") && name.ends_with(".weight") && w.dims().len() == 2;
         match self {
             StoreAs::Same => match w.scale {
-                Some(s) => Target::Scaled(w.dtype(), Some(s)),
+                Some(_) => Target::Scaled(w.dtype()),
                 None => Target::Plain(w.dtype()),
             },
             StoreAs::Float(d) => Target::Plain(d),
             StoreAs::Fp8(d) if block_linear => Target::Plain(d),
-            StoreAs::ScaledFp8(d) if block_linear => {
-                Target::Scaled(d, w.scale.filter(|_| w.dtype() == d))
-            }
+            StoreAs::ScaledFp8(d) if block_linear => Target::Scaled(d),
             StoreAs::Fp8(_) | StoreAs::ScaledFp8(_) => Target::Plain(DType::BF16),
         }
     }
@@ -66,11 +67,12 @@ impl StoreAs {
     pub(super) fn stored_form(self, name: &str, w: &Weight) -> (DType, bool) {
         match self.target(name, w) {
             Target::Plain(d) => (d, false),
-            Target::Scaled(d, _) => (d, true),
+            Target::Scaled(d) => (d, true),
         }
     }
 
-    /// The merged f32 `values` of parameter `name`, whose stored form was `old`.
+    /// The merged f32 `values` of parameter `name`, whose stored form was `old`. A scaled fp8
+    /// target gets the scale `max|values| / fp8 max`; fails when that maximum is not finite.
     pub(super) fn store(self, name: &str, values: Vec<f32>, old: &Weight) -> Result<Weight> {
         let shape = old.tensor.shape().clone();
         match self.target(name, old) {
@@ -80,15 +82,30 @@ impl StoreAs {
                 d,
                 shape,
             )?)),
-            Target::Scaled(d, scale) => {
+            Target::Scaled(d) => {
                 let max = fp8_max(d).ok_or(Error::UnsupportedDType {
                     op: "scaled fp8 store",
                     dtype: d,
                 })?;
-                let scale = scale.unwrap_or_else(|| {
-                    let amax = values.par_iter().map(|v| v.abs()).reduce(|| 0.0, f32::max);
-                    (amax / max).max(1e-12)
-                });
+                // A maximum is exact in any order: the same bits for every thread count. A NaN
+                // is kept (`f32::max` would drop it).
+                let amax = values.par_iter().map(|v| v.abs()).reduce(
+                    || 0.0,
+                    |a, b| {
+                        if a.is_nan() || b.is_nan() {
+                            f32::NAN
+                        } else {
+                            a.max(b)
+                        }
+                    },
+                );
+                if !amax.is_finite() {
+                    return Err(Error::InvalidArgument(format!(
+                        "the merged `{name}` holds values of magnitude {amax}: it cannot be \
+                         stored as scaled {d} (a LoRA strength too large?)"
+                    )));
+                }
+                let scale = (amax / max).max(1e-12);
                 let q: Vec<f32> = values.par_iter().map(|v| v / scale).collect();
                 let tensor = Tensor::from_bytes(narrow(&q, d), d, shape)?;
                 Ok(Weight {
@@ -103,7 +120,7 @@ impl StoreAs {
     pub(super) fn convert(self, name: &str, w: &Weight) -> Result<Option<Weight>> {
         let unchanged = match self.target(name, w) {
             Target::Plain(d) => w.dtype() == d && w.scale.is_none(),
-            Target::Scaled(d, s) => w.dtype() == d && s.is_some(),
+            Target::Scaled(d) => w.dtype() == d && w.scale.is_some(),
         };
         if unchanged {
             return Ok(None);
@@ -116,8 +133,8 @@ impl StoreAs {
 enum Target {
     /// This dtype, no scale.
     Plain(DType),
-    /// This fp8 dtype with this scale (`None`: computed from the values).
-    Scaled(DType, Option<f32>),
+    /// This fp8 dtype with a per-tensor scale computed from the values.
+    Scaled(DType),
 }
 
 fn fp8_max(d: DType) -> Option<f32> {

@@ -414,8 +414,8 @@ impl Pipeline {
 
     /// Checks `req` against the models without running it: everything
     /// [`GenerateRequest::validate`] checks, the prompts' token counts, SLG's blocks, the
-    /// initial latent's shape, TeaCache's support for this DiT, and the working memory against
-    /// the memory available. Returns the memory estimate.
+    /// initial latent's shape and finite values, TeaCache's support for this DiT, and the
+    /// working memory against the memory available. Returns the memory estimate.
     pub fn check(&self, req: &GenerateRequest) -> Result<MemoryEstimate> {
         Ok(self.plan(req)?.memory)
     }
@@ -464,6 +464,12 @@ impl Pipeline {
                     ),
                     got: x.shape().clone(),
                 });
+            }
+            let values = x.to_f32_vec()?;
+            if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                return Err(Error::InvalidArgument(format!(
+                    "the initial latent x_T holds {v} at element {i}: it must hold finite numbers"
+                )));
             }
         }
         let teacache = req

@@ -275,41 +275,41 @@ impl GenerateRequest {
     /// depends on the model ([`super::Pipeline::check`]).
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidArgument(m));
+        let max_side = 16 * ROPE_POSITIONS;
         for (name, v) in [("width", self.width), ("height", self.height)] {
-            if v == 0 || !v.is_multiple_of(16) {
-                let (lo, hi) = (v / 16 * 16, v.div_ceil(16) * 16);
-                let near = if lo == 0 {
-                    format!("{hi}")
-                } else {
-                    format!("{lo} or {hi}")
-                };
+            if v == 0 {
+                return bad(format!(
+                    "{name} 0: the {name} must be a multiple of 16 from 16 to {max_side}"
+                ));
+            }
+            if v > max_side {
+                return bad(format!(
+                    "{name} {v} is too large: the DiT has positions for at most {max_side} pixels"
+                ));
+            }
+            if !v.is_multiple_of(16) {
+                let lo = v / 16 * 16;
                 return bad(format!(
                     "{name} {v} is not a multiple of 16 (the VAE scales by 8, then the DiT \
-                     patches 2x2): use {near}"
+                     patches 2x2): use {}",
+                    suggestions(&[lo, lo + 16], 16, max_side)
                 ));
             }
-            if v / 16 > ROPE_POSITIONS {
-                return bad(format!(
-                    "{name} {v} is too large: the DiT has positions for at most {} pixels",
-                    16 * ROPE_POSITIONS
-                ));
-            }
+        }
+        let max_frames = 4 * (ROPE_POSITIONS - 1) + 1;
+        if self.frames > max_frames {
+            return bad(format!(
+                "{} frames is too many: the DiT has positions for at most {max_frames} frames",
+                self.frames
+            ));
         }
         if self.frames == 0 || !(self.frames - 1).is_multiple_of(4) {
             let lo = (self.frames.max(1) - 1) / 4 * 4 + 1;
             return bad(format!(
                 "{} frames: the frame count must be 1 + 4k (the VAE turns 4 frames into one \
-                 latent frame after the first): use {} or {}",
+                 latent frame after the first): use {}",
                 self.frames,
-                lo,
-                lo + 4
-            ));
-        }
-        if self.latent_frames() > ROPE_POSITIONS {
-            return bad(format!(
-                "{} frames is too many: the DiT has positions for at most {} frames",
-                self.frames,
-                4 * (ROPE_POSITIONS - 1) + 1
+                suggestions(&[lo, lo + 4], 1, max_frames)
             ));
         }
         if self.steps == 0 || self.steps > 1000 {
@@ -402,6 +402,17 @@ impl GenerateRequest {
     }
 }
 
+/// The candidates within `min..=max`, as "a or b" (every caller has at least one valid
+/// candidate: the nearest valid value below or above).
+fn suggestions(candidates: &[usize], min: usize, max: usize) -> String {
+    let valid: Vec<String> = candidates
+        .iter()
+        .filter(|c| (min..=max).contains(*c))
+        .map(|c| c.to_string())
+        .collect();
+    valid.join(" or ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -434,6 +445,35 @@ mod tests {
         assert!(msg(&|r| r.height = 8).contains("use 16"));
         assert!(msg(&|r| r.frames = 80).contains("77 or 81"));
         assert!(msg(&|r| r.frames = 0).contains("1 + 4k"));
+        assert!(msg(&|r| r.frames = 0).contains("use 1"));
+        assert!(msg(&|r| r.height = 8).ends_with("use 16"));
+        assert!(msg(&|r| r.width = 16380).ends_with("use 16368 or 16384"));
+        assert!(msg(&|r| r.frames = 4091).ends_with("use 4089 or 4093"));
+        assert!(msg(&|r| r.frames = 4092).ends_with("use 4089 or 4093"));
+        // Sides of 0 and counts far past the limits suggest no invalid value.
+        for (size, side) in [
+            (0, "width"),
+            (0, "height"),
+            (16390, "width"),
+            (usize::MAX, "height"),
+        ] {
+            let m = msg(&|r| match side {
+                "width" => r.width = size,
+                _ => r.height = size,
+            });
+            assert!(
+                m.starts_with(&format!("invalid argument: {side} {size}")),
+                "{m}"
+            );
+            assert!(m.contains("16384") && !m.contains("use"), "{m}");
+        }
+        for frames in [4094, 4097, 100_000, (1 << 32) - 1, usize::MAX] {
+            let m = msg(&|r| r.frames = frames);
+            assert!(
+                m.contains("at most 4093 frames") && !m.contains("use"),
+                "{m}"
+            );
+        }
         assert!(msg(&|r| r.seed = Some(1 << 63)).contains("out of range"));
         assert!(msg(&|r| r.steps = 0).contains("steps"));
         assert!(msg(&|r| r.shift = f64::NAN).contains("shift"));

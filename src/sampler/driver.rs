@@ -206,7 +206,8 @@ impl<T: Real> Sampler<T> {
         }
     }
 
-    /// Takes one step: evaluates `model` at `latent` and advances `latent` in place.
+    /// Takes one step: evaluates `model` at `latent` and advances `latent` in place. Fails
+    /// with [`Error::NonFiniteLatent`] when the step leaves a NaN or an infinity in `latent`.
     pub fn step<M: VelocityModel<T> + ?Sized>(
         &mut self,
         model: &mut M,
@@ -258,6 +259,13 @@ impl<T: Real> Sampler<T> {
             Last::Guided => &self.guided,
         };
         self.solver.step(v, latent)?;
+        if let Some(v) = latent.iter().map(|v| v.to_f64()).find(|v| !v.is_finite()) {
+            return Err(Error::NonFiniteLatent {
+                step: i,
+                steps,
+                value: v,
+            });
+        }
         Ok(report)
     }
 

@@ -106,17 +106,29 @@ fn len_error(got: usize, want: usize) -> Error {
     ))
 }
 
+/// Elements per partial sum of [`cfg_zero_star_scale`]: a fixed size, so that the summation
+/// order does not depend on the thread count.
+const PARTIAL: usize = 1 << 14;
+
 /// CFG-Zero*'s optimised scale `s* = ⟨v_c, v_u⟩ / (‖v_u‖² + 1e-8)`, accumulated in f64.
+///
+/// Deterministic: the sums run over fixed chunks of `PARTIAL` elements, each summed serially
+/// (in parallel across chunks), and the partial sums are added in chunk order, so the result
+/// has the same bits for every thread count and every schedule of rayon's work stealing.
 pub fn cfg_zero_star_scale<T: Real>(cond: &[T], uncond: &[T]) -> f64 {
-    let (dot, norm) = cond
-        .par_iter()
-        .zip(uncond.par_iter())
-        .with_min_len(1 << 14)
+    let partials: Vec<(f64, f64)> = cond
+        .par_chunks(PARTIAL)
+        .zip(uncond.par_chunks(PARTIAL))
         .map(|(c, u)| {
-            let (c, u) = (c.to_f64(), u.to_f64());
-            (c * u, u * u)
+            c.iter().zip(u).fold((0.0, 0.0), |(dot, norm), (c, u)| {
+                let (c, u) = (c.to_f64(), u.to_f64());
+                (dot + c * u, norm + u * u)
+            })
         })
-        .reduce(|| (0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+        .collect();
+    let (dot, norm) = partials
+        .iter()
+        .fold((0.0, 0.0), |(d, n), (pd, pn)| (d + pd, n + pn));
     dot / (norm + 1e-8)
 }
 
@@ -158,6 +170,42 @@ mod tests {
         for k in 0..2 {
             let want = st * u[k] + 3.0 * (c[k] - st * u[k]);
             assert!((out[k] - want).abs() < 1e-12);
+        }
+    }
+
+    #[test]
+    fn cfg_zero_star_scale_has_the_same_bits_for_every_thread_count() {
+        // Values over 12 orders of magnitude, so that any change of summation order shows.
+        let n = 40 * PARTIAL + 123;
+        let wide = |seed: u32| -> Vec<f32> {
+            let v = crate::tensor::random::values(n, seed);
+            v.iter()
+                .enumerate()
+                .map(|(i, x)| x * 10f32.powi((i % 13) as i32 - 6))
+                .collect()
+        };
+        let (c, u) = (wide(1), wide(2));
+        // The documented order: each chunk serially, then the chunks in order.
+        let (mut dot, mut norm) = (0.0f64, 0.0f64);
+        for (c, u) in c.chunks(PARTIAL).zip(u.chunks(PARTIAL)) {
+            let (mut d, mut m) = (0.0f64, 0.0f64);
+            for (&c, &u) in c.iter().zip(u) {
+                d += c as f64 * u as f64;
+                m += u as f64 * u as f64;
+            }
+            dot += d;
+            norm += m;
+        }
+        let want = dot / (norm + 1e-8);
+        for threads in [1, 2, 3, 4, 7] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            for _ in 0..3 {
+                let got = pool.install(|| cfg_zero_star_scale(&c, &u));
+                assert_eq!(got.to_bits(), want.to_bits(), "{threads} threads");
+            }
         }
     }
 }

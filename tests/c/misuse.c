@@ -5,6 +5,7 @@
  * Usage: misuse DIT VAE T5 TOKENIZER DIT_CONFIG VAE_CONFIG T5_CONFIG SCRATCH_DIR LORA
  * (the tiny fixture models and a LoRA for them). Prints one line per failed check; exits 1 if any failed.
  */
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -86,7 +87,8 @@ int main(int argc, char **argv) {
     wanrt_generation *result = NULL;
     struct callback_state state;
     char path[4096];
-    size_t size = 0, shape[5];
+    float latent[16 * 4 * 6];
+    size_t i, size = 0, shape[5];
     pthread_t thread;
     int fresh = 0;
 
@@ -238,7 +240,22 @@ int main(int argc, char **argv) {
     gen.initial_latent_len = 3;
     EXPECT(wanrt_generate(pipeline, &gen, &result), WANRT_STATUS_INVALID_ARGUMENT,
            "params->initial_latent is NULL");
+    /* A NaN or an infinity in the initial latent ([1, 16, 1, 4, 6] for 48x32, 1 frame). */
+    for (i = 0; i < 16 * 4 * 6; i++) latent[i] = 0.5f;
+    latent[100] = NAN;
+    gen.initial_latent = latent;
+    gen.initial_latent_len = 16 * 4 * 6;
+    EXPECT(wanrt_generate(pipeline, &gen, &result), WANRT_STATUS_INVALID_ARGUMENT,
+           "holds NaN at element 100");
+    latent[100] = -INFINITY;
+    EXPECT(wanrt_generate(pipeline, &gen, &result), WANRT_STATUS_INVALID_ARGUMENT,
+           "holds -inf at element 100");
+    gen.initial_latent = NULL;
     gen.initial_latent_len = 0;
+    gen.width = 0;
+    EXPECT(wanrt_generate(pipeline, &gen, &result), WANRT_STATUS_INVALID_ARGUMENT,
+           "width 0: the width must be a multiple of 16 from 16 to 16384");
+    gen.width = 48;
     EXPECT(wanrt_generate(pipeline, &gen, NULL), WANRT_STATUS_INVALID_ARGUMENT, "out is NULL");
     CHECK(result == NULL);
 
