@@ -8,6 +8,7 @@ use super::params::{self, handle, opt_path, opt_str, req_str, write_out, Version
 use super::status::{guard, guard_value, null_argument, wanrt_status};
 use super::wanrt_lora_list;
 use crate::error::{Error, Result};
+use crate::model::dit::AttentionChoice;
 use crate::pipeline::{
     Device, GenerateRequest, LoraSpec, ModelSource, NagSettings, Pipeline, Preset, Progress, Stage,
 };
@@ -473,6 +474,7 @@ impl wanrt_generate_params {
             lora_trigger: self.lora_trigger != 0,
             batch_cfg: self.batch_cfg != 0,
             keep_video: false,
+            attention: AttentionChoice::Auto,
         };
         req.validate()?;
         if !self.initial_latent.is_null() {
