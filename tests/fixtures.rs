@@ -11,7 +11,9 @@
 //! case's `tolerance`. The process exits with 1 when a case fails or none ran. Arguments that do
 //! not start with `-` keep only the cases whose name contains one of them
 //! (`cargo test --test fixtures -- sampler_`); `WANRT_FIXTURES_VERBOSE=1` also prints every
-//! tensor's error.
+//! tensor's error. `WANRT_ATTENTION=q8` runs the DiT cases' self-attention through the 8-bit
+//! scheme's CPU emulation (said on the first line) and holds them to their
+//! `tolerance.rel_l2_bf16_compute` (a case without one is skipped).
 //!
 //! Adding a kind: write `tests/kinds/<kind>.rs` with a [`kinds::Runner`] and add it to
 //! [`kinds::RUNNERS`].
@@ -25,6 +27,7 @@ use std::process::ExitCode;
 
 use common::{find_cases, fixtures_root, Case};
 use kinds::{Check, Stop};
+use wanrt::model::dit::SelfAttention;
 
 /// What became of one case.
 enum Verdict {
@@ -33,14 +36,21 @@ enum Verdict {
     Skip,
 }
 
-fn run_case(case: &Case, verbose: bool) -> Verdict {
+fn run_case(case: &Case, verbose: bool, attention: SelfAttention) -> Verdict {
     let tag = format!("fixture {} {}", case.name, case.kind);
     let Some((_, runner)) = kinds::RUNNERS.iter().find(|(k, _)| *k == case.kind) else {
         println!("{tag} SKIP: kind `{}` is not implemented yet", case.kind);
         return Verdict::Skip;
     };
+    let q8 = attention != SelfAttention::Exact && kinds::DIT_KINDS.contains(&case.kind.as_str());
     let result = catch_unwind(AssertUnwindSafe(|| {
-        let tol = case.rel_l2_tolerance()?;
+        let tol = if q8 {
+            case.rel_l2_bf16_tolerance()?.ok_or_else(|| {
+                Stop::Skip("no tolerance.rel_l2_bf16_compute for the 8-bit attention".into())
+            })?
+        } else {
+            case.rel_l2_tolerance()?
+        };
         runner(case).map(|checks| (checks, tol))
     }))
     .unwrap_or_else(|_| Err(Stop::Fail("the runner panicked".into())));
@@ -104,6 +114,20 @@ fn main() -> ExitCode {
         .filter(|a| !a.starts_with('-'))
         .collect();
     let verbose = std::env::var_os("WANRT_FIXTURES_VERBOSE").is_some_and(|v| v != "0");
+    let attention = match kinds::dit_attention() {
+        Ok(a) => a,
+        Err(e) => {
+            println!("fixtures: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if attention != SelfAttention::Exact {
+        println!(
+            "fixtures: WANRT_ATTENTION: the DiT self-attention runs the 8-bit scheme emulated on \
+             the CPU ({}); DiT cases are held to their rel_l2_bf16_compute",
+            attention.describe()
+        );
+    }
     let root = fixtures_root();
     let dirs = match find_cases(&root) {
         Ok(d) if !d.is_empty() => d,
@@ -140,7 +164,7 @@ fn main() -> ExitCode {
         if !filters.is_empty() && !filters.iter().any(|f| case.name.contains(f.as_str())) {
             continue;
         }
-        match run_case(&case, verbose) {
+        match run_case(&case, verbose, attention) {
             Verdict::Pass => passed += 1,
             Verdict::Fail => failed += 1,
             Verdict::Skip => skipped += 1,

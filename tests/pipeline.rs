@@ -16,8 +16,9 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::{f64_data, fixtures_root, model, readback, tensor, Case};
+use wanrt::model::dit::AttentionChoice;
 use wanrt::pipeline::{
-    Flow, GenerateRequest, LoraSpec, ModelSource, Pipeline, Progress, Stage, MAX_SEED,
+    Flow, GenerateRequest, LoraSpec, ModelFiles, ModelSource, Pipeline, Progress, Stage, MAX_SEED,
 };
 use wanrt::{Error, Tensor};
 
@@ -187,6 +188,20 @@ fn wan_ai_folder(dir: &Path, with_vae: bool) {
         &model("tiny-umt5/tokenizer.json"),
         &dir.join("google/umt5-xxl/tokenizer.json"),
     );
+}
+
+/// The tiny fixture models as explicit files.
+fn tiny_files() -> ModelFiles {
+    ModelSource {
+        dit: Some(model("tiny-dit/dit_f32.safetensors")),
+        vae: Some(model("tiny-vae/vae_f32.safetensors")),
+        t5: Some(model("tiny-umt5/umt5_enc_f32.safetensors")),
+        tokenizer: Some(model("tiny-umt5/tokenizer.json")),
+        dit_config: Some(model("tiny-dit/config.json")),
+        ..ModelSource::default()
+    }
+    .resolve()
+    .unwrap()
 }
 
 /// A small request the tiny models run in well under a second.
@@ -377,16 +392,7 @@ fn loras_for_other_models_are_refused_and_triggers_offered() {
         ],
         &[("modelspec.trigger_phrase", "Ghibli style.")],
     );
-    let files = ModelSource {
-        dit: Some(model("tiny-dit/dit_f32.safetensors")),
-        vae: Some(model("tiny-vae/vae_f32.safetensors")),
-        t5: Some(model("tiny-umt5/umt5_enc_f32.safetensors")),
-        tokenizer: Some(model("tiny-umt5/tokenizer.json")),
-        dit_config: Some(model("tiny-dit/config.json")),
-        ..ModelSource::default()
-    }
-    .resolve()
-    .unwrap();
+    let files = tiny_files();
     let spec = LoraSpec {
         path: style.clone(),
         strength: 0.5,
@@ -666,4 +672,51 @@ fn same_bits_on_one_and_two_threads() {
     (req.cfg_zero_star, req.zero_init_steps) = (true, Some(1));
     let one = on_threads(1, || bits(&pipe, &req));
     assert_eq!(on_threads(2, || bits(&pipe, &req)), one, "demo, CFG-Zero*");
+}
+
+// ------------------------------------------------------------------- attention choice
+
+#[test]
+fn q8_attention_runs_and_is_recorded() {
+    let files = tiny_files();
+    let pipe = Pipeline::load(&files, &[], wanrt::pipeline::Device::Cpu).unwrap();
+    let run = |attention| {
+        let mut req = small("a hill");
+        req.attention = attention;
+        pipe.generate(&req, &mut |_| Flow::Continue).unwrap()
+    };
+    let (exact, q8) = (run(AttentionChoice::Bf16), run(AttentionChoice::Q8));
+    assert_eq!(q8.metadata(pipe.info())["attention"], "q8");
+    assert_eq!(exact.metadata(pipe.info())["attention"], "bf16");
+    // The 8-bit scheme changes the latent a little, not much.
+    let (a, b) = (
+        exact.latent.to_f32_vec().unwrap(),
+        q8.latent.to_f32_vec().unwrap(),
+    );
+    let err = common::rel_l2_f32(&b, &a);
+    assert!(err > 0.0 && err < 0.05, "rel_l2 {err}");
+
+    let mut flags = model_flags();
+    flags.extend(args(&[
+        ("--prompt", &"a hill"),
+        ("--width", &"32"),
+        ("--height", &"32"),
+        ("--frames", &"1"),
+        ("--steps", &"1"),
+    ]));
+    let dir = tempfile::tempdir().unwrap();
+    let mut ok = flags.clone();
+    ok.extend(args(&[
+        ("--attention", &"q8"),
+        ("--json", &""),
+        ("--out", &dir.path().join("one.png")),
+    ]));
+    let out = wanrt(&ok);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["attention"], "q8");
+    flags.extend(args(&[("--attention", &"int8")]));
+    let bad = wanrt(&flags);
+    assert!(!bad.status.success());
+    assert!(text(&bad.stderr).contains("unknown attention `int8`"));
 }

@@ -162,6 +162,7 @@ public:
     }
     GenerateParams &lora_trigger(bool on) { raw_.lora_trigger = on; return *this; }
     GenerateParams &batch_cfg(bool on) { raw_.batch_cfg = on; return *this; }
+    GenerateParams &attention(wanrt_attention a) { raw_.attention = a; return *this; }
     /// "quality" or "distill": sets solver, steps, shift, guidance and NAG.
     GenerateParams &preset(const std::string &name) {
         check(wanrt_generate_params_preset(&raw_, name.c_str()));

@@ -8,6 +8,7 @@ use super::params::{self, handle, opt_path, opt_str, req_str, write_out, Version
 use super::status::{guard, guard_value, null_argument, wanrt_status};
 use super::wanrt_lora_list;
 use crate::error::{Error, Result};
+use crate::model::dit::AttentionChoice;
 use crate::pipeline::{
     Device, GenerateRequest, LoraSpec, ModelSource, NagSettings, Pipeline, Preset, Progress, Stage,
 };
@@ -221,6 +222,19 @@ pub enum wanrt_solver {
     Lcm = 3,
 }
 
+/// Values of `wanrt_generate_params.attention`: the DiT's self-attention.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum wanrt_attention {
+    /// The 8-bit kernel where the device has one, else the device's exact attention (exact f32
+    /// on the CPU).
+    Auto = 0,
+    /// The 8-bit scheme; on the CPU its emulation (slow, for checking).
+    Q8 = 1,
+    /// 16-bit attention on a GPU; exact f32 on the CPU.
+    Bf16 = 2,
+}
+
 /// The stages `wanrt_stage_fn` reports.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -319,6 +333,8 @@ pub struct wanrt_generate_params {
     pub stage_progress: wanrt_stage_fn,
     /// Passed unchanged to both callbacks. Default NULL.
     pub user_data: *mut c_void,
+    /// A `wanrt_attention` value. Default `WANRT_ATTENTION_AUTO`.
+    pub attention: i32,
 }
 
 impl Default for wanrt_generate_params {
@@ -356,6 +372,7 @@ impl Default for wanrt_generate_params {
             progress: None,
             stage_progress: None,
             user_data: std::ptr::null_mut(),
+            attention: wanrt_attention::Auto as i32,
         };
         p.set_sampling(&req);
         p
@@ -409,6 +426,20 @@ impl wanrt_generate_params {
                 )))
             }
         };
+        let attention = [
+            (wanrt_attention::Auto, AttentionChoice::Auto),
+            (wanrt_attention::Q8, AttentionChoice::Q8),
+            (wanrt_attention::Bf16, AttentionChoice::Bf16),
+        ]
+        .into_iter()
+        .find(|&(c, _)| c as i32 == self.attention)
+        .map(|(_, a)| a)
+        .ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "params->attention {} is not a wanrt_attention (0 to 2)",
+                self.attention
+            ))
+        })?;
         let nag = if self.nag_scale == 0.0 {
             None
         } else {
@@ -473,6 +504,7 @@ impl wanrt_generate_params {
             lora_trigger: self.lora_trigger != 0,
             batch_cfg: self.batch_cfg != 0,
             keep_video: false,
+            attention,
         };
         req.validate()?;
         if !self.initial_latent.is_null() {

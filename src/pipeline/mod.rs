@@ -595,7 +595,8 @@ impl Pipeline {
 
         // Denoising.
         let [_, c, t, h, w] = plan.latent_dims;
-        let mut model = WanVelocity::new(&self.dit, &[c, t, h, w], cond, uncond)?;
+        let mut model = WanVelocity::new(&self.dit, &[c, t, h, w], cond, uncond)?
+            .with_attention(req.attention.on_cpu());
         if let (Some(n), Some(ctx)) = (&req.nag, nag_context) {
             model = model.with_nag(NagParams {
                 scale: n.scale,

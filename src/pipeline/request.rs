@@ -4,6 +4,7 @@
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
+use crate::model::dit::AttentionChoice;
 use crate::sampler::{Slg, SolverKind};
 use crate::tensor::Tensor;
 
@@ -194,6 +195,9 @@ pub struct GenerateRequest {
     pub batch_cfg: bool,
     /// Also return the decoded video as f32 ([`super::Generation::video`]).
     pub keep_video: bool,
+    /// The DiT's self-attention: `auto` (the 8-bit kernel where the device has one), `q8` or
+    /// `bf16` (on the CPU, `q8` is the 8-bit scheme's slow emulation, the others exact f32).
+    pub attention: AttentionChoice,
 }
 
 impl Default for GenerateRequest {
@@ -218,6 +222,7 @@ impl Default for GenerateRequest {
             lora_trigger: false,
             batch_cfg: true,
             keep_video: false,
+            attention: AttentionChoice::Auto,
         };
         Preset::Quality.apply(&mut r);
         r
@@ -398,6 +403,7 @@ impl GenerateRequest {
             "teacache": self.teacache,
             "seed": self.seed,
             "latent_init": self.latent_init.is_some(),
+            "attention": self.attention.name(),
         })
     }
 }

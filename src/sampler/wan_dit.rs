@@ -4,7 +4,9 @@
 
 use super::{BlockMode, Pass, PassRequest, StepInfo, TeaCacheInput, VelocityModel};
 use crate::error::{Error, Result};
-use crate::model::dit::{CrossKv, ForwardOptions, NagParams, TeaCacheSignal, TextContext, WanDit};
+use crate::model::dit::{
+    CrossKv, ForwardOptions, NagParams, SelfAttention, TeaCacheSignal, TextContext, WanDit,
+};
 use crate::tensor::ops::cat;
 use crate::tensor::Tensor;
 
@@ -22,6 +24,7 @@ pub struct WanVelocity<'a> {
     /// `[cond, uncond]` as one batch, when CFG is batched.
     batched: Option<TextContext>,
     nag: Option<NagParams>,
+    attention: SelfAttention,
     residual: [Option<Tensor>; 2],
 }
 
@@ -46,6 +49,7 @@ impl<'a> WanVelocity<'a> {
             uncond,
             batched: None,
             nag: None,
+            attention: SelfAttention::Exact,
             residual: [None, None],
         })
     }
@@ -53,6 +57,12 @@ impl<'a> WanVelocity<'a> {
     /// Applies NAG in the conditional pass.
     pub fn with_nag(mut self, nag: NagParams) -> WanVelocity<'a> {
         self.nag = Some(nag);
+        self
+    }
+
+    /// Computes the DiT's self-attention with `attention` in every pass.
+    pub fn with_attention(mut self, attention: SelfAttention) -> WanVelocity<'a> {
+        self.attention = attention;
         self
     }
 
@@ -111,6 +121,7 @@ impl<'a> WanVelocity<'a> {
             }),
             reuse_residual,
             return_residual: req.blocks == BlockMode::RunAndKeep,
+            attention: self.attention,
         };
         let x = Tensor::from_slice(latent, self.dims.as_slice())?;
         let out = self
@@ -141,6 +152,7 @@ impl<'a> WanVelocity<'a> {
                 ..n
             }),
             skip_blocks: passes[0].skip_blocks.to_vec(),
+            attention: self.attention,
             ..Default::default()
         };
         let v = self.dit.forward_with(&x, &[t, t], text, &opts)?.velocity;

@@ -171,6 +171,19 @@ impl Case {
         Ok(F32_STORAGE_FLOOR)
     }
 
+    /// The relative-L2 tolerance for reduced-precision compute (`tolerance.rel_l2_bf16_compute`),
+    /// if the case states one.
+    pub fn rel_l2_bf16_tolerance(&self) -> Result<Option<f64>, String> {
+        let key = "rel_l2_bf16_compute";
+        self.get("tolerance")
+            .and_then(|t| t.get(key))
+            .map(|v| {
+                v.as_f64()
+                    .ok_or_else(|| self.missing(&format!("tolerance.{key}"), "a number"))
+            })
+            .transpose()
+    }
+
     fn missing(&self, key: &str, what: &str) -> String {
         format!("case.json field `{key}` must be {what}")
     }

@@ -1,10 +1,11 @@
 //! `dit_forward` and `dit_forward_nag` cases: one DiT forward of the case's checkpoint (any
 //! layout and dtype) on its latent, timestep and unpadded context; NAG adds the negative context.
+//! The self-attention is the one `WANRT_ATTENTION` asks for ([`super::dit_attention`]).
 
 use wanrt::model::dit::{ForwardOptions, NagParams, WanDit};
 use wanrt::{DType, Tensor};
 
-use super::{compare, Check, Output, Stop};
+use super::{compare, dit_attention, Check, Output, Stop};
 use crate::common::{tensor, Case};
 
 /// `[1, L, D]` → `[L, D]` f32: the DiT takes one unpadded context per sample.
@@ -22,7 +23,10 @@ pub fn run(case: &Case) -> Result<Vec<Check>, Stop> {
     let latent = tensor(&inputs, "latent")?.to_dtype(DType::F32)?;
     let timesteps = tensor(&inputs, "timestep")?.to_f32_vec()?;
     let context = unbatch(tensor(&inputs, "context")?)?;
-    let mut opts = ForwardOptions::default();
+    let mut opts = ForwardOptions {
+        attention: dit_attention()?,
+        ..Default::default()
+    };
     if case.str("kind")? == "dit_forward_nag" {
         let negative = unbatch(tensor(&inputs, "negative_context")?)?;
         let mut nag = NagParams::new(dit.encode_text(&[negative], false)?);

@@ -10,6 +10,7 @@ mod sampler;
 mod t5;
 mod vae;
 
+use wanrt::model::dit::{AttentionChoice, SelfAttention};
 use wanrt::DType;
 
 use crate::common::{f64_data, Case, Tensors};
@@ -29,6 +30,22 @@ pub const RUNNERS: &[(&str, Runner)] = &[
     ("vae_decode", vae::run),
     ("vae_encode", vae::run),
 ];
+
+/// Kinds whose output goes through the DiT's self-attention: `WANRT_ATTENTION=q8` runs them
+/// with the 8-bit scheme and holds them to the case's `rel_l2_bf16_compute`.
+pub const DIT_KINDS: &[&str] = &["dit_forward", "dit_forward_nag"];
+
+/// The DiT self-attention the harness runs, from `WANRT_ATTENTION` (`auto`, `bf16` or unset:
+/// the CPU's exact attention; `q8`: the 8-bit scheme's emulation).
+pub fn dit_attention() -> Result<SelfAttention, String> {
+    match std::env::var("WANRT_ATTENTION") {
+        Err(_) => Ok(SelfAttention::Exact),
+        Ok(v) => v
+            .parse::<AttentionChoice>()
+            .map(AttentionChoice::on_cpu)
+            .map_err(|e| format!("WANRT_ATTENTION: {e}")),
+    }
+}
 
 /// The error of one expected tensor.
 #[derive(Debug, Clone)]

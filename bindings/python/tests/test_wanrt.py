@@ -165,6 +165,16 @@ def test_errors_carry_status_and_message(case: dict, pipeline: wanrt.Pipeline):
         pipeline.generate("a cat", preset="fast")
     assert "unknown preset" in str(e.value)
 
+    with pytest.raises(wanrt.WanrtError) as e:
+        pipeline.generate("a cat", **small(attention=7))
+    assert "params->attention 7 is not a wanrt_attention" in str(e.value)
+
+
+def test_attention_choice_is_recorded(pipeline: wanrt.Pipeline):
+    g = pipeline.generate("a cat", **small(attention=wanrt.Attention.Q8))
+    assert g.json["attention"] == "q8"
+    assert pipeline.generate("a cat", **small()).json["attention"] == "auto"
+
 
 def test_lora_is_merged(case: dict):
     lora = FIXTURES / "models" / "tiny-lora" / "lora_musubi.safetensors"

@@ -36,6 +36,7 @@ from ._lib import (
     Stage,
     Status,
     WanrtError,
+    Attention,
     check,
     init,
     lib,
@@ -53,6 +54,7 @@ __all__ = [
     "Pipeline",
     "Solver",
     "Stage",
+    "Attention",
     "Status",
     "WanrtError",
     "abi_version",
@@ -264,6 +266,7 @@ class Pipeline:
         initial_latent: Any = None,
         lora_trigger: Optional[bool] = None,
         batch_cfg: Optional[bool] = None,
+        attention: Optional[Attention] = None,
         on_step: Optional[StepCallback] = None,
         on_stage: Optional[StageCallback] = None,
     ) -> Generation:
@@ -306,6 +309,7 @@ class Pipeline:
             ("seed", seed),
             ("lora_trigger", lora_trigger),
             ("batch_cfg", batch_cfg),
+            ("attention", None if attention is None else int(attention)),
         ]:
             if value is not None:
                 setattr(p, field, value)

@@ -56,6 +56,14 @@ class Solver(enum.IntEnum):
     LCM = 3
 
 
+class Attention(enum.IntEnum):
+    """``wanrt_attention``: the DiT's self-attention."""
+
+    AUTO = 0
+    Q8 = 1
+    BF16 = 2
+
+
 class Stage(enum.IntEnum):
     """``wanrt_stage``: what ``on_stage`` callbacks report."""
 
@@ -142,6 +150,7 @@ class GenerateParams(Structure):
         ("progress", PROGRESS_FN),
         ("stage_progress", STAGE_FN),
         ("user_data", c_void_p),
+        ("attention", c_int32),
     ]
 
 

@@ -35,6 +35,28 @@ pub struct AttnDims {
     pub head_dim: usize,
 }
 
+impl AttnDims {
+    /// Checks the lengths of q and the output (`batch·q_len·heads·head_dim`) and of k and v
+    /// (`batch·kv_len·heads·head_dim`); `op` names the caller in the error.
+    pub fn check_buffers(
+        &self,
+        op: &str,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        out: &[f32],
+    ) -> Result<()> {
+        let row = self.batch * self.heads * self.head_dim;
+        let (q_size, kv_size) = (row * self.q_len, row * self.kv_len);
+        if q.len() != q_size || out.len() != q_size || k.len() != kv_size || v.len() != kv_size {
+            return Err(Error::InvalidArgument(format!(
+                "{op}: buffer sizes do not match {self:?}"
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// What changes the logits: `softmax(scale · q kᵀ + bias)`, keys limited per batch.
 #[derive(Clone, Copy, Debug)]
 pub struct AttnOpts<'a> {
@@ -59,6 +81,7 @@ pub fn attention(
     opts: &AttnOpts<'_>,
     out: &mut [f32],
 ) -> Result<()> {
+    dims.check_buffers("attention", q, k, v, out)?;
     let AttnDims {
         batch,
         q_len,
@@ -66,14 +89,8 @@ pub fn attention(
         heads,
         head_dim: d,
     } = dims;
-    let q_size = batch * q_len * heads * d;
-    let kv_size = batch * kv_len * heads * d;
+    let (q_size, kv_size) = (q.len(), k.len());
     let bias_size = if opts.bias_per_batch { batch } else { 1 } * heads * q_len * kv_len;
-    if q.len() != q_size || out.len() != q_size || k.len() != kv_size || v.len() != kv_size {
-        return Err(Error::InvalidArgument(format!(
-            "attention: buffer sizes do not match {dims:?}"
-        )));
-    }
     if opts.bias.is_some_and(|b| b.len() != bias_size) {
         return Err(Error::InvalidArgument(format!(
             "attention: bias size does not match {dims:?}"

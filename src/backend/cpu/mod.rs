@@ -4,11 +4,13 @@
 //! widened to f32 panel by panel inside the GEMM. Threads come from rayon.
 
 pub mod attention;
+pub mod attention_q8;
 pub mod conv;
 pub mod elementwise;
 pub mod gemm;
 pub mod linear;
 pub mod norm;
+pub mod quant8;
 pub mod reduce;
 pub mod rope;
 pub mod shape;

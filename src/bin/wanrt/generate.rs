@@ -163,6 +163,11 @@ pub struct GenerateArgs {
     /// cpu or cuda.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// DiT self-attention: auto (the 8-bit kernel where the device has one), q8 or bf16. On
+    /// the CPU, q8 runs the 8-bit scheme's emulation (slow, for checking); auto and bf16 exact
+    /// f32.
+    #[arg(long, value_name = "KIND", default_value = "auto")]
+    attention: String,
     /// The video: .mp4 (H.264, 16 fps), .gif, or .png for one frame (default out.mp4 unless
     /// --frames-dir is given).
     #[arg(long, value_name = "FILE")]
@@ -287,6 +292,7 @@ fn request(a: &GenerateArgs) -> Result<GenerateRequest> {
         r.slg = Some(slg);
     }
     r.teacache = a.teacache;
+    r.attention = a.attention.parse()?;
     r.seed = a.seed;
     r.lora_trigger = a.lora_trigger;
     r.validate()?;

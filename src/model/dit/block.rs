@@ -3,9 +3,9 @@
 use super::nag::{nag_combine, NagParams};
 use super::rope::RopeTable;
 use super::weights::{Linear, Take};
-use super::DitConfig;
+use super::{DitConfig, SelfAttention};
 use crate::error::Result;
-use crate::tensor::ops::{attention, cat, AttentionParams};
+use crate::tensor::ops::{attention, attention_q8, cat, AttentionParams};
 use crate::tensor::{Tensor, Weight};
 
 /// Tokens whose FFN hidden layer (`ffn_dim` wide, 3.5-6× the stream) exists at once: bounds
@@ -55,6 +55,8 @@ pub(super) struct BlockInputs<'a> {
     pub kv: &'a CrossKv,
     /// NAG: its parameters and this block's K/V for the negative context (batch 1, shared).
     pub nag: Option<(&'a NagParams, &'a CrossKv)>,
+    /// How the self-attention is computed.
+    pub attention: SelfAttention,
 }
 
 /// The parameters of one block.
@@ -166,7 +168,7 @@ impl Block {
         let m = self.modulation(inp.e0)?;
         let x = x.add(
             &self
-                .self_attention(&self.modulate(x, &m[0], &m[1])?, inp.rope)?
+                .self_attention(&self.modulate(x, &m[0], &m[1])?, inp)?
                 .mul(&m[2])?,
         )?;
         let x = x.add(&self.cross_attention(&x, inp)?)?;
@@ -191,14 +193,19 @@ impl Block {
     }
 
     /// Self-attention with q/k RMSNorm over the full width, then RoPE; every token is a key.
-    fn self_attention(&self, u: &Tensor, rope: &RopeTable) -> Result<Tensor> {
+    fn self_attention(&self, u: &Tensor, inp: &BlockInputs) -> Result<Tensor> {
+        let rope = inp.rope;
         let a = &self.self_attn;
         let q = self.heads(&a.q.forward(u)?.rms_norm(Some(&a.norm_q), self.eps)?)?;
         let k = self.heads(&a.k.forward(u)?.rms_norm(Some(&a.norm_k), self.eps)?)?;
         let v = self.heads(&a.v.forward(u)?)?;
         let q = q.rope_interleaved(&rope.cos, &rope.sin)?;
         let k = k.rope_interleaved(&rope.cos, &rope.sin)?;
-        let y = attention(&q, &k, &v, &self.params(q.dims()[3]))?;
+        let p = self.params(q.dims()[3]);
+        let y = match &inp.attention {
+            SelfAttention::Exact => attention(&q, &k, &v, &p)?,
+            SelfAttention::Q8(scheme) => attention_q8(&q, &k, &v, p.scale, scheme)?,
+        };
         a.o.forward(&Self::merge(&y)?)
     }
 

@@ -8,6 +8,7 @@
 //! cross-attention K/V once per prompt) with [`WanDit::forward_with`], whose
 //! [`ForwardOptions`] carry NAG, skipped blocks (Skip Layer Guidance) and the TeaCache signals.
 
+mod attention;
 mod block;
 mod embed;
 mod nag;
@@ -19,6 +20,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 pub use crate::io::config::DitConfig;
+pub use attention::{AttentionChoice, SelfAttention, CPU_Q8_PATH};
 pub use block::CrossKv;
 pub use nag::NagParams;
 pub use rope::RopeTable;
@@ -58,6 +60,8 @@ pub struct ForwardOptions {
     pub reuse_residual: Option<Tensor>,
     /// Return the blocks' total residual (output of the last block minus the patch embedding).
     pub return_residual: bool,
+    /// How the blocks compute their self-attention.
+    pub attention: SelfAttention,
 }
 
 /// What [`WanDit::forward_with`] returns.
@@ -348,6 +352,7 @@ impl WanDit {
                 rope: &rope,
                 kv: &kv,
                 nag: neg_kv.as_ref().map(|(n, kv)| (*n, kv)),
+                attention: opts.attention,
             };
             x = block.forward(&x, &inputs)?;
         }
@@ -397,6 +402,7 @@ impl WanDit {
             rope: &rope,
             kv: &kv,
             nag: None,
+            attention: SelfAttention::Exact,
         };
         block.forward(x, &inputs)
     }

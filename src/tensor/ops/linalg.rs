@@ -1,9 +1,9 @@
 //! Tensor ops: matrix products, linear layers and attention. Shapes and dtypes are checked here;
-//! the arithmetic is in `backend::cpu::{gemm, linear, attention}`.
+//! the arithmetic is in `backend::cpu::{gemm, linear, attention, attention_q8}`.
 
 use std::borrow::Cow;
 
-use crate::backend::cpu::{attention as attn, gemm, linear as lin};
+use crate::backend::cpu::{attention as attn, attention_q8 as attn_q8, gemm, linear as lin};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Shape, Tensor, Weight};
 
@@ -125,18 +125,14 @@ pub struct AttentionParams<'a> {
 /// stays O(tokens · D). A query whose keys are all masked gets zeros.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams<'_>) -> Result<Tensor> {
     const OP: &str = "attention";
-    let (qd, kd) = (q.dims(), k.dims());
-    let &[batch, q_len, heads, head_dim] = qd else {
-        return Err(mismatch(OP, "q [B, Sq, H, D]", q));
-    };
-    let kv_expected = || format!("[{batch}, Sk, {heads}, {head_dim}]");
-    if kd.len() != 4 || kd[0] != batch || kd[2] != heads || kd[3] != head_dim {
-        return Err(mismatch(OP, format!("k {}", kv_expected()), k));
-    }
-    if v.dims() != kd {
-        return Err(mismatch(OP, format!("v {kd:?} like k"), v));
-    }
-    let kv_len = kd[1];
+    let dims = attn_dims(q, k, v, OP)?;
+    let attn::AttnDims {
+        batch,
+        q_len,
+        kv_len,
+        heads,
+        ..
+    } = dims;
     let (qs, ks, vs) = (f32_input(q, OP)?, f32_input(k, OP)?, f32_input(v, OP)?);
     let bias = p.bias.map(|b| f32_input(b, OP)).transpose()?;
     let bias_per_batch = match p.bias.map(Tensor::dims) {
@@ -157,13 +153,6 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams<'_>) ->
             )));
         }
     }
-    let dims = attn::AttnDims {
-        batch,
-        q_len,
-        kv_len,
-        heads,
-        head_dim,
-    };
     let opts = attn::AttnOpts {
         scale: p.scale,
         kv_lens: p.kv_lens,
@@ -173,6 +162,46 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams<'_>) ->
     let mut out = vec![0.0; q.elem_count()];
     attn::attention(&qs, &ks, &vs, dims, &opts, &mut out)?;
     Tensor::from_f32(out, q.shape().clone())
+}
+
+/// [`attention`] (no mask, no bias) through the 8-bit scheme `scheme`, emulated on the CPU with
+/// the kernels' arithmetic ([`crate::backend::cpu::attention_q8`]): q `[B, Sq, H, D]`, k and v
+/// `[B, Sk, H, D]` (f32) -> `[B, Sq, H, D]`. Slow; for checking the scheme.
+pub fn attention_q8(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f32,
+    scheme: &attn_q8::Q8Scheme,
+) -> Result<Tensor> {
+    const OP: &str = "attention_q8";
+    let dims = attn_dims(q, k, v, OP)?;
+    let (qs, ks, vs) = (f32_input(q, OP)?, f32_input(k, OP)?, f32_input(v, OP)?);
+    let mut out = vec![0.0; q.elem_count()];
+    attn_q8::attention_q8(&qs, &ks, &vs, dims, scale, scheme, &mut out)?;
+    Tensor::from_f32(out, q.shape().clone())
+}
+
+/// The sizes of an attention call, checked: q `[B, Sq, H, D]`, k and v `[B, Sk, H, D]`.
+fn attn_dims(q: &Tensor, k: &Tensor, v: &Tensor, op: &'static str) -> Result<attn::AttnDims> {
+    let (qd, kd) = (q.dims(), k.dims());
+    let &[batch, q_len, heads, head_dim] = qd else {
+        return Err(mismatch(op, "q [B, Sq, H, D]", q));
+    };
+    let kv_expected = || format!("[{batch}, Sk, {heads}, {head_dim}]");
+    if kd.len() != 4 || kd[0] != batch || kd[2] != heads || kd[3] != head_dim {
+        return Err(mismatch(op, format!("k {}", kv_expected()), k));
+    }
+    if v.dims() != kd {
+        return Err(mismatch(op, format!("v {kd:?} like k"), v));
+    }
+    Ok(attn::AttnDims {
+        batch,
+        q_len,
+        kv_len: kd[1],
+        heads,
+        head_dim,
+    })
 }
 
 #[cfg(test)]

@@ -8,6 +8,6 @@ mod linalg;
 mod nn;
 mod shape;
 
-pub use linalg::{attention, AttentionParams};
+pub use linalg::{attention, attention_q8, AttentionParams};
 pub use nn::embedding;
 pub use shape::cat;

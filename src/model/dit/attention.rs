@@ -1,0 +1,117 @@
+//! How the DiT computes its self-attention: the user's choice (`--attention auto|q8|bf16`) and
+//! what a forward pass runs for it.
+
+use std::str::FromStr;
+
+use crate::backend::cpu::attention_q8::{Q8Path, Q8Scheme};
+use crate::error::{Error, Result};
+
+/// How the blocks compute their self-attention (the text cross-attention, 512 keys and about 1%
+/// of a forward, is always exact).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SelfAttention {
+    /// The backend's attention (f32 on the CPU).
+    #[default]
+    Exact,
+    /// The 8-bit scheme of a GPU path, emulated on the CPU with the kernels' arithmetic
+    /// ([`crate::backend::cpu::attention_q8`]): slow, for checking the scheme end to end.
+    Q8(Q8Scheme),
+}
+
+/// The GPU path whose 8-bit scheme `q8` emulates on the CPU: sm_90's (H100/H200), whose e4m3
+/// P·V errs about as much as sm_89's and more than sm_80's fp16 P·V (docs/PERF.md), so a check
+/// on the CPU is not easier than any path's.
+pub const CPU_Q8_PATH: Q8Path = Q8Path::Sm90;
+
+/// The attention a generation asks for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AttentionChoice {
+    /// The 8-bit kernel where the device has one, else the device's exact attention (the CPU
+    /// has none: exact f32).
+    #[default]
+    Auto,
+    /// The 8-bit scheme; on the CPU, its emulation ([`CPU_Q8_PATH`]), slow, for checking.
+    Q8,
+    /// 16-bit attention on a GPU; exact f32 on the CPU.
+    Bf16,
+}
+
+impl AttentionChoice {
+    /// Every choice.
+    pub const ALL: [AttentionChoice; 3] = [
+        AttentionChoice::Auto,
+        AttentionChoice::Q8,
+        AttentionChoice::Bf16,
+    ];
+
+    /// `auto`, `q8` or `bf16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            AttentionChoice::Auto => "auto",
+            AttentionChoice::Q8 => "q8",
+            AttentionChoice::Bf16 => "bf16",
+        }
+    }
+
+    /// What the DiT's self-attention runs on the CPU for this choice.
+    pub fn on_cpu(self) -> SelfAttention {
+        match self {
+            AttentionChoice::Auto | AttentionChoice::Bf16 => SelfAttention::Exact,
+            AttentionChoice::Q8 => SelfAttention::Q8(Q8Scheme::for_path(CPU_Q8_PATH)),
+        }
+    }
+}
+
+impl SelfAttention {
+    /// A short description for generation metadata and logs: `exact` or `q8-sm90-emulated`
+    /// (the path of a scheme not built by [`Q8Scheme::for_path`] is given as `q8-custom`).
+    pub fn describe(&self) -> String {
+        match self {
+            SelfAttention::Exact => "exact".into(),
+            SelfAttention::Q8(s) => {
+                let path = Q8Path::ALL
+                    .into_iter()
+                    .find(|&p| Q8Scheme::for_path(p) == *s);
+                format!("q8-{}-emulated", path.map_or("custom", Q8Path::name))
+            }
+        }
+    }
+}
+
+impl FromStr for AttentionChoice {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<AttentionChoice> {
+        AttentionChoice::ALL
+            .into_iter()
+            .find(|c| c.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "unknown attention `{s}` (expected auto, q8 or bf16)"
+                ))
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_back_and_resolve_on_the_cpu() {
+        for c in AttentionChoice::ALL {
+            assert_eq!(c.name().parse::<AttentionChoice>().unwrap(), c);
+        }
+        assert!(matches!(
+            "int8".parse::<AttentionChoice>(),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert_eq!(AttentionChoice::Auto.on_cpu(), SelfAttention::Exact);
+        assert_eq!(AttentionChoice::Bf16.on_cpu(), SelfAttention::Exact);
+        assert_eq!(AttentionChoice::Q8.on_cpu().describe(), "q8-sm90-emulated");
+        let custom = Q8Scheme {
+            tile_k: 32,
+            ..Q8Scheme::for_path(Q8Path::Sm89)
+        };
+        assert_eq!(SelfAttention::Q8(custom).describe(), "q8-custom-emulated");
+    }
+}
