@@ -8,6 +8,7 @@ mod lora;
 mod pipeline;
 mod sampler;
 mod t5;
+mod train;
 mod vae;
 
 use wanrt::DType;
@@ -22,6 +23,7 @@ pub const RUNNERS: &[(&str, Runner)] = &[
     ("dit_forward", dit::run),
     ("dit_forward_nag", dit::run),
     ("lora_merge", lora::run),
+    ("lora_train_step", train::run),
     ("pipeline", pipeline::run),
     ("sampler", sampler::run),
     ("t5_encode", t5::run),
