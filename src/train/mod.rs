@@ -42,3 +42,144 @@ pub fn loss_and_grads(
     let grads = dit.train_backward(tape, &d_velocity, &adapters)?;
     Ok((loss, grads))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::config::ModelType;
+    use crate::model::dit::{weight_shapes, DitConfig, ForwardOptions, LinearDelta};
+    use crate::tensor::{random, DType, Weight};
+
+    fn cfg(layers: usize) -> DitConfig {
+        DitConfig {
+            model_type: ModelType::T2v,
+            dim: 16,
+            ffn_dim: 40,
+            num_heads: 2,
+            num_layers: layers,
+            in_dim: 4,
+            out_dim: 4,
+            text_dim: 12,
+            freq_dim: 8,
+            text_len: 6,
+            eps: 1e-6,
+            patch_size: [1, 2, 2],
+        }
+    }
+
+    /// A random DiT with `dtype` base weights and a network whose `up`s are random too (a fresh
+    /// network's zero `up`s would zero every `down` gradient).
+    fn setup(layers: usize, dtype: DType) -> (WanDit, LoraNetwork) {
+        let c = cfg(layers);
+        let w = weight_shapes(&c)
+            .into_iter()
+            .enumerate()
+            .map(|(i, (n, d))| {
+                (
+                    n,
+                    random::weight(&d, dtype, 100 + i as u32, 0.0, 0.4).unwrap(),
+                )
+            })
+            .collect();
+        let dit = WanDit::new(w, c.clone()).unwrap();
+        let mut net = LoraNetwork::new(&c, 3, 6.0, 1).unwrap();
+        for (i, (_, p)) in net.modules_mut().enumerate() {
+            p.up = random::tensor(p.up.dims(), 500 + i as u32, 0.0, 0.3).unwrap();
+        }
+        (dit, net)
+    }
+
+    fn inputs() -> (Tensor, Tensor, Vec<Tensor>) {
+        let x0 = random::tensor(&[1, 4, 2, 4, 6], 1, 0.0, 1.0).unwrap();
+        let noise = random::tensor(&[1, 4, 2, 4, 6], 2, 0.0, 1.0).unwrap();
+        (
+            x0,
+            noise,
+            vec![random::tensor(&[3, 12], 3, 0.0, 1.0).unwrap()],
+        )
+    }
+
+    const LEVEL: NoiseLevel = NoiseLevel {
+        sigma: 0.4,
+        timestep: 400.0,
+    };
+
+    /// The training forward is the inference forward with the network attached as deltas.
+    #[test]
+    fn train_forward_is_the_forward_with_the_lora_attached() {
+        let (mut dit, net) = setup(2, DType::BF16);
+        let (x0, _, ctx) = inputs();
+        let text = dit.encode_text(&ctx, false).unwrap();
+        let (v, _) = dit
+            .train_forward(&x0, &[400.0], &text, &net.adapters())
+            .unwrap();
+        let deltas = net
+            .modules()
+            .iter()
+            .map(|(n, p)| {
+                let up = p.up.affine(net.scale(), 0.0).unwrap();
+                (n.clone(), LinearDelta::new(p.down.clone(), up).unwrap())
+            })
+            .collect();
+        dit.set_linear_deltas(deltas).unwrap();
+        let want = dit
+            .forward(&x0, &[400.0], &ctx, &ForwardOptions::default())
+            .unwrap();
+        let (a, b) = (v.to_f32_vec().unwrap(), want.to_f32_vec().unwrap());
+        let err = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
+        assert!(err < 1e-4, "max abs diff {err}");
+        // With deltas attached, training refuses (their backward is not implemented).
+        assert!(dit
+            .train_forward(&x0, &[400.0], &text, &net.adapters())
+            .is_err());
+    }
+
+    /// The backward through one block (bf16 base) against central finite differences of the
+    /// loss along a random direction of every LoRA tensor.
+    #[test]
+    fn lora_grads_match_finite_differences_through_one_block() {
+        let (dit, net) = setup(1, DType::BF16);
+        let (x0, noise, ctx) = inputs();
+        let loss =
+            |net: &LoraNetwork| loss_and_grads(&dit, net, &x0, &noise, &[LEVEL], &ctx).unwrap();
+        let (base, grads) = loss(&net);
+        assert_eq!(grads.len(), 10);
+        let eps = 1e-2f32;
+        for (k, (name, g)) in grads.iter().enumerate() {
+            for (part, grad) in [("down", &g.down), ("up", &g.up)] {
+                let dir = random::tensor(grad.dims(), 900 + k as u32, 0.0, 1.0).unwrap();
+                let shifted = |sign: f32| {
+                    let mut n = net.clone();
+                    let (_, p) = n.modules_mut().find(|(m, _)| *m == name).unwrap();
+                    let t = if part == "down" {
+                        &mut p.down
+                    } else {
+                        &mut p.up
+                    };
+                    *t = t.add(&dir.affine(sign * eps, 0.0).unwrap()).unwrap();
+                    loss(&n).0
+                };
+                let numeric = (shifted(1.0) - shifted(-1.0)) / (2.0 * eps as f64);
+                let (gv, dv) = (grad.to_f32_vec().unwrap(), dir.to_f32_vec().unwrap());
+                let analytic: f64 = gv.iter().zip(&dv).map(|(&a, &b)| a as f64 * b as f64).sum();
+                // The f32 forward rounds the loss to about 1e-7 of itself, which the difference
+                // quotient magnifies by 1/2ε: that floor is allowed on top of 0.5%.
+                let tol = 5e-3 * analytic.abs() + 1e-5 * base;
+                let err = (numeric - analytic).abs();
+                assert!(
+                    err < tol,
+                    "{name}.{part}: numeric {numeric} analytic {analytic}"
+                );
+            }
+        }
+        let bad = Weight::new(random::tensor(&[2, 2], 1, 0.0, 1.0).unwrap());
+        let mut wrong = net.adapters();
+        wrong.get_mut("blocks.0.ffn.0").unwrap().down = bad.tensor;
+        let text = dit.encode_text(&ctx, false).unwrap();
+        assert!(dit.train_forward(&x0, &[400.0], &text, &wrong).is_err());
+    }
+}

@@ -66,7 +66,8 @@ impl LoraNetwork {
                     _ => (cfg.dim, cfg.dim),
                 };
                 let bound = 1.0 / (inp as f32).sqrt();
-                let stream = seed.wrapping_add((i * TARGETS.len() + j) as u32 * 0x9E37_79B9);
+                let stream =
+                    seed.wrapping_add(((i * TARGETS.len() + j) as u32).wrapping_mul(0x9E37_79B9));
                 let down = random::tensor(&[rank, inp], stream, 0.0, bound)?;
                 let up = Tensor::from_f32(vec![0.0; out * rank], [out, rank])?;
                 modules.insert(format!("blocks.{i}.{t}"), LoraPair { down, up });
