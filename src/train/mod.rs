@@ -5,17 +5,23 @@
 //! musubi's format); [`loss`] holds the flow-matching objective and the timestep sampling;
 //! [`loss_and_grads`] runs one training step's forward and backward pass through the DiT
 //! ([`crate::model::dit::WanDit::train_forward`] / `train_backward`, gradient checkpointing per
-//! block, base weights frozen in their stored dtype).
+//! block, base weights frozen in their stored dtype); [`optim`] holds AdamW, clipping and the
+//! schedules; [`Trainer`] is the seeded loop over musubi cache files ([`cache`]) with LoRA
+//! saving and a resumable state.
 
+pub mod cache;
 pub mod loss;
 mod network;
+pub mod optim;
 mod rng;
+mod trainer;
 
 use std::collections::BTreeMap;
 
 pub use loss::{NoiseLevel, TimestepSampling, Timesteps};
 pub use network::{musubi_name, LoraNetwork, LoraPair, TARGETS};
 pub use rng::TrainRng;
+pub use trainer::{StepReport, TrainConfig, Trainer};
 
 use crate::error::Result;
 use crate::model::dit::{DeltaGrad, WanDit};
