@@ -80,7 +80,7 @@ impl Timesteps {
         let range = 0.0 <= self.min_timestep
             && self.min_timestep < self.max_timestep
             && self.max_timestep <= 1000.0;
-        if !range || !(self.sigmoid_scale.is_finite() && self.discrete_flow_shift > 0.0) {
+        if !(range && self.sigmoid_scale.is_finite() && self.discrete_flow_shift > 0.0) {
             return Err(Error::InvalidArgument(format!(
                 "timesteps {self:?}: need 0 <= min_timestep < max_timestep <= 1000, a finite sigmoid_scale and discrete_flow_shift > 0"
             )));

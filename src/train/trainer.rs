@@ -136,7 +136,7 @@ impl Trainer {
             return Err(Error::InvalidArgument("no training items".into()));
         }
         let lr_ok = cfg.learning_rate.is_finite() && cfg.learning_rate > 0.0;
-        if !lr_ok || !(cfg.max_grad_norm >= 0.0) {
+        if !lr_ok || cfg.max_grad_norm.is_nan() || cfg.max_grad_norm < 0.0 {
             return Err(Error::InvalidArgument(format!(
                 "learning_rate {} must be positive and max_grad_norm {} >= 0",
                 cfg.learning_rate, cfg.max_grad_norm

@@ -16,6 +16,9 @@ fn mismatch(op: &'static str, expected: impl Into<String>, got: &Tensor) -> Erro
     }
 }
 
+/// A norm's input-gradient kernel: `(x, dy, dx, dim, weight, eps)`.
+type NormGradKernel = fn(&[f32], &[f32], &mut [f32], usize, Option<&[f32]>, f32);
+
 /// `(rows, last)` of a tensor viewed as `[rows, last]`.
 fn rows_last(t: &Tensor, op: &'static str) -> Result<(usize, usize)> {
     match t.dims().split_last() {
@@ -168,7 +171,7 @@ impl Tensor {
         dy: &Tensor,
         weight: Option<&Weight>,
         eps: f32,
-        kernel: fn(&[f32], &[f32], &mut [f32], usize, Option<&[f32]>, f32),
+        kernel: NormGradKernel,
     ) -> Result<Tensor> {
         if dy.shape() != self.shape() {
             return Err(mismatch(op, format!("dy {:?} like x", self.dims()), dy));

@@ -74,12 +74,17 @@ impl WanDit {
         let mut x = embed::patchify(latent, &self.patch_w, &self.patch_b, self.cfg.patch_size)?;
         let rope = self.rope_table(grid)?;
         let mut block_inputs = Vec::with_capacity(self.blocks.len());
+        let cond = Cond {
+            e0: &e0,
+            rope: &rope,
+            text: &text.embedded,
+        };
         for (i, block) in self.blocks.iter().enumerate() {
             let ad = BlockAdapters {
                 index: i,
                 all: adapters,
             };
-            let y = block.train_forward(&x, &e0, &rope, &text.embedded, &ad)?.y;
+            let y = block.train_forward(&x, &cond, &ad)?.y;
             block_inputs.push(std::mem::replace(&mut x, y));
         }
         let velocity = self.head_forward(&x, &e, grid)?;
@@ -105,15 +110,18 @@ impl WanDit {
     ) -> Result<BTreeMap<String, DeltaGrad>> {
         let mut grads = BTreeMap::new();
         let mut dx = self.head_backward(&tape, d_velocity)?;
+        let cond = Cond {
+            e0: &tape.e0,
+            rope: &tape.rope,
+            text: &tape.text,
+        };
         for (i, (block, x)) in self.blocks.iter().zip(&tape.block_inputs).enumerate().rev() {
             let ad = BlockAdapters {
                 index: i,
                 all: adapters,
             };
-            let saved = block.train_forward(x, &tape.e0, &tape.rope, &tape.text, &ad)?;
-            dx = block.train_backward(
-                &saved, &dx, &tape.e0, &tape.rope, &tape.text, &ad, &mut grads,
-            )?;
+            let saved = block.train_forward(x, &cond, &ad)?;
+            dx = block.train_backward(&saved, &dx, &cond, &ad, &mut grads)?;
         }
         Ok(grads)
     }
@@ -208,6 +216,14 @@ impl WanDit {
         }
         Ok(())
     }
+}
+
+/// What every block is conditioned on: `e0 [B, 6, dim]`, the RoPE table, the embedded text.
+#[derive(Clone, Copy)]
+struct Cond<'a> {
+    e0: &'a Tensor,
+    rope: &'a RopeTable,
+    text: &'a Tensor,
 }
 
 /// The adapters of block `index`.
@@ -352,14 +368,8 @@ impl Block {
     }
 
     /// The block's forward pass with adapters, keeping what the backward pass needs.
-    fn train_forward(
-        &self,
-        x: &Tensor,
-        e0: &Tensor,
-        rope: &RopeTable,
-        text: &Tensor,
-        ad: &BlockAdapters,
-    ) -> Result<Saved> {
+    fn train_forward(&self, x: &Tensor, cond: &Cond, ad: &BlockAdapters) -> Result<Saved> {
+        let Cond { e0, rope, text } = *cond;
         let m = self.modulation(e0)?;
         let hd = self.head_dim();
         let lin = |n| self.adapted(n, ad);
@@ -423,12 +433,11 @@ impl Block {
         &self,
         s: &Saved,
         dy: &Tensor,
-        e0: &Tensor,
-        rope: &RopeTable,
-        text: &Tensor,
+        cond: &Cond,
         ad: &BlockAdapters,
         grads: &mut BTreeMap<String, DeltaGrad>,
     ) -> Result<Tensor> {
+        let Cond { e0, rope, text } = *cond;
         let i = ad.index;
         let m = self.modulation(e0)?;
         let lin = |n| self.adapted(n, ad);
