@@ -19,7 +19,7 @@ mod trainer;
 use std::collections::BTreeMap;
 
 pub use loss::{NoiseLevel, TimestepSampling, Timesteps};
-pub use network::{musubi_name, LoraNetwork, LoraPair, TARGETS};
+pub use network::{musubi_name, LoraNetwork, LoraPair};
 pub use rng::TrainRng;
 pub use trainer::{StepReport, TrainConfig, Trainer};
 
@@ -50,13 +50,14 @@ pub fn loss_and_grads(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::io::config::ModelType;
     use crate::model::dit::{weight_shapes, DitConfig, ForwardOptions, LinearDelta};
     use crate::tensor::{random, DType, Weight};
 
-    fn cfg(layers: usize) -> DitConfig {
+    /// A tiny DiT config with `layers` blocks.
+    pub(super) fn cfg(layers: usize) -> DitConfig {
         DitConfig {
             model_type: ModelType::T2v,
             dim: 16,

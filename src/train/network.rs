@@ -1,6 +1,7 @@
 //! The trainable LoRA network over the DiT (musubi-tuner's `networks/lora.py`,
-//! lora-guidance-training.md §4.3): a low-rank pair on every linear of every block (self- and
-//! cross-attention q, k, v, o and ffn.0, ffn.2), saved in musubi's format.
+//! lora-guidance-training.md §4.3): a low-rank pair on every linear of every block
+//! ([`BLOCK_LINEARS`](crate::model::dit::BLOCK_LINEARS): self- and cross-attention q, k, v, o
+//! and ffn.0, ffn.2), saved in musubi's format.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -8,22 +9,8 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::io::safetensors;
 use crate::lora::Lora;
-use crate::model::dit::{Adapters, DitConfig, TrainableDelta};
+use crate::model::dit::{Adapters, DitConfig, TrainableDelta, BLOCK_LINEARS as TARGETS};
 use crate::tensor::{random, Tensor};
-
-/// The linears of a block that carry a LoRA, by path under `blocks.N.`.
-pub const TARGETS: [&str; 10] = [
-    "self_attn.q",
-    "self_attn.k",
-    "self_attn.v",
-    "self_attn.o",
-    "cross_attn.q",
-    "cross_attn.k",
-    "cross_attn.v",
-    "cross_attn.o",
-    "ffn.0",
-    "ffn.2",
-];
 
 /// One module's trainable pair (f32).
 #[derive(Debug, Clone)]
@@ -189,28 +176,11 @@ impl LoraNetwork {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::io::config::ModelType;
-
-    fn cfg() -> DitConfig {
-        DitConfig {
-            model_type: ModelType::T2v,
-            dim: 16,
-            ffn_dim: 40,
-            num_heads: 2,
-            num_layers: 2,
-            in_dim: 4,
-            out_dim: 4,
-            text_dim: 12,
-            freq_dim: 8,
-            text_len: 6,
-            eps: 1e-6,
-            patch_size: [1, 2, 2],
-        }
-    }
+    use crate::train::tests::cfg;
 
     #[test]
     fn fresh_network_is_kaiming_down_and_zero_up_and_round_trips_through_musubi_files() {
-        let net = LoraNetwork::new(&cfg(), 4, 1.0, 7).unwrap();
+        let net = LoraNetwork::new(&cfg(2), 4, 1.0, 7).unwrap();
         assert_eq!(net.modules().len(), 20);
         assert_eq!(net.scale(), 0.25);
         let ffn2 = &net.modules()["blocks.1.ffn.2"];
@@ -252,6 +222,6 @@ mod tests {
             assert_eq!(p.down.to_f32_vec().unwrap(), q.down.to_f32_vec().unwrap());
             assert_eq!(p.up.to_f32_vec().unwrap(), q.up.to_f32_vec().unwrap());
         }
-        assert!(LoraNetwork::new(&cfg(), 0, 1.0, 7).is_err());
+        assert!(LoraNetwork::new(&cfg(2), 0, 1.0, 7).is_err());
     }
 }

@@ -105,6 +105,17 @@ pub struct Output {
     pub data: Vec<f64>,
 }
 
+impl Output {
+    /// The output `name` holding the values of `t`.
+    pub fn of(name: String, t: &wanrt::Tensor) -> Result<Output, Stop> {
+        Ok(Output {
+            name,
+            dims: t.dims().to_vec(),
+            data: t.to_f32_vec()?.into_iter().map(f64::from).collect(),
+        })
+    }
+}
+
 /// Compares every tensor of `expected` with the output of the same name. An expected tensor
 /// without an output, or with an output of another shape, fails the case; outputs without an
 /// expected tensor are ignored.

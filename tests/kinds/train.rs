@@ -10,14 +10,6 @@ use wanrt::DType;
 use super::{compare, Check, Output, Stop};
 use crate::common::{tensor, Case};
 
-fn output(name: String, t: &wanrt::Tensor) -> Result<Output, Stop> {
-    Ok(Output {
-        name,
-        dims: t.dims().to_vec(),
-        data: t.to_f32_vec()?.into_iter().map(f64::from).collect(),
-    })
-}
-
 pub fn run(case: &Case) -> Result<Vec<Check>, Stop> {
     let dit = WanDit::open(case.path("dit")?, Some(&case.path("config")?))?;
     let net = LoraNetwork::from_lora(&Lora::open(case.path("lora")?)?)?;
@@ -43,8 +35,8 @@ pub fn run(case: &Case) -> Result<Vec<Check>, Stop> {
     }];
     for (module, g) in &grads {
         let key = musubi_name(module);
-        outputs.push(output(format!("grad.{key}.lora_down.weight"), &g.down)?);
-        outputs.push(output(format!("grad.{key}.lora_up.weight"), &g.up)?);
+        outputs.push(Output::of(format!("grad.{key}.lora_down.weight"), &g.down)?);
+        outputs.push(Output::of(format!("grad.{key}.lora_up.weight"), &g.up)?);
     }
     compare(&case.tensors("expected")?, &outputs)
 }

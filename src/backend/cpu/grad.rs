@@ -63,40 +63,15 @@ pub fn linear_weight_grad(dy: &[f32], x: &[f32], rows: usize, dw: &mut [f32]) {
     );
 }
 
-/// The input gradient of layer norm over rows of `dim` values (`y = x̂·w + b`,
-/// `x̂ = (x − mean)/sqrt(var + eps)`): `dx = r·(g − mean(g) − x̂·mean(g·x̂))` with `g = dy·w`.
+/// The input gradient of layer norm (`centered`) or RMS norm over rows of `dim` values:
+/// `y = x̂·w (+ b)` with `x̂ = (x − mean)·r` (layer norm) or `x̂ = x·r` (RMS norm),
+/// `r = 1/sqrt(var + eps)` (`var` the mean square of `x − mean` or of `x`); then
+/// `dx = r·(g − mean(g) − x̂·mean(g·x̂))` (layer norm) or `dx = r·(g − x̂·mean(g·x̂))` with
+/// `g = dy·w`. Rows are processed in parallel.
 ///
 /// # Panics
 /// If the slice lengths disagree (a bug in the caller).
-pub fn layer_norm_grad(
-    x: &[f32],
-    dy: &[f32],
-    dx: &mut [f32],
-    dim: usize,
-    weight: Option<&[f32]>,
-    eps: f32,
-) {
-    norm_grad(x, dy, dx, dim, weight, eps, true);
-}
-
-/// The input gradient of RMS norm over rows of `dim` values (`y = x̂·w`,
-/// `x̂ = x/sqrt(mean(x²) + eps)`): `dx = r·(g − x̂·mean(g·x̂))` with `g = dy·w`.
-///
-/// # Panics
-/// If the slice lengths disagree (a bug in the caller).
-pub fn rms_norm_grad(
-    x: &[f32],
-    dy: &[f32],
-    dx: &mut [f32],
-    dim: usize,
-    weight: Option<&[f32]>,
-    eps: f32,
-) {
-    norm_grad(x, dy, dx, dim, weight, eps, false);
-}
-
-/// The shared row loop of [`layer_norm_grad`] (`centered`) and [`rms_norm_grad`].
-fn norm_grad(
+pub fn norm_grad(
     x: &[f32],
     dy: &[f32],
     dx: &mut [f32],

@@ -19,7 +19,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 pub use crate::io::config::DitConfig;
-pub use block::backward::{Adapters, DeltaGrad, Tape, TrainableDelta};
+pub use block::backward::{Adapters, DeltaGrad, Tape, TrainableDelta, BLOCK_LINEARS};
 pub use block::CrossKv;
 pub use nag::NagParams;
 pub use rope::RopeTable;

@@ -16,9 +16,6 @@ fn mismatch(op: &'static str, expected: impl Into<String>, got: &Tensor) -> Erro
     }
 }
 
-/// A norm's input-gradient kernel: `(x, dy, dx, dim, weight, eps)`.
-type NormGradKernel = fn(&[f32], &[f32], &mut [f32], usize, Option<&[f32]>, f32);
-
 /// `(rows, last)` of a tensor viewed as `[rows, last]`.
 fn rows_last(t: &Tensor, op: &'static str) -> Result<(usize, usize)> {
     match t.dims().split_last() {
@@ -145,13 +142,7 @@ impl Tensor {
         weight: Option<&Weight>,
         eps: f32,
     ) -> Result<Tensor> {
-        self.norm_backward(
-            "layer_norm_backward",
-            dy,
-            weight,
-            eps,
-            kernels::layer_norm_grad,
-        )
+        self.norm_backward("layer_norm_backward", dy, weight, eps, true)
     }
 
     /// For `y = rms_norm(x, weight, eps)` ([`Tensor::rms_norm`]), the input gradient: `self` is
@@ -162,7 +153,7 @@ impl Tensor {
         weight: Option<&Weight>,
         eps: f32,
     ) -> Result<Tensor> {
-        self.norm_backward("rms_norm_backward", dy, weight, eps, kernels::rms_norm_grad)
+        self.norm_backward("rms_norm_backward", dy, weight, eps, false)
     }
 
     fn norm_backward(
@@ -171,7 +162,7 @@ impl Tensor {
         dy: &Tensor,
         weight: Option<&Weight>,
         eps: f32,
-        kernel: NormGradKernel,
+        centered: bool,
     ) -> Result<Tensor> {
         if dy.shape() != self.shape() {
             return Err(mismatch(op, format!("dy {:?} like x", self.dims()), dy));
@@ -180,7 +171,7 @@ impl Tensor {
         let (_, d) = rows_last(self, op)?;
         let w = weight.map(|w| widen_weight(w, d, op)).transpose()?;
         let mut dx = vec![0.0; x.len()];
-        kernel(&x, &g, &mut dx, d, w.as_deref(), eps);
+        kernels::norm_grad(&x, &g, &mut dx, d, w.as_deref(), eps, centered);
         Tensor::from_f32(dx, self.shape().clone())
     }
 

@@ -183,7 +183,7 @@ impl WanDit {
         let mut shapes = BTreeMap::new();
         let mut attached = false;
         for (i, b) in self.blocks.iter().enumerate() {
-            for n in LINEARS {
+            for n in BLOCK_LINEARS {
                 let l = b.linear(n);
                 attached |= l.delta.is_some();
                 shapes.insert(format!("blocks.{i}.{n}"), l.w.dims().to_vec());
@@ -327,8 +327,9 @@ struct Saved {
     g: Tensor,
 }
 
-/// The linear layers of a block, by path under `blocks.N.`.
-const LINEARS: [&str; 10] = [
+/// The linear layers of a block, by path under `blocks.N.`: self- and cross-attention q, k, v, o
+/// and the two FFN layers.
+pub const BLOCK_LINEARS: [&str; 10] = [
     "self_attn.q",
     "self_attn.k",
     "self_attn.v",
@@ -342,7 +343,7 @@ const LINEARS: [&str; 10] = [
 ];
 
 impl Block {
-    /// The linear layer `name` (one of [`LINEARS`]).
+    /// The linear layer `name` (one of [`BLOCK_LINEARS`]).
     fn linear(&self, name: &str) -> &Linear {
         let (s, c) = (&self.self_attn, &self.cross_attn);
         match name {
