@@ -51,6 +51,8 @@ pub fn loss_and_grads(
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::io::config::ModelType;
     use crate::model::dit::{weight_shapes, DitConfig, ForwardOptions, LinearDelta};
@@ -188,5 +190,45 @@ pub(crate) mod tests {
         wrong.get_mut("blocks.0.ffn.0").unwrap().down = bad.tensor;
         let text = dit.encode_text(&ctx, false).unwrap();
         assert!(dit.train_forward(&x0, &[400.0], &text, &wrong).is_err());
+    }
+
+    /// A scaled fp8 base (kept as stored, widened panel by panel) trains as its f32 values do.
+    #[test]
+    fn fp8_base_weights_give_the_gradients_of_their_values() {
+        let c = cfg(1);
+        let fp8: BTreeMap<String, Weight> = weight_shapes(&c)
+            .into_iter()
+            .enumerate()
+            .map(|(i, (n, d))| {
+                let mut w = random::weight(&d, DType::F8E4M3, 100 + i as u32, 0.0, 0.4).unwrap();
+                w.scale = Some(0.75);
+                (n, w)
+            })
+            .collect();
+        let wide = fp8
+            .iter()
+            .map(|(n, w)| (n.clone(), Weight::new(w.to_f32().unwrap())))
+            .collect();
+        let (_, net) = setup(1, DType::BF16);
+        let (x0, noise, ctx) = inputs();
+        let run = |w| {
+            let dit = WanDit::new(w, c.clone()).unwrap();
+            loss_and_grads(&dit, &net, &x0, &noise, &[LEVEL], &ctx).unwrap()
+        };
+        let ((l8, g8), (l32, g32)) = (run(fp8), run(wide));
+        assert!((l8 - l32).abs() <= 1e-6 * l32.abs());
+        for (name, a) in &g8 {
+            let b = &g32[name];
+            for (x, y) in [(&a.down, &b.down), (&a.up, &b.up)] {
+                let (x, y) = (x.to_f32_vec().unwrap(), y.to_f32_vec().unwrap());
+                let num: f64 = x
+                    .iter()
+                    .zip(&y)
+                    .map(|(p, q)| ((p - q) as f64).powi(2))
+                    .sum();
+                let den: f64 = y.iter().map(|q| (*q as f64).powi(2)).sum();
+                assert!(num.sqrt() <= 1e-5 * den.sqrt(), "{name}");
+            }
+        }
     }
 }
