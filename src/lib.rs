@@ -11,6 +11,8 @@
 //! - [`lora`]: LoRA files in every format, merged into the weights or applied on the fly;
 //! - [`video`]: RGB8 frames to MP4 (H.264), PNG or GIF files that record the generation
 //!   parameters;
+//! - [`train`]: LoRA training of the DiT (the network, the flow-matching loss, the backward
+//!   pass);
 //! - [`pipeline`]: text to video end to end (the safe API the CLI and the C ABI wrap);
 //! - [`ffi`]: the C ABI (`include/wanrt.h`).
 #![deny(missing_docs)]
@@ -24,6 +26,7 @@ pub mod model;
 pub mod pipeline;
 pub mod sampler;
 pub mod tensor;
+pub mod train;
 pub mod video;
 
 pub use error::{Error, Result, Status};

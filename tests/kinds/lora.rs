@@ -9,14 +9,6 @@ use wanrt::DType;
 use super::{compare, Check, Output, Stop};
 use crate::common::{tensor, Case};
 
-fn output(name: String, t: &wanrt::Tensor) -> Result<Output, Stop> {
-    Ok(Output {
-        name,
-        dims: t.dims().to_vec(),
-        data: t.to_f32_vec()?.into_iter().map(f64::from).collect(),
-    })
-}
-
 pub fn run(case: &Case) -> Result<Vec<Check>, Stop> {
     let (weights, cfg) = WanDit::read_weights(case.path("dit")?, Some(&case.path("config")?))?;
     let adapter = Lora::open(case.path("lora")?)?;
@@ -29,7 +21,7 @@ pub fn run(case: &Case) -> Result<Vec<Check>, Stop> {
             let w = merged
                 .get(key)
                 .ok_or_else(|| format!("no merged weight `{key}`"))?;
-            outputs.push(output(name.clone(), &w.to_f32()?)?);
+            outputs.push(Output::of(name.clone(), &w.to_f32()?)?);
         }
     }
     let dit = WanDit::new(merged, cfg)?;
@@ -43,6 +35,6 @@ pub fn run(case: &Case) -> Result<Vec<Check>, Stop> {
     }
     let context = ctx.reshape([d[1], d[2]])?;
     let velocity = dit.forward(&latent, &timesteps, &[context], &ForwardOptions::default())?;
-    outputs.push(output("velocity".into(), &velocity)?);
+    outputs.push(Output::of("velocity".into(), &velocity)?);
     compare(&expected, &outputs)
 }

@@ -8,6 +8,7 @@ mod lora;
 mod pipeline;
 mod sampler;
 mod t5;
+mod train;
 mod vae;
 
 use wanrt::model::dit::{AttentionChoice, SelfAttention};
@@ -23,6 +24,7 @@ pub const RUNNERS: &[(&str, Runner)] = &[
     ("dit_forward", dit::run),
     ("dit_forward_nag", dit::run),
     ("lora_merge", lora::run),
+    ("lora_train_step", train::run),
     ("pipeline", pipeline::run),
     ("sampler", sampler::run),
     ("t5_encode", t5::run),
@@ -118,6 +120,17 @@ pub struct Output {
     pub dims: Vec<usize>,
     /// Its values in row-major order.
     pub data: Vec<f64>,
+}
+
+impl Output {
+    /// The output `name` holding the values of `t`.
+    pub fn of(name: String, t: &wanrt::Tensor) -> Result<Output, Stop> {
+        Ok(Output {
+            name,
+            dims: t.dims().to_vec(),
+            data: t.to_f32_vec()?.into_iter().map(f64::from).collect(),
+        })
+    }
 }
 
 /// Compares every tensor of `expected` with the output of the same name. An expected tensor

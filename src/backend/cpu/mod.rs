@@ -8,6 +8,7 @@ pub mod attention_q8;
 pub mod conv;
 pub mod elementwise;
 pub mod gemm;
+pub mod grad;
 pub mod linear;
 pub mod norm;
 pub mod quant8;

@@ -7,6 +7,7 @@
 mod bench;
 mod generate;
 mod lora;
+mod train;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -38,6 +39,8 @@ enum Command {
         #[command(subcommand)]
         command: lora::LoraCommand,
     },
+    /// Train a LoRA of the DiT on musubi cache files (musubi's flag names).
+    Train(Box<train::TrainArgs>),
     /// Time a model component on random weights (llama-bench style: markdown or --json).
     Bench {
         #[command(subcommand)]
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::run(&args),
         Command::Lora { command } => lora::run(&command),
         Command::Bench { target } => bench::run(target),
+        Command::Train(args) => train::run(&args),
     };
     if ok {
         ExitCode::SUCCESS

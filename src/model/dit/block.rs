@@ -1,5 +1,7 @@
 //! One Wan transformer block (`WanAttentionBlock`, wan-architecture.md §1.6).
 
+pub(super) mod backward;
+
 use super::nag::{nag_combine, NagParams};
 use super::rope::RopeTable;
 use super::weights::{Linear, Take};

@@ -4,10 +4,12 @@
 
 mod conv;
 mod elementwise;
+mod grad;
 mod linalg;
 mod nn;
 mod shape;
 
+pub use grad::{attention_backward, AttentionGrads};
 pub use linalg::{attention, attention_q8, AttentionParams};
 pub use nn::embedding;
 pub use shape::cat;
