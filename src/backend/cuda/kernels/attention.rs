@@ -6,7 +6,7 @@ use std::sync::Arc;
 use cudarc::driver::{CudaStream, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 use half::bf16;
 
-use super::{check_len, launch, product, to_i32, Kernels};
+use super::{check_aligned16, check_len, launch, product, to_i32, Kernels};
 use crate::backend::cpu::attention::AttnDims;
 use crate::error::{Error, Result};
 
@@ -19,7 +19,8 @@ impl Kernels {
     /// `out = softmax(scale · q kᵀ) v` per batch and head, unmasked over all `kv_len` keys: `q` and
     /// `out` are `[batch, q_len, heads, head_dim]` bf16, `k` and `v` `[batch, kv_len, heads,
     /// head_dim]` bf16 (the DiT's `[tokens, heads·head_dim]` rows; self-attention limited to the
-    /// true length passes only those keys). `head_dim` is 64 or 128. Logits and the running
+    /// true length passes only those keys). `head_dim` is 64 or 128 and every buffer starts on a
+    /// 16-byte boundary. Logits and the running
     /// softmax are f32, the probabilities are rounded to bf16 for the second product, which
     /// accumulates in f32; no `q_len × kv_len` buffer exists. With no keys the output is zero.
     #[allow(clippy::too_many_arguments)]
@@ -59,6 +60,10 @@ impl Kernels {
         if q_size == 0 {
             return Ok(());
         }
+        check_aligned16(OP, "q", q, stream)?;
+        check_aligned16(OP, "k", k, stream)?;
+        check_aligned16(OP, "v", v, stream)?;
+        check_aligned16(OP, "out", out, stream)?;
         if heads > 65_535 || batch > 65_535 {
             return Err(Error::InvalidArgument(format!(
                 "{OP}: {heads} heads × batch {batch} exceed one launch's grid"

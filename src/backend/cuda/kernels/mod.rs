@@ -21,9 +21,45 @@ pub(crate) mod time_embedding;
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaContext, CudaFunction, DriverError, LaunchArgs, LaunchConfig};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaStream, DevicePtr, DriverError, LaunchArgs,
+    LaunchConfig,
+};
+use cudarc::nvrtc::Ptx;
 
 use crate::error::{Error, Result};
+
+/// The fatbin of each kernel file, as `build.rs` left them in `OUT_DIR`.
+const FATBINS: [(&str, &[u8]); 7] = [
+    (
+        "attention",
+        include_bytes!(concat!(env!("OUT_DIR"), "/attention.fatbin")),
+    ),
+    (
+        "convert",
+        include_bytes!(concat!(env!("OUT_DIR"), "/convert.fatbin")),
+    ),
+    (
+        "elementwise",
+        include_bytes!(concat!(env!("OUT_DIR"), "/elementwise.fatbin")),
+    ),
+    (
+        "norm",
+        include_bytes!(concat!(env!("OUT_DIR"), "/norm.fatbin")),
+    ),
+    (
+        "patchify",
+        include_bytes!(concat!(env!("OUT_DIR"), "/patchify.fatbin")),
+    ),
+    (
+        "qk_norm_rope",
+        include_bytes!(concat!(env!("OUT_DIR"), "/qk_norm_rope.fatbin")),
+    ),
+    (
+        "time_embedding",
+        include_bytes!(concat!(env!("OUT_DIR"), "/time_embedding.fatbin")),
+    ),
+];
 
 /// Every kernel function of wanrt, loaded into one CUDA context.
 pub(crate) struct Kernels {
@@ -46,10 +82,37 @@ impl Kernels {
     /// Loads the embedded fatbins into `ctx` and looks up every kernel. Fails with
     /// [`Error::Device`] when the driver refuses a module (for example a GPU older than sm_80).
     pub(crate) fn load(ctx: &Arc<CudaContext>) -> Result<Kernels> {
-        let _ = ctx;
-        Err(Error::Device(
-            "the CUDA kernels are not built yet (API-only commit)".into(),
-        ))
+        let mut modules = Vec::with_capacity(FATBINS.len());
+        for (name, image) in FATBINS {
+            let module = ctx
+                .load_module(Ptx::from_binary(image.to_vec()))
+                .map_err(|e| driver_error(&format!("loading kernels/{name}.cu"), e))?;
+            modules.push((name, module));
+        }
+        let function = |file: &str, name: &str| -> Result<CudaFunction> {
+            let (_, module): &(&str, Arc<CudaModule>) = modules
+                .iter()
+                .find(|(n, _)| *n == file)
+                .expect("every kernel file is in FATBINS");
+            module
+                .load_function(name)
+                .map_err(|e| driver_error(&format!("kernel `{name}` of kernels/{file}.cu"), e))
+        };
+        Ok(Kernels {
+            attention_hd64: function("attention", "attention_hd64_bf16")?,
+            attention_hd128: function("attention", "attention_hd128_bf16")?,
+            f32_to_bf16: function("convert", "f32_to_bf16")?,
+            bf16_to_f32: function("convert", "bf16_to_f32")?,
+            fp8_e4m3fn_to_bf16: function("convert", "fp8_e4m3fn_to_bf16")?,
+            fp8_e5m2_to_bf16: function("convert", "fp8_e5m2_to_bf16")?,
+            gated_residual_add: function("elementwise", "gated_residual_add_bf16")?,
+            gelu_tanh: function("elementwise", "gelu_tanh_bf16")?,
+            layer_norm_modulate: function("norm", "layer_norm_modulate_bf16")?,
+            patchify: function("patchify", "patchify_f32_bf16")?,
+            unpatchify: function("patchify", "unpatchify_f32")?,
+            rms_norm_rope: function("qk_norm_rope", "rms_norm_rope_bf16")?,
+            sinusoidal_embedding: function("time_embedding", "sinusoidal_embedding_f32")?,
+        })
     }
 }
 
@@ -127,4 +190,22 @@ fn row_config(rows: usize) -> Result<LaunchConfig> {
         block_dim: (ROW_THREADS, 1, 1),
         shared_mem_bytes: 0,
     })
+}
+
+/// Checks that a device buffer starts on a 16-byte boundary (kernels without a scalar path copy
+/// in 16-byte vectors; a view at an odd offset would fault).
+fn check_aligned16<T>(
+    op: &str,
+    name: &str,
+    buffer: &impl DevicePtr<T>,
+    stream: &CudaStream,
+) -> Result<()> {
+    let (ptr, _sync) = buffer.device_ptr(stream);
+    if ptr % 16 == 0 {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "{op}: `{name}` does not start on a 16-byte boundary"
+        )))
+    }
 }
