@@ -9,9 +9,9 @@
 //! [`ForwardOptions`] carry NAG, skipped blocks (Skip Layer Guidance) and the TeaCache signals.
 
 mod block;
-mod embed;
+pub(crate) mod embed;
 mod nag;
-mod rope;
+pub(crate) mod rope;
 mod weights;
 
 use std::collections::BTreeMap;

@@ -12,17 +12,16 @@ use crate::error::{Error, Result};
 
 /// Queries per block (4 warps of 16 rows), as `BLOCK_M` in `kernels/attention.cu`.
 pub(crate) const ATTENTION_BLOCK_M: usize = 64;
-/// Keys per tile, as `BLOCK_N` in `kernels/attention.cu`.
-pub(crate) const ATTENTION_BLOCK_N: usize = 64;
 
 impl Kernels {
     /// `out = softmax(scale · q kᵀ) v` per batch and head, unmasked over all `kv_len` keys: `q` and
     /// `out` are `[batch, q_len, heads, head_dim]` bf16, `k` and `v` `[batch, kv_len, heads,
     /// head_dim]` bf16 (the DiT's `[tokens, heads·head_dim]` rows; self-attention limited to the
     /// true length passes only those keys). `head_dim` is 64 or 128 and every buffer starts on a
-    /// 16-byte boundary. Logits and the running
-    /// softmax are f32, the probabilities are rounded to bf16 for the second product, which
-    /// accumulates in f32; no `q_len × kv_len` buffer exists. With no keys the output is zero.
+    /// 16-byte boundary. Logits and the running softmax are f32, the probabilities are rounded
+    /// to bf16 for the second product, which accumulates in f32; no `q_len × kv_len` buffer
+    /// exists. With no keys the output is zero. `crate::backend::attention_emulation` replays
+    /// this arithmetic on the CPU.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn attention(
         &self,

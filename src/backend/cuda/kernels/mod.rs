@@ -19,6 +19,9 @@ pub(crate) mod patchify;
 pub(crate) mod qk_norm_rope;
 pub(crate) mod time_embedding;
 
+#[cfg(test)]
+mod tests;
+
 use std::sync::Arc;
 
 use cudarc::driver::{
