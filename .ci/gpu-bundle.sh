@@ -41,7 +41,7 @@ for line in open(artifacts):
     if m.get("reason") != "compiler-artifact" or not exe:
         continue
     target, test = m["target"], m["profile"]["test"]
-    if "lib" in target["kind"] and test:
+    if test and target["src_path"].endswith("src/lib.rs"):
         name = "wanrt-lib-tests"
     elif target["name"] == "fixtures":
         name = "fixtures"

@@ -49,6 +49,7 @@ def cuda_library_path():
 def summarize(output):
     """Counts from libtest's `test result:` lines and the fixture harness's summary, plus skips."""
     passed = sum(int(m) for m in re.findall(r"test result: \w+\. (\d+) passed", output))
+    passed += sum(int(m) for m in re.findall(r"^fixtures: (\d+) passed", output, re.M))
     failed = sum(int(m) for m in re.findall(r"(\d+) failed", output))
     skips = [l.strip() for l in output.splitlines() if "SKIP" in l]
     return {"passed": passed, "failed": failed, "skip_lines": skips[:50]}

@@ -4,8 +4,9 @@
 //
 // Tile: one block of 256 threads per token (1536 or 5120 channels). The sum of squares reads the
 // row in 16-byte vectors; the second pass handles 8 channels (4 RoPE pairs, never split across a
-// head since head_dim is even) per 16-byte load, reading the f32 cos/sin tables in 16-byte
-// vectors too. One block per token needs no grid-wide reduction.
+// head since head_dim is even) per 16-byte load and store. The token's cos/sin row (head_dim/2
+// f32, 256 bytes at 128) is shared by all its heads, so it is read per pair and served from L1.
+// One block per token needs no grid-wide reduction.
 #include "common.cuh"
 
 // Normalised, weighted and (optionally) rotated values of channels c and c + 1.

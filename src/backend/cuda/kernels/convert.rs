@@ -5,7 +5,7 @@ use std::sync::Arc;
 use cudarc::driver::{CudaStream, CudaView, CudaViewMut, PushKernelArg};
 use half::bf16;
 
-use super::{check_len, elementwise_config, launch, to_i32, Kernels};
+use super::{check_len, elementwise_config, launch, launch_map, to_i32, Kernels};
 use crate::error::Result;
 
 /// The two 8-bit float formats checkpoints store.
@@ -26,17 +26,7 @@ impl Kernels {
         out: &mut CudaViewMut<'_, bf16>,
         n: usize,
     ) -> Result<()> {
-        const OP: &str = "f32_to_bf16";
-        check_len(OP, "x", x.len(), n)?;
-        check_len(OP, "out", out.len(), n)?;
-        if n == 0 {
-            return Ok(());
-        }
-        let n_i32 = to_i32(OP, "n", n)?;
-        let mut args = stream.launch_builder(&self.f32_to_bf16);
-        args.arg(x).arg(out).arg(&n_i32);
-        // SAFETY: the arguments match `f32_to_bf16` and the lengths were checked.
-        unsafe { launch(OP, &mut args, elementwise_config(n)) }
+        launch_map("f32_to_bf16", &self.f32_to_bf16, stream, x, out, n)
     }
 
     /// Widens `n` bf16 values to f32 (exact).
@@ -47,17 +37,7 @@ impl Kernels {
         out: &mut CudaViewMut<'_, f32>,
         n: usize,
     ) -> Result<()> {
-        const OP: &str = "bf16_to_f32";
-        check_len(OP, "x", x.len(), n)?;
-        check_len(OP, "out", out.len(), n)?;
-        if n == 0 {
-            return Ok(());
-        }
-        let n_i32 = to_i32(OP, "n", n)?;
-        let mut args = stream.launch_builder(&self.bf16_to_f32);
-        args.arg(x).arg(out).arg(&n_i32);
-        // SAFETY: the arguments match `bf16_to_f32` and the lengths were checked.
-        unsafe { launch(OP, &mut args, elementwise_config(n)) }
+        launch_map("bf16_to_f32", &self.bf16_to_f32, stream, x, out, n)
     }
 
     /// Decodes `n` fp8 codes (`x`, one byte each) of `format` and multiplies them by `scale` (the

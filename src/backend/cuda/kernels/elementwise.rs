@@ -5,7 +5,7 @@ use std::sync::Arc;
 use cudarc::driver::{CudaStream, CudaView, CudaViewMut, PushKernelArg};
 use half::bf16;
 
-use super::{check_len, elementwise_config, launch, product, to_i32, Kernels};
+use super::{check_len, elementwise_config, launch, launch_map, product, to_i32, Kernels};
 use crate::error::Result;
 
 impl Kernels {
@@ -44,16 +44,6 @@ impl Kernels {
         out: &mut CudaViewMut<'_, bf16>,
         n: usize,
     ) -> Result<()> {
-        const OP: &str = "gelu_tanh";
-        check_len(OP, "x", x.len(), n)?;
-        check_len(OP, "out", out.len(), n)?;
-        if n == 0 {
-            return Ok(());
-        }
-        let n_i32 = to_i32(OP, "n", n)?;
-        let mut args = stream.launch_builder(&self.gelu_tanh);
-        args.arg(x).arg(out).arg(&n_i32);
-        // SAFETY: the arguments match `gelu_tanh_bf16` and the lengths were checked.
-        unsafe { launch(OP, &mut args, elementwise_config(n)) }
+        launch_map("gelu_tanh", &self.gelu_tanh, stream, x, out, n)
     }
 }

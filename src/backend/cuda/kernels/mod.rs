@@ -25,8 +25,8 @@ mod tests;
 use std::sync::Arc;
 
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaStream, DevicePtr, DriverError, LaunchArgs,
-    LaunchConfig,
+    CudaContext, CudaFunction, CudaModule, CudaStream, CudaView, CudaViewMut, DevicePtr,
+    DriverError, LaunchArgs, LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 
@@ -211,4 +211,25 @@ fn check_aligned16<T>(
             "{op}: `{name}` does not start on a 16-byte boundary"
         )))
     }
+}
+
+/// Checks the lengths and launches an element-wise kernel taking `(x, out, n)`.
+fn launch_map<I, O>(
+    op: &str,
+    function: &CudaFunction,
+    stream: &Arc<CudaStream>,
+    x: &CudaView<'_, I>,
+    out: &mut CudaViewMut<'_, O>,
+    n: usize,
+) -> Result<()> {
+    check_len(op, "x", x.len(), n)?;
+    check_len(op, "out", out.len(), n)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let n_i32 = to_i32(op, "n", n)?;
+    let mut args = stream.launch_builder(function);
+    args.arg(x).arg(out).arg(&n_i32);
+    // SAFETY: the caller names a kernel taking (x, out, n); the lengths were checked.
+    unsafe { launch(op, &mut args, elementwise_config(n)) }
 }

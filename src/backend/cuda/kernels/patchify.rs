@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaStream, CudaView, CudaViewMut, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaStream, CudaView, CudaViewMut, PushKernelArg};
 use half::bf16;
 
 use super::{check_len, elementwise_config, launch, product, to_i32, Kernels};
@@ -60,21 +60,7 @@ impl Kernels {
         out: &mut CudaViewMut<'_, bf16>,
         dims: PatchDims,
     ) -> Result<()> {
-        const OP: &str = "patchify";
-        let (tokens, features, s) = dims.check(OP)?;
-        let n = tokens * features;
-        check_len(OP, "x", x.len(), n)?;
-        check_len(OP, "out", out.len(), n)?;
-        if n == 0 {
-            return Ok(());
-        }
-        let mut args = stream.launch_builder(&self.patchify);
-        args.arg(x).arg(out);
-        for v in &s {
-            args.arg(v);
-        }
-        // SAFETY: the arguments match `patchify_f32_bf16` and the lengths were checked.
-        unsafe { launch(OP, &mut args, elementwise_config(n)) }
+        self.rearrange("patchify", &self.patchify, stream, x, out, dims)
     }
 
     /// The inverse of the DiT head's layout: `x` is `[tokens, ph·pw·channels]` f32 with features
@@ -87,20 +73,33 @@ impl Kernels {
         out: &mut CudaViewMut<'_, f32>,
         dims: PatchDims,
     ) -> Result<()> {
-        const OP: &str = "unpatchify";
-        let (tokens, features, s) = dims.check(OP)?;
+        self.rearrange("unpatchify", &self.unpatchify, stream, x, out, dims)
+    }
+
+    /// Checks the sizes and launches `function`, one thread per value of `x` and `out`.
+    fn rearrange<O>(
+        &self,
+        op: &str,
+        function: &CudaFunction,
+        stream: &Arc<CudaStream>,
+        x: &CudaView<'_, f32>,
+        out: &mut CudaViewMut<'_, O>,
+        dims: PatchDims,
+    ) -> Result<()> {
+        let (tokens, features, s) = dims.check(op)?;
         let n = tokens * features;
-        check_len(OP, "x", x.len(), n)?;
-        check_len(OP, "out", out.len(), n)?;
+        check_len(op, "x", x.len(), n)?;
+        check_len(op, "out", out.len(), n)?;
         if n == 0 {
             return Ok(());
         }
-        let mut args = stream.launch_builder(&self.unpatchify);
+        let mut args = stream.launch_builder(function);
         args.arg(x).arg(out);
         for v in &s {
             args.arg(v);
         }
-        // SAFETY: the arguments match `unpatchify_f32` and the lengths were checked.
-        unsafe { launch(OP, &mut args, elementwise_config(n)) }
+        // SAFETY: both patch kernels take (x, out, C, F, H, W, ph, pw) and the lengths were
+        // checked.
+        unsafe { launch(op, &mut args, elementwise_config(n)) }
     }
 }
