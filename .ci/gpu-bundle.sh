@@ -31,7 +31,7 @@ cargo test --release --features cuda "${tests[@]}" --no-run \
 
 # Each executable under the name run.py expects.
 python3 - "$artifacts" "$out/bin" <<'PY'
-import json, shutil, sys
+import json, os, shutil, sys
 artifacts, dest = sys.argv[1], sys.argv[2]
 for line in open(artifacts):
     if not line.startswith("{"):
@@ -49,6 +49,8 @@ for line in open(artifacts):
         name = "test-" + target["name"]
     else:
         name = target["name"]
+    if os.path.exists(f"{dest}/{name}"):
+        continue  # `wanrt` again, built for the integration tests: keep the first
     shutil.copy(exe, f"{dest}/{name}")
     print(f"bundle: bin/{name}")
 PY
