@@ -3,6 +3,7 @@
 //! uninhabited and whose constructors return [`crate::Error::CudaNotCompiled`], so callers need
 //! no `#[cfg]`.
 
+pub mod attention_emulation;
 pub mod cpu;
 #[cfg_attr(not(feature = "cuda"), path = "cuda_dummy.rs")]
 pub mod cuda;

@@ -2,6 +2,8 @@
 
 use crate::error::{Error, Result};
 
+pub(crate) mod kernels;
+
 /// Device memory of one tensor.
 pub enum CudaStorage {}
 

@@ -10,9 +10,9 @@
 
 mod attention;
 mod block;
-mod embed;
+pub(crate) mod embed;
 mod nag;
-mod rope;
+pub(crate) mod rope;
 mod weights;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,235 @@
+//! Typed launchers of the hand-written kernels in `kernels/*.cu`.
+//!
+//! `build.rs` compiles every `.cu` file ahead of time with nvcc into one fatbin holding cubins for
+//! sm_80, sm_86, sm_89 and sm_90a plus compute_80 PTX (which newer GPUs JIT), and this module embeds
+//! them, so a host running wanrt needs only the NVIDIA driver (and cuBLASLt for the GEMMs), no
+//! CUDA toolkit. [`Kernels::load`] loads every fatbin into a context and looks up every function
+//! once; each launcher (one per kernel, grouped in one Rust file per `.cu` file) checks every
+//! length against the sizes it is given before launching and computes its launch configuration.
+
+// The op dispatch that calls these launchers is `cuda-core`'s (merged separately); until it
+// lands only the kernel tests use them.
+#![allow(dead_code)]
+
+pub(crate) mod attention;
+pub(crate) mod convert;
+pub(crate) mod elementwise;
+pub(crate) mod norm;
+pub(crate) mod patchify;
+pub(crate) mod qk_norm_rope;
+pub(crate) mod time_embedding;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaStream, CudaView, CudaViewMut, DevicePtr,
+    DriverError, LaunchArgs, LaunchConfig, PushKernelArg,
+};
+use cudarc::nvrtc::Ptx;
+
+use crate::error::{Error, Result};
+
+/// The fatbin of each kernel file, as `build.rs` left them in `OUT_DIR`.
+const FATBINS: [(&str, &[u8]); 7] = [
+    (
+        "attention",
+        include_bytes!(concat!(env!("OUT_DIR"), "/attention.fatbin")),
+    ),
+    (
+        "convert",
+        include_bytes!(concat!(env!("OUT_DIR"), "/convert.fatbin")),
+    ),
+    (
+        "elementwise",
+        include_bytes!(concat!(env!("OUT_DIR"), "/elementwise.fatbin")),
+    ),
+    (
+        "norm",
+        include_bytes!(concat!(env!("OUT_DIR"), "/norm.fatbin")),
+    ),
+    (
+        "patchify",
+        include_bytes!(concat!(env!("OUT_DIR"), "/patchify.fatbin")),
+    ),
+    (
+        "qk_norm_rope",
+        include_bytes!(concat!(env!("OUT_DIR"), "/qk_norm_rope.fatbin")),
+    ),
+    (
+        "time_embedding",
+        include_bytes!(concat!(env!("OUT_DIR"), "/time_embedding.fatbin")),
+    ),
+];
+
+/// Every kernel function of wanrt, loaded into one CUDA context.
+pub(crate) struct Kernels {
+    attention_hd64: CudaFunction,
+    attention_hd128: CudaFunction,
+    f32_to_bf16: CudaFunction,
+    bf16_to_f32: CudaFunction,
+    fp8_e4m3fn_to_bf16: CudaFunction,
+    fp8_e5m2_to_bf16: CudaFunction,
+    gated_residual_add: CudaFunction,
+    gelu_tanh: CudaFunction,
+    layer_norm_modulate: CudaFunction,
+    patchify: CudaFunction,
+    unpatchify: CudaFunction,
+    rms_norm_rope: CudaFunction,
+    sinusoidal_embedding: CudaFunction,
+}
+
+impl Kernels {
+    /// Loads the embedded fatbins into `ctx` and looks up every kernel. Fails with
+    /// [`Error::Device`] when the driver refuses a module (for example a GPU older than sm_80).
+    pub(crate) fn load(ctx: &Arc<CudaContext>) -> Result<Kernels> {
+        let mut modules = Vec::with_capacity(FATBINS.len());
+        for (name, image) in FATBINS {
+            let module = ctx
+                .load_module(Ptx::from_binary(image.to_vec()))
+                .map_err(|e| driver_error(&format!("loading kernels/{name}.cu"), e))?;
+            modules.push((name, module));
+        }
+        let function = |file: &str, name: &str| -> Result<CudaFunction> {
+            let (_, module): &(&str, Arc<CudaModule>) = modules
+                .iter()
+                .find(|(n, _)| *n == file)
+                .expect("every kernel file is in FATBINS");
+            module
+                .load_function(name)
+                .map_err(|e| driver_error(&format!("kernel `{name}` of kernels/{file}.cu"), e))
+        };
+        Ok(Kernels {
+            attention_hd64: function("attention", "attention_hd64_bf16")?,
+            attention_hd128: function("attention", "attention_hd128_bf16")?,
+            f32_to_bf16: function("convert", "f32_to_bf16")?,
+            bf16_to_f32: function("convert", "bf16_to_f32")?,
+            fp8_e4m3fn_to_bf16: function("convert", "fp8_e4m3fn_to_bf16")?,
+            fp8_e5m2_to_bf16: function("convert", "fp8_e5m2_to_bf16")?,
+            gated_residual_add: function("elementwise", "gated_residual_add_bf16")?,
+            gelu_tanh: function("elementwise", "gelu_tanh_bf16")?,
+            layer_norm_modulate: function("norm", "layer_norm_modulate_bf16")?,
+            patchify: function("patchify", "patchify_f32_bf16")?,
+            unpatchify: function("patchify", "unpatchify_f32")?,
+            rms_norm_rope: function("qk_norm_rope", "rms_norm_rope_bf16")?,
+            sinusoidal_embedding: function("time_embedding", "sinusoidal_embedding_f32")?,
+        })
+    }
+}
+
+/// A driver error while loading or launching, with what was being done.
+fn driver_error(what: &str, e: DriverError) -> Error {
+    Error::Device(format!("{what}: {e}"))
+}
+
+/// Checks that a device buffer holds exactly `expected` elements.
+fn check_len(op: &str, name: &str, len: usize, expected: usize) -> Result<()> {
+    if len == expected {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "{op}: `{name}` holds {len} elements, the sizes need {expected}"
+        )))
+    }
+}
+
+/// Converts a size to the `i32` a kernel takes, refusing sizes that do not fit.
+fn to_i32(op: &str, what: &str, n: usize) -> Result<i32> {
+    i32::try_from(n).map_err(|_| Error::InvalidArgument(format!("{op}: {what} {n} is too large")))
+}
+
+/// Multiplies sizes, refusing an overflow.
+fn product(op: &str, sizes: &[usize]) -> Result<usize> {
+    sizes
+        .iter()
+        .try_fold(1usize, |acc, &s| acc.checked_mul(s))
+        .ok_or_else(|| Error::InvalidArgument(format!("{op}: sizes {sizes:?} overflow")))
+}
+
+/// Launches a kernel whose arguments are pushed, naming it in a launch error.
+///
+/// # Safety
+/// The arguments must match the kernel's parameters in number, order and type, and every buffer
+/// must hold what the kernel reads and writes for `cfg` (the launchers check the lengths first).
+unsafe fn launch(op: &str, args: &mut LaunchArgs<'_>, cfg: LaunchConfig) -> Result<()> {
+    // SAFETY: the caller's contract.
+    unsafe { args.launch(cfg) }
+        .map(|_| ())
+        .map_err(|e| driver_error(&format!("launching `{op}`"), e))
+}
+
+/// Threads per block of the element-wise kernels.
+const ELEMENTWISE_THREADS: u32 = 256;
+/// Elements each thread of an element-wise kernel handles per step: one 16-byte vector of bf16.
+const ELEMENTWISE_VECTOR: usize = 8;
+
+/// The launch shape of a grid-stride element-wise kernel over `n` elements.
+fn elementwise_config(n: usize) -> LaunchConfig {
+    let per_block = ELEMENTWISE_THREADS as usize * ELEMENTWISE_VECTOR;
+    // Grid-stride loops cover any n; 65535 blocks keep every launch legal.
+    let blocks = n.div_ceil(per_block).clamp(1, 65_535) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (ELEMENTWISE_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Threads per block of the row kernels (one block per row: the norms).
+const ROW_THREADS: u32 = 256;
+
+/// The launch shape of a kernel with one block per row.
+fn row_config(rows: usize) -> Result<LaunchConfig> {
+    let rows = u32::try_from(rows)
+        .ok()
+        .filter(|&r| r <= i32::MAX as u32)
+        .ok_or_else(|| {
+            Error::InvalidArgument(format!("{rows} rows are too many for one launch"))
+        })?;
+    Ok(LaunchConfig {
+        grid_dim: (rows, 1, 1),
+        block_dim: (ROW_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
+/// Checks that a device buffer starts on a 16-byte boundary (kernels without a scalar path copy
+/// in 16-byte vectors; a view at an odd offset would fault).
+fn check_aligned16<T>(
+    op: &str,
+    name: &str,
+    buffer: &impl DevicePtr<T>,
+    stream: &CudaStream,
+) -> Result<()> {
+    let (ptr, _sync) = buffer.device_ptr(stream);
+    if ptr % 16 == 0 {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "{op}: `{name}` does not start on a 16-byte boundary"
+        )))
+    }
+}
+
+/// Checks the lengths and launches an element-wise kernel taking `(x, out, n)`.
+fn launch_map<I, O>(
+    op: &str,
+    function: &CudaFunction,
+    stream: &Arc<CudaStream>,
+    x: &CudaView<'_, I>,
+    out: &mut CudaViewMut<'_, O>,
+    n: usize,
+) -> Result<()> {
+    check_len(op, "x", x.len(), n)?;
+    check_len(op, "out", out.len(), n)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let n_i32 = to_i32(op, "n", n)?;
+    let mut args = stream.launch_builder(function);
+    args.arg(x).arg(out).arg(&n_i32);
+    // SAFETY: the caller names a kernel taking (x, out, n); the lengths were checked.
+    unsafe { launch(op, &mut args, elementwise_config(n)) }
+}
