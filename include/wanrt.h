@@ -242,6 +242,17 @@ typedef struct wanrt_pipeline_params {
      * A `wanrt_device` value. Default `WANRT_DEVICE_CPU`.
      */
     int32_t device;
+    /**
+     * A `wanrt_lora_mode` value. Default `WANRT_LORA_MODE_MERGE`.
+     */
+    int32_t lora_mode;
+    /**
+     * Worker threads of this pipeline's own thread pool, used for loading and for every
+     * generation on it, so that pipelines with different counts run side by side; 0 (default):
+     * the process-wide pool shared by all pipelines (one thread per core, or the
+     * `RAYON_NUM_THREADS` environment variable read when it first starts).
+     */
+    uint32_t threads;
 } wanrt_pipeline_params;
 
 /**
@@ -249,8 +260,9 @@ typedef struct wanrt_pipeline_params {
  * `sigma` the starting noise level) and after each step (`step` 1 to `total`, `sigma` the
  * noise level reached, 0 after the last). Return 0 to continue, non-zero to cancel: the
  * generation then stops before the next step and `wanrt_generate` returns
- * `WANRT_STATUS_CANCELLED`. Runs on the thread that called `wanrt_generate`. It must not
- * unwind (throw a C++ exception or longjmp) through the library.
+ * `WANRT_STATUS_CANCELLED`. Runs on the thread that called `wanrt_generate`, or, for a
+ * pipeline with its own threads (`wanrt_pipeline_params.threads` > 0), on one of them while
+ * that thread waits. It must not unwind (throw a C++ exception or longjmp) through the library.
  */
 typedef int32_t (*wanrt_progress_fn)(void *user_data, uint32_t step, uint32_t total, float sigma);
 
@@ -390,6 +402,20 @@ typedef struct wanrt_generate_params {
      * Passed unchanged to both callbacks. Default NULL.
      */
     void *user_data;
+    /**
+     * A `wanrt_vae_tiling` value: how the VAE decodes. Default `WANRT_VAE_TILING_AUTO`.
+     */
+    int32_t vae_tiling;
+    /**
+     * With `WANRT_VAE_TILING_TILED`: the tile size in latent pixels (8 video pixels each); 0
+     * (default): 32.
+     */
+    uint32_t vae_tile;
+    /**
+     * With `WANRT_VAE_TILING_TILED`: the overlap of neighbouring tiles in latent pixels,
+     * below `vae_tile`; 0 (default): 8 when `vae_tile` is 0 too, else none.
+     */
+    uint32_t vae_tile_overlap;
 } wanrt_generate_params;
 
 /**
@@ -526,6 +552,23 @@ enum wanrt_status wanrt_pipeline_params_init(struct wanrt_pipeline_params *param
  */
 enum wanrt_status wanrt_pipeline_load(const struct wanrt_pipeline_params *params,
                                       struct wanrt_pipeline **out);
+
+/**
+ * Changes the strength of the pipeline's LoRA number `index` (0-based, in the order of the
+ * `wanrt_lora_list` it was loaded with) to `strength` without reloading the model; later
+ * generations use it. Needs a pipeline loaded with `lora_mode` `WANRT_LORA_MODE_RUNTIME`
+ * (merged LoRAs are baked into the weights).
+ *
+ * Returns `WANRT_STATUS_OK`; `WANRT_STATUS_INVALID_ARGUMENT` for a NULL or busy pipeline, an
+ * index past its LoRAs, a non-finite strength or a pipeline with merged LoRAs (nothing is
+ * changed then).
+ *
+ * # Safety
+ * `pipeline` is NULL or a live pipeline.
+ */
+enum wanrt_status wanrt_pipeline_set_lora_strength(struct wanrt_pipeline *pipeline,
+                                                   size_t index,
+                                                   float strength);
 
 /**
  * Frees `pipeline` and its models. NULL is a no-op. Any thread may free it, but not while a

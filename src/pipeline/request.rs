@@ -3,6 +3,7 @@
 
 use serde_json::{json, Value};
 
+use super::VaeTiling;
 use crate::error::{Error, Result};
 use crate::sampler::{Slg, SolverKind};
 use crate::tensor::Tensor;
@@ -194,6 +195,9 @@ pub struct GenerateRequest {
     pub batch_cfg: bool,
     /// Also return the decoded video as f32 ([`super::Generation::video`]).
     pub keep_video: bool,
+    /// How the VAE decodes (default [`VaeTiling::Auto`]: whole frames unless only tiles fit
+    /// in memory); a generation's parameters hold the choice made.
+    pub vae_tiling: VaeTiling,
 }
 
 impl Default for GenerateRequest {
@@ -218,6 +222,7 @@ impl Default for GenerateRequest {
             lora_trigger: false,
             batch_cfg: true,
             keep_video: false,
+            vae_tiling: VaeTiling::Auto,
         };
         Preset::Quality.apply(&mut r);
         r
