@@ -253,6 +253,13 @@ typedef struct wanrt_pipeline_params {
      * `RAYON_NUM_THREADS` environment variable read when it first starts).
      */
     uint32_t threads;
+    /**
+     * 1: build the demo model instead of loading files: the real Wan2.1 architectures at a
+     * tiny width with random weights, in memory, in about a second (no download; for
+     * testing an integration, its videos are noise). No paths or LoRAs may be given with it.
+     * Default 0.
+     */
+    int32_t demo;
 } wanrt_pipeline_params;
 
 /**

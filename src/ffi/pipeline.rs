@@ -107,6 +107,11 @@ pub struct wanrt_pipeline_params {
     /// the process-wide pool shared by all pipelines (one thread per core, or the
     /// `RAYON_NUM_THREADS` environment variable read when it first starts).
     pub threads: u32,
+    /// 1: build the demo model instead of loading files: the real Wan2.1 architectures at a
+    /// tiny width with random weights, in memory, in about a second (no download; for
+    /// testing an integration, its videos are noise). No paths or LoRAs may be given with it.
+    /// Default 0.
+    pub demo: i32,
 }
 
 impl Default for wanrt_pipeline_params {
@@ -126,6 +131,7 @@ impl Default for wanrt_pipeline_params {
             device: wanrt_device::Cpu as i32,
             lora_mode: wanrt_lora_mode::Merge as i32,
             threads: 0,
+            demo: 0,
         }
     }
 }
@@ -222,12 +228,33 @@ pub unsafe extern "C" fn wanrt_pipeline_load(
             lora_mode,
             threads: (p.threads != 0).then_some(p.threads as usize),
         };
-        let pipeline = Pipeline::load(&source.resolve()?, &loras, &options)?;
+        let pipeline = match p.demo {
+            0 => Pipeline::load(&source.resolve()?, &loras, &options)?,
+            1 => demo(&source, &loras, &options)?,
+            d => {
+                return Err(Error::InvalidArgument(format!(
+                    "params->demo is {d}: 0 (load files) or 1 (the demo model)"
+                )))
+            }
+        };
         let handle = Box::new(wanrt_pipeline {
             pipeline: Mutex::new(pipeline),
         });
         write_out(out, "out", Box::into_raw(handle))
     })
+}
+
+/// The demo pipeline for `params->demo` 1, which takes no files or LoRAs.
+fn demo(source: &ModelSource, loras: &[LoraSpec], options: &LoadOptions) -> Result<Pipeline> {
+    if *source != ModelSource::default() || !loras.is_empty() {
+        return Err(Error::InvalidArgument(
+            "params->demo builds its own tiny model: set no model paths or LoRAs with it".into(),
+        ));
+    }
+    options.device.ensure_supported()?;
+    let mut pipeline = Pipeline::demo(0)?;
+    pipeline.set_threads(options.threads)?;
+    Ok(pipeline)
 }
 
 /// Changes the strength of the pipeline's LoRA number `index` (0-based, in the order of the
