@@ -121,6 +121,23 @@ typedef enum wanrt_device {
 } wanrt_device;
 
 /**
+ * Values of `wanrt_pipeline_params.lora_mode`.
+ */
+typedef enum wanrt_lora_mode {
+    /**
+     * Merged into the DiT's weights at load (in their stored dtype): no cost per step; the
+     * strengths are fixed.
+     */
+    WANRT_LORA_MODE_MERGE = 0,
+    /**
+     * Applied on the fly by every adapted layer: the weights stay as stored, a little more
+     * compute per step, and `wanrt_pipeline_set_lora_strength()` changes a strength without
+     * reloading.
+     */
+    WANRT_LORA_MODE_RUNTIME = 1,
+} wanrt_lora_mode;
+
+/**
  * Values of `wanrt_generate_params.solver`.
  */
 typedef enum wanrt_solver {
@@ -141,6 +158,26 @@ typedef enum wanrt_solver {
      */
     WANRT_SOLVER_LCM = 3,
 } wanrt_solver;
+
+/**
+ * Values of `wanrt_generate_params.vae_tiling`.
+ */
+typedef enum wanrt_vae_tiling {
+    /**
+     * Whole frames when they fit in the memory available, otherwise tiles of 32 latent pixels
+     * overlapping by 8 (the choice is in the generation's JSON, `"vae_tiling"`).
+     */
+    WANRT_VAE_TILING_AUTO = 0,
+    /**
+     * Whole frames.
+     */
+    WANRT_VAE_TILING_OFF = 1,
+    /**
+     * Tiles of `vae_tile` latent pixels overlapping by `vae_tile_overlap`: less memory, about
+     * twice the decoding time, not bit-identical to whole frames.
+     */
+    WANRT_VAE_TILING_TILED = 2,
+} wanrt_vae_tiling;
 
 /**
  * The stages `wanrt_stage_fn` reports.
@@ -186,6 +223,14 @@ typedef struct wanrt_lora_list wanrt_lora_list;
  * One call at a time: a call on a pipeline that is already running one (on another thread, or
  * from its own progress callback) fails at once with `WANRT_STATUS_INVALID_ARGUMENT` and the
  * message "pipeline is busy"; it does not wait. Use one pipeline per concurrent generation.
+ *
+ * Sharing weights: pipelines are independent (each has its own models, LoRAs and threads)
+ * and one pipeline runs one call at a time, but the weights in model files are
+ * memory-mapped, so N pipelines loading the same files share one copy of those pages through
+ * the operating system's page cache (each one's memory check still counts them in full).
+ * What each pipeline holds privately is what it computed at load: LoRAs merged into weights
+ * (`WANRT_LORA_MODE_RUNTIME` keeps the mapped weights shared and adds only the small
+ * low-rank factors) and a few small tensors converted to float32.
  */
 typedef struct wanrt_pipeline wanrt_pipeline;
 

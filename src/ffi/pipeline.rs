@@ -24,6 +24,14 @@ use crate::tensor::Tensor;
 /// One call at a time: a call on a pipeline that is already running one (on another thread, or
 /// from its own progress callback) fails at once with `WANRT_STATUS_INVALID_ARGUMENT` and the
 /// message "pipeline is busy"; it does not wait. Use one pipeline per concurrent generation.
+///
+/// Sharing weights: pipelines are independent (each has its own models, LoRAs and threads)
+/// and one pipeline runs one call at a time, but the weights in model files are
+/// memory-mapped, so N pipelines loading the same files share one copy of those pages through
+/// the operating system's page cache (each one's memory check still counts them in full).
+/// What each pipeline holds privately is what it computed at load: LoRAs merged into weights
+/// (`WANRT_LORA_MODE_RUNTIME` keeps the mapped weights shared and adds only the small
+/// low-rank factors) and a few small tensors converted to float32.
 pub struct wanrt_pipeline {
     pipeline: Mutex<Pipeline>,
 }
