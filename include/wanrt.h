@@ -106,25 +106,6 @@ typedef enum wanrt_status {
 } wanrt_status;
 
 /**
- * Values of `wanrt_generate_params.attention`: the DiT's self-attention.
- */
-typedef enum wanrt_attention {
-    /**
-     * The 8-bit kernel where the device has one, else the device's exact attention (exact f32
-     * on the CPU).
-     */
-    WANRT_ATTENTION_AUTO = 0,
-    /**
-     * The 8-bit scheme; on the CPU its emulation (slow, for checking).
-     */
-    WANRT_ATTENTION_Q8 = 1,
-    /**
-     * 16-bit attention on a GPU; exact f32 on the CPU.
-     */
-    WANRT_ATTENTION_BF16 = 2,
-} wanrt_attention;
-
-/**
  * Values of `wanrt_pipeline_params.device`.
  */
 typedef enum wanrt_device {
@@ -138,6 +119,23 @@ typedef enum wanrt_device {
      */
     WANRT_DEVICE_CUDA = 1,
 } wanrt_device;
+
+/**
+ * Values of `wanrt_pipeline_params.lora_mode`.
+ */
+typedef enum wanrt_lora_mode {
+    /**
+     * Merged into the DiT's weights at load (in their stored dtype): no cost per step; the
+     * strengths are fixed.
+     */
+    WANRT_LORA_MODE_MERGE = 0,
+    /**
+     * Applied on the fly by every adapted layer: the weights stay as stored, a little more
+     * compute per step, and `wanrt_pipeline_set_lora_strength()` changes a strength without
+     * reloading.
+     */
+    WANRT_LORA_MODE_RUNTIME = 1,
+} wanrt_lora_mode;
 
 /**
  * Values of `wanrt_generate_params.solver`.
@@ -160,6 +158,26 @@ typedef enum wanrt_solver {
      */
     WANRT_SOLVER_LCM = 3,
 } wanrt_solver;
+
+/**
+ * Values of `wanrt_generate_params.vae_tiling`.
+ */
+typedef enum wanrt_vae_tiling {
+    /**
+     * Whole frames when they fit in the memory available, otherwise tiles of 32 latent pixels
+     * overlapping by 8 (the choice is in the generation's JSON, `"vae_tiling"`).
+     */
+    WANRT_VAE_TILING_AUTO = 0,
+    /**
+     * Whole frames.
+     */
+    WANRT_VAE_TILING_OFF = 1,
+    /**
+     * Tiles of `vae_tile` latent pixels overlapping by `vae_tile_overlap`: less memory, about
+     * twice the decoding time, not bit-identical to whole frames.
+     */
+    WANRT_VAE_TILING_TILED = 2,
+} wanrt_vae_tiling;
 
 /**
  * The stages `wanrt_stage_fn` reports.
@@ -205,6 +223,14 @@ typedef struct wanrt_lora_list wanrt_lora_list;
  * One call at a time: a call on a pipeline that is already running one (on another thread, or
  * from its own progress callback) fails at once with `WANRT_STATUS_INVALID_ARGUMENT` and the
  * message "pipeline is busy"; it does not wait. Use one pipeline per concurrent generation.
+ *
+ * Sharing weights: pipelines are independent (each has its own models, LoRAs and threads)
+ * and one pipeline runs one call at a time, but the weights in model files are
+ * memory-mapped, so N pipelines loading the same files share one copy of those pages through
+ * the operating system's page cache (each one's memory check still counts them in full).
+ * What each pipeline holds privately is what it computed at load: LoRAs merged into weights
+ * (`WANRT_LORA_MODE_RUNTIME` keeps the mapped weights shared and adds only the small
+ * low-rank factors) and a few small tensors converted to float32.
  */
 typedef struct wanrt_pipeline wanrt_pipeline;
 
@@ -261,6 +287,24 @@ typedef struct wanrt_pipeline_params {
      * A `wanrt_device` value. Default `WANRT_DEVICE_CPU`.
      */
     int32_t device;
+    /**
+     * A `wanrt_lora_mode` value. Default `WANRT_LORA_MODE_MERGE`.
+     */
+    int32_t lora_mode;
+    /**
+     * Worker threads of this pipeline's own thread pool, used for loading and for every
+     * generation on it, so that pipelines with different counts run side by side; 0 (default):
+     * the process-wide pool shared by all pipelines (one thread per core, or the
+     * `RAYON_NUM_THREADS` environment variable read when it first starts).
+     */
+    uint32_t threads;
+    /**
+     * 1: build the demo model instead of loading files: the real Wan2.1 architectures at a
+     * tiny width with random weights, in memory, in about a second (no download; for
+     * testing an integration, its videos are noise). No paths or LoRAs may be given with it.
+     * Default 0.
+     */
+    int32_t demo;
 } wanrt_pipeline_params;
 
 /**
@@ -268,8 +312,9 @@ typedef struct wanrt_pipeline_params {
  * `sigma` the starting noise level) and after each step (`step` 1 to `total`, `sigma` the
  * noise level reached, 0 after the last). Return 0 to continue, non-zero to cancel: the
  * generation then stops before the next step and `wanrt_generate` returns
- * `WANRT_STATUS_CANCELLED`. Runs on the thread that called `wanrt_generate`. It must not
- * unwind (throw a C++ exception or longjmp) through the library.
+ * `WANRT_STATUS_CANCELLED`. Runs on the thread that called `wanrt_generate`, or, for a
+ * pipeline with its own threads (`wanrt_pipeline_params.threads` > 0), on one of them while
+ * that thread waits. It must not unwind (throw a C++ exception or longjmp) through the library.
  */
 typedef int32_t (*wanrt_progress_fn)(void *user_data, uint32_t step, uint32_t total, float sigma);
 
@@ -410,9 +455,19 @@ typedef struct wanrt_generate_params {
      */
     void *user_data;
     /**
-     * A `wanrt_attention` value. Default `WANRT_ATTENTION_AUTO`.
+     * A `wanrt_vae_tiling` value: how the VAE decodes. Default `WANRT_VAE_TILING_AUTO`.
      */
-    int32_t attention;
+    int32_t vae_tiling;
+    /**
+     * With `WANRT_VAE_TILING_TILED`: the tile size in latent pixels (8 video pixels each); 0
+     * (default): 32.
+     */
+    uint32_t vae_tile;
+    /**
+     * With `WANRT_VAE_TILING_TILED`: the overlap of neighbouring tiles in latent pixels,
+     * below `vae_tile`; 0 (default): 8 when `vae_tile` is 0 too, else none.
+     */
+    uint32_t vae_tile_overlap;
 } wanrt_generate_params;
 
 /**
@@ -549,6 +604,23 @@ enum wanrt_status wanrt_pipeline_params_init(struct wanrt_pipeline_params *param
  */
 enum wanrt_status wanrt_pipeline_load(const struct wanrt_pipeline_params *params,
                                       struct wanrt_pipeline **out);
+
+/**
+ * Changes the strength of the pipeline's LoRA number `index` (0-based, in the order of the
+ * `wanrt_lora_list` it was loaded with) to `strength` without reloading the model; later
+ * generations use it. Needs a pipeline loaded with `lora_mode` `WANRT_LORA_MODE_RUNTIME`
+ * (merged LoRAs are baked into the weights).
+ *
+ * Returns `WANRT_STATUS_OK`; `WANRT_STATUS_INVALID_ARGUMENT` for a NULL or busy pipeline, an
+ * index past its LoRAs, a non-finite strength or a pipeline with merged LoRAs (nothing is
+ * changed then).
+ *
+ * # Safety
+ * `pipeline` is NULL or a live pipeline.
+ */
+enum wanrt_status wanrt_pipeline_set_lora_strength(struct wanrt_pipeline *pipeline,
+                                                   size_t index,
+                                                   float strength);
 
 /**
  * Frees `pipeline` and its models. NULL is a no-op. Any thread may free it, but not while a

@@ -1,5 +1,6 @@
 //! The C ABI as C and C++ programs see it: `examples/c/generate.c`, `examples/cpp/generate.cpp`
-//! (through `bindings/cpp/wanrt.hpp`) and the misuse checks of `tests/c/misuse.c` are compiled
+//! (through `bindings/cpp/wanrt.hpp`), the misuse checks of `tests/c/misuse.c` and the wrapper
+//! and API checks of `tests/cpp/api.cpp` (on the demo model) are compiled
 //! with the system `cc`/`c++` against `include/wanrt.h` and the cdylib this test was built with,
 //! then run against the fixture models. The examples must reproduce the `pipeline_t2v` case
 //! (its initial latent in, its frames and latent out, within the case's tolerance); the misuse
@@ -215,6 +216,15 @@ fn cpp_example_reproduces_the_pipeline_case() {
 /// NULL handles and out-pointers, NULL, too-small and newer structs, free(NULL), a cancelling
 /// callback, a re-entrant call on a busy pipeline, calls after an error, bad requests and
 /// unwritable paths: each returns its documented status and message (see tests/c/misuse.c).
+#[test]
+fn cpp_api_checks_on_the_demo_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("api");
+    compile("c++", "c++17", &["tests/cpp/api.cpp"], &exe);
+    let out = run(&exe, &[]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "api: ok\n");
+}
+
 #[test]
 fn c_misuse_returns_documented_statuses() {
     let case = pipeline_case();

@@ -11,7 +11,7 @@ use proptest::prelude::*;
 use serde_json::Value;
 use wanrt::error::Status;
 use wanrt::model::t5::Umt5Tokenizer;
-use wanrt::pipeline::{Device, ModelSource, Pipeline};
+use wanrt::pipeline::{ModelSource, Pipeline};
 use wanrt::Error;
 
 mod common;
@@ -238,7 +238,7 @@ fn tiny_source() -> ModelSource {
 fn load_error(src: ModelSource) -> Error {
     match src
         .resolve()
-        .and_then(|f| Pipeline::load(&f, &[], Device::Cpu))
+        .and_then(|f| Pipeline::load(&f, &[], &wanrt::pipeline::LoadOptions::default()))
     {
         Err(e) => e,
         Ok(_) => panic!("loaded"),

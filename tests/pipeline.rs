@@ -16,9 +16,12 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::{f64_data, fixtures_root, model, readback, tensor, Case};
+use wanrt::lora::Mode;
 use wanrt::model::dit::AttentionChoice;
+use wanrt::model::vae::Tiling;
 use wanrt::pipeline::{
-    Flow, GenerateRequest, LoraSpec, ModelFiles, ModelSource, Pipeline, Progress, Stage, MAX_SEED,
+    Flow, GenerateRequest, LoadOptions, LoraSpec, ModelFiles, ModelSource, Pipeline, Progress,
+    Stage, VaeTiling, MAX_SEED,
 };
 use wanrt::{Error, Tensor};
 
@@ -223,7 +226,7 @@ fn both_folder_layouts_load_and_generate() {
     let files = source.resolve().unwrap();
     assert_eq!(files.layout, wanrt::pipeline::ModelLayout::WanAi);
     assert_eq!(files.dit, wan);
-    let pipe = Pipeline::load(&files, &[], wanrt::pipeline::Device::Cpu).unwrap();
+    let pipe = Pipeline::load(&files, &[], &wanrt::pipeline::LoadOptions::default()).unwrap();
     let g = pipe
         .generate(&small("a hill"), &mut |_| Flow::Continue)
         .unwrap();
@@ -266,7 +269,7 @@ fn both_folder_layouts_load_and_generate() {
     let files = source.resolve().unwrap();
     assert_eq!(files.layout, wanrt::pipeline::ModelLayout::ComfyUi);
     assert!(files.t5.ends_with("umt5_tiny.safetensors"), "{files:?}");
-    let pipe = Pipeline::load(&files, &[], wanrt::pipeline::Device::Cpu).unwrap();
+    let pipe = Pipeline::load(&files, &[], &wanrt::pipeline::LoadOptions::default()).unwrap();
     let g2 = pipe
         .generate(&small("a hill"), &mut |_| Flow::Continue)
         .unwrap();
@@ -397,7 +400,7 @@ fn loras_for_other_models_are_refused_and_triggers_offered() {
         path: style.clone(),
         strength: 0.5,
     };
-    let pipe = Pipeline::load(&files, &[spec], wanrt::pipeline::Device::Cpu).unwrap();
+    let pipe = Pipeline::load(&files, &[spec], &wanrt::pipeline::LoadOptions::default()).unwrap();
     assert_eq!(pipe.lora_triggers(), ["Ghibli style."]);
     assert_eq!(pipe.info().loras[0].low_rank, 1);
     let mut req = small("a hill");
@@ -417,10 +420,81 @@ fn loras_for_other_models_are_refused_and_triggers_offered() {
         ("--frames", &"1"),
         ("--steps", &"1"),
         ("--out", &dir.path().join("one.png")),
+        ("--lora-mode", &"runtime"),
+        ("--threads", &"1"),
+        ("--json", &""),
     ]));
     let run = wanrt(&a);
     assert!(run.status.success(), "{}", text(&run.stderr));
     assert!(text(&run.stderr).contains("--lora-trigger"));
+    let json: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(json["lora_mode"], "runtime");
+
+    runtime_loras_match_merged_and_change_strength(&files, &style);
+}
+
+/// LoRAs loaded unmerged give what merged ones give, and their strength changes without
+/// reloading (only there).
+fn runtime_loras_match_merged_and_change_strength(
+    files: &wanrt::pipeline::ModelFiles,
+    lora: &Path,
+) {
+    let load = |strength, lora_mode| {
+        let spec = LoraSpec {
+            path: lora.to_path_buf(),
+            strength,
+        };
+        let options = LoadOptions {
+            lora_mode,
+            ..LoadOptions::default()
+        };
+        Pipeline::load(files, &[spec], &options).unwrap()
+    };
+    let latent = |pipe: &Pipeline| {
+        let g = pipe
+            .generate(&small("a hill"), &mut |_| Flow::Continue)
+            .unwrap();
+        g.latent.to_f32_vec().unwrap()
+    };
+    let close = |a: &[f32], b: &[f32]| {
+        let err = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        err < 1e-4
+    };
+    let mut merged = load(40.0, Mode::Merged);
+    let mut runtime = load(40.0, Mode::Unmerged);
+    let plain = Pipeline::load(files, &[], &LoadOptions::default()).unwrap();
+    let (m, r, p) = (latent(&merged), latent(&runtime), latent(&plain));
+    assert!(close(&m, &r), "runtime and merged LoRAs agree");
+    assert!(!close(&r, &p), "the LoRA changes the result");
+    assert_eq!(runtime.info().lora_mode, Mode::Unmerged);
+
+    runtime.set_lora_strength(0, 0.0).unwrap();
+    assert_eq!(runtime.info().loras[0].strength, 0.0);
+    assert!(close(&latent(&runtime), &p), "strength 0 is the base model");
+    runtime.set_lora_strength(0, 40.0).unwrap();
+    assert_eq!(
+        latent(&runtime),
+        r,
+        "back to the first strength, bit for bit"
+    );
+
+    let e = runtime.set_lora_strength(1, 1.0).unwrap_err().to_string();
+    assert!(
+        e.contains("LoRA index 1: the pipeline has 1 LoRA(s)"),
+        "{e}"
+    );
+    let e = runtime
+        .set_lora_strength(0, f32::NAN)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("finite"), "{e}");
+    let e = merged.set_lora_strength(0, 1.0).unwrap_err().to_string();
+    assert!(e.contains("runtime"), "{e}");
+    assert_eq!(latent(&merged), m, "a refused change changes nothing");
 }
 
 // ------------------------------------------------------------------- cancellation
@@ -550,7 +624,7 @@ fn the_library_checks_the_request_against_the_model() {
     (r.width, r.height, r.frames) = (16384, 16384, 81);
     let oom = pipe.check(&r).unwrap_err();
     assert_eq!(oom.status(), wanrt::Status::OutOfMemory, "{oom}");
-    assert!(oom.to_string().contains("working memory"), "{oom}");
+    assert!(oom.to_string().contains("denoising 16384x16384"), "{oom}");
     let mut r = small("x");
     r.seed = Some(MAX_SEED + 1);
     assert!(e(r).contains("out of range"));
@@ -583,6 +657,72 @@ fn the_library_checks_the_request_against_the_model() {
     assert!(pipe.check(&small("x")).unwrap().peak() > 0);
 }
 
+#[test]
+fn pipelines_with_their_own_threads_run_side_by_side() {
+    let results: Vec<(usize, usize, bool)> = std::thread::scope(|s| {
+        let runs: Vec<_> = [1, 3]
+            .into_iter()
+            .map(|n| {
+                s.spawn(move || {
+                    let mut pipe = Pipeline::demo(0).unwrap();
+                    pipe.set_threads(Some(n)).unwrap();
+                    let (mut seen, mut named) = (0, true);
+                    let req = small("a hill");
+                    pipe.generate(&req, &mut |_| {
+                        seen = rayon::current_num_threads();
+                        let t = std::thread::current();
+                        named &= t.name().is_some_and(|n| n.starts_with("wanrt-"));
+                        Flow::Continue
+                    })
+                    .unwrap();
+                    (pipe.threads(), seen, named)
+                })
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    assert_eq!(results, [(1, 1, true), (3, 3, true)]);
+    let mut pipe = Pipeline::demo(0).unwrap();
+    assert!(pipe.set_threads(Some(0)).is_err());
+    pipe.set_threads(None).unwrap();
+    assert_eq!(pipe.threads(), rayon::current_num_threads());
+}
+
+#[test]
+fn vae_tiling_is_chosen_and_recorded() {
+    let pipe = Pipeline::demo(0).unwrap();
+    let mut req = small("a hill");
+    (req.width, req.height) = (64, 48);
+    let whole = pipe.generate(&req, &mut |_| Flow::Continue).unwrap();
+    // Plenty of memory here: auto decodes whole frames, and says so.
+    assert_eq!(whole.params.vae_tiling, VaeTiling::Off);
+    assert_eq!(whole.metadata(pipe.info())["vae_tiling"], "off");
+    req.vae_tiling = "4,1".parse().unwrap();
+    let tiled = pipe.generate(&req, &mut |_| Flow::Continue).unwrap();
+    assert_eq!(tiled.metadata(pipe.info())["vae_tiling"], "4,1");
+    assert_eq!(tiled.frames.len(), whole.frames.len());
+    assert_ne!(tiled.frames, whole.frames, "tiles blend, not bit-identical");
+    let diff = tiled
+        .frames
+        .iter()
+        .zip(&whole.frames)
+        .map(|(a, b)| a.abs_diff(*b) as f64)
+        .sum::<f64>()
+        / whole.frames.len() as f64;
+    assert!(
+        diff < 16.0,
+        "tiles decode the same video: mean |diff| {diff}"
+    );
+    req.vae_tiling = VaeTiling::Tiled(Tiling {
+        tile: 4,
+        overlap: 4,
+    });
+    let e = pipe.check(&req).unwrap_err().to_string();
+    assert!(e.contains("larger than the overlap"), "{e}");
+    let est = pipe.check(&small("x")).unwrap();
+    assert_eq!(est.peak(), est.weights.total() + est.working());
+}
+
 // ------------------------------------------------------------------- the demo
 
 #[test]
@@ -595,6 +735,8 @@ fn demo_runs_and_is_deterministic() {
         ("--out", &out),
         ("--seed", &"7"),
         ("--json", &""),
+        ("--threads", &"2"),
+        ("--vae-tiling", &"auto"),
     ]));
     assert!(run.status.success(), "{}", text(&run.stderr));
     eprintln!(
@@ -604,6 +746,7 @@ fn demo_runs_and_is_deterministic() {
     let json: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
     assert_eq!(json["models"]["demo"], true);
     assert_eq!(json["seed"], 7);
+    assert_eq!(json["vae_tiling"], "off");
     check_mp4(&out, 17, 320, 192);
     assert!(text(&run.stderr).contains("noise"));
 
@@ -650,7 +793,7 @@ fn same_bits_on_one_and_two_threads() {
         ..ModelSource::default()
     };
     let files = source.resolve().unwrap();
-    let pipe = Pipeline::load(&files, &[], wanrt::pipeline::Device::Cpu).unwrap();
+    let pipe = Pipeline::load(&files, &[], &LoadOptions::default()).unwrap();
     let mut req = GenerateRequest::new(c.str("prompt").unwrap());
     req.negative_prompt = Some(c.str("negative_prompt").unwrap().to_string());
     req.solver = c.str("solver").unwrap().parse().unwrap();
@@ -679,7 +822,7 @@ fn same_bits_on_one_and_two_threads() {
 #[test]
 fn q8_attention_runs_and_is_recorded() {
     let files = tiny_files();
-    let pipe = Pipeline::load(&files, &[], wanrt::pipeline::Device::Cpu).unwrap();
+    let pipe = Pipeline::load(&files, &[], &LoadOptions::default()).unwrap();
     let run = |attention| {
         let mut req = small("a hill");
         req.attention = attention;

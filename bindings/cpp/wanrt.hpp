@@ -4,8 +4,11 @@
 // - Every failing call throws wanrt::Error, which carries the wanrt_status and the library's
 //   message (wanrt_last_error()).
 // - Progress is a lambda returning wanrt::Flow::Continue or wanrt::Flow::Cancel (generate() then
-//   throws wanrt::Error with status WANRT_STATUS_CANCELLED). An exception thrown by the lambda
+//   throws wanrt::Error with status WANRT_STATUS_CANCELLED): per step (the argument of
+//   generate()) and per stage (GenerateParams::on_stage()). An exception thrown by a lambda
 //   cancels the generation and is rethrown from generate() (it never crosses the C library).
+//   C callbacks set through raw() keep their own user_data.
+// - A moved-from Pipeline or Generation throws wanrt::Error (WANRT_STATUS_INVALID_ARGUMENT).
 // - Parameter builders own their strings, so temporaries are fine:
 //     auto pipeline = wanrt::Pipeline::load(wanrt::PipelineParams().models_dir("Wan2.1-T2V-1.3B"));
 //     auto video = pipeline.generate(wanrt::GenerateParams().prompt("a cat").frames(33),
@@ -102,6 +105,22 @@ public:
         device_ = d;
         return *this;
     }
+    /// How LoRAs are applied: merged at load (default) or at run time (strengths can change
+    /// with Pipeline::set_lora_strength).
+    PipelineParams &lora_mode(wanrt_lora_mode m) {
+        lora_mode_ = m;
+        return *this;
+    }
+    /// The pipeline's own worker threads; 0 (default): the process-wide pool.
+    PipelineParams &threads(uint32_t n) {
+        threads_ = n;
+        return *this;
+    }
+    /// The tiny random-weight demo model instead of files (its videos are noise).
+    PipelineParams &demo(bool on) {
+        demo_ = on;
+        return *this;
+    }
 
 private:
     friend class Pipeline;
@@ -113,7 +132,21 @@ private:
         vae_config_, t5_config_;
     std::vector<std::pair<std::string, float>> loras_;
     wanrt_device device_ = WANRT_DEVICE_CPU;
+    wanrt_lora_mode lora_mode_ = WANRT_LORA_MODE_MERGE;
+    uint32_t threads_ = 0;
+    bool demo_ = false;
 };
+
+/// What a progress callback answers.
+enum class Flow { Continue, Cancel };
+
+/// The per-step progress callback: (step, total, sigma) -> Flow. Called with step 0 before the
+/// first denoising step and after each step.
+using Progress = std::function<Flow(uint32_t step, uint32_t total, float sigma)>;
+
+/// The per-stage progress callback: (stage, done, total) -> Flow, as each stage starts
+/// (done 0) and after each prompt, step and frame.
+using StageProgress = std::function<Flow(wanrt_stage stage, uint32_t done, uint32_t total)>;
 
 /// One generation request. Starts from the library's defaults (the "quality" preset at
 /// 832x480, 81 frames, random seed); each setter changes one field. raw() gives the C struct
@@ -163,6 +196,19 @@ public:
     GenerateParams &lora_trigger(bool on) { raw_.lora_trigger = on; return *this; }
     GenerateParams &batch_cfg(bool on) { raw_.batch_cfg = on; return *this; }
     GenerateParams &attention(wanrt_attention a) { raw_.attention = a; return *this; }
+    /// VAE decoding: whole frames when they fit in memory, else tiles (the default).
+    GenerateParams &vae_tiling_auto() { return vae_tiling(WANRT_VAE_TILING_AUTO, 0, 0); }
+    /// VAE decoding: whole frames.
+    GenerateParams &vae_tiling_off() { return vae_tiling(WANRT_VAE_TILING_OFF, 0, 0); }
+    /// VAE decoding in tiles of `tile` latent pixels overlapping by `overlap`.
+    GenerateParams &vae_tiles(uint32_t tile, uint32_t overlap) {
+        return vae_tiling(WANRT_VAE_TILING_TILED, tile, overlap);
+    }
+    /// The per-stage progress callback (replaces a C stage_progress set through raw()).
+    GenerateParams &on_stage(StageProgress f) {
+        on_stage_ = std::move(f);
+        return *this;
+    }
     /// "quality" or "distill": sets solver, steps, shift, guidance and NAG.
     GenerateParams &preset(const std::string &name) {
         check(wanrt_generate_params_preset(&raw_, name.c_str()));
@@ -173,6 +219,12 @@ public:
 
 private:
     friend class Pipeline;
+    GenerateParams &vae_tiling(wanrt_vae_tiling mode, uint32_t tile, uint32_t overlap) {
+        raw_.vae_tiling = mode;
+        raw_.vae_tile = tile;
+        raw_.vae_tile_overlap = overlap;
+        return *this;
+    }
     /// The C struct with its pointers aimed at this object's storage.
     wanrt_generate_params c_params() const {
         wanrt_generate_params p = raw_;
@@ -190,47 +242,59 @@ private:
     std::optional<std::string> negative_, nag_negative_;
     std::vector<uint32_t> slg_blocks_;
     std::vector<float> latent_;
+    StageProgress on_stage_;
 };
+
+namespace detail {
+/// The C handle of a wrapper, or wanrt::Error when it was moved from.
+template <typename T>
+T *live(T *handle, const char *what) {
+    if (!handle)
+        throw Error(WANRT_STATUS_INVALID_ARGUMENT,
+                    std::string("this wanrt::") + what + " was moved from");
+    return handle;
+}
+}  // namespace detail
 
 /// The result of Pipeline::generate: frames, latent, seed and parameters. Move-only.
 class Generation {
 public:
-    uint32_t frame_count() const { return wanrt_generation_frame_count(get()); }
-    uint32_t width() const { return wanrt_generation_width(get()); }
-    uint32_t height() const { return wanrt_generation_height(get()); }
+    uint32_t frame_count() const { return wanrt_generation_frame_count(live()); }
+    uint32_t width() const { return wanrt_generation_width(live()); }
+    uint32_t height() const { return wanrt_generation_height(live()); }
     /// frame_count x height x width x 3 bytes of RGB.
     View<uint8_t> frames() const {
         View<uint8_t> v;
-        v.data = wanrt_generation_frames(get(), &v.size);
+        v.data = wanrt_generation_frames(live(), &v.size);
         return v;
     }
     /// The final latent, float32 [1, 16, T, height/8, width/8].
     View<float> latent() const {
         View<float> v;
         std::array<std::size_t, 5> s = latent_shape();
-        v.data = wanrt_generation_latent(get(), nullptr);
+        v.data = wanrt_generation_latent(live(), nullptr);
         v.size = s[0] * s[1] * s[2] * s[3] * s[4];
         return v;
     }
     std::array<std::size_t, 5> latent_shape() const {
         std::array<std::size_t, 5> shape{};
-        wanrt_generation_latent(get(), shape.data());
+        wanrt_generation_latent(live(), shape.data());
         return shape;
     }
-    int64_t seed() const { return wanrt_generation_seed(get()); }
+    int64_t seed() const { return wanrt_generation_seed(live()); }
     /// The request as run, the models, LoRAs and timings, as JSON.
-    std::string json() const { return wanrt_generation_json(get()); }
+    std::string json() const { return wanrt_generation_json(live()); }
     /// An H.264 MP4 (fps in (0, 1000], qp 0..51), written atomically.
     void write_mp4(const std::string &path, double fps = 16.0, int qp = 20) const {
         wanrt_mp4_params p;
         check(wanrt_mp4_params_init(&p, sizeof p));
         p.fps = fps;
         p.qp = qp;
-        check(wanrt_generation_write_mp4(get(), path.c_str(), &p));
+        check(wanrt_generation_write_mp4(live(), path.c_str(), &p));
     }
     /// frame_00000.png, frame_00001.png, ... in `dir` (created if missing).
     void write_png_frames(const std::string &dir) const {
-        check(wanrt_generation_write_png_frames(get(), dir.c_str()));
+        check(wanrt_generation_write_png_frames(live(), dir.c_str()));
     }
     /// The C handle, still owned by this object.
     const wanrt_generation *get() const noexcept { return handle_.get(); }
@@ -238,16 +302,10 @@ public:
 private:
     friend class Pipeline;
     explicit Generation(wanrt_generation *h) : handle_(h) {}
+    const wanrt_generation *live() const { return detail::live(get(), "Generation"); }
     std::unique_ptr<wanrt_generation, detail::Deleter<wanrt_generation, wanrt_generation_free>>
         handle_;
 };
-
-/// What a progress callback answers.
-enum class Flow { Continue, Cancel };
-
-/// The per-step progress callback: (step, total, sigma) -> Flow. Called with step 0 before the
-/// first denoising step and after each step.
-using Progress = std::function<Flow(uint32_t step, uint32_t total, float sigma)>;
 
 /// The loaded models; generate() any number of times. Move-only.
 class Pipeline {
@@ -266,6 +324,9 @@ public:
         p.vae_config = detail::c_str_or_null(params.vae_config_);
         p.t5_config = detail::c_str_or_null(params.t5_config_);
         p.device = params.device_;
+        p.lora_mode = params.lora_mode_;
+        p.threads = params.threads_;
+        p.demo = params.demo_;
         Loras loras;
         if (!params.loras_.empty()) {
             wanrt_lora_list *list = nullptr;
@@ -281,16 +342,23 @@ public:
     }
 
     /// Runs one generation. `progress` (optional) sees every denoising step and cancels by
-    /// returning Flow::Cancel.
+    /// returning Flow::Cancel; so does the stage callback of `params` (GenerateParams::on_stage).
+    /// C callbacks set through params.raw() still get params.raw().user_data.
     Generation generate(const GenerateParams &params, const Progress &progress = nullptr) {
+        wanrt_generate_params p = params.c_params();
         struct Context {
             const Progress *progress;
+            const StageProgress *stage;
+            wanrt_progress_fn c_progress;
+            wanrt_stage_fn c_stage;
+            void *c_user;
             std::exception_ptr error;
-        } context{&progress, nullptr};
-        wanrt_generate_params p = params.c_params();
-        if (progress) {
+        } context{&progress, &params.on_stage_, p.progress, p.stage_progress, p.user_data,
+                  nullptr};
+        if (progress || p.progress) {
             p.progress = [](void *user, uint32_t step, uint32_t total, float sigma) -> int32_t {
                 auto *c = static_cast<Context *>(user);
+                if (!*c->progress) return c->c_progress(c->c_user, step, total, sigma);
                 try {
                     return (*c->progress)(step, total, sigma) == Flow::Cancel ? 1 : 0;
                 } catch (...) {
@@ -298,20 +366,39 @@ public:
                     return 1;
                 }
             };
-            p.user_data = &context;
         }
+        if (params.on_stage_ || p.stage_progress) {
+            p.stage_progress = [](void *user, int32_t stage, uint32_t done,
+                                  uint32_t total) -> int32_t {
+                auto *c = static_cast<Context *>(user);
+                if (!*c->stage) return c->c_stage(c->c_user, stage, done, total);
+                try {
+                    auto s = static_cast<wanrt_stage>(stage);
+                    return (*c->stage)(s, done, total) == Flow::Cancel ? 1 : 0;
+                } catch (...) {
+                    c->error = std::current_exception();
+                    return 1;
+                }
+            };
+        }
+        p.user_data = &context;
         wanrt_generation *result = nullptr;
-        wanrt_status status = wanrt_generate(handle_.get(), &p, &result);
+        wanrt_status status = wanrt_generate(live(), &p, &result);
         if (context.error) std::rethrow_exception(context.error);
         check(status);
         return Generation(result);
     }
-
+    /// Changes the strength of LoRA `index` (in the order added) without reloading; needs
+    /// lora_mode(WANRT_LORA_MODE_RUNTIME).
+    void set_lora_strength(std::size_t index, float strength) {
+        check(wanrt_pipeline_set_lora_strength(live(), index, strength));
+    }
     /// The C handle, still owned by this object.
     wanrt_pipeline *get() const noexcept { return handle_.get(); }
 
 private:
     explicit Pipeline(wanrt_pipeline *h) : handle_(h) {}
+    wanrt_pipeline *live() const { return detail::live(get(), "Pipeline"); }
     std::unique_ptr<wanrt_pipeline, detail::Deleter<wanrt_pipeline, wanrt_pipeline_free>>
         handle_;
 };

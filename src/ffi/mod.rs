@@ -40,9 +40,10 @@ pub use lora::{
 };
 pub use pipeline::{
     wanrt_device, wanrt_generate, wanrt_generate_params, wanrt_generate_params_init,
-    wanrt_generate_params_preset, wanrt_pipeline, wanrt_pipeline_free, wanrt_pipeline_load,
-    wanrt_pipeline_params, wanrt_pipeline_params_init, wanrt_progress_fn, wanrt_solver,
-    wanrt_stage, wanrt_stage_fn,
+    wanrt_generate_params_preset, wanrt_lora_mode, wanrt_pipeline, wanrt_pipeline_free,
+    wanrt_pipeline_load, wanrt_pipeline_params, wanrt_pipeline_params_init,
+    wanrt_pipeline_set_lora_strength, wanrt_progress_fn, wanrt_solver, wanrt_stage, wanrt_stage_fn,
+    wanrt_vae_tiling,
 };
 pub use status::{wanrt_last_error, wanrt_status, wanrt_status_str};
 

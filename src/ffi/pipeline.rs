@@ -9,8 +9,11 @@ use super::status::{guard, guard_value, null_argument, wanrt_status};
 use super::wanrt_lora_list;
 use crate::error::{Error, Result};
 use crate::model::dit::AttentionChoice;
+use crate::lora::Mode;
+use crate::model::vae::Tiling;
 use crate::pipeline::{
-    Device, GenerateRequest, LoraSpec, ModelSource, NagSettings, Pipeline, Preset, Progress, Stage,
+    Device, GenerateRequest, LoadOptions, LoraSpec, ModelSource, NagSettings, Pipeline, Preset,
+    Progress, Stage, VaeTiling,
 };
 use crate::sampler::{Flow, Slg, SolverKind};
 use crate::tensor::Tensor;
@@ -22,6 +25,14 @@ use crate::tensor::Tensor;
 /// One call at a time: a call on a pipeline that is already running one (on another thread, or
 /// from its own progress callback) fails at once with `WANRT_STATUS_INVALID_ARGUMENT` and the
 /// message "pipeline is busy"; it does not wait. Use one pipeline per concurrent generation.
+///
+/// Sharing weights: pipelines are independent (each has its own models, LoRAs and threads)
+/// and one pipeline runs one call at a time, but the weights in model files are
+/// memory-mapped, so N pipelines loading the same files share one copy of those pages through
+/// the operating system's page cache (each one's memory check still counts them in full).
+/// What each pipeline holds privately is what it computed at load: LoRAs merged into weights
+/// (`WANRT_LORA_MODE_RUNTIME` keeps the mapped weights shared and adds only the small
+/// low-rank factors) and a few small tensors converted to float32.
 pub struct wanrt_pipeline {
     pipeline: Mutex<Pipeline>,
 }
@@ -52,6 +63,19 @@ pub enum wanrt_device {
     /// An NVIDIA GPU. The pipeline runs on the CPU only so far: loading returns
     /// `WANRT_STATUS_DEVICE_ERROR` (as it does in a build without the `cuda` feature).
     Cuda = 1,
+}
+
+/// Values of `wanrt_pipeline_params.lora_mode`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum wanrt_lora_mode {
+    /// Merged into the DiT's weights at load (in their stored dtype): no cost per step; the
+    /// strengths are fixed.
+    Merge = 0,
+    /// Applied on the fly by every adapted layer: the weights stay as stored, a little more
+    /// compute per step, and `wanrt_pipeline_set_lora_strength()` changes a strength without
+    /// reloading.
+    Runtime = 1,
 }
 
 /// What `wanrt_pipeline_load()` loads. Fill with `wanrt_pipeline_params_init(&p, sizeof p)`,
@@ -85,6 +109,18 @@ pub struct wanrt_pipeline_params {
     pub loras: *const wanrt_lora_list,
     /// A `wanrt_device` value. Default `WANRT_DEVICE_CPU`.
     pub device: i32,
+    /// A `wanrt_lora_mode` value. Default `WANRT_LORA_MODE_MERGE`.
+    pub lora_mode: i32,
+    /// Worker threads of this pipeline's own thread pool, used for loading and for every
+    /// generation on it, so that pipelines with different counts run side by side; 0 (default):
+    /// the process-wide pool shared by all pipelines (one thread per core, or the
+    /// `RAYON_NUM_THREADS` environment variable read when it first starts).
+    pub threads: u32,
+    /// 1: build the demo model instead of loading files: the real Wan2.1 architectures at a
+    /// tiny width with random weights, in memory, in about a second (no download; for
+    /// testing an integration, its videos are noise). No paths or LoRAs may be given with it.
+    /// Default 0.
+    pub demo: i32,
 }
 
 impl Default for wanrt_pipeline_params {
@@ -102,6 +138,9 @@ impl Default for wanrt_pipeline_params {
             t5_config: null,
             loras: std::ptr::null(),
             device: wanrt_device::Cpu as i32,
+            lora_mode: wanrt_lora_mode::Merge as i32,
+            threads: 0,
+            demo: 0,
         }
     }
 }
@@ -184,11 +223,69 @@ pub unsafe extern "C" fn wanrt_pipeline_load(
                 })
                 .collect(),
         };
-        let pipeline = Pipeline::load(&source.resolve()?, &loras, device)?;
+        let lora_mode = match p.lora_mode {
+            0 => Mode::Merged,
+            1 => Mode::Unmerged,
+            m => {
+                return Err(Error::InvalidArgument(format!(
+                    "params->lora_mode {m} is not a wanrt_lora_mode (0: merge, 1: runtime)"
+                )))
+            }
+        };
+        let options = LoadOptions {
+            device,
+            lora_mode,
+            threads: (p.threads != 0).then_some(p.threads as usize),
+        };
+        let pipeline = match p.demo {
+            0 => Pipeline::load(&source.resolve()?, &loras, &options)?,
+            1 => demo(&source, &loras, &options)?,
+            d => {
+                return Err(Error::InvalidArgument(format!(
+                    "params->demo is {d}: 0 (load files) or 1 (the demo model)"
+                )))
+            }
+        };
         let handle = Box::new(wanrt_pipeline {
             pipeline: Mutex::new(pipeline),
         });
         write_out(out, "out", Box::into_raw(handle))
+    })
+}
+
+/// The demo pipeline for `params->demo` 1, which takes no files or LoRAs.
+fn demo(source: &ModelSource, loras: &[LoraSpec], options: &LoadOptions) -> Result<Pipeline> {
+    if *source != ModelSource::default() || !loras.is_empty() {
+        return Err(Error::InvalidArgument(
+            "params->demo builds its own tiny model: set no model paths or LoRAs with it".into(),
+        ));
+    }
+    options.device.ensure_supported()?;
+    let mut pipeline = Pipeline::demo(0)?;
+    pipeline.set_threads(options.threads)?;
+    Ok(pipeline)
+}
+
+/// Changes the strength of the pipeline's LoRA number `index` (0-based, in the order of the
+/// `wanrt_lora_list` it was loaded with) to `strength` without reloading the model; later
+/// generations use it. Needs a pipeline loaded with `lora_mode` `WANRT_LORA_MODE_RUNTIME`
+/// (merged LoRAs are baked into the weights).
+///
+/// Returns `WANRT_STATUS_OK`; `WANRT_STATUS_INVALID_ARGUMENT` for a NULL or busy pipeline, an
+/// index past its LoRAs, a non-finite strength or a pipeline with merged LoRAs (nothing is
+/// changed then).
+///
+/// # Safety
+/// `pipeline` is NULL or a live pipeline.
+#[no_mangle]
+pub unsafe extern "C" fn wanrt_pipeline_set_lora_strength(
+    pipeline: *mut wanrt_pipeline,
+    index: usize,
+    strength: f32,
+) -> wanrt_status {
+    guard("wanrt_pipeline_set_lora_strength", || {
+        let handle = handle(pipeline, "pipeline")?;
+        handle.lock()?.set_lora_strength(index, strength)
     })
 }
 
@@ -235,6 +332,20 @@ pub enum wanrt_attention {
     Bf16 = 2,
 }
 
+/// Values of `wanrt_generate_params.vae_tiling`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum wanrt_vae_tiling {
+    /// Whole frames when they fit in the memory available, otherwise tiles of 32 latent pixels
+    /// overlapping by 8 (the choice is in the generation's JSON, `"vae_tiling"`).
+    Auto = 0,
+    /// Whole frames.
+    Off = 1,
+    /// Tiles of `vae_tile` latent pixels overlapping by `vae_tile_overlap`: less memory, about
+    /// twice the decoding time, not bit-identical to whole frames.
+    Tiled = 2,
+}
+
 /// The stages `wanrt_stage_fn` reports.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -251,8 +362,9 @@ pub enum wanrt_stage {
 /// `sigma` the starting noise level) and after each step (`step` 1 to `total`, `sigma` the
 /// noise level reached, 0 after the last). Return 0 to continue, non-zero to cancel: the
 /// generation then stops before the next step and `wanrt_generate` returns
-/// `WANRT_STATUS_CANCELLED`. Runs on the thread that called `wanrt_generate`. It must not
-/// unwind (throw a C++ exception or longjmp) through the library.
+/// `WANRT_STATUS_CANCELLED`. Runs on the thread that called `wanrt_generate`, or, for a
+/// pipeline with its own threads (`wanrt_pipeline_params.threads` > 0), on one of them while
+/// that thread waits. It must not unwind (throw a C++ exception or longjmp) through the library.
 pub type wanrt_progress_fn =
     Option<unsafe extern "C" fn(user_data: *mut c_void, step: u32, total: u32, sigma: f32) -> i32>;
 
@@ -335,6 +447,14 @@ pub struct wanrt_generate_params {
     pub user_data: *mut c_void,
     /// A `wanrt_attention` value. Default `WANRT_ATTENTION_AUTO`.
     pub attention: i32,
+    /// A `wanrt_vae_tiling` value: how the VAE decodes. Default `WANRT_VAE_TILING_AUTO`.
+    pub vae_tiling: i32,
+    /// With `WANRT_VAE_TILING_TILED`: the tile size in latent pixels (8 video pixels each); 0
+    /// (default): 32.
+    pub vae_tile: u32,
+    /// With `WANRT_VAE_TILING_TILED`: the overlap of neighbouring tiles in latent pixels,
+    /// below `vae_tile`; 0 (default): 8 when `vae_tile` is 0 too, else none.
+    pub vae_tile_overlap: u32,
 }
 
 impl Default for wanrt_generate_params {
@@ -373,6 +493,9 @@ impl Default for wanrt_generate_params {
             stage_progress: None,
             user_data: std::ptr::null_mut(),
             attention: wanrt_attention::Auto as i32,
+            vae_tiling: wanrt_vae_tiling::Auto as i32,
+            vae_tile: 0,
+            vae_tile_overlap: 0,
         };
         p.set_sampling(&req);
         p
@@ -505,6 +628,7 @@ impl wanrt_generate_params {
             batch_cfg: self.batch_cfg != 0,
             keep_video: false,
             attention,
+            vae_tiling: self.vae_tiling()?,
         };
         req.validate()?;
         if !self.initial_latent.is_null() {
@@ -526,6 +650,28 @@ impl wanrt_generate_params {
             )));
         }
         Ok(req)
+    }
+
+    /// The VAE tiling the fields ask for.
+    fn vae_tiling(&self) -> Result<VaeTiling> {
+        match self.vae_tiling {
+            0 => Ok(VaeTiling::Auto),
+            1 => Ok(VaeTiling::Off),
+            2 => {
+                let tiling = match (self.vae_tile, self.vae_tile_overlap) {
+                    (0, 0) => Tiling::default(),
+                    (tile, overlap) => Tiling {
+                        tile: tile as usize,
+                        overlap: overlap as usize,
+                    },
+                };
+                tiling.validate()?;
+                Ok(VaeTiling::Tiled(tiling))
+            }
+            t => Err(Error::InvalidArgument(format!(
+                "params->vae_tiling {t} is not a wanrt_vae_tiling (0: auto, 1: off, 2: tiled)"
+            ))),
+        }
     }
 }
 
@@ -607,11 +753,27 @@ pub unsafe extern "C" fn wanrt_generate(
         }
         let pipeline = handle.lock()?;
         let req = p.request(pipeline.vae().config().z_dim)?;
-        let mut on_progress = |progress: &Progress| callbacks(&p, progress);
+        let callers = Callbacks(p);
+        let mut on_progress = |progress: &Progress| callers.call(progress);
         let generation = pipeline.generate(&req, &mut on_progress)?;
         let result = wanrt_generation::new(generation, pipeline.info())?;
         write_out(out, "out", Box::into_raw(Box::new(result)))
     })
+}
+
+/// The C callbacks of a request and their user data.
+struct Callbacks(wanrt_generate_params);
+
+// SAFETY: the header allows the callbacks to run on a pipeline's worker thread (while the
+// thread that called `wanrt_generate` waits), with the user data the caller passed.
+unsafe impl Send for Callbacks {}
+unsafe impl Sync for Callbacks {}
+
+impl Callbacks {
+    /// Calls the callbacks for one progress report.
+    fn call(&self, progress: &Progress) -> Flow {
+        callbacks(&self.0, progress)
+    }
 }
 
 /// Calls the C callbacks of `p` for one progress report.

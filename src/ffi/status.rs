@@ -96,13 +96,16 @@ pub extern "C" fn wanrt_last_error() -> *const c_char {
     LAST_ERROR.with(|slot| slot.borrow().as_ptr())
 }
 
-/// Runs the body of an exported function that returns a status: clears the last error,
-/// catches panics, and turns an error or a panic into a status code plus the last-error
-/// message. `func` is the exported name, which starts every message.
+/// Runs the body of an exported function that returns a status: catches panics, turns an
+/// error or a panic into a status code plus the last-error message, and clears the message on
+/// success (after the body, which may have called other wanrt functions, from a callback for
+/// example). `func` is the exported name, which starts every message.
 pub(crate) fn guard(func: &'static str, body: impl FnOnce() -> Result<()>) -> wanrt_status {
-    set_last_error(String::new());
     match run(func, body) {
-        Ok(()) => wanrt_status::Ok,
+        Ok(()) => {
+            set_last_error(String::new());
+            wanrt_status::Ok
+        }
         Err(status) => status,
     }
 }
@@ -197,6 +200,13 @@ mod tests {
         );
         assert_eq!(guard("wanrt_test", || Ok(())), wanrt_status::Ok);
         assert_eq!(last_error(), "");
+        // A call that succeeds clears a message set while it ran (by a call from a callback).
+        let status = guard("wanrt_outer", || {
+            guard_value("wanrt_inner", 0, || Err::<i32, _>(null_argument("x")));
+            Ok(())
+        });
+        assert_eq!(status, wanrt_status::Ok);
+        assert_eq!(last_error(), "", "a successful call leaves no message");
     }
 
     #[test]

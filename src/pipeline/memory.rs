@@ -1,30 +1,130 @@
-//! How much working memory a generation needs, estimated from the shapes before any heavy work,
-//! and how much the machine has.
+//! How much memory a generation needs, estimated from the shapes before any heavy work, how
+//! much the machine has, and the plan that fits: CFG batched or not, the VAE decoding whole
+//! frames or tiles.
 //!
-//! The weights are memory-mapped from the model files (page cache the kernel can drop and
-//! re-read), so they are not counted; what must fit is the memory allocated while generating:
-//! the DiT's activations and its cached cross-attention keys and values, and the VAE decoder's
-//! causal caches and working frames. The figures are upper-bound estimates of the live f32
-//! buffers, not measurements.
+//! What must fit is the weights of the three models plus the memory allocated while
+//! generating. The weights are counted whole: memory-mapped files (the DiT, the text encoder,
+//! the VAE) still have to be paged in to be used, and merged LoRA copies and unmerged LoRA
+//! deltas are allocated. The working memory is the DiT's activations and its cached
+//! cross-attention keys and values, then the VAE decoder's causal caches and working frames;
+//! the figures are upper-bound estimates of the live f32 buffers, not measurements.
+//!
+//! The budget is the kernel's `MemAvailable` (which counts file pages in the page cache as
+//! available, so mapped weights already read are not lost from it) plus the weights this
+//! process already allocated (counted in the need, already missing from `MemAvailable`).
 
+use crate::error::{Error, Result};
 use crate::io::config::{DitConfig, VaeConfig};
+use crate::model::vae::Tiling;
 
 const F32: u64 = 4;
 
-/// A generation's estimated working memory, in bytes.
+/// The bytes of a pipeline's weights, by part.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WeightMemory {
+    /// The DiT's parameters (memory-mapped or, where LoRAs were merged, copies).
+    pub dit: u64,
+    /// The UMT5 text encoder.
+    pub text_encoder: u64,
+    /// The VAE.
+    pub vae: u64,
+    /// Unmerged LoRAs: their files' tensors and the per-layer deltas built from them.
+    pub loras: u64,
+    /// Of the above, the bytes allocated in process memory (not backed by a model file).
+    pub allocated: u64,
+}
+
+impl WeightMemory {
+    /// All weights.
+    pub fn total(&self) -> u64 {
+        self.dit + self.text_encoder + self.vae + self.loras
+    }
+}
+
+/// A generation's estimated memory, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryEstimate {
+    /// The weights, loaded for the whole generation.
+    pub weights: WeightMemory,
     /// The DiT forward passes (one step's activations, the latent buffers and the cached text
     /// keys and values).
     pub denoising: u64,
-    /// The streamed VAE decode (causal caches and one frame's activations) and the frames.
+    /// The streamed VAE decode (causal caches and one frame's activations, or one tile's and
+    /// the blended video with tiling) and the frames.
     pub decoding: u64,
 }
 
 impl MemoryEstimate {
-    /// The peak: denoising and decoding do not overlap, but the frames and latent outlive both.
-    pub fn peak(&self) -> u64 {
+    /// The working memory: denoising and decoding do not overlap.
+    pub fn working(&self) -> u64 {
         self.denoising.max(self.decoding)
+    }
+
+    /// The peak: the weights plus the working memory.
+    pub fn peak(&self) -> u64 {
+        self.weights.total() + self.working()
+    }
+}
+
+/// How the VAE decodes: whole frames, or overlapping tiles (less memory, about twice the
+/// compute, not bit-identical). Parsed from `auto`, `off` or `TILE,OVERLAP` (latent pixels).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum VaeTiling {
+    /// Whole frames when they fit in the memory available, else the default tiles
+    /// ([`Tiling::default`]).
+    #[default]
+    Auto,
+    /// Whole frames.
+    Off,
+    /// These tiles.
+    Tiled(Tiling),
+}
+
+impl std::str::FromStr for VaeTiling {
+    type Err = Error;
+    /// `auto`, `off`, or `TILE,OVERLAP` in latent pixels (`32,8`: 256-pixel tiles).
+    fn from_str(s: &str) -> Result<VaeTiling> {
+        let bad = || {
+            Error::InvalidArgument(format!(
+                "VAE tiling `{s}`: expected auto, off, or TILE,OVERLAP in latent pixels (e.g. \
+                 32,8) with TILE > OVERLAP"
+            ))
+        };
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(VaeTiling::Auto),
+            "off" => Ok(VaeTiling::Off),
+            spec => {
+                let (tile, overlap) = spec.split_once(',').ok_or_else(bad)?;
+                let tiling = Tiling {
+                    tile: tile.trim().parse().map_err(|_| bad())?,
+                    overlap: overlap.trim().parse().map_err(|_| bad())?,
+                };
+                tiling.validate().map_err(|_| bad())?;
+                Ok(VaeTiling::Tiled(tiling))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for VaeTiling {
+    /// The form [`VaeTiling::from_str`](std::str::FromStr) reads.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VaeTiling::Auto => f.write_str("auto"),
+            VaeTiling::Off => f.write_str("off"),
+            VaeTiling::Tiled(t) => write!(f, "{},{}", t.tile, t.overlap),
+        }
+    }
+}
+
+impl VaeTiling {
+    /// The tiles to decode with, for the decoder's options; `None` for whole frames (and for
+    /// `Auto`, which [`Pipeline::check`](super::Pipeline::check) resolves first).
+    pub fn tiles(self) -> Option<Tiling> {
+        match self {
+            VaeTiling::Tiled(t) => Some(t),
+            VaeTiling::Auto | VaeTiling::Off => None,
+        }
     }
 }
 
@@ -41,10 +141,12 @@ pub(super) struct Shapes<'a> {
     /// Text contexts whose K/V are cached (prompt, negative prompt, NAG's negative prompt;
     /// the batched copy of the first two counts twice).
     pub contexts: usize,
+    /// The VAE's tiles; `None`: whole frames.
+    pub tiling: Option<Tiling>,
 }
 
 /// Estimates the working memory of a generation with these shapes.
-pub(super) fn estimate(s: &Shapes<'_>) -> MemoryEstimate {
+pub(super) fn estimate(s: &Shapes<'_>, weights: WeightMemory) -> MemoryEstimate {
     let (d, f) = (s.dit.dim as u64, s.dit.ffn_dim as u64);
     let p = s.dit.patch_size;
     let [_, t, h, w] = s.latent.map(|v| v as u64);
@@ -59,9 +161,18 @@ pub(super) fn estimate(s: &Shapes<'_>) -> MemoryEstimate {
     let buffers = 8 * latent;
     let [frames, vh, vw] = s.video.map(|v| v as u64);
     let rgb = frames * vh * vw * 3;
+    let vae = match s.tiling {
+        None => vae_decode(s.vae, vh, vw),
+        Some(tiling) => {
+            // One tile's decode, plus the blended f32 video and its per-pixel weights.
+            let side = 8 * tiling.tile as u64;
+            vae_decode(s.vae, vh.min(side), vw.min(side)) + (3 * frames + 1) * vh * vw * F32
+        }
+    };
     MemoryEstimate {
+        weights,
         denoising: activations + text_kv + buffers,
-        decoding: vae_decode(s.vae, vh, vw) + rgb + latent,
+        decoding: vae + rgb + latent,
     }
 }
 
@@ -78,6 +189,101 @@ fn vae_decode(v: &VaeConfig, h: u64, w: u64) -> u64 {
         total += MAPS_PER_STAGE * (v.dim * m) as u64 * pixels * F32;
     }
     total
+}
+
+/// What [`fit`] chose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Fit {
+    /// Run CFG's two passes as one batch.
+    pub batch_cfg: bool,
+    /// The VAE's tiles (`None`: whole frames); never [`VaeTiling::Auto`].
+    pub tiling: VaeTiling,
+    /// The estimate of that plan.
+    pub memory: MemoryEstimate,
+}
+
+/// Chooses the plan that fits in `available` bytes (`None`: unknown, so nothing is checked):
+/// batched CFG when `batch_cfg` allows it and it fits, whole-frame decoding unless `tiling`
+/// asks for tiles or is `Auto` and whole frames do not fit. `estimate(batch, tiles)` gives the
+/// estimate of one plan; `what` describes the request in messages. Fails with
+/// [`Error::OutOfMemory`] naming the part that does not fit.
+pub(super) fn fit(
+    estimate: impl Fn(usize, Option<Tiling>) -> MemoryEstimate,
+    batch_cfg: bool,
+    tiling: VaeTiling,
+    available: Option<u64>,
+    what: &str,
+) -> Result<Fit> {
+    let whole = |t: VaeTiling| match t {
+        VaeTiling::Auto => VaeTiling::Off,
+        t => t,
+    };
+    let Some(available) = available else {
+        let tiling = whole(tiling);
+        let memory = estimate(if batch_cfg { 2 } else { 1 }, tiling.tiles());
+        return Ok(Fit {
+            batch_cfg,
+            tiling,
+            memory,
+        });
+    };
+    let one = estimate(1, whole(tiling).tiles());
+    let w = one.weights;
+    // What this process already holds is missing from `MemAvailable` but counted in the need.
+    let budget = available + w.allocated;
+    let fits = |bytes: u64| w.total() + bytes <= budget;
+    let oom = |m: String| Err(Error::OutOfMemory(m));
+    if !fits(0) {
+        return oom(format!(
+            "the weights alone need about {} (DiT {}, text encoder {}, VAE {}, unmerged LoRAs \
+             {}) but only {} is available: use a smaller model or a lower-precision (fp8) \
+             checkpoint, or free memory",
+            gib(w.total()),
+            gib(w.dit),
+            gib(w.text_encoder),
+            gib(w.vae),
+            gib(w.loras),
+            gib(budget)
+        ));
+    }
+    if !fits(one.denoising) {
+        return oom(format!(
+            "denoising {what} needs about {} beyond the {} of weights, but only {} is \
+             available: lower the size or the frame count, or free memory",
+            gib(one.denoising),
+            gib(w.total()),
+            gib(budget)
+        ));
+    }
+    let tiling = match tiling {
+        VaeTiling::Auto if !fits(one.decoding) => VaeTiling::Tiled(Tiling::default()),
+        VaeTiling::Auto => VaeTiling::Off,
+        t => t,
+    };
+    let batch_cfg = batch_cfg && fits(estimate(2, tiling.tiles()).denoising);
+    let memory = estimate(if batch_cfg { 2 } else { 1 }, tiling.tiles());
+    if !fits(memory.decoding) {
+        return oom(format!(
+            "VAE decoding {what} with {} needs about {} beyond the {} of weights, but only {} \
+             is available: {}lower the size or the frame count, or free memory",
+            match tiling {
+                VaeTiling::Tiled(t) => format!("tiles of {},{}", t.tile, t.overlap),
+                _ => "whole frames".into(),
+            },
+            gib(memory.decoding),
+            gib(w.total()),
+            gib(budget),
+            match tiling {
+                VaeTiling::Off => "use VAE tiling (auto), ",
+                _ => "use smaller tiles, ",
+            }
+        ));
+    }
+    Ok(Fit {
+        batch_cfg,
+        tiling,
+        memory,
+    })
 }
 
 /// The memory the kernel says can be allocated without swapping (`MemAvailable` of
@@ -100,28 +306,168 @@ pub(super) fn gib(bytes: u64) -> String {
 mod tests {
     use super::*;
 
+    const GIB: u64 = 1 << 30;
+
+    fn shapes<'a>(dit: &'a DitConfig, vae: &'a VaeConfig, batch: usize) -> Shapes<'a> {
+        Shapes {
+            dit,
+            vae,
+            latent: [16, 21, 60, 104],
+            video: [81, 480, 832],
+            batch,
+            contexts: 2,
+            tiling: None,
+        }
+    }
+
     #[test]
     fn estimates_grow_with_size_and_batch() {
         let (dit, vae) = (DitConfig::preset("1.3b").unwrap(), VaeConfig::default());
-        let shapes = |batch, frames: usize| Shapes {
-            dit: &dit,
-            vae: &vae,
-            latent: [16, (frames - 1) / 4 + 1, 60, 104],
-            video: [frames, 480, 832],
-            batch,
-            contexts: 2,
-        };
-        let one = estimate(&shapes(1, 81));
-        let two = estimate(&shapes(2, 81));
+        let w = WeightMemory::default();
+        let one = estimate(&shapes(&dit, &vae, 1), w);
+        let two = estimate(&shapes(&dit, &vae, 2), w);
         assert!(two.denoising > one.denoising && two.decoding == one.decoding);
         // 832x480x81 on the 1.3B model: 32760 tokens; a few GiB, not tens.
         let gb = one.denoising as f64 / 1e9;
         assert!((2.0..8.0).contains(&gb), "{gb} GB");
-        assert!(estimate(&shapes(1, 5)).denoising < one.denoising);
+        let small = Shapes {
+            latent: [16, 2, 60, 104],
+            video: [5, 480, 832],
+            ..shapes(&dit, &vae, 1)
+        };
+        assert!(estimate(&small, w).denoising < one.denoising);
         assert!(one.peak() >= one.decoding);
         // The real VAE at 832x480: measured 4.5 GiB (docs/PERF.md); estimated 5.0.
-        let vae_gib = vae_decode(&vae, 480, 832) as f64 / (1u64 << 30) as f64;
+        let vae_gib = vae_decode(&vae, 480, 832) as f64 / GIB as f64;
         assert!((4.5..5.5).contains(&vae_gib), "{vae_gib} GiB");
+        // Tiles: about a quarter of the whole-frame decode (docs/PERF.md: 1.4 against 5.0).
+        let tiled = Shapes {
+            tiling: Some(Tiling::default()),
+            ..shapes(&dit, &vae, 1)
+        };
+        let t = estimate(&tiled, w).decoding as f64 / one.decoding as f64;
+        assert!((0.2..0.6).contains(&t), "{t}");
+    }
+
+    #[test]
+    fn the_weights_count_in_the_peak() {
+        let (dit, vae) = (DitConfig::preset("14b").unwrap(), VaeConfig::default());
+        // 14B bf16 plus UMT5-XXL bf16 (the issue's example) on a machine with 32 GB free.
+        let w = WeightMemory {
+            dit: 28 * GIB,
+            text_encoder: 11 * GIB,
+            vae: GIB / 2,
+            ..WeightMemory::default()
+        };
+        let e = |batch, tiles| {
+            estimate(
+                &Shapes {
+                    tiling: tiles,
+                    ..shapes(&dit, &vae, batch)
+                },
+                w,
+            )
+        };
+        assert_eq!(e(1, None).peak(), w.total() + e(1, None).working());
+        let err = fit(e, true, VaeTiling::Auto, Some(32 * GIB), "832x480")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("the weights alone need about 39.5 GiB"),
+            "{err}"
+        );
+        assert!(err.contains("text encoder 11.0 GiB"), "{err}");
+        // Merged copies already allocated count in the budget as well as in the need.
+        let held = WeightMemory {
+            allocated: 28 * GIB,
+            ..w
+        };
+        let e = |batch, tiles| {
+            estimate(
+                &Shapes {
+                    tiling: tiles,
+                    ..shapes(&dit, &vae, batch)
+                },
+                held,
+            )
+        };
+        assert!(fit(e, true, VaeTiling::Auto, Some(40 * GIB), "832x480").is_ok());
+    }
+
+    #[test]
+    fn auto_tiling_and_batching_follow_the_memory() {
+        let (dit, vae) = (DitConfig::preset("1.3b").unwrap(), VaeConfig::default());
+        let w = WeightMemory {
+            dit: 3 * GIB,
+            ..WeightMemory::default()
+        };
+        // 5 frames: denoising is light, whole-frame decoding is not.
+        let e = |batch, tiles| {
+            estimate(
+                &Shapes {
+                    tiling: tiles,
+                    latent: [16, 2, 60, 104],
+                    video: [5, 480, 832],
+                    ..shapes(&dit, &vae, batch)
+                },
+                w,
+            )
+        };
+        let (whole, tiled) = (e(1, None), e(1, Some(Tiling::default())));
+        let plenty = fit(e, true, VaeTiling::Auto, Some(64 * GIB), "x").unwrap();
+        assert_eq!((plenty.batch_cfg, plenty.tiling), (true, VaeTiling::Off));
+        // Room for denoising and tiles, not for whole frames: tiles, chosen automatically.
+        let room = w.total() + whole.denoising.max(tiled.decoding) + GIB / 8;
+        assert!(
+            room < w.total() + whole.decoding,
+            "the test needs a tight budget"
+        );
+        let tight = fit(e, true, VaeTiling::Auto, Some(room), "x").unwrap();
+        assert_eq!(tight.tiling, VaeTiling::Tiled(Tiling::default()));
+        assert!(!tight.batch_cfg, "batched CFG does not fit either");
+        assert!(tight.memory.peak() <= room);
+        let err = fit(e, true, VaeTiling::Off, Some(room), "832x480")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("VAE decoding 832x480 with whole frames"),
+            "{err}"
+        );
+        assert!(err.contains("use VAE tiling (auto)"), "{err}");
+        let err = fit(
+            e,
+            false,
+            VaeTiling::Auto,
+            Some(w.total() + GIB / 2),
+            "832x480",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("out of memory: denoising 832x480"), "{err}");
+        // Unknown memory: no check, whole frames for auto.
+        let unknown = fit(e, true, VaeTiling::Auto, None, "x").unwrap();
+        assert_eq!((unknown.batch_cfg, unknown.tiling), (true, VaeTiling::Off));
+    }
+
+    #[test]
+    fn vae_tiling_parses_and_prints() {
+        for s in ["auto", "off", "32,8", "16,0"] {
+            assert_eq!(s.parse::<VaeTiling>().unwrap().to_string(), s);
+        }
+        assert_eq!(
+            " 24 , 4".parse::<VaeTiling>().unwrap().tiles(),
+            Some(Tiling {
+                tile: 24,
+                overlap: 4
+            })
+        );
+        for bad in ["", "on", "8", "8,8", "0,0", "-1,2", "8,2,1"] {
+            let err = bad.parse::<VaeTiling>().unwrap_err().to_string();
+            assert!(
+                err.contains("expected auto, off, or TILE,OVERLAP"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

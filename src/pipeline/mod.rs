@@ -7,8 +7,8 @@
 //! (wan-architecture.md §0):
 //!
 //! 1. check the whole request before any heavy work ([`Pipeline::check`]): sizes, frame count,
-//!    guidance settings, prompt lengths in tokens, the seed, the working memory against what
-//!    the machine has;
+//!    guidance settings, prompt lengths in tokens, the seed, the weights and working memory
+//!    against what the machine has (choosing batched CFG and the VAE's tiling to fit);
 //! 2. encode the prompt, the negative prompt (Wan's default when none is given) and NAG's
 //!    negative prompt: each trimmed to its own length, zero-padded to `text_len` by the DiT;
 //! 3. start from the seed's noise ([`crate::sampler::noise`]) or the given latent, and denoise
@@ -19,6 +19,11 @@
 //!
 //! A callback sees every stage's progress (each prompt, each step with its sigma, each frame)
 //! and can cancel: generation then stops within one step with [`Error::Cancelled`].
+//!
+//! Threads: a pipeline loaded with [`LoadOptions::threads`] runs its loading and generations
+//! in its own rayon pool of that many threads, so pipelines with different thread counts can
+//! run side by side; without it they share rayon's global pool (one thread per core, or
+//! `RAYON_NUM_THREADS`).
 
 mod demo;
 mod files;
@@ -26,13 +31,14 @@ mod memory;
 mod request;
 mod trigger;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde_json::{json, Value};
 
 pub use files::{ModelFiles, ModelLayout, ModelSource};
-pub use memory::{available_memory, MemoryEstimate};
+pub use memory::{available_memory, MemoryEstimate, VaeTiling, WeightMemory};
 pub use request::{
     solver_name, GenerateRequest, NagSettings, Preset, DEFAULT_NEGATIVE_PROMPT, FPS, MAX_SEED,
 };
@@ -41,12 +47,13 @@ pub use trigger::{trigger_phrase, with_triggers};
 pub use crate::sampler::Flow;
 
 use crate::error::{Error, Result};
-use crate::lora::{self, Lora, Mode};
+use crate::io::config::DitConfig;
+use crate::lora::{self, Lora, Mode, StoreAs};
 use crate::model::dit::{NagParams, TextContext, WanDit};
 use crate::model::t5::{file_identity, TextEncoder};
-use crate::model::vae::{to_rgb8, DecodeOptions, WanVae};
+use crate::model::vae::{to_rgb8, DecodeOptions, Tiling, WanVae};
 use crate::sampler::{Guidance, Sampler, SamplerConfig, TeaCache, TeaCacheModel, WanVelocity};
-use crate::tensor::{DType, Tensor};
+use crate::tensor::{DType, Tensor, Weight};
 
 /// A LoRA to merge at load, with its strength.
 #[derive(Debug, Clone, PartialEq)]
@@ -124,7 +131,56 @@ impl Device {
     }
 }
 
-/// A LoRA merged into the DiT.
+impl std::str::FromStr for Mode {
+    type Err = Error;
+    /// `merge` ([`Mode::Merged`]) or `runtime` ([`Mode::Unmerged`]), the names of
+    /// `--lora-mode`.
+    fn from_str(s: &str) -> Result<Mode> {
+        match s.to_ascii_lowercase().as_str() {
+            "merge" | "merged" => Ok(Mode::Merged),
+            "runtime" | "unmerged" => Ok(Mode::Unmerged),
+            _ => Err(Error::InvalidArgument(format!(
+                "unknown LoRA mode `{s}` (expected merge or runtime)"
+            ))),
+        }
+    }
+}
+
+/// The name of a LoRA mode as `--lora-mode` and the metadata spell it.
+pub fn lora_mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Merged => "merge",
+        Mode::Unmerged => "runtime",
+    }
+}
+
+/// How [`Pipeline::load`] loads the models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Where the pipeline runs.
+    pub device: Device,
+    /// How LoRAs are applied: [`Mode::Merged`] (the default) bakes them into the weights at
+    /// load (no cost per step; strengths fixed), [`Mode::Unmerged`] applies them on the fly
+    /// in every adapted layer (the weights stay as stored; a little more compute per step;
+    /// strengths can change with [`Pipeline::set_lora_strength`]).
+    pub lora_mode: Mode,
+    /// Worker threads of the pipeline's own pool ([`Pipeline::set_threads`]); `None`: rayon's
+    /// global pool.
+    pub threads: Option<usize>,
+}
+
+impl Default for LoadOptions {
+    /// The CPU, merged LoRAs, the global pool.
+    fn default() -> LoadOptions {
+        LoadOptions {
+            device: Device::Cpu,
+            lora_mode: Mode::Merged,
+            threads: None,
+        }
+    }
+}
+
+/// A LoRA applied to the DiT.
 #[derive(Debug, Clone)]
 pub struct LoadedLora {
     /// The file.
@@ -144,18 +200,33 @@ pub struct LoadedLora {
 }
 
 /// What a [`Pipeline`] was built from.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ModelInfo {
     /// The files (`None` for models built in memory, such as [`Pipeline::demo`]).
     pub files: Option<ModelFiles>,
     /// Fingerprints ([`file_identity`]) of the DiT, VAE and text encoder files.
     pub identities: Option<[String; 3]>,
-    /// The LoRAs, in the order merged.
+    /// The LoRAs, in the order applied.
     pub loras: Vec<LoadedLora>,
+    /// How the LoRAs are applied.
+    pub lora_mode: Mode,
     /// Seconds spent loading.
     pub load_seconds: f64,
     /// Whether this is the random-weight demo model (its output is noise).
     pub demo: bool,
+}
+
+impl Default for ModelInfo {
+    fn default() -> ModelInfo {
+        ModelInfo {
+            files: None,
+            identities: None,
+            loras: Vec::new(),
+            lora_mode: Mode::Merged,
+            load_seconds: 0.0,
+            demo: false,
+        }
+    }
 }
 
 impl ModelInfo {
@@ -179,7 +250,11 @@ impl ModelInfo {
             .iter()
             .map(|l| json!({"file": name(&l.path), "strength": l.strength, "identity": l.identity}))
             .collect();
-        json!({ "models": models, "loras": loras })
+        let mut v = json!({ "models": models, "loras": loras });
+        if !self.loras.is_empty() {
+            v["lora_mode"] = json!(lora_mode_name(self.lora_mode));
+        }
+        v
     }
 }
 
@@ -191,6 +266,20 @@ pub struct Pipeline {
     dit: WanDit,
     vae: WanVae,
     info: ModelInfo,
+    weights: WeightMemory,
+    /// The pipeline's own worker threads; `None`: rayon's global pool.
+    pool: Option<rayon::ThreadPool>,
+    /// What changing an unmerged LoRA's strength rebuilds the DiT from.
+    unmerged: Option<UnmergedLoras>,
+}
+
+/// The base DiT weights (memory-mapped where the format allows, so holding them costs little) and the LoRAs of a
+/// pipeline whose LoRAs run unmerged.
+#[derive(Debug)]
+struct UnmergedLoras {
+    base: BTreeMap<String, Weight>,
+    cfg: DitConfig,
+    loras: Vec<(Lora, f32)>,
 }
 
 /// A stage of [`Pipeline::generate`], as its progress callback sees it.
@@ -268,6 +357,10 @@ impl Generation {
                 "generator".into(),
                 json!(concat!("wanrt ", env!("CARGO_PKG_VERSION"))),
             );
+            m.insert(
+                "vae_tiling".into(),
+                json!(self.params.vae_tiling.to_string()),
+            );
         }
         v
     }
@@ -300,53 +393,25 @@ struct Plan {
     latent_dims: [usize; 5],
     teacache: Option<TeaCache>,
     batch_cfg: bool,
+    tiling: Option<Tiling>,
     memory: MemoryEstimate,
 }
 
 impl Pipeline {
-    /// Loads the models from `files`, merging `loras` into the DiT (in its stored dtype). The
-    /// cheap checks run first: the device, every LoRA file (a LoRA for another architecture or
-    /// model size fails before any weight is changed), the tokenizer and text encoder, the VAE.
-    pub fn load(files: &ModelFiles, loras: &[LoraSpec], device: Device) -> Result<Pipeline> {
+    /// Loads the models from `files` with `loras` applied to the DiT as `options.lora_mode`
+    /// says (merged in its stored dtype, or unmerged), in the pipeline's own pool of
+    /// `options.threads` threads when given. The cheap checks run first: the device, every
+    /// LoRA file (a LoRA for another architecture or model size fails before any weight is
+    /// changed), the tokenizer and text encoder, the VAE.
+    pub fn load(files: &ModelFiles, loras: &[LoraSpec], options: &LoadOptions) -> Result<Pipeline> {
         let start = Instant::now();
-        device.ensure_supported()?;
-        let opened = loras
-            .iter()
-            .map(|l| Lora::open(&l.path).map(|lora| (lora, l.strength)))
-            .collect::<Result<Vec<_>>>()?;
-        let text = TextEncoder::open(&files.t5, files.t5_config.as_deref(), &files.tokenizer)?;
-        let vae = WanVae::open(&files.vae, files.vae_config.as_deref())?;
-        let refs: Vec<(&Lora, f32)> = opened.iter().map(|(l, s)| (l, *s)).collect();
-        let (dit, report) =
-            lora::open_dit(&files.dit, files.dit_config.as_deref(), &refs, Mode::Merged)?;
-        let loaded = opened
-            .iter()
-            .zip(report.loras)
-            .map(|((lora, strength), r)| {
-                Ok(LoadedLora {
-                    path: lora.path.clone(),
-                    strength: *strength,
-                    identity: file_identity(&lora.path)?,
-                    trigger: trigger_phrase(&lora.metadata),
-                    low_rank: r.low_rank,
-                    full_deltas: r.full_deltas,
-                    ignored_keys: r.unmatched,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let identities = [
-            file_identity(&files.dit)?,
-            file_identity(&files.vae)?,
-            file_identity(&files.t5)?,
-        ];
-        let mut p = Pipeline::from_models(text, dit, vae)?;
-        p.info = ModelInfo {
-            files: Some(files.clone()),
-            identities: Some(identities),
-            loras: loaded,
-            load_seconds: start.elapsed().as_secs_f64(),
-            demo: false,
-        };
+        options.device.ensure_supported()?;
+        let pool = thread_pool(options.threads)?;
+        let mut p = in_pool(pool.as_ref(), || {
+            load_models(files, loras, options.lora_mode)
+        })?;
+        p.pool = pool;
+        p.info.load_seconds = start.elapsed().as_secs_f64();
         Ok(p)
     }
 
@@ -380,7 +445,71 @@ impl Pipeline {
             dit,
             vae,
             info: ModelInfo::default(),
+            weights: WeightMemory::default(),
+            pool: None,
+            unmerged: None,
         })
+    }
+
+    /// Runs this pipeline's loading and generations in its own pool of `threads` worker
+    /// threads (`Some(0)` is refused), or in rayon's global pool (`None`).
+    pub fn set_threads(&mut self, threads: Option<usize>) -> Result<()> {
+        self.pool = thread_pool(threads)?;
+        Ok(())
+    }
+
+    /// The worker threads a generation uses.
+    pub fn threads(&self) -> usize {
+        self.pool.as_ref().map_or_else(
+            rayon::current_num_threads,
+            rayon::ThreadPool::current_num_threads,
+        )
+    }
+
+    /// The bytes of the models' weights, counted in every memory check (zero for models built
+    /// in memory and given to [`Pipeline::from_models`], such as the tiny demo's).
+    pub fn weight_memory(&self) -> WeightMemory {
+        self.weights
+    }
+
+    /// Changes the strength of LoRA `index` (in load order) without reloading: the DiT is
+    /// rebuilt from the base weights it keeps, with every LoRA's delta at its strength. Needs
+    /// LoRAs loaded unmerged ([`LoadOptions::lora_mode`] [`Mode::Unmerged`]): a merged LoRA is
+    /// baked into the weights. Fails, changing nothing, on a bad index, a non-finite strength
+    /// or merged LoRAs.
+    pub fn set_lora_strength(&mut self, index: usize, strength: f32) -> Result<()> {
+        let count = self.info.loras.len();
+        if index >= count {
+            return Err(Error::InvalidArgument(format!(
+                "LoRA index {index}: the pipeline has {count} LoRA(s)"
+            )));
+        }
+        if !strength.is_finite() {
+            return Err(Error::InvalidArgument(format!(
+                "LoRA strength {strength} must be a finite number"
+            )));
+        }
+        let Some(u) = &self.unmerged else {
+            return Err(Error::InvalidArgument(
+                "LoRA strengths can change only when the LoRAs run unmerged (LoRA mode \
+                 runtime); these were merged into the weights at load"
+                    .into(),
+            ));
+        };
+        let mut refs: Vec<(&Lora, f32)> = u.loras.iter().map(|(l, s)| (l, *s)).collect();
+        refs[index].1 = strength;
+        let (dit, _, weights) = in_pool(self.pool.as_ref(), || {
+            build_dit(u.base.clone(), u.cfg.clone(), &refs, Mode::Unmerged)
+        })?;
+        self.dit = dit;
+        self.weights.dit = weights.dit;
+        self.weights.loras = weights.loras;
+        self.weights.allocated = weights.allocated;
+        if let Some(u) = &mut self.unmerged {
+            u.loras[index].1 = strength;
+        }
+        self.info.loras[index].strength = strength;
+        Ok(())
     }
 
     /// What the pipeline was built from.
@@ -414,8 +543,10 @@ impl Pipeline {
 
     /// Checks `req` against the models without running it: everything
     /// [`GenerateRequest::validate`] checks, the prompts' token counts, SLG's blocks, the
-    /// initial latent's shape and finite values, TeaCache's support for this DiT, and the
-    /// working memory against the memory available. Returns the memory estimate.
+    /// initial latent's shape and finite values, TeaCache's support for this DiT, the VAE's
+    /// tiles, and the weights plus the working memory against the memory available (choosing
+    /// batched CFG and the VAE's tiling as [`GenerateRequest::vae_tiling`] allows). Returns the
+    /// memory estimate of the plan chosen.
     pub fn check(&self, req: &GenerateRequest) -> Result<MemoryEstimate> {
         Ok(self.plan(req)?.memory)
     }
@@ -476,14 +607,19 @@ impl Pipeline {
             .teacache
             .map(|t| Ok::<_, Error>(TeaCache::wan(teacache_model(cfg)?, t)))
             .transpose()?;
-        let (batch_cfg, memory) = self.fit_memory(&req)?;
+        if let Some(t) = req.vae_tiling.tiles() {
+            t.validate()?;
+        }
+        let fit = self.fit_memory(&req, available_memory())?;
+        req.vae_tiling = fit.tiling;
         Ok(Plan {
             req,
             seed,
             latent_dims,
             teacache,
-            batch_cfg,
-            memory,
+            batch_cfg: fit.batch_cfg,
+            tiling: fit.tiling.tiles(),
+            memory: fit.memory,
         })
     }
 
@@ -503,14 +639,13 @@ impl Pipeline {
         out
     }
 
-    /// The working memory, batching CFG only when it fits; an error when even unbatched
-    /// passes do not fit in the memory available.
-    fn fit_memory(&self, req: &GenerateRequest) -> Result<(bool, MemoryEstimate)> {
+    /// The plan that fits in `available` bytes (see [`memory::fit`]).
+    fn fit_memory(&self, req: &GenerateRequest, available: Option<u64>) -> Result<memory::Fit> {
         let [_, c, t, h, w] = req.latent_dims(self.vae.config().z_dim);
         let neg = req.uses_negative_prompt();
         let nag = usize::from(req.nag.is_some());
-        let estimate = |batch: usize| {
-            memory::estimate(&memory::Shapes {
+        let estimate = |batch: usize, tiling: Option<Tiling>| {
+            let shapes = memory::Shapes {
                 dit: self.dit.config(),
                 vae: self.vae.config(),
                 latent: [c, t, h, w],
@@ -518,42 +653,32 @@ impl Pipeline {
                 batch,
                 // Batched CFG keeps a concatenated copy of both contexts.
                 contexts: 1 + usize::from(neg) + 2 * usize::from(neg && batch == 2) + nag,
-            })
+                tiling,
+            };
+            memory::estimate(&shapes, self.weights)
         };
         let batched = req.batch_cfg && neg && req.teacache.is_none();
-        let Some(available) = available_memory() else {
-            return Ok((batched, estimate(if batched { 2 } else { 1 })));
-        };
-        if batched {
-            let e = estimate(2);
-            if e.peak() <= available {
-                return Ok((true, e));
-            }
-        }
-        let e = estimate(1);
-        if e.peak() > available {
-            return Err(Error::OutOfMemory(format!(
-                "{}x{} with {} frames needs about {} of working memory (denoising {}, VAE \
-                 decoding {}) but only {} is available: lower the size or the frame count, or \
-                 free memory",
-                req.width,
-                req.height,
-                req.frames,
-                memory::gib(e.peak()),
-                memory::gib(e.denoising),
-                memory::gib(e.decoding),
-                memory::gib(available)
-            )));
-        }
-        Ok((false, e))
+        let what = format!("{}x{} with {} frames", req.width, req.height, req.frames);
+        memory::fit(estimate, batched, req.vae_tiling, available, &what)
     }
 
     /// Runs one generation (see the module docs); `on_progress` is called as each stage starts
-    /// and after each prompt, step and frame, and cancels with [`Flow::Cancel`].
+    /// and after each prompt, step and frame, and cancels with [`Flow::Cancel`]. With its own
+    /// pool ([`Pipeline::set_threads`]) the pipeline runs the generation, `on_progress`
+    /// included, on one of the pool's threads while the calling thread waits.
     pub fn generate(
         &self,
         req: &GenerateRequest,
-        on_progress: &mut dyn FnMut(&Progress) -> Flow,
+        on_progress: &mut (dyn FnMut(&Progress) -> Flow + Send),
+    ) -> Result<Generation> {
+        in_pool(self.pool.as_ref(), || self.run(req, on_progress))
+    }
+
+    /// [`Pipeline::generate`] in the current pool.
+    fn run(
+        &self,
+        req: &GenerateRequest,
+        on_progress: &mut (dyn FnMut(&Progress) -> Flow + Send),
     ) -> Result<Generation> {
         let start = Instant::now();
         let plan = self.plan(req)?;
@@ -663,15 +788,20 @@ impl Pipeline {
         let mut chunks = Vec::new();
         let mut done = 0;
         report(on_progress, Stage::Decoding, 0, frame_count, None, stage)?;
-        self.vae
-            .decode_frames(&latent, &DecodeOptions::default(), &mut |chunk| {
+        self.vae.decode_frames(
+            &latent,
+            &DecodeOptions {
+                tiling: plan.tiling,
+            },
+            &mut |chunk| {
                 frames.extend_from_slice(to_rgb8(&chunk)?.raw_bytes()?);
                 done += chunk.dims()[2];
                 if req.keep_video {
                     chunks.push(chunk);
                 }
                 report(on_progress, Stage::Decoding, done, frame_count, None, stage)
-            })?;
+            },
+        )?;
         let video = match req.keep_video {
             true => {
                 let refs: Vec<&Tensor> = chunks.iter().collect();
@@ -691,6 +821,144 @@ impl Pipeline {
             params: plan.req,
             timings,
         })
+    }
+}
+
+/// The models of [`Pipeline::load`], loaded in the calling thread's pool.
+fn load_models(files: &ModelFiles, loras: &[LoraSpec], mode: Mode) -> Result<Pipeline> {
+    let opened = loras
+        .iter()
+        .map(|l| Lora::open(&l.path).map(|lora| (lora, l.strength)))
+        .collect::<Result<Vec<_>>>()?;
+    let text = TextEncoder::open(&files.t5, files.t5_config.as_deref(), &files.tokenizer)?;
+    let vae = WanVae::open(&files.vae, files.vae_config.as_deref())?;
+    let refs: Vec<(&Lora, f32)> = opened.iter().map(|(l, s)| (l, *s)).collect();
+    let (base, cfg) = WanDit::read_weights(&files.dit, files.dit_config.as_deref())?;
+    let keep = (mode == Mode::Unmerged && !loras.is_empty()).then(|| (base.clone(), cfg.clone()));
+    let (dit, report, mut weights) = build_dit(base, cfg, &refs, mode)?;
+    let loaded = opened
+        .iter()
+        .zip(report.loras)
+        .map(|((lora, strength), r)| {
+            Ok(LoadedLora {
+                path: lora.path.clone(),
+                strength: *strength,
+                identity: file_identity(&lora.path)?,
+                trigger: trigger_phrase(&lora.metadata),
+                low_rank: r.low_rank,
+                full_deltas: r.full_deltas,
+                ignored_keys: r.unmatched,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let identities = [
+        file_identity(&files.dit)?,
+        file_identity(&files.vae)?,
+        file_identity(&files.t5)?,
+    ];
+    let file_len = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    weights.text_encoder = file_len(&files.t5);
+    weights.vae = file_len(&files.vae);
+    let mut p = Pipeline::from_models(text, dit, vae)?;
+    p.weights = weights;
+    p.unmerged = keep.map(|(base, cfg)| UnmergedLoras {
+        base,
+        cfg,
+        loras: opened,
+    });
+    p.info = ModelInfo {
+        files: Some(files.clone()),
+        identities: Some(identities),
+        loras: loaded,
+        lora_mode: mode,
+        load_seconds: 0.0,
+        demo: false,
+    };
+    Ok(p)
+}
+
+/// The DiT from canonical `base` weights with `loras` applied in `mode`, what applying them
+/// did, and the bytes of its weights (the `dit`, `loras` and `allocated` parts).
+fn build_dit(
+    base: BTreeMap<String, Weight>,
+    cfg: DitConfig,
+    loras: &[(&Lora, f32)],
+    mode: Mode,
+) -> Result<(WanDit, lora::Report, WeightMemory)> {
+    let mut bytes = WeightMemory::default();
+    let mut count = |weights: &BTreeMap<String, Weight>| {
+        for w in weights.values() {
+            let n = tensor_bytes(&w.tensor);
+            bytes.dit += n;
+            if !w.tensor.is_mapped() {
+                bytes.allocated += n;
+            }
+        }
+    };
+    match mode {
+        Mode::Merged => {
+            let (weights, report) = lora::merge(base, loras, StoreAs::Same)?;
+            count(&weights);
+            Ok((WanDit::new(weights, cfg)?, report, bytes))
+        }
+        Mode::Unmerged => {
+            let u = lora::unmerged(base, loras)?;
+            count(&u.weights);
+            // The files' tensors (kept for strength changes) and the deltas built from them
+            // (their low-rank pairs again, in f32).
+            let lora_bytes: u64 = loras
+                .iter()
+                .flat_map(|(l, _)| l.modules.values())
+                .map(|m| {
+                    let pair = m.low_rank.as_ref().map_or(0, |p| {
+                        tensor_bytes(&p.up)
+                            + tensor_bytes(&p.down)
+                            + 4 * (p.up.elem_count() + p.down.elem_count()) as u64
+                    });
+                    let full = [&m.diff, &m.diff_b, &m.diff_m]
+                        .into_iter()
+                        .flatten()
+                        .map(tensor_bytes)
+                        .sum::<u64>();
+                    pair + full
+                })
+                .sum();
+            bytes.loras = lora_bytes;
+            bytes.allocated += lora_bytes;
+            let mut dit = WanDit::new(u.weights, cfg)?;
+            dit.set_linear_deltas(u.deltas)?;
+            Ok((dit, u.report, bytes))
+        }
+    }
+}
+
+/// The bytes of a tensor's data.
+fn tensor_bytes(t: &Tensor) -> u64 {
+    (t.elem_count() * t.dtype().size_in_bytes()) as u64
+}
+
+/// A pool of `threads` worker threads; `None` for rayon's global pool.
+fn thread_pool(threads: Option<usize>) -> Result<Option<rayon::ThreadPool>> {
+    let Some(n) = threads else { return Ok(None) };
+    if n == 0 {
+        return Err(Error::InvalidArgument(
+            "threads must be at least 1 (or not given, for one per core)".into(),
+        ));
+    }
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .thread_name(|i| format!("wanrt-{i}"))
+        .build()
+        .map(Some)
+        .map_err(|e| Error::Device(format!("cannot start {n} worker threads: {e}")))
+}
+
+/// Runs `f` in `pool` (on one of its threads, the caller waiting), or here with the global
+/// pool.
+fn in_pool<R: Send>(pool: Option<&rayon::ThreadPool>, f: impl FnOnce() -> R + Send) -> R {
+    match pool {
+        Some(p) => p.install(f),
+        None => f(),
     }
 }
 

@@ -3,6 +3,7 @@
 
 use serde_json::{json, Value};
 
+use super::VaeTiling;
 use crate::error::{Error, Result};
 use crate::model::dit::AttentionChoice;
 use crate::sampler::{Slg, SolverKind};
@@ -198,6 +199,9 @@ pub struct GenerateRequest {
     /// The DiT's self-attention: `auto` (the 8-bit kernel where the device has one), `q8` or
     /// `bf16` (on the CPU, `q8` is the 8-bit scheme's slow emulation, the others exact f32).
     pub attention: AttentionChoice,
+    /// How the VAE decodes (default [`VaeTiling::Auto`]: whole frames unless only tiles fit
+    /// in memory); a generation's parameters hold the choice made.
+    pub vae_tiling: VaeTiling,
 }
 
 impl Default for GenerateRequest {
@@ -223,6 +227,7 @@ impl Default for GenerateRequest {
             batch_cfg: true,
             keep_video: false,
             attention: AttentionChoice::Auto,
+            vae_tiling: VaeTiling::Auto,
         };
         Preset::Quality.apply(&mut r);
         r

@@ -233,7 +233,7 @@ int main(int argc, char **argv) {
     gen.height = 16384;
     gen.frames = 81;
     EXPECT(wanrt_generate(pipeline, &gen, &result), WANRT_STATUS_OUT_OF_MEMORY,
-           "of working memory");
+           "with 81 frames needs about");
     gen.width = 48;
     gen.height = 32;
     gen.frames = 1;

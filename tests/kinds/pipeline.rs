@@ -3,7 +3,7 @@
 //! `x_T`. Expected: `latent`, `video` (kept for the check) and `frames` (`[F, H, W, 3]`, also
 //! held to `tolerance.frames_max_abs_diff`).
 
-use wanrt::pipeline::{Device, Flow, GenerateRequest, ModelSource, Pipeline};
+use wanrt::pipeline::{Flow, GenerateRequest, LoadOptions, ModelSource, Pipeline};
 use wanrt::DType;
 
 use super::{compare, Check, MaxAbs, Output, Stop};
@@ -58,7 +58,7 @@ fn output(name: &str, dims: &[usize], data: Vec<f64>) -> Output {
 
 pub fn run(case: &Case) -> Result<Vec<Check>, Stop> {
     let files = source(case)?.resolve()?;
-    let pipe = Pipeline::load(&files, &[], Device::Cpu)?;
+    let pipe = Pipeline::load(&files, &[], &LoadOptions::default())?;
     let inputs = case.tensors("inputs")?;
     let mut req = request(case, tensor(&inputs, "x_T")?.clone())?;
     req.keep_video = true;

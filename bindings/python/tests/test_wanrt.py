@@ -145,7 +145,7 @@ def test_errors_carry_status_and_message(case: dict, pipeline: wanrt.Pipeline):
     with pytest.raises(wanrt.WanrtError) as e:
         pipeline.generate("a cat", **small(width=16384, height=16384, frames=81))
     assert e.value.status == wanrt.Status.OUT_OF_MEMORY
-    assert "of working memory" in str(e.value)
+    assert "denoising 16384x16384 with 81 frames needs about" in str(e.value)
 
     with pytest.raises(wanrt.WanrtError) as e:
         pipeline.generate("a cat", **small(initial_latent=[0.0] * 5))
@@ -181,6 +181,95 @@ def test_lora_is_merged(case: dict):
     with wanrt.Pipeline(**case["paths"], loras=[(lora, 0.75)]) as p:
         loras = p.generate("a cat", **small()).json["loras"]
     assert [(l["file"], l["strength"]) for l in loras] == [("lora_musubi.safetensors", 0.75)]
+
+
+def test_runtime_lora_strength_changes_without_reloading(case: dict, pipeline: wanrt.Pipeline):
+    lora = FIXTURES / "models" / "tiny-lora" / "lora_musubi.safetensors"
+
+    def latent(p):
+        raw = p.generate("a cat", **small()).latent(as_numpy=False)
+        return struct.unpack(f"={len(raw) // 4}f", raw)
+
+    def close(a, b):
+        return max(abs(x - y) for x, y in zip(a, b)) < 1e-4
+
+    base = latent(pipeline)
+    with wanrt.Pipeline(**case["paths"], loras=[(lora, 3.0)]) as merged, \
+            wanrt.Pipeline(**case["paths"], loras=[(lora, 3.0)], lora_mode="runtime") as rt:
+        m, r = latent(merged), latent(rt)
+        assert close(m, r) and not close(r, base)
+        rt.set_lora_strength(0, 0.0)
+        assert close(latent(rt), base)
+        with pytest.raises(wanrt.WanrtError) as e:
+            merged.set_lora_strength(0, 1.0)
+        assert e.value.status == wanrt.Status.INVALID_ARGUMENT and "runtime" in str(e.value)
+        with pytest.raises(wanrt.WanrtError) as e:
+            rt.set_lora_strength(1, 1.0)
+        assert "LoRA index 1" in str(e.value)
+        with pytest.raises(ValueError):
+            rt.set_lora_strength(-1, 1.0)
+        assert rt.generate("a cat", **small()).json["lora_mode"] == "runtime"
+    with pytest.raises(ValueError, match="lora_mode='fast'"):
+        wanrt.Pipeline(**case["paths"], lora_mode="fast")
+
+
+def test_demo_threads_and_vae_tiling():
+    with wanrt.Pipeline(demo=True, threads=2) as demo:
+        names = []
+        whole = demo.generate("a cat", **small(),
+                              on_step=lambda *a: names.append(threading.current_thread().name))
+        assert whole.json["models"] == {"demo": True}
+        assert whole.json["vae_tiling"] == "off"
+        assert names and all(n != threading.main_thread().name for n in names)
+        tiled = demo.generate("a cat", **small(), vae_tiling=(4, 1))
+        assert tiled.json["vae_tiling"] == "4,1"
+        assert len(tiled.frames(as_numpy=False)) == len(whole.frames(as_numpy=False))
+        with pytest.raises(wanrt.WanrtError) as e:
+            demo.generate("a cat", **small(), vae_tiling=(4, 4))
+        assert "larger than the overlap" in str(e.value)
+        with pytest.raises(ValueError, match="vae_tiling"):
+            demo.generate("a cat", **small(), vae_tiling="on")
+    with pytest.raises(ValueError, match="threads=0"):
+        wanrt.Pipeline(demo=True, threads=0)
+    with pytest.raises(wanrt.WanrtError) as e:
+        wanrt.Pipeline("/some/models", demo=True)
+    assert "no model paths" in str(e.value)
+
+
+def test_integers_and_text_are_checked_before_c(pipeline: wanrt.Pipeline):
+    for kw, text in [
+        (dict(width=-16), "width=-16 is out of range: it must be 0 to 4294967295"),
+        (dict(frames=2**32 + 5), "frames=4294967301 is out of range"),
+        (dict(steps=2**32 + 5), "steps=4294967301 is out of range"),
+        (dict(seed=2**64 - 1), "seed=18446744073709551615 is out of range: it must be 0 to "
+                               "9223372036854775807"),
+        (dict(seed=-1), "seed=-1 is out of range"),
+        (dict(slg_blocks=[-1]), "slg_blocks entry=-1"),
+    ]:
+        with pytest.raises(ValueError) as e:
+            pipeline.generate("a cat", **small(**kw))
+        assert text in str(e.value)
+    for kw in [dict(width=32.0), dict(steps="2"), dict(seed=True)]:
+        with pytest.raises(TypeError, match="must be an integer"):
+            pipeline.generate("a cat", **small(**kw))
+    assert pipeline.generate(b"a cat", **small()).json["prompt"] == "a cat"
+    with pytest.raises(TypeError, match="prompt must be str or bytes, not int"):
+        pipeline.generate(5, **small())
+    with pytest.raises(ValueError, match="NUL"):
+        pipeline.generate("a\0cat", **small())
+    with pytest.raises(wanrt.WanrtError, match="not valid UTF-8"):
+        pipeline.generate(b"\xff", **small())
+
+
+def test_success_clears_the_last_error(pipeline: wanrt.Pipeline):
+    from wanrt import _lib
+
+    def on_step(step, total, sigma):
+        # A failing call inside the callback leaves a message while wanrt_generate runs.
+        _lib.lib.wanrt_generation_width(None)
+
+    pipeline.generate("a cat", **small(), on_step=on_step)
+    assert _lib.last_error() == ""
 
 
 def test_cancel_and_call_again(pipeline: wanrt.Pipeline):

@@ -29,12 +29,14 @@ from ._lib import (
     GenerateParams,
     GenerationHandle,
     LoraList,
+    LoraMode,
     Mp4Params,
     PipelineHandle,
     PipelineParams,
     Solver,
     Stage,
     Status,
+    VaeTiling,
     WanrtError,
     Attention,
     check,
@@ -51,11 +53,13 @@ __all__ = [
     "ABI_VERSION",
     "Device",
     "Generation",
+    "LoraMode",
     "Pipeline",
     "Solver",
     "Stage",
     "Attention",
     "Status",
+    "VaeTiling",
     "WanrtError",
     "abi_version",
     "has_numpy",
@@ -86,6 +90,36 @@ def has_numpy() -> bool:
 
 def _path(p: Optional[PathLike]) -> Optional[bytes]:
     return None if p is None else os.fsencode(p)
+
+
+U32_MAX = 2**32 - 1
+#: The largest seed (seeds are 0 to 2**63 - 1).
+MAX_SEED = 2**63 - 1
+
+
+def _int(name: str, value: Any, low: int, high: int) -> int:
+    """``value`` as an int in ``low..=high``, checked before ctypes (which would silently wrap
+    it): TypeError for a non-integer (bools included), ValueError out of range."""
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(f"{name} must be an integer, not {type(value).__name__}")
+    v = value.__index__()
+    if not low <= v <= high:
+        raise ValueError(f"{name}={v} is out of range: it must be {low} to {high}")
+    return v
+
+
+def _text(name: str, value: Any) -> bytes:
+    """A str (encoded as UTF-8) or bytes (passed as they are; the library checks UTF-8) as a C
+    string: TypeError for anything else, ValueError for a NUL character, which would end it."""
+    if isinstance(value, str):
+        raw = value.encode()
+    elif isinstance(value, (bytes, bytearray)):
+        raw = bytes(value)
+    else:
+        raise TypeError(f"{name} must be str or bytes, not {type(value).__name__}")
+    if b"\0" in raw:
+        raise ValueError(f"{name} contains a NUL character")
+    return raw
 
 
 class Generation:
@@ -198,8 +232,12 @@ class Pipeline:
     """The models of text-to-video generation, loaded once.
 
     Give a model folder (official Wan-AI layout or ComfyUI's ``models/`` tree), explicit files,
-    or both (explicit files win). ``loras`` is a sequence of ``(path, strength)`` merged in
-    order.
+    or both (explicit files win), or ``demo=True`` for the tiny random-weight demo model (no
+    files; its videos are noise; for testing an integration). ``loras`` is a sequence of
+    ``(path, strength)`` applied in order, merged into the weights (``lora_mode="merge"``, the
+    default) or on the fly (``"runtime"``: strengths can then change with
+    :meth:`set_lora_strength`). ``threads``: the pipeline's own worker threads (default: the
+    process-wide pool, one thread per core); callbacks then run on one of them.
     """
 
     def __init__(
@@ -215,6 +253,9 @@ class Pipeline:
         t5_config: Optional[PathLike] = None,
         loras: Sequence[Tuple[PathLike, float]] = (),
         device: Device = Device.CPU,
+        lora_mode: Union[LoraMode, str] = LoraMode.MERGE,
+        threads: Optional[int] = None,
+        demo: bool = False,
     ) -> None:
         self._handle: Optional["ctypes._Pointer[PipelineHandle]"] = None
         params = init(PipelineParams, "wanrt_pipeline_params_init")
@@ -227,6 +268,17 @@ class Pipeline:
         params.vae_config = _path(vae_config)
         params.t5_config = _path(t5_config)
         params.device = int(device)
+        if isinstance(lora_mode, str):
+            try:
+                lora_mode = LoraMode[lora_mode.upper()]
+            except KeyError:
+                raise ValueError(
+                    f"lora_mode={lora_mode!r}: expected 'merge' or 'runtime'"
+                ) from None
+        params.lora_mode = int(lora_mode)
+        if threads is not None:
+            params.threads = _int("threads", threads, 1, U32_MAX)
+        params.demo = 1 if demo else 0
         lora_list = ctypes.POINTER(LoraList)()
         try:
             if loras:
@@ -242,7 +294,7 @@ class Pipeline:
 
     def generate(
         self,
-        prompt: str,
+        prompt: Union[str, bytes],
         *,
         negative_prompt: Optional[str] = None,
         preset: Optional[str] = None,
@@ -267,6 +319,7 @@ class Pipeline:
         lora_trigger: Optional[bool] = None,
         batch_cfg: Optional[bool] = None,
         attention: Optional[Attention] = None,
+        vae_tiling: Union[str, Tuple[int, int]] = "auto",
         on_step: Optional[StepCallback] = None,
         on_stage: Optional[StageCallback] = None,
     ) -> Generation:
@@ -278,6 +331,15 @@ class Pipeline:
         ``[1, 16, (frames - 1) // 4 + 1, height // 8, width // 8]``: a NumPy array or any
         buffer or sequence of floats in row-major order.
 
+        ``vae_tiling``: ``"auto"`` (whole frames when they fit in memory, else tiles),
+        ``"off"`` (whole frames) or ``(tile, overlap)`` in latent pixels; the choice made is in
+        :attr:`Generation.json` (``"vae_tiling"``).
+
+        Integers are checked before they reach C: a ``TypeError`` for a non-integer, a
+        ``ValueError`` out of range (sizes, frames and steps 0 to 2**32 - 1, ``seed`` 0 to
+        2**63 - 1); the library then checks what the values mean. Text is ``str`` or UTF-8
+        ``bytes``.
+
         ``on_step(step, total, sigma)`` sees step 0 before denoising and each step after it;
         ``on_stage(stage, done, total)`` sees every stage. A callback returning a true value
         cancels (:class:`WanrtError` with ``Status.CANCELLED``); an exception in a callback
@@ -286,16 +348,28 @@ class Pipeline:
         p = init(GenerateParams, "wanrt_generate_params_init")
         if preset is not None:
             check(lib.wanrt_generate_params_preset(ctypes.byref(p), preset.encode()))
-        p.prompt = prompt.encode()
+        p.prompt = _text("prompt", prompt)
         if negative_prompt is not None:
-            p.negative_prompt = negative_prompt.encode()
+            p.negative_prompt = _text("negative_prompt", negative_prompt)
         if nag_negative_prompt is not None:
-            p.nag_negative_prompt = nag_negative_prompt.encode()
+            p.nag_negative_prompt = _text("nag_negative_prompt", nag_negative_prompt)
+        for field, value in [("width", width), ("height", height), ("frames", frames),
+                             ("steps", steps)]:
+            if value is not None:
+                setattr(p, field, _int(field, value, 0, U32_MAX))
+        if seed is not None:
+            p.seed = _int("seed", seed, 0, MAX_SEED)
+        if vae_tiling in ("auto", "off"):
+            p.vae_tiling = VaeTiling.AUTO if vae_tiling == "auto" else VaeTiling.OFF
+        elif isinstance(vae_tiling, tuple) and len(vae_tiling) == 2:
+            p.vae_tiling = VaeTiling.TILED
+            p.vae_tile = _int("vae_tiling tile", vae_tiling[0], 1, U32_MAX)
+            p.vae_tile_overlap = _int("vae_tiling overlap", vae_tiling[1], 0, U32_MAX)
+        else:
+            raise ValueError(
+                f"vae_tiling={vae_tiling!r}: expected 'auto', 'off' or (tile, overlap)"
+            )
         for field, value in [
-            ("width", width),
-            ("height", height),
-            ("frames", frames),
-            ("steps", steps),
             ("solver", None if solver is None else int(solver)),
             ("shift", shift),
             ("guidance_scale", guidance_scale),
@@ -306,14 +380,15 @@ class Pipeline:
             ("slg_start", slg_start),
             ("slg_end", slg_end),
             ("teacache_threshold", teacache),
-            ("seed", seed),
             ("lora_trigger", lora_trigger),
             ("batch_cfg", batch_cfg),
             ("attention", None if attention is None else int(attention)),
         ]:
             if value is not None:
                 setattr(p, field, value)
-        blocks = (ctypes.c_uint32 * len(slg_blocks))(*slg_blocks)
+        blocks = (ctypes.c_uint32 * len(slg_blocks))(
+            *(_int("slg_blocks entry", b, 0, U32_MAX) for b in slg_blocks)
+        )
         if slg_blocks:
             p.slg_blocks = blocks
             p.slg_block_count = len(slg_blocks)
@@ -351,6 +426,12 @@ class Pipeline:
             raise raised[0]
         check(status)
         return Generation(out)
+
+    def set_lora_strength(self, index: int, strength: float) -> None:
+        """Changes the strength of LoRA ``index`` (in the order given) without reloading; needs
+        ``lora_mode="runtime"``."""
+        index = _int("index", index, 0, 2**64 - 1)
+        check(lib.wanrt_pipeline_set_lora_strength(self._h(), index, float(strength)))
 
     def _h(self) -> "ctypes._Pointer[PipelineHandle]":
         if self._handle is None:

@@ -47,6 +47,21 @@ class Device(enum.IntEnum):
     CUDA = 1
 
 
+class LoraMode(enum.IntEnum):
+    """``wanrt_lora_mode``: how a pipeline applies its LoRAs."""
+
+    MERGE = 0
+    RUNTIME = 1
+
+
+class VaeTiling(enum.IntEnum):
+    """``wanrt_vae_tiling``: how the VAE decodes."""
+
+    AUTO = 0
+    OFF = 1
+    TILED = 2
+
+
 class Solver(enum.IntEnum):
     """``wanrt_solver``."""
 
@@ -114,6 +129,9 @@ class PipelineParams(Structure):
         ("t5_config", c_char_p),
         ("loras", POINTER(LoraList)),
         ("device", c_int32),
+        ("lora_mode", c_int32),
+        ("threads", c_uint32),
+        ("demo", c_int32),
     ]
 
 
@@ -151,6 +169,9 @@ class GenerateParams(Structure):
         ("stage_progress", STAGE_FN),
         ("user_data", c_void_p),
         ("attention", c_int32),
+        ("vae_tiling", c_int32),
+        ("vae_tile", c_uint32),
+        ("vae_tile_overlap", c_uint32),
     ]
 
 
@@ -184,6 +205,10 @@ SIGNATURES = {
     "wanrt_pipeline_load": (
         _STATUS,
         [POINTER(PipelineParams), POINTER(POINTER(PipelineHandle))],
+    ),
+    "wanrt_pipeline_set_lora_strength": (
+        _STATUS,
+        [POINTER(PipelineHandle), c_size_t, c_float],
     ),
     "wanrt_pipeline_free": (None, [POINTER(PipelineHandle)]),
     "wanrt_generate_params_init": (_STATUS, [POINTER(GenerateParams), c_size_t]),

@@ -62,9 +62,6 @@ pub struct Common {
     /// Timed runs (at least 1).
     #[arg(long, default_value_t = 5)]
     iters: usize,
-    /// Worker threads (default: one per core).
-    #[arg(long)]
-    threads: Option<usize>,
     /// Print one JSON object instead of a markdown row.
     #[arg(long)]
     json: bool,
@@ -149,17 +146,6 @@ fn bench(target: Target) -> Result<()> {
     }
     if common.iters == 0 {
         return Err(Error::InvalidArgument("--iters must be at least 1".into()));
-    }
-    if let Some(n) = common.threads {
-        if n == 0 {
-            return Err(Error::InvalidArgument(
-                "--threads must be at least 1".into(),
-            ));
-        }
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()
-            .map_err(|e| Error::InvalidArgument(format!("--threads {n}: {e}")))?;
     }
     let mut p = shape.prepare()?;
     for _ in 0..common.warmup {

@@ -15,9 +15,10 @@ use std::time::Duration;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use wanrt::io::atomic::check_writable;
+use wanrt::lora::Mode;
 use wanrt::pipeline::{
-    read_latent, Device, Flow, GenerateRequest, Generation, LoraSpec, ModelSource, NagSettings,
-    Pipeline, Preset, Progress, Stage, FPS, MAX_SEED,
+    read_latent, Device, Flow, GenerateRequest, Generation, LoadOptions, LoraSpec, ModelSource,
+    NagSettings, Pipeline, Preset, Progress, Stage, VaeTiling, FPS, MAX_SEED,
 };
 use wanrt::sampler::Slg;
 use wanrt::video::{write_gif, write_mp4, write_png, write_png_frames, Mp4Options};
@@ -91,9 +92,13 @@ pub struct GenerateArgs {
     /// A UMT5 config.json.
     #[arg(long, value_name = "FILE")]
     t5_config: Option<PathBuf>,
-    /// A LoRA merged at load, with its strength (default 1); repeat for several.
+    /// A LoRA applied at load, with its strength (default 1); repeat for several.
     #[arg(long = "lora", value_name = "FILE[:STRENGTH]")]
     loras: Vec<String>,
+    /// How LoRAs are applied: merge (into the weights at load; no cost per step) or runtime
+    /// (on the fly in every adapted layer; the weights stay as stored).
+    #[arg(long, value_name = "MODE", default_value = "merge", value_parser = parse_lora_mode)]
+    lora_mode: Mode,
     /// Prepend the LoRAs' trigger phrases (from their metadata) to the prompt.
     #[arg(long)]
     lora_trigger: bool,
@@ -168,6 +173,11 @@ pub struct GenerateArgs {
     /// f32.
     #[arg(long, value_name = "KIND", default_value = "auto")]
     attention: String,
+    /// How the VAE decodes: auto (whole frames when they fit in memory, else tiles), off
+    /// (whole frames), or TILE,OVERLAP in latent pixels (e.g. 32,8: less memory, about twice
+    /// the decoding time).
+    #[arg(long, value_name = "auto|off|TILE,OVERLAP", default_value = "auto", value_parser = parse_vae_tiling)]
+    vae_tiling: VaeTiling,
     /// The video: .mp4 (H.264, 16 fps), .gif, or .png for one frame (default out.mp4 unless
     /// --frames-dir is given).
     #[arg(long, value_name = "FILE")]
@@ -187,6 +197,14 @@ fn parse_seed(s: &str) -> std::result::Result<u64, String> {
         Ok(_) => Err(format!("seed out of range: it must be 0 to {MAX_SEED}")),
         Err(_) => Err(format!("not a whole number (seeds are 0 to {MAX_SEED})")),
     }
+}
+
+fn parse_lora_mode(s: &str) -> std::result::Result<Mode, String> {
+    s.parse().map_err(|e: Error| e.to_string())
+}
+
+fn parse_vae_tiling(s: &str) -> std::result::Result<VaeTiling, String> {
+    s.parse().map_err(|e: Error| e.to_string())
 }
 
 /// The output container, by file extension.
@@ -295,6 +313,7 @@ fn request(a: &GenerateArgs) -> Result<GenerateRequest> {
     r.attention = a.attention.parse()?;
     r.seed = a.seed;
     r.lora_trigger = a.lora_trigger;
+    r.vae_tiling = a.vae_tiling;
     r.validate()?;
     Ok(r)
 }
@@ -376,7 +395,12 @@ fn generate(a: &GenerateArgs) -> Result<()> {
         };
         let files = source.resolve()?;
         let spinner = spinner(show, "loading models");
-        let pipe = Pipeline::load(&files, &loras, device);
+        let options = LoadOptions {
+            device,
+            lora_mode: a.lora_mode,
+            threads: None,
+        };
+        let pipe = Pipeline::load(&files, &loras, &options);
         spinner.finish_and_clear();
         pipe?
     };

@@ -19,6 +19,9 @@ use wanrt::io;
 #[derive(Parser)]
 #[command(name = "wanrt", version, about)]
 struct Cli {
+    /// Worker threads for any subcommand (default: one per core).
+    #[arg(long, global = true, value_name = "N", value_parser = parse_threads)]
+    threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -53,6 +56,16 @@ fn main() -> ExitCode {
     // `catch_unwind` below turns into that line.
     std::panic::set_hook(Box::new(|_| {}));
     let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        // The process runs one job: rayon's global pool is its pool.
+        if let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+        {
+            eprintln!("error: --threads {n}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let ok = match cli.command {
         Command::Inspect { files } => inspect(&files),
         Command::Generate(args) => generate::run(&args),
@@ -64,6 +77,16 @@ fn main() -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// A thread count, at least 1.
+fn parse_threads(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) | Err(_) => {
+            Err("--threads must be at least 1 (leave it out for one per core)".into())
+        }
+        Ok(n) => Ok(n),
     }
 }
 

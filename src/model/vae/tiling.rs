@@ -35,7 +35,8 @@ impl Default for Tiling {
 }
 
 impl Tiling {
-    pub(super) fn validate(&self) -> Result<()> {
+    /// Fails unless the tile is positive and larger than the overlap.
+    pub fn validate(&self) -> Result<()> {
         if self.tile == 0 || self.overlap >= self.tile {
             return Err(Error::InvalidArgument(format!(
                 "VAE tiling: tile {} must be positive and larger than the overlap {}",

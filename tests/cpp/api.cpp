@@ -1,0 +1,122 @@
+// The C++ wrapper and the C ABI on the demo model (no files): moved-from objects, callbacks
+// and their user data, VAE tiling, run-time LoRA strengths, the last error after a success.
+// Built and run by tests/ffi.rs; prints the failed check and exits 1 on failure.
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <utility>
+
+#include "wanrt.hpp"
+
+#define CHECK(cond)                                                        \
+    do {                                                                   \
+        if (!(cond)) {                                                     \
+            std::fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__,    \
+                         __LINE__, #cond);                                 \
+            std::exit(1);                                                  \
+        }                                                                  \
+    } while (0)
+
+static wanrt::GenerateParams small() {
+    wanrt::GenerateParams p;
+    p.prompt("a cat").size(48, 32).frames(1).steps(2).seed(3);
+    return p;
+}
+
+/// Expects `f` to throw wanrt::Error with `status` and a message containing `text`.
+template <typename F>
+static void expect_error(F f, wanrt_status status, const char *text) {
+    try {
+        f();
+    } catch (const wanrt::Error &e) {
+        if (e.status() == status && std::strstr(e.what(), text)) return;
+        std::fprintf(stderr, "unexpected error %d: %s\n", e.status(), e.what());
+        std::exit(1);
+    }
+    std::fprintf(stderr, "no error (expected \"%s\")\n", text);
+    std::exit(1);
+}
+
+struct Counter {
+    int stages = 0;
+};
+
+static int32_t count_stage(void *user, int32_t, uint32_t, uint32_t) {
+    static_cast<Counter *>(user)->stages++;
+    return 0;
+}
+
+static int32_t fail_inside(void *, uint32_t, uint32_t, float) {
+    // A failing call while wanrt_generate runs: its message must not outlive the success.
+    CHECK(wanrt_generation_width(nullptr) == 0);
+    return 0;
+}
+
+int main() {
+    wanrt::check_abi();
+    auto pipe = wanrt::Pipeline::load(wanrt::PipelineParams().demo(true).threads(2));
+
+    // A moved-from Generation or Pipeline throws wanrt::Error.
+    auto video = pipe.generate(small());
+    CHECK(video.frame_count() == 1);
+    wanrt::Generation moved = std::move(video);
+    CHECK(moved.json().find("\"demo\":true") != std::string::npos);
+    expect_error([&] { (void)video.json(); }, WANRT_STATUS_INVALID_ARGUMENT,
+                 "wanrt::Generation was moved from");
+    expect_error([&] { (void)video.frames(); }, WANRT_STATUS_INVALID_ARGUMENT, "moved from");
+
+    // A progress lambda leaves the user_data of a C stage callback alone.
+    Counter counter;
+    auto raw = small();
+    raw.raw().stage_progress = count_stage;
+    raw.raw().user_data = &counter;
+    int steps = 0;
+    pipe.generate(raw, [&](uint32_t, uint32_t, float) {
+        steps++;
+        return wanrt::Flow::Continue;
+    });
+    CHECK(steps == 3);
+    CHECK(counter.stages > 3);
+
+    // The stage callback has a setter, and cancels like the step callback.
+    int stages = 0;
+    auto staged = small();
+    staged.on_stage([&](wanrt_stage stage, uint32_t, uint32_t) {
+        stages++;
+        return stage == WANRT_STAGE_DECODING ? wanrt::Flow::Cancel : wanrt::Flow::Continue;
+    });
+    expect_error([&] { pipe.generate(staged); }, WANRT_STATUS_CANCELLED, "cancelled");
+    CHECK(stages > 3);
+
+    // VAE tiles, recorded in the metadata; bad tiles refused before any work.
+    auto tiled = small();
+    tiled.vae_tiles(4, 1);
+    CHECK(pipe.generate(tiled).json().find("\"vae_tiling\":\"4,1\"") != std::string::npos);
+    CHECK(pipe.generate(small()).json().find("\"vae_tiling\":\"off\"") != std::string::npos);
+    auto bad = small();
+    bad.vae_tiles(4, 4);
+    expect_error([&] { pipe.generate(bad); }, WANRT_STATUS_INVALID_ARGUMENT,
+                 "larger than the overlap");
+
+    // Strengths of LoRAs the pipeline does not have.
+    expect_error([&] { pipe.set_lora_strength(0, 0.5f); }, WANRT_STATUS_INVALID_ARGUMENT,
+                 "LoRA index 0: the pipeline has 0 LoRA(s)");
+
+    // A successful call clears the last error, even one set while it ran (on this thread:
+    // a pipeline without threads of its own runs the callbacks on the caller's).
+    auto inner = small();
+    inner.raw().progress = fail_inside;
+    wanrt::Pipeline::load(wanrt::PipelineParams().demo(true)).generate(inner);
+    CHECK(std::strcmp(wanrt_last_error(), "") == 0);
+
+    // The demo takes no files; a moved-from Pipeline throws.
+    expect_error([] { wanrt::Pipeline::load(wanrt::PipelineParams().demo(true).dit("x")); },
+                 WANRT_STATUS_INVALID_ARGUMENT, "no model paths");
+    wanrt::Pipeline other = std::move(pipe);
+    expect_error([&] { pipe.generate(small()); }, WANRT_STATUS_INVALID_ARGUMENT,
+                 "wanrt::Pipeline was moved from");
+    CHECK(other.generate(small()).frame_count() == 1);
+    std::puts("api: ok");
+    return 0;
+}
