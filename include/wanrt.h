@@ -106,6 +106,25 @@ typedef enum wanrt_status {
 } wanrt_status;
 
 /**
+ * Values of `wanrt_generate_params.attention`: the DiT's self-attention.
+ */
+typedef enum wanrt_attention {
+    /**
+     * The 8-bit kernel where the device has one, else the device's exact attention (exact f32
+     * on the CPU).
+     */
+    WANRT_ATTENTION_AUTO = 0,
+    /**
+     * The 8-bit scheme; on the CPU its emulation (slow, for checking).
+     */
+    WANRT_ATTENTION_Q8 = 1,
+    /**
+     * 16-bit attention on a GPU; exact f32 on the CPU.
+     */
+    WANRT_ATTENTION_BF16 = 2,
+} wanrt_attention;
+
+/**
  * Values of `wanrt_pipeline_params.device`.
  */
 typedef enum wanrt_device {
@@ -454,6 +473,10 @@ typedef struct wanrt_generate_params {
      * Passed unchanged to both callbacks. Default NULL.
      */
     void *user_data;
+    /**
+     * A `wanrt_attention` value. Default `WANRT_ATTENTION_AUTO`.
+     */
+    int32_t attention;
     /**
      * A `wanrt_vae_tiling` value: how the VAE decodes. Default `WANRT_VAE_TILING_AUTO`.
      */
