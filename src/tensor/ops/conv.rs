@@ -1,7 +1,9 @@
 //! Convolutions and nearest upsampling: shape checks, then [`crate::backend::cpu::conv`].
 
-use super::nn::{f32_input, widen_weight};
+use super::nn::{f32_input, widen_weight, with_weights};
+use super::on_cuda;
 use crate::backend::cpu::conv::{self, Conv3dGeom};
+use crate::backend::cuda::ops as cuda;
 use crate::error::{Error, Result};
 use crate::tensor::{Shape, Tensor, Weight};
 
@@ -18,7 +20,6 @@ impl Tensor {
         padding: [usize; 3],
     ) -> Result<Tensor> {
         const OP: &str = "conv3d";
-        let x = f32_input(self, OP)?;
         let &[b, cin, t, h, wd] = self.dims() else {
             return Err(Error::ShapeMismatch {
                 op: OP,
@@ -63,9 +64,13 @@ impl Tensor {
                 got: self.shape().clone(),
             });
         };
+        let shape = Shape::new([b, cout, ot, oh, ow])?;
+        if on_cuda(OP, &with_weights(self, [Some(w), bias]))? {
+            return cuda::conv3d(self, w, bias, stride, padding, &shape);
+        }
+        let x = f32_input(self, OP)?;
         let weight = widen_weight(w, w.tensor.elem_count(), OP)?;
         let bias = bias.map(|bw| widen_weight(bw, cout, OP)).transpose()?;
-        let shape = Shape::new([b, cout, ot, oh, ow])?;
         let mut out = vec![0.0; shape.elem_count()];
         conv::conv3d(&x, b, &g, &weight, bias.as_deref(), &mut out);
         Tensor::from_f32(out, shape)
@@ -113,7 +118,6 @@ impl Tensor {
     /// Nearest-neighbour ×2 upsampling of the last two dims (each value becomes a 2×2 block).
     pub fn upsample_nearest2x(&self) -> Result<Tensor> {
         const OP: &str = "upsample_nearest2x";
-        let x = f32_input(self, OP)?;
         let dims = self.dims();
         if dims.len() < 2 {
             return Err(Error::ShapeMismatch {
@@ -127,6 +131,10 @@ impl Tensor {
         out_dims[dims.len() - 2] = 2 * h;
         out_dims[dims.len() - 1] = 2 * w;
         let shape = Shape::new(out_dims)?;
+        if on_cuda(OP, &[self])? {
+            return cuda::upsample_nearest2x(self, &shape);
+        }
+        let x = f32_input(self, OP)?;
         let mut out = vec![0.0; x.len() * 4];
         conv::upsample_nearest2x(&x, &mut out, h, w);
         Tensor::from_f32(out, shape)

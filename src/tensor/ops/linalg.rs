@@ -3,7 +3,10 @@
 
 use std::borrow::Cow;
 
+use super::nn::with_weights;
+use super::on_cuda;
 use crate::backend::cpu::{attention as attn, gemm, linear as lin};
+use crate::backend::cuda::ops as cuda;
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Shape, Tensor, Weight};
 
@@ -31,8 +34,6 @@ impl Tensor {
     /// equal, or `rhs` 2-D (one matrix for every batch entry of `self`).
     pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
         const OP: &str = "matmul";
-        let a = f32_input(self, OP)?;
-        let b = f32_input(rhs, OP)?;
         let (ad, bd) = (self.dims(), rhs.dims());
         if ad.len() < 2 {
             return Err(mismatch(OP, "lhs of rank >= 2", self));
@@ -54,6 +55,10 @@ impl Tensor {
         let mut dims = ad.to_vec();
         *dims.last_mut().expect("rank >= 2") = n;
         let shape = Shape::new(dims)?;
+        if on_cuda(OP, &[self, rhs])? {
+            return cuda::matmul(self, rhs, &shape);
+        }
+        let (a, b) = (f32_input(self, OP)?, f32_input(rhs, OP)?);
         let mut out = vec![0.0; shape.elem_count()];
         let batch = batch_dims.iter().product();
         gemm::matmul_batched(&a, &b, &mut out, batch, m, k, n, b_shared);
@@ -65,7 +70,6 @@ impl Tensor {
     /// to f32 panel by panel inside the GEMM loop, never whole.
     pub fn linear(&self, weight: &Weight, bias: Option<&Weight>) -> Result<Tensor> {
         const OP: &str = "linear";
-        let x = f32_input(self, OP)?;
         for w in std::iter::once(weight).chain(bias) {
             if !w.dtype().is_float() {
                 return Err(Error::UnsupportedDType {
@@ -87,15 +91,16 @@ impl Tensor {
                 self,
             ));
         }
-        let bias = match bias {
-            Some(b) if b.dims() != [n_out] => {
-                return Err(mismatch(OP, format!("bias [{n_out}]"), &b.tensor))
-            }
-            Some(b) => Some(b.to_f32()?.to_f32_vec()?),
-            None => None,
-        };
-        let rows = lead.iter().product();
+        if let Some(b) = bias.filter(|b| b.dims() != [n_out]) {
+            return Err(mismatch(OP, format!("bias [{n_out}]"), &b.tensor));
+        }
         let shape = Shape::new([lead, &[n_out]].concat())?;
+        if on_cuda(OP, &with_weights(self, [Some(weight), bias]))? {
+            return cuda::linear(self, weight, bias, &shape);
+        }
+        let x = f32_input(self, OP)?;
+        let bias = bias.map(|b| b.to_f32()?.to_f32_vec()).transpose()?;
+        let rows = lead.iter().product();
         let mut out = vec![0.0; shape.elem_count()];
         lin::linear(&x, rows, weight, bias.as_deref(), &mut out)?;
         Tensor::from_f32(out, shape)
@@ -137,8 +142,6 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams<'_>) ->
         return Err(mismatch(OP, format!("v {kd:?} like k"), v));
     }
     let kv_len = kd[1];
-    let (qs, ks, vs) = (f32_input(q, OP)?, f32_input(k, OP)?, f32_input(v, OP)?);
-    let bias = p.bias.map(|b| f32_input(b, OP)).transpose()?;
     let bias_per_batch = match p.bias.map(Tensor::dims) {
         None => false,
         Some(d) if d == [heads, q_len, kv_len] => false,
@@ -157,6 +160,12 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams<'_>) ->
             )));
         }
     }
+    let inputs: Vec<&Tensor> = [q, k, v].into_iter().chain(p.bias).collect();
+    if on_cuda(OP, &inputs)? {
+        return cuda::attention(q, k, v, p);
+    }
+    let (qs, ks, vs) = (f32_input(q, OP)?, f32_input(k, OP)?, f32_input(v, OP)?);
+    let bias = p.bias.map(|b| f32_input(b, OP)).transpose()?;
     let dims = attn::AttnDims {
         batch,
         q_len,
