@@ -13,6 +13,10 @@
 //! (`cargo test --test fixtures -- sampler_`); `WANRT_FIXTURES_VERBOSE=1` also prints every
 //! tensor's error.
 //!
+//! With `WANRT_COMPUTE=bf16` the CPU backend emulates the CUDA path's bf16 activations
+//! (`wanrt::backend::cpu::compute`): the harness says so first and applies each case's
+//! `rel_l2_bf16_compute`, skipping the cases that have none.
+//!
 //! Adding a kind: write `tests/kinds/<kind>.rs` with a [`kinds::Runner`] and add it to
 //! [`kinds::RUNNERS`].
 
@@ -33,14 +37,20 @@ enum Verdict {
     Skip,
 }
 
-fn run_case(case: &Case, verbose: bool) -> Verdict {
+fn run_case(case: &Case, verbose: bool, bf16_compute: bool) -> Verdict {
     let tag = format!("fixture {} {}", case.name, case.kind);
     let Some((_, runner)) = kinds::RUNNERS.iter().find(|(k, _)| *k == case.kind) else {
         println!("{tag} SKIP: kind `{}` is not implemented yet", case.kind);
         return Verdict::Skip;
     };
     let result = catch_unwind(AssertUnwindSafe(|| {
-        let tol = case.rel_l2_tolerance()?;
+        let tol = if bf16_compute {
+            case.bf16_compute_tolerance()?.ok_or_else(|| {
+                Stop::Skip("no `rel_l2_bf16_compute` tolerance for bf16 compute".into())
+            })?
+        } else {
+            case.rel_l2_tolerance()?
+        };
         runner(case).map(|checks| (checks, tol))
     }))
     .unwrap_or_else(|_| Err(Stop::Fail("the runner panicked".into())));
@@ -104,6 +114,19 @@ fn main() -> ExitCode {
         .filter(|a| !a.starts_with('-'))
         .collect();
     let verbose = std::env::var_os("WANRT_FIXTURES_VERBOSE").is_some_and(|v| v != "0");
+    let bf16_compute = match wanrt::backend::cpu::compute::rounds_to_bf16() {
+        Ok(b) => b,
+        Err(e) => {
+            println!("fixtures: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if bf16_compute {
+        println!(
+            "fixtures: bf16-compute mode (WANRT_COMPUTE=bf16): the CPU rounds to bf16 where the \
+             CUDA path stores bf16; each case's rel_l2_bf16_compute applies, cases without one skip"
+        );
+    }
     let root = fixtures_root();
     let dirs = match find_cases(&root) {
         Ok(d) if !d.is_empty() => d,
@@ -140,7 +163,7 @@ fn main() -> ExitCode {
         if !filters.is_empty() && !filters.iter().any(|f| case.name.contains(f.as_str())) {
             continue;
         }
-        match run_case(&case, verbose) {
+        match run_case(&case, verbose, bf16_compute) {
             Verdict::Pass => passed += 1,
             Verdict::Fail => failed += 1,
             Verdict::Skip => skipped += 1,

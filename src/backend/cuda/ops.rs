@@ -68,8 +68,15 @@ pub fn matmul(_a: &Tensor, _b: &Tensor, _out: &Shape) -> Result<Tensor> {
     Err(not_on_cuda("matmul"))
 }
 
-/// `x · Wᵀ + b` into `out`, the weight in its stored dtype.
-pub fn linear(_x: &Tensor, _w: &Weight, _bias: Option<&Weight>, _out: &Shape) -> Result<Tensor> {
+/// `x · Wᵀ + b` into `out`, the weight in its stored dtype; in f32 with `keep_f32`, in bf16
+/// with f32 accumulation otherwise.
+pub fn linear(
+    _x: &Tensor,
+    _w: &Weight,
+    _bias: Option<&Weight>,
+    _keep_f32: bool,
+    _out: &Shape,
+) -> Result<Tensor> {
     Err(not_on_cuda("linear"))
 }
 

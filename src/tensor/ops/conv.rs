@@ -1,7 +1,10 @@
 //! Convolutions and nearest upsampling: shape checks, then [`crate::backend::cpu::conv`].
 
+use std::borrow::Cow;
+
 use super::nn::{f32_input, widen_weight, with_weights};
-use super::on_cuda;
+use super::{bf16_if, on_cuda};
+use crate::backend::cpu::compute::{round_to_bf16, rounds_to_bf16};
 use crate::backend::cpu::conv::{self, Conv3dGeom};
 use crate::backend::cuda::ops as cuda;
 use crate::error::{Error, Result};
@@ -12,6 +15,7 @@ impl Tensor {
     /// dtype, widened once per call), optional `bias` `[Cout]`, symmetric zero `padding` and
     /// `stride` per axis (frames, rows, columns) -> `[B, Cout, T', H', W']` with
     /// `T' = (T + 2·pt - kt) / st + 1` etc. Causal padding is the caller's (`pad_zeros`).
+    /// Computed in the backend's compute dtype, like [`Tensor::linear`].
     pub fn conv3d(
         &self,
         w: &Weight,
@@ -68,11 +72,19 @@ impl Tensor {
         if on_cuda(OP, &with_weights(self, [Some(w), bias]))? {
             return cuda::conv3d(self, w, bias, stride, padding, &shape);
         }
-        let x = f32_input(self, OP)?;
-        let weight = widen_weight(w, w.tensor.elem_count(), OP)?;
+        let round = rounds_to_bf16()?;
+        let x = bf16_if(round, f32_input(self, OP)?);
+        let weight = bf16_if(
+            round,
+            Cow::Owned(widen_weight(w, w.tensor.elem_count(), OP)?),
+        );
         let bias = bias.map(|bw| widen_weight(bw, cout, OP)).transpose()?;
+        let bias = bias.map(|bv| bf16_if(round, Cow::Owned(bv)));
         let mut out = vec![0.0; shape.elem_count()];
         conv::conv3d(&x, b, &g, &weight, bias.as_deref(), &mut out);
+        if round {
+            round_to_bf16(&mut out);
+        }
         Tensor::from_f32(out, shape)
     }
 

@@ -14,6 +14,9 @@ pub use linalg::{attention, AttentionParams};
 pub use nn::embedding;
 pub use shape::cat;
 
+use std::borrow::Cow;
+
+use crate::backend::cpu::compute::round_to_bf16;
 use crate::backend::Device;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -34,4 +37,14 @@ pub(crate) fn on_cuda(op: &'static str, inputs: &[&Tensor]) -> Result<bool> {
         return Err(Error::DeviceMismatch { op, devices });
     }
     Ok(device != Device::Cpu)
+}
+
+/// `x` rounded to bf16 when `round` (the CPU's bf16 compute emulation), `x` itself otherwise.
+pub(crate) fn bf16_if(round: bool, x: Cow<'_, [f32]>) -> Cow<'_, [f32]> {
+    if !round {
+        return x;
+    }
+    let mut v = x.into_owned();
+    round_to_bf16(&mut v);
+    Cow::Owned(v)
 }
