@@ -93,6 +93,14 @@ pub enum Error {
     /// A device-side failure (driver, NVRTC, cuBLAS).
     #[error("device error: {0}")]
     Device(String),
+    /// The inputs of one op live on different devices (move them with `Tensor::to_device`).
+    #[error("{op}: inputs on different devices ({devices})")]
+    DeviceMismatch {
+        /// The operation.
+        op: &'static str,
+        /// The devices of its inputs, in order.
+        devices: String,
+    },
 
     // === Runtime ===
     /// A request needs more working memory than the machine has (checked before any heavy work).
@@ -194,6 +202,7 @@ impl Error {
             | Error::ShapeMismatch { .. }
             | Error::UnsupportedDType { .. }
             | Error::ShapeOverflow(_)
+            | Error::DeviceMismatch { .. }
             | Error::InvalidArgument(_)
             | Error::NonFiniteLatent { .. } => Status::InvalidArgument,
             Error::OutOfMemory(_) => Status::OutOfMemory,

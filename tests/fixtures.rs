@@ -15,6 +15,10 @@
 //! scheme's CPU emulation (said on the first line) and holds them to their
 //! `tolerance.rel_l2_bf16_compute` (a case without one is skipped).
 //!
+//! With `WANRT_COMPUTE=bf16` the CPU backend emulates the CUDA path's bf16 activations
+//! (`wanrt::backend::cpu::compute`): the harness says so first and applies each case's
+//! `rel_l2_bf16_compute`, skipping the cases that have none.
+//!
 //! Adding a kind: write `tests/kinds/<kind>.rs` with a [`kinds::Runner`] and add it to
 //! [`kinds::RUNNERS`].
 
@@ -36,17 +40,24 @@ enum Verdict {
     Skip,
 }
 
-fn run_case(case: &Case, verbose: bool, attention: SelfAttention) -> Verdict {
+fn run_case(case: &Case, verbose: bool, attention: SelfAttention, bf16_compute: bool) -> Verdict {
     let tag = format!("fixture {} {}", case.name, case.kind);
     let Some((_, runner)) = kinds::RUNNERS.iter().find(|(k, _)| *k == case.kind) else {
         println!("{tag} SKIP: kind `{}` is not implemented yet", case.kind);
         return Verdict::Skip;
     };
     let q8 = attention != SelfAttention::Exact && kinds::DIT_KINDS.contains(&case.kind.as_str());
+    let reduced = if q8 {
+        Some("the 8-bit attention")
+    } else if bf16_compute {
+        Some("bf16 compute")
+    } else {
+        None
+    };
     let result = catch_unwind(AssertUnwindSafe(|| {
-        let tol = if q8 {
-            case.rel_l2_bf16_tolerance()?.ok_or_else(|| {
-                Stop::Skip("no tolerance.rel_l2_bf16_compute for the 8-bit attention".into())
+        let tol = if let Some(mode) = reduced {
+            case.bf16_compute_tolerance()?.ok_or_else(|| {
+                Stop::Skip(format!("no `rel_l2_bf16_compute` tolerance for {mode}"))
             })?
         } else {
             case.rel_l2_tolerance()?
@@ -121,11 +132,24 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let bf16_compute = match wanrt::backend::cpu::compute::rounds_to_bf16() {
+        Ok(b) => b,
+        Err(e) => {
+            println!("fixtures: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     if attention != SelfAttention::Exact {
         println!(
             "fixtures: WANRT_ATTENTION: the DiT self-attention runs the 8-bit scheme emulated on \
              the CPU ({}); DiT cases are held to their rel_l2_bf16_compute",
             attention.describe()
+        );
+    }
+    if bf16_compute {
+        println!(
+            "fixtures: bf16-compute mode (WANRT_COMPUTE=bf16): the CPU rounds to bf16 where the \
+             CUDA path stores bf16; each case's rel_l2_bf16_compute applies, cases without one skip"
         );
     }
     let root = fixtures_root();
@@ -164,7 +188,7 @@ fn main() -> ExitCode {
         if !filters.is_empty() && !filters.iter().any(|f| case.name.contains(f.as_str())) {
             continue;
         }
-        match run_case(&case, verbose, attention) {
+        match run_case(&case, verbose, attention, bf16_compute) {
             Verdict::Pass => passed += 1,
             Verdict::Fail => failed += 1,
             Verdict::Skip => skipped += 1,

@@ -9,8 +9,43 @@ pub mod cpu;
 pub mod cuda;
 
 /// Where a tensor lives and its ops run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Device {
     /// Host memory, CPU kernels.
     Cpu,
+    /// The CUDA device of this ordinal (as the driver numbers them).
+    Cuda(usize),
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+/// One CUDA device as the driver reports it ([`cuda::list_devices`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// The ordinal to pass as [`Device::Cuda`].
+    pub ordinal: usize,
+    /// The product name, e.g. `NVIDIA H100 80GB HBM3`.
+    pub name: String,
+    /// Compute capability `(major, minor)`, e.g. `(9, 0)`.
+    pub compute_capability: (i32, i32),
+    /// Total memory in bytes.
+    pub total_memory: usize,
+}
+
+/// The bytes one device's caching allocator accounts for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryUsage {
+    /// Bytes held by live tensors.
+    pub in_use: usize,
+    /// Bytes of freed buffers kept for reuse.
+    pub cached: usize,
+    /// The limit on `in_use + cached`.
+    pub limit: usize,
 }

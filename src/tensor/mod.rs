@@ -23,6 +23,7 @@ pub use shape::{checked_product, Shape};
 pub use storage::Storage;
 pub use weight::Weight;
 
+use crate::backend::cuda::{self, CudaStorage};
 use crate::backend::Device;
 use crate::error::{Error, Result};
 
@@ -147,8 +148,48 @@ impl Tensor {
     /// The device holding the data.
     pub fn device(&self) -> Device {
         match &*self.storage {
-            Storage::Cuda(c) => match *c {},
+            Storage::Cuda(c) => Device::Cuda(c.ordinal()),
             _ => Device::Cpu,
+        }
+    }
+
+    /// The tensor on `device`: itself when it is there already, otherwise a copy (host to
+    /// device, device to host, or between two devices through the host). Moving data between
+    /// devices happens only here, so every transfer is explicit.
+    pub fn to_device(&self, device: Device) -> Result<Tensor> {
+        if self.device() == device {
+            return Ok(self.clone());
+        }
+        let storage = match device {
+            Device::Cpu => {
+                let bytes = self.cuda_storage("to_device")?.download()?;
+                return Tensor::from_bytes(bytes, self.dtype, self.shape.clone());
+            }
+            Device::Cuda(_) if self.device() != Device::Cpu => {
+                return self.to_device(Device::Cpu)?.to_device(device);
+            }
+            Device::Cuda(ordinal) => CudaStorage::upload(ordinal, self.raw_bytes()?)?,
+        };
+        Ok(Tensor::from_cuda(storage, self.dtype, self.shape.clone()))
+    }
+
+    /// A tensor over device memory that a CUDA op produced; `storage` holds exactly the bytes
+    /// of `shape` in `dtype`.
+    pub(crate) fn from_cuda(storage: CudaStorage, dtype: DType, shape: Shape) -> Tensor {
+        Tensor {
+            shape,
+            dtype,
+            storage: Arc::new(Storage::Cuda(storage)),
+        }
+    }
+
+    /// The device memory of a CUDA tensor; `InvalidArgument` naming `op` for a host tensor.
+    pub(crate) fn cuda_storage(&self, op: &'static str) -> Result<&CudaStorage> {
+        match &*self.storage {
+            Storage::Cuda(c) => Ok(c),
+            _ => Err(Error::InvalidArgument(format!(
+                "{op}: expected a CUDA tensor, got one on the cpu"
+            ))),
         }
     }
 
@@ -164,9 +205,12 @@ impl Tensor {
 
     /// The little-endian bytes of a host tensor.
     pub fn raw_bytes(&self) -> Result<&[u8]> {
-        self.storage.host_bytes().ok_or(Error::InvalidArgument(
-            "raw_bytes: tensor is not in host memory".into(),
-        ))
+        self.storage.host_bytes().ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "raw_bytes: the tensor is on {}; copy it with to_device(Device::Cpu)",
+                self.device()
+            ))
+        })
     }
 
     /// The elements as `T`, borrowed when the bytes are suitably aligned, copied otherwise.
@@ -210,6 +254,9 @@ impl Tensor {
         if dtype == self.dtype {
             return Ok(self.clone());
         }
+        if self.device() != Device::Cpu {
+            return cuda::ops::convert(self, dtype);
+        }
         if dtype == DType::F32 {
             return Tensor::from_f32(self.to_f32_vec()?, self.shape.clone());
         }
@@ -239,9 +286,13 @@ impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "Tensor({}, {:?}{})",
+            "Tensor({}, {:?}{}{})",
             self.dtype,
             self.shape,
+            match self.device() {
+                Device::Cpu => String::new(),
+                d => format!(", {d}"),
+            },
             if self.is_mapped() { ", mapped" } else { "" }
         )
     }

@@ -1,8 +1,8 @@
 //! Where a tensor's bytes live.
 //!
 //! Host tensors either own their data or borrow a byte range of a memory-mapped file (the
-//! zero-copy path for weights). The CUDA variant exists only with the `cuda` feature; without
-//! it the type is uninhabited, so code that matches on storage needs no `#[cfg]`.
+//! zero-copy path for weights). The CUDA variant holds device memory with the `cuda` feature;
+//! without it the type is uninhabited, so code that matches on storage needs no `#[cfg]`.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -34,7 +34,7 @@ impl Storage {
             Storage::F32(v) => Some(bytemuck::cast_slice(v)),
             Storage::Bytes(v) => Some(v),
             Storage::Mapped { map, range } => Some(&map[range.clone()]),
-            Storage::Cuda(c) => match *c {},
+            Storage::Cuda(_) => None,
         }
     }
 

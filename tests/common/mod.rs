@@ -171,17 +171,17 @@ impl Case {
         Ok(F32_STORAGE_FLOOR)
     }
 
-    /// The relative-L2 tolerance for reduced-precision compute (`tolerance.rel_l2_bf16_compute`),
-    /// if the case states one.
-    pub fn rel_l2_bf16_tolerance(&self) -> Result<Option<f64>, String> {
-        let key = "rel_l2_bf16_compute";
-        self.get("tolerance")
-            .and_then(|t| t.get(key))
-            .map(|v| {
-                v.as_f64()
-                    .ok_or_else(|| self.missing(&format!("tolerance.{key}"), "a number"))
-            })
-            .transpose()
+    /// The relative-L2 tolerance for a backend computing in bf16 (the CUDA path, or the CPU under
+    /// `WANRT_COMPUTE=bf16`): `tolerance.rel_l2_bf16_compute`, `None` when the case has none.
+    pub fn bf16_compute_tolerance(&self) -> Result<Option<f64>, String> {
+        const KEY: &str = "rel_l2_bf16_compute";
+        match self.get("tolerance").and_then(|t| t.get(KEY)) {
+            None => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| self.missing(&format!("tolerance.{KEY}"), "a number")),
+        }
     }
 
     fn missing(&self, key: &str, what: &str) -> String {

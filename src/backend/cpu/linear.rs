@@ -23,12 +23,14 @@ const WIDEN_ROWS: usize = 16;
 
 /// `out[r, o] = Σ_i x[r, i] · w[o, i] + bias[o]`: `x` is row-major `[rows, in]`, the weight
 /// `[out, in]` (any float dtype, scale applied), `bias` has `out` values and `out` is
-/// row-major `[rows, out]`.
+/// row-major `[rows, out]`. With `bf16_weight` every widened weight value is rounded to bf16
+/// first (the bf16 compute emulation of [`super::compute`]).
 pub fn linear(
     x: &[f32],
     rows: usize,
     weight: &Weight,
     bias: Option<&[f32]>,
+    bf16_weight: bool,
     out: &mut [f32],
 ) -> Result<()> {
     let &[n_out, n_in] = weight.dims() else {
@@ -61,7 +63,7 @@ pub fn linear(
     let threads = rayon::current_num_threads();
     let xv = MatRef::row_major(x, rows, n_in);
 
-    if weight.dtype() == DType::F32 && weight.scale.is_none() {
+    if weight.dtype() == DType::F32 && weight.scale.is_none() && !bf16_weight {
         if let Ok(w) = bytemuck::try_cast_slice::<u8, f32>(weight.tensor.raw_bytes()?) {
             sgemm(
                 xv,
@@ -96,7 +98,13 @@ pub fn linear(
                 .enumerate()
                 .try_for_each(|(i, chunk)| {
                     let r0 = o0 + i * WIDEN_ROWS;
-                    weight.widen_rows(r0..r0 + chunk.len() / n_in, chunk)
+                    weight.widen_rows(r0..r0 + chunk.len() / n_in, chunk)?;
+                    if bf16_weight {
+                        chunk
+                            .iter_mut()
+                            .for_each(|v| *v = half::bf16::from_f32(*v).to_f32());
+                    }
+                    Ok::<(), Error>(())
                 })?;
             let wv = MatRef::row_major(w, n, n_in).t();
             // SAFETY: the block lies inside `out`, which this function borrows exclusively.
@@ -157,7 +165,7 @@ mod tests {
         let w_ref = weight.to_f32().unwrap().to_f32_vec().unwrap();
         let bias = with_bias.then(|| values(n_out, 3));
         let mut out = vec![f32::NAN; rows * n_out];
-        linear(&x, rows, &weight, bias.as_deref(), &mut out).unwrap();
+        linear(&x, rows, &weight, bias.as_deref(), false, &mut out).unwrap();
         let want = reference(&x, &w_ref, bias.as_deref(), rows, n_out, n_in);
         for (i, (&g, &e)) in out.iter().zip(&want).enumerate() {
             let tol = 1e-5 * (n_in as f64).sqrt() * (1.0 + e.abs());
@@ -214,7 +222,7 @@ mod tests {
         let t = Tensor::from_mmap(map, 1..bytes.len(), DType::F32, [n_out, n_in]).unwrap();
         let x = values(2 * n_in, 5);
         let mut out = vec![0.0; 2 * n_out];
-        linear(&x, 2, &Weight::new(t), None, &mut out).unwrap();
+        linear(&x, 2, &Weight::new(t), None, false, &mut out).unwrap();
         let want = reference(&x, &w, None, 2, n_out, n_in);
         for (&g, &e) in out.iter().zip(&want) {
             assert!((g as f64 - e).abs() < 1e-5);
@@ -225,7 +233,7 @@ mod tests {
     fn empty_inner_dimension_gives_bias() {
         let weight = Weight::new(Tensor::from_f32(vec![], [3, 0]).unwrap());
         let mut out = vec![f32::NAN; 6];
-        linear(&[], 2, &weight, Some(&[1.0, 2.0, 3.0]), &mut out).unwrap();
+        linear(&[], 2, &weight, Some(&[1.0, 2.0, 3.0]), false, &mut out).unwrap();
         assert_eq!(out, [1.0, 2.0, 3.0, 1.0, 2.0, 3.0]);
     }
 }

@@ -1,11 +1,26 @@
-//! The CUDA backend (cudarc, NVRTC-compiled kernels from `kernels/`, cuBLASLt GEMMs).
+//! The CUDA backend: cudarc with dynamic loading, one context and stream per device, a caching
+//! allocator with a memory limit, and [`CudaStorage`], the device memory of a tensor.
+//!
+//! cudarc panics when a library is missing, so every entry first probes the library
+//! ([`device_available`]) and contains any panic of the driver calls, returning a typed error
+//! that names the library.
 
-use crate::error::{Error, Result};
-
+mod allocator;
 pub(crate) mod kernels;
+pub mod ops;
 
-/// Device memory of one tensor.
-pub enum CudaStorage {}
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DriverError};
+
+use crate::backend::{DeviceInfo, MemoryUsage};
+use crate::error::{Error, Result};
+use allocator::{Pool, Take};
+
+/// The driver library cudarc opens (the same name for CUDA 12 and 13 drivers).
+const DRIVER_LIBRARY: &str = "libcuda.so.1";
 
 /// Checks that the CUDA driver library can be loaded. cudarc panics when a library is missing,
 /// so the presence check comes first and never lets a panic escape.
@@ -14,6 +29,219 @@ pub fn device_available() -> Result<()> {
     if unsafe { cudarc::driver::sys::is_culib_present() } {
         Ok(())
     } else {
-        Err(Error::Device("libcuda could not be loaded".into()))
+        Err(Error::Device(format!(
+            "the CUDA driver library ({DRIVER_LIBRARY}) could not be loaded"
+        )))
+    }
+}
+
+/// Runs a driver call after the library probe, turning its error and any panic into typed
+/// errors that name `what`.
+fn driver<T>(what: &str, f: impl FnOnce() -> std::result::Result<T, DriverError>) -> Result<T> {
+    device_available()?;
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(driver_error(what, e)),
+        Err(p) => Err(Error::Device(format!(
+            "{what}: {}",
+            crate::error::panic_message(p.as_ref()).unwrap_or("the CUDA driver call panicked")
+        ))),
+    }
+}
+
+fn driver_error(what: &str, e: DriverError) -> Error {
+    if e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+        Error::OutOfMemory(format!("{what}: the CUDA device is out of memory"))
+    } else {
+        Error::Device(format!("{what}: {e}"))
+    }
+}
+
+/// The error of an op whose CUDA kernel is not wired into the dispatch yet.
+fn not_on_cuda(what: &str) -> Error {
+    Error::Device(format!("{what} have no CUDA implementation yet"))
+}
+
+/// Every CUDA device the driver reports, with name, compute capability and memory. Opens each
+/// device's context (kept for later use).
+pub fn list_devices() -> Result<Vec<DeviceInfo>> {
+    let count = driver("listing CUDA devices", CudaContext::device_count)?;
+    (0..usize::try_from(count).unwrap_or(0))
+        .map(|ordinal| {
+            let dev = CudaDevice::get(ordinal)?;
+            let ctx = dev.stream.context();
+            let what = format!("querying CUDA device {ordinal}");
+            Ok(DeviceInfo {
+                ordinal,
+                name: driver(&what, || ctx.name())?,
+                compute_capability: driver(&what, || ctx.compute_capability())?,
+                total_memory: driver(&what, || ctx.total_mem())?,
+            })
+        })
+        .collect()
+}
+
+/// One device: its context, the stream every op of wanrt runs on, and its allocator.
+pub struct CudaDevice {
+    ordinal: usize,
+    stream: Arc<CudaStream>,
+    pool: Mutex<Pool<CudaSlice<u8>>>,
+}
+
+impl CudaDevice {
+    /// The device of `ordinal`, created on first use (one context per device, kept for the
+    /// life of the process). The memory limit starts at the device's total memory.
+    pub fn get(ordinal: usize) -> Result<Arc<CudaDevice>> {
+        static DEVICES: OnceLock<Mutex<HashMap<usize, Arc<CudaDevice>>>> = OnceLock::new();
+        let mut devices = DEVICES
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(d) = devices.get(&ordinal) {
+            return Ok(Arc::clone(d));
+        }
+        let what = format!("opening CUDA device {ordinal}");
+        let count = driver(&what, CudaContext::device_count)?;
+        if ordinal >= usize::try_from(count).unwrap_or(0) {
+            return Err(Error::Device(format!(
+                "{what}: the driver reports {count} device(s)"
+            )));
+        }
+        let ctx = driver(&what, || CudaContext::new(ordinal))?;
+        let total = driver(&what, || ctx.total_mem())?;
+        let stream = driver(&what, || ctx.new_stream())?;
+        let dev = Arc::new(CudaDevice {
+            ordinal,
+            stream,
+            pool: Mutex::new(Pool::new(total)),
+        });
+        devices.insert(ordinal, Arc::clone(&dev));
+        Ok(dev)
+    }
+
+    /// The driver's ordinal of this device.
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
+    }
+
+    /// The stream wanrt's work on this device is queued on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// Bounds the bytes wanrt keeps on this device (in use plus cached); allocations past it
+    /// fail with [`Error::OutOfMemory`]. Cached buffers over the new limit are freed.
+    pub fn set_memory_limit(&self, bytes: usize) {
+        let freed = self.pool().set_limit(bytes);
+        drop(freed);
+    }
+
+    /// What the allocator holds now.
+    pub fn memory_usage(&self) -> MemoryUsage {
+        let p = self.pool();
+        MemoryUsage {
+            in_use: p.in_use(),
+            cached: p.cached(),
+            limit: p.limit(),
+        }
+    }
+
+    /// Frees every cached buffer.
+    pub fn release_cache(&self) {
+        let freed = self.pool().release_cache();
+        drop(freed);
+    }
+
+    fn pool(&self) -> std::sync::MutexGuard<'_, Pool<CudaSlice<u8>>> {
+        self.pool.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A buffer of at least `bytes` bytes (uninitialised), from the cache or the driver.
+    fn alloc(self: &Arc<Self>, bytes: usize) -> Result<CudaStorage> {
+        let decision = self.pool().take(bytes)?;
+        let (buf, class) = match decision {
+            Take::Reuse(b) => {
+                let class = b.len();
+                (b, class)
+            }
+            Take::Allocate { class, free } => {
+                drop(free);
+                // SAFETY: the bytes are written (upload or kernel output) before they are read.
+                match driver("CUDA allocation", || unsafe {
+                    self.stream.alloc::<u8>(class)
+                }) {
+                    Ok(b) => (b, class),
+                    Err(e) => {
+                        self.pool().allocation_failed(class);
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        Ok(CudaStorage {
+            buf: Some(buf),
+            class,
+            len: bytes,
+            device: Arc::clone(self),
+        })
+    }
+}
+
+/// Device memory of one tensor: a buffer of the device's caching allocator (returned to its
+/// cache on drop) holding `len` bytes.
+pub struct CudaStorage {
+    buf: Option<CudaSlice<u8>>,
+    class: usize,
+    len: usize,
+    device: Arc<CudaDevice>,
+}
+
+impl CudaStorage {
+    /// Copies host bytes to device `ordinal`.
+    pub fn upload(ordinal: usize, bytes: &[u8]) -> Result<CudaStorage> {
+        let dev = CudaDevice::get(ordinal)?;
+        let mut s = dev.alloc(bytes.len())?;
+        let dst = s.buf.as_mut().expect("a live storage holds its buffer");
+        let mut view = dst.slice_mut(..bytes.len());
+        driver("copy to the CUDA device", || {
+            dev.stream.memcpy_htod(bytes, &mut view)
+        })?;
+        Ok(s)
+    }
+
+    /// The device's bytes copied to the host (waits for the stream).
+    pub fn download(&self) -> Result<Vec<u8>> {
+        let src = self.buf.as_ref().expect("a live storage holds its buffer");
+        let mut out = vec![0u8; self.len];
+        driver("copy from the CUDA device", || {
+            self.device
+                .stream
+                .memcpy_dtoh(&src.slice(..self.len), &mut out)?;
+            self.device.stream.synchronize()
+        })?;
+        Ok(out)
+    }
+
+    /// The ordinal of the device holding the bytes.
+    pub fn ordinal(&self) -> usize {
+        self.device.ordinal
+    }
+
+    /// The number of bytes of the tensor.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True for a tensor without elements.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for CudaStorage {
+    fn drop(&mut self) {
+        if let Some(buf) = self.buf.take() {
+            self.device.pool().give_back(self.class, buf);
+        }
     }
 }

@@ -290,10 +290,12 @@ impl WanDit {
 
         // Time embedding (f32; the sinusoid in f64) and the 6-way projection.
         let sin = embed::sinusoid(timesteps, self.cfg.freq_dim)?;
-        let e = self.time2.forward(&self.time0.forward(&sin)?.silu()?)?;
+        let e = self
+            .time2
+            .forward_f32(&self.time0.forward_f32(&sin)?.silu()?)?;
         let e0 = self
             .time_proj
-            .forward(&e.silu()?)?
+            .forward_f32(&e.silu()?)?
             .reshape([batch, 6, dim])?;
 
         let x0 = embed::patchify(latent, &self.patch_w, &self.patch_b, self.cfg.patch_size)?;
@@ -312,7 +314,7 @@ impl WanDit {
         };
         let residual = x_in.map(|x0| x.sub(&x0)).transpose()?;
 
-        // Head: modulated by `e` (not `e0`), then unpatchify.
+        // Head (f32): modulated by `e` (not `e0`), then unpatchify.
         let hm = self
             .head_modulation
             .add(&e.reshape([batch, 1, dim])?)?
@@ -321,7 +323,7 @@ impl WanDit {
             .layer_norm(None, None, self.cfg.eps as f32)?
             .mul(&hm[1].affine(1.0, 1.0)?)?
             .add(&hm[0])?;
-        let y = self.head.forward(&y)?;
+        let y = self.head.forward_f32(&y)?;
         let velocity = embed::unpatchify(&y, grid, self.cfg.patch_size, self.cfg.out_dim)?;
         Ok(ForwardOutput {
             velocity,

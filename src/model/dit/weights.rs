@@ -107,12 +107,26 @@ pub(super) struct Linear {
 }
 
 impl Linear {
-    /// `x [.., in] -> [.., out]`; the weight is widened panel by panel inside the GEMM.
+    /// `x [.., in] -> [.., out]` in the backend's compute dtype ([`Tensor::linear`]).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.linear(&self.w, Some(&self.b))?;
+        self.apply(x, Tensor::linear)
+    }
+
+    /// [`Linear::forward`] kept in f32 ([`Tensor::linear_f32`]): the time embedding and
+    /// projection and the head, which the reference computes in f32 (wan-architecture.md §1.9).
+    pub fn forward_f32(&self, x: &Tensor) -> Result<Tensor> {
+        self.apply(x, Tensor::linear_f32)
+    }
+
+    fn apply(
+        &self,
+        x: &Tensor,
+        linear: fn(&Tensor, &Weight, Option<&Weight>) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let y = linear(x, &self.w, Some(&self.b))?;
         match &self.delta {
             None => Ok(y),
-            Some(d) => y.add(&x.linear(&d.down, None)?.linear(&d.up, None)?),
+            Some(d) => y.add(&linear(&linear(x, &d.down, None)?, &d.up, None)?),
         }
     }
 }

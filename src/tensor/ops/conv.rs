@@ -1,7 +1,12 @@
 //! Convolutions and nearest upsampling: shape checks, then [`crate::backend::cpu::conv`].
 
-use super::nn::{f32_input, widen_weight};
+use std::borrow::Cow;
+
+use super::nn::{f32_input, widen_weight, with_weights};
+use super::{bf16_if, on_cuda};
+use crate::backend::cpu::compute::{round_to_bf16, rounds_to_bf16};
 use crate::backend::cpu::conv::{self, Conv3dGeom};
+use crate::backend::cuda::ops as cuda;
 use crate::error::{Error, Result};
 use crate::tensor::{Shape, Tensor, Weight};
 
@@ -10,6 +15,7 @@ impl Tensor {
     /// dtype, widened once per call), optional `bias` `[Cout]`, symmetric zero `padding` and
     /// `stride` per axis (frames, rows, columns) -> `[B, Cout, T', H', W']` with
     /// `T' = (T + 2·pt - kt) / st + 1` etc. Causal padding is the caller's (`pad_zeros`).
+    /// Computed in the backend's compute dtype, like [`Tensor::linear`].
     pub fn conv3d(
         &self,
         w: &Weight,
@@ -18,7 +24,6 @@ impl Tensor {
         padding: [usize; 3],
     ) -> Result<Tensor> {
         const OP: &str = "conv3d";
-        let x = f32_input(self, OP)?;
         let &[b, cin, t, h, wd] = self.dims() else {
             return Err(Error::ShapeMismatch {
                 op: OP,
@@ -63,11 +68,23 @@ impl Tensor {
                 got: self.shape().clone(),
             });
         };
-        let weight = widen_weight(w, w.tensor.elem_count(), OP)?;
-        let bias = bias.map(|bw| widen_weight(bw, cout, OP)).transpose()?;
         let shape = Shape::new([b, cout, ot, oh, ow])?;
+        if on_cuda(OP, &with_weights(self, [Some(w), bias]))? {
+            return cuda::conv3d(self, w, bias, stride, padding, &shape);
+        }
+        let round = rounds_to_bf16()?;
+        let x = bf16_if(round, f32_input(self, OP)?);
+        let weight = bf16_if(
+            round,
+            Cow::Owned(widen_weight(w, w.tensor.elem_count(), OP)?),
+        );
+        let bias = bias.map(|bw| widen_weight(bw, cout, OP)).transpose()?;
+        let bias = bias.map(|bv| bf16_if(round, Cow::Owned(bv)));
         let mut out = vec![0.0; shape.elem_count()];
         conv::conv3d(&x, b, &g, &weight, bias.as_deref(), &mut out);
+        if round {
+            round_to_bf16(&mut out);
+        }
         Tensor::from_f32(out, shape)
     }
 
@@ -113,7 +130,6 @@ impl Tensor {
     /// Nearest-neighbour ×2 upsampling of the last two dims (each value becomes a 2×2 block).
     pub fn upsample_nearest2x(&self) -> Result<Tensor> {
         const OP: &str = "upsample_nearest2x";
-        let x = f32_input(self, OP)?;
         let dims = self.dims();
         if dims.len() < 2 {
             return Err(Error::ShapeMismatch {
@@ -127,6 +143,10 @@ impl Tensor {
         out_dims[dims.len() - 2] = 2 * h;
         out_dims[dims.len() - 1] = 2 * w;
         let shape = Shape::new(out_dims)?;
+        if on_cuda(OP, &[self])? {
+            return cuda::upsample_nearest2x(self, &shape);
+        }
+        let x = f32_input(self, OP)?;
         let mut out = vec![0.0; x.len() * 4];
         conv::upsample_nearest2x(&x, &mut out, h, w);
         Tensor::from_f32(out, shape)

@@ -5,9 +5,11 @@
 
 use std::borrow::Cow;
 
+use super::on_cuda;
 use super::shape::check_dim;
 use crate::backend::cpu::elementwise::{self as kernels, BinaryOp, UnaryOp};
 use crate::backend::cpu::reduce::{self, ReduceOp};
+use crate::backend::cuda::ops as cuda;
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Shape, Tensor};
 
@@ -45,7 +47,6 @@ impl Tensor {
     }
 
     fn binary(&self, name: &'static str, op: BinaryOp, rhs: &Tensor) -> Result<Tensor> {
-        let (a, b) = (f32_input(name, self)?, f32_input(name, rhs)?);
         let dims = kernels::broadcast_dims(self.dims(), rhs.dims()).ok_or_else(|| {
             Error::ShapeMismatch {
                 op: name,
@@ -54,6 +55,10 @@ impl Tensor {
             }
         })?;
         let shape = Shape::new(dims)?;
+        if on_cuda(name, &[self, rhs])? {
+            return cuda::binary(op, self, rhs, &shape);
+        }
+        let (a, b) = (f32_input(name, self)?, f32_input(name, rhs)?);
         let mut out = vec![0.0; shape.elem_count()];
         kernels::binary(op, &a, self.dims(), &b, rhs.dims(), &mut out, shape.dims());
         Tensor::from_f32(out, shape)
@@ -116,6 +121,9 @@ impl Tensor {
     }
 
     fn unary(&self, name: &'static str, op: UnaryOp) -> Result<Tensor> {
+        if on_cuda(name, &[self])? {
+            return cuda::unary(op, self);
+        }
         let x = f32_input(name, self)?;
         let mut out = vec![0.0; x.len()];
         kernels::unary(op, &x, &mut out);
@@ -139,7 +147,6 @@ impl Tensor {
     }
 
     fn reduce(&self, name: &'static str, op: ReduceOp, dim: usize) -> Result<Tensor> {
-        let x = f32_input(name, self)?;
         let dims = self.dims();
         let n = check_dim(name, self, dim)?;
         if n == 0 && op == ReduceOp::Max {
@@ -148,6 +155,10 @@ impl Tensor {
                 self.shape()
             )));
         }
+        if on_cuda(name, &[self])? {
+            return cuda::reduce(op, self, dim);
+        }
+        let x = f32_input(name, self)?;
         let mut out_dims = dims.to_vec();
         out_dims[dim] = 1;
         let shape = Shape::new(out_dims)?;
@@ -162,12 +173,16 @@ impl Tensor {
 
     /// Softmax over the last dim, computed stably (`e^(x - max)`). Errors on a rank-0 tensor.
     pub fn softmax_last(&self) -> Result<Tensor> {
-        let x = f32_input("softmax_last", self)?;
+        const OP: &str = "softmax_last";
         let Some(&n) = self.dims().last() else {
             return Err(Error::InvalidArgument(
                 "softmax_last: a scalar has no last dim".into(),
             ));
         };
+        if on_cuda(OP, &[self])? {
+            return cuda::softmax_last(self);
+        }
+        let x = f32_input(OP, self)?;
         let mut out = vec![0.0; x.len()];
         reduce::softmax_last(&x, n, &mut out);
         Tensor::from_f32(out, self.shape().clone())

@@ -3,7 +3,11 @@
 
 use std::borrow::Cow;
 
+use super::nn::with_weights;
+use super::{bf16_if, on_cuda};
+use crate::backend::cpu::compute::{round_to_bf16, rounds_to_bf16};
 use crate::backend::cpu::{attention as attn, attention_q8 as attn_q8, gemm, linear as lin};
+use crate::backend::cuda::ops as cuda;
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Shape, Tensor, Weight};
 
@@ -31,8 +35,6 @@ impl Tensor {
     /// equal, or `rhs` 2-D (one matrix for every batch entry of `self`).
     pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
         const OP: &str = "matmul";
-        let a = f32_input(self, OP)?;
-        let b = f32_input(rhs, OP)?;
         let (ad, bd) = (self.dims(), rhs.dims());
         if ad.len() < 2 {
             return Err(mismatch(OP, "lhs of rank >= 2", self));
@@ -54,50 +56,80 @@ impl Tensor {
         let mut dims = ad.to_vec();
         *dims.last_mut().expect("rank >= 2") = n;
         let shape = Shape::new(dims)?;
+        if on_cuda(OP, &[self, rhs])? {
+            return cuda::matmul(self, rhs, &shape);
+        }
+        let round = rounds_to_bf16()?;
+        let a = bf16_if(round, f32_input(self, OP)?);
+        let b = bf16_if(round, f32_input(rhs, OP)?);
         let mut out = vec![0.0; shape.elem_count()];
         let batch = batch_dims.iter().product();
         gemm::matmul_batched(&a, &b, &mut out, batch, m, k, n, b_shared);
+        if round {
+            round_to_bf16(&mut out);
+        }
         Tensor::from_f32(out, shape)
     }
 
     /// Linear layer `x · Wᵀ + b`: `self` is `[.., in]` (f32), `weight` `[out, in]` and `bias`
     /// `[out]` in any float dtype (with their scales). Returns `[.., out]`. The weight is widened
-    /// to f32 panel by panel inside the GEMM loop, never whole.
+    /// to f32 panel by panel inside the GEMM loop, never whole. Computed in the backend's compute
+    /// dtype (bf16 inputs and output on CUDA and under `WANRT_COMPUTE=bf16`, f32 accumulation).
     pub fn linear(&self, weight: &Weight, bias: Option<&Weight>) -> Result<Tensor> {
-        const OP: &str = "linear";
-        let x = f32_input(self, OP)?;
+        self.linear_in("linear", weight, bias, false)
+    }
+
+    /// [`Tensor::linear`] kept in f32 on every backend: the reference's f32 regions (the time
+    /// embedding and projection, the DiT's head).
+    pub fn linear_f32(&self, weight: &Weight, bias: Option<&Weight>) -> Result<Tensor> {
+        self.linear_in("linear_f32", weight, bias, true)
+    }
+
+    fn linear_in(
+        &self,
+        op: &'static str,
+        weight: &Weight,
+        bias: Option<&Weight>,
+        keep_f32: bool,
+    ) -> Result<Tensor> {
         for w in std::iter::once(weight).chain(bias) {
             if !w.dtype().is_float() {
                 return Err(Error::UnsupportedDType {
-                    op: OP,
+                    op,
                     dtype: w.dtype(),
                 });
             }
         }
         let &[n_out, n_in] = weight.dims() else {
-            return Err(mismatch(OP, "weight [out, in]", &weight.tensor));
+            return Err(mismatch(op, "weight [out, in]", &weight.tensor));
         };
         let Some((&last, lead)) = self.dims().split_last() else {
-            return Err(mismatch(OP, format!("input [.., {n_in}]"), self));
+            return Err(mismatch(op, format!("input [.., {n_in}]"), self));
         };
         if last != n_in {
             return Err(mismatch(
-                OP,
+                op,
                 format!("input [.., {n_in}] for weight [{n_out}, {n_in}]"),
                 self,
             ));
         }
-        let bias = match bias {
-            Some(b) if b.dims() != [n_out] => {
-                return Err(mismatch(OP, format!("bias [{n_out}]"), &b.tensor))
-            }
-            Some(b) => Some(b.to_f32()?.to_f32_vec()?),
-            None => None,
-        };
-        let rows = lead.iter().product();
+        if let Some(b) = bias.filter(|b| b.dims() != [n_out]) {
+            return Err(mismatch(op, format!("bias [{n_out}]"), &b.tensor));
+        }
         let shape = Shape::new([lead, &[n_out]].concat())?;
+        if on_cuda(op, &with_weights(self, [Some(weight), bias]))? {
+            return cuda::linear(self, weight, bias, keep_f32, &shape);
+        }
+        let round = !keep_f32 && rounds_to_bf16()?;
+        let x = bf16_if(round, f32_input(self, op)?);
+        let bias = bias.map(|b| b.to_f32()?.to_f32_vec()).transpose()?;
+        let bias = bias.map(|b| bf16_if(round, Cow::Owned(b)));
+        let rows = lead.iter().product();
         let mut out = vec![0.0; shape.elem_count()];
-        lin::linear(&x, rows, weight, bias.as_deref(), &mut out)?;
+        lin::linear(&x, rows, weight, bias.as_deref(), round, &mut out)?;
+        if round {
+            round_to_bf16(&mut out);
+        }
         Tensor::from_f32(out, shape)
     }
 }
@@ -122,7 +154,9 @@ pub struct AttentionParams<'a> {
 
 /// `softmax(scale · q kᵀ + bias) v` per batch entry and head: q `[B, Sq, H, D]`, k and v
 /// `[B, Sk, H, D]` (f32) -> `[B, Sq, H, D]`. Computed in tiles with an online softmax, so memory
-/// stays O(tokens · D). A query whose keys are all masked gets zeros.
+/// stays O(tokens · D). A query whose keys are all masked gets zeros. q, k, v and the output are
+/// in the backend's compute dtype (bf16 on CUDA and under `WANRT_COMPUTE=bf16`); the logits, the
+/// softmax and the bias are f32.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams<'_>) -> Result<Tensor> {
     const OP: &str = "attention";
     let dims = attn_dims(q, k, v, OP)?;
@@ -133,8 +167,6 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams<'_>) ->
         heads,
         ..
     } = dims;
-    let (qs, ks, vs) = (f32_input(q, OP)?, f32_input(k, OP)?, f32_input(v, OP)?);
-    let bias = p.bias.map(|b| f32_input(b, OP)).transpose()?;
     let bias_per_batch = match p.bias.map(Tensor::dims) {
         None => false,
         Some(d) if d == [heads, q_len, kv_len] => false,
@@ -153,6 +185,17 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams<'_>) ->
             )));
         }
     }
+    let inputs: Vec<&Tensor> = [q, k, v].into_iter().chain(p.bias).collect();
+    if on_cuda(OP, &inputs)? {
+        return cuda::attention(q, k, v, p);
+    }
+    let round = rounds_to_bf16()?;
+    let (qs, ks, vs) = (
+        bf16_if(round, f32_input(q, OP)?),
+        bf16_if(round, f32_input(k, OP)?),
+        bf16_if(round, f32_input(v, OP)?),
+    );
+    let bias = p.bias.map(|b| f32_input(b, OP)).transpose()?;
     let opts = attn::AttnOpts {
         scale: p.scale,
         kv_lens: p.kv_lens,
@@ -161,6 +204,9 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams<'_>) ->
     };
     let mut out = vec![0.0; q.elem_count()];
     attn::attention(&qs, &ks, &vs, dims, &opts, &mut out)?;
+    if round {
+        round_to_bf16(&mut out);
+    }
     Tensor::from_f32(out, q.shape().clone())
 }
 

@@ -1,6 +1,8 @@
 //! The op surface the models are written against. Each op checks dtypes and shapes, then
-//! dispatches on the tensor's storage to a backend kernel. Activations are f32; weights are
-//! [`super::Weight`]s in any stored dtype.
+//! dispatches once on its inputs' device ([`on_cuda`]): to a CPU kernel of
+//! [`crate::backend::cpu`] or to [`crate::backend::cuda::ops`]. Inputs on different devices are
+//! an [`Error::DeviceMismatch`]; data moves only through [`Tensor::to_device`]. On the CPU
+//! activations are f32; weights are [`super::Weight`]s in any stored dtype.
 
 mod conv;
 mod elementwise;
@@ -13,3 +15,38 @@ pub use grad::{attention_backward, AttentionGrads};
 pub use linalg::{attention, attention_q8, AttentionParams};
 pub use nn::embedding;
 pub use shape::cat;
+
+use std::borrow::Cow;
+
+use crate::backend::cpu::compute::round_to_bf16;
+use crate::backend::Device;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// True when every input of `op` is on a CUDA device, false when every one is on the CPU;
+/// [`Error::DeviceMismatch`] when they are not all on the same device.
+pub(crate) fn on_cuda(op: &'static str, inputs: &[&Tensor]) -> Result<bool> {
+    let Some(first) = inputs.first() else {
+        return Ok(false);
+    };
+    let device = first.device();
+    if inputs.iter().any(|t| t.device() != device) {
+        let devices = inputs
+            .iter()
+            .map(|t| t.device().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(Error::DeviceMismatch { op, devices });
+    }
+    Ok(device != Device::Cpu)
+}
+
+/// `x` rounded to bf16 when `round` (the CPU's bf16 compute emulation), `x` itself otherwise.
+pub(crate) fn bf16_if(round: bool, x: Cow<'_, [f32]>) -> Cow<'_, [f32]> {
+    if !round {
+        return x;
+    }
+    let mut v = x.into_owned();
+    round_to_bf16(&mut v);
+    Cow::Owned(v)
+}

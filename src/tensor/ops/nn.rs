@@ -5,7 +5,9 @@ use std::borrow::Cow;
 
 use rayon::prelude::*;
 
+use super::on_cuda;
 use crate::backend::cpu::{norm, rope};
+use crate::backend::cuda::ops as cuda;
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Shape, Tensor, Weight};
 
@@ -43,6 +45,16 @@ pub(super) fn widen_weight(w: &Weight, len: usize, op: &'static str) -> Result<V
     Ok(out)
 }
 
+/// `x` and the tensors of the weights that are present: the inputs whose devices must agree.
+pub(super) fn with_weights<'a, const N: usize>(
+    x: &'a Tensor,
+    weights: [Option<&'a Weight>; N],
+) -> Vec<&'a Tensor> {
+    std::iter::once(x)
+        .chain(weights.into_iter().flatten().map(|w| &w.tensor))
+        .collect()
+}
+
 /// The size of the last dim, or an error for a scalar.
 fn last_dim(x: &Tensor, op: &'static str) -> Result<usize> {
     x.dims()
@@ -65,8 +77,11 @@ impl Tensor {
         eps: f32,
     ) -> Result<Tensor> {
         const OP: &str = "layer_norm";
-        let x = f32_input(self, OP)?;
         let d = last_dim(self, OP)?;
+        if on_cuda(OP, &with_weights(self, [weight, bias]))? {
+            return cuda::layer_norm(self, weight, bias, eps);
+        }
+        let x = f32_input(self, OP)?;
         let w = weight.map(|w| widen_weight(w, d, OP)).transpose()?;
         let b = bias.map(|b| widen_weight(b, d, OP)).transpose()?;
         let mut out = vec![0.0; x.len()];
@@ -77,8 +92,11 @@ impl Tensor {
     /// RMS norm over the last dim: `x / sqrt(mean(x^2) + eps) * weight`. Statistics in f64.
     pub fn rms_norm(&self, weight: Option<&Weight>, eps: f32) -> Result<Tensor> {
         const OP: &str = "rms_norm";
-        let x = f32_input(self, OP)?;
         let d = last_dim(self, OP)?;
+        if on_cuda(OP, &with_weights(self, [weight, None]))? {
+            return cuda::rms_norm(self, weight, eps);
+        }
+        let x = f32_input(self, OP)?;
         let w = weight.map(|w| widen_weight(w, d, OP)).transpose()?;
         let mut out = vec![0.0; x.len()];
         norm::rms_norm(&x, &mut out, d, w.as_deref(), eps);
@@ -90,7 +108,6 @@ impl Tensor {
     /// `C` values (shape `[C]`, `[C, 1, 1]` or `[C, 1, 1, 1]`).
     pub fn channel_rms_norm(&self, gamma: &Weight) -> Result<Tensor> {
         const OP: &str = "channel_rms_norm";
-        let x = f32_input(self, OP)?;
         let dims = self.dims();
         if dims.len() < 2 {
             return Err(Error::ShapeMismatch {
@@ -99,6 +116,10 @@ impl Tensor {
                 got: self.shape().clone(),
             });
         }
+        if on_cuda(OP, &[self, &gamma.tensor])? {
+            return cuda::channel_rms_norm(self, gamma);
+        }
+        let x = f32_input(self, OP)?;
         let (b, c) = (dims[0], dims[1]);
         let g = widen_weight(gamma, c, OP)?;
         let positions = dims[2..].iter().product();
@@ -112,7 +133,6 @@ impl Tensor {
     /// `out[2j] = x[2j] cos - x[2j+1] sin`, `out[2j+1] = x[2j] sin + x[2j+1] cos`.
     pub fn rope_interleaved(&self, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         const OP: &str = "rope_interleaved";
-        let x = f32_input(self, OP)?;
         let &[_, s, h, d] = self.dims() else {
             return Err(Error::ShapeMismatch {
                 op: OP,
@@ -137,6 +157,10 @@ impl Tensor {
                 });
             }
         }
+        if on_cuda(OP, &[self, cos, sin])? {
+            return cuda::rope_interleaved(self, cos, sin);
+        }
+        let x = f32_input(self, OP)?;
         let (c, sn) = (f32_input(cos, OP)?, f32_input(sin, OP)?);
         let mut out = vec![0.0; x.len()];
         rope::rope_interleaved(&x, &mut out, s, h, d, &c, &sn);
@@ -165,6 +189,9 @@ pub fn embedding(ids: &[u32], table: &Weight) -> Result<Tensor> {
         return Err(Error::InvalidArgument(format!(
             "{OP}: id {bad} outside a vocabulary of {v}"
         )));
+    }
+    if on_cuda(OP, &[&table.tensor])? {
+        return cuda::embedding(ids, table);
     }
     let mut out = vec![0.0; ids.len() * d];
     if d > 0 {

@@ -8,7 +8,9 @@
 
 use std::sync::Arc;
 
+use super::on_cuda;
 use crate::backend::cpu::shape as kernels;
+use crate::backend::cuda::ops as cuda;
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Shape, Storage, Tensor};
 
@@ -76,6 +78,9 @@ impl Tensor {
             return Ok(self.clone());
         }
         let shape = Shape::new(dims.iter().map(|&d| self.dims()[d]).collect::<Vec<_>>())?;
+        if on_cuda("permute", &[self])? {
+            return cuda::permute(self, dims, &shape);
+        }
         let mut out = OutBuf::zeros(self.dtype(), &shape)?;
         kernels::permute(
             self.raw_bytes()?,
@@ -112,6 +117,9 @@ impl Tensor {
         let mut dims = self.dims().to_vec();
         dims[dim] = len;
         let shape = Shape::new(dims)?;
+        if on_cuda("narrow", &[self])? {
+            return cuda::narrow(self, dim, start, &shape);
+        }
         let es = self.dtype().size_in_bytes();
         let inner = self.dims()[dim + 1..].iter().product::<usize>() * es;
         let outer: usize = self.dims()[..dim].iter().product();
@@ -176,6 +184,9 @@ impl Tensor {
             .collect::<Option<Vec<usize>>>()
             .ok_or_else(|| Error::ShapeOverflow(self.dims().to_vec()))?;
         let shape = Shape::new(dims)?;
+        if on_cuda("pad_zeros", &[self])? {
+            return cuda::pad_zeros(self, pads, &shape);
+        }
         let mut out = OutBuf::zeros(self.dtype(), &shape)?;
         kernels::pad(
             self.raw_bytes()?,
@@ -231,6 +242,9 @@ pub fn cat(tensors: &[&Tensor], dim: usize) -> Result<Tensor> {
     let mut dims = first.dims().to_vec();
     dims[dim] = total;
     let shape = Shape::new(dims)?;
+    if on_cuda("cat", tensors)? {
+        return cuda::cat(tensors, dim, &shape);
+    }
     let inner = first.dims()[dim + 1..].iter().product::<usize>() * first.dtype().size_in_bytes();
     let srcs = tensors
         .iter()
