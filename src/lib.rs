@@ -13,6 +13,7 @@
 //!   parameters;
 //! - [`pipeline`]: text to video end to end (the safe API the CLI and the C ABI wrap);
 //! - [`ffi`]: the C ABI (`include/wanrt.h`).
+//! - [`train`]: LoRA fine-tuning (the musubi-tuner dataset config so far).
 #![deny(missing_docs)]
 
 pub mod backend;
@@ -24,6 +25,7 @@ pub mod model;
 pub mod pipeline;
 pub mod sampler;
 pub mod tensor;
+pub mod train;
 pub mod video;
 
 pub use error::{Error, Result, Status};
