@@ -279,44 +279,34 @@ impl<'de> Deserialize<'de> for Fps {
     }
 }
 
+/// Where an optional value starts in the text.
+fn start<T>(value: &Option<Spanned<T>>) -> Option<usize> {
+    value.as_ref().map(|v| v.span().start)
+}
+
 fn resolve(ctx: &Ctx, general: &RawGeneral, d: &RawDataset) -> Result<Dataset> {
     let is_video = d.video_directory.is_some() || d.video_jsonl_file.is_some();
-    let start = |v: &Option<Spanned<PathBuf>>| v.as_ref().map(|v| v.span().start);
-    let video_only = [
-        (
-            "target_frames",
-            d.target_frames.as_ref().map(|v| v.span().start),
-        ),
-        (
-            "frame_extraction",
-            d.frame_extraction.as_ref().map(|v| v.span().start),
-        ),
-        (
-            "frame_stride",
-            d.frame_stride.as_ref().map(|v| v.span().start),
-        ),
-        (
-            "frame_sample",
-            d.frame_sample.as_ref().map(|v| v.span().start),
-        ),
-        ("max_frames", d.max_frames.as_ref().map(|v| v.span().start)),
-        ("source_fps", d.source_fps.as_ref().map(|v| v.span().start)),
-    ];
     let (dir, jsonl, misplaced) = if is_video {
-        let image_keys = [
-            ("image_directory", start(&d.image_directory)),
-            ("image_jsonl_file", start(&d.image_jsonl_file)),
-        ];
         (
             ("video_directory", &d.video_directory),
             ("video_jsonl_file", &d.video_jsonl_file),
-            image_keys.to_vec(),
+            vec![
+                ("image_directory", start(&d.image_directory)),
+                ("image_jsonl_file", start(&d.image_jsonl_file)),
+            ],
         )
     } else {
         (
             ("image_directory", &d.image_directory),
             ("image_jsonl_file", &d.image_jsonl_file),
-            video_only.to_vec(),
+            vec![
+                ("target_frames", start(&d.target_frames)),
+                ("frame_extraction", start(&d.frame_extraction)),
+                ("frame_stride", start(&d.frame_stride)),
+                ("frame_sample", start(&d.frame_sample)),
+                ("max_frames", start(&d.max_frames)),
+                ("source_fps", start(&d.source_fps)),
+            ],
         )
     };
     let kind = if is_video { "a video" } else { "an image" };
