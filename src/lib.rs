@@ -12,7 +12,7 @@
 //! - [`video`]: RGB8 frames to MP4 (H.264), PNG or GIF files that record the generation
 //!   parameters;
 //! - [`train`]: LoRA training of the DiT (the network, the flow-matching loss, the backward
-//!   pass);
+//!   pass, musubi's dataset config);
 //! - [`pipeline`]: text to video end to end (the safe API the CLI and the C ABI wrap);
 //! - [`ffi`]: the C ABI (`include/wanrt.h`).
 #![deny(missing_docs)]

@@ -7,9 +7,11 @@
 //! ([`crate::model::dit::WanDit::train_forward`] / `train_backward`, gradient checkpointing per
 //! block, base weights frozen in their stored dtype); [`optim`] holds AdamW, clipping and the
 //! schedules; [`Trainer`] is the seeded loop over musubi cache files ([`cache`]) with LoRA
-//! saving and a resumable state.
+//! saving and a resumable state. [`dataset`] reads musubi's dataset TOML (frame windows,
+//! aspect-ratio buckets).
 
 pub mod cache;
+pub mod dataset;
 pub mod loss;
 mod network;
 pub mod optim;
