@@ -8,8 +8,8 @@ use super::params::{self, handle, opt_path, opt_str, req_str, write_out, Version
 use super::status::{guard, guard_value, null_argument, wanrt_status};
 use super::wanrt_lora_list;
 use crate::error::{Error, Result};
-use crate::model::dit::AttentionChoice;
 use crate::lora::Mode;
+use crate::model::dit::AttentionChoice;
 use crate::model::vae::Tiling;
 use crate::pipeline::{
     Device, GenerateRequest, LoadOptions, LoraSpec, ModelSource, NagSettings, Pipeline, Preset,
