@@ -3,7 +3,7 @@
 //! device (`crate::tensor::ops::on_cuda`); inputs are on one device, outputs stay there.
 //!
 //! The kernels behind these entries come from `kernels/*.cu` (the `cuda-kernels` launchers) and
-//! cuBLASLt. An entry whose kernel is not wired yet returns [`super::not_on_cuda`]'s typed
+//! cuBLASLt. An entry whose kernel is not wired yet returns `not_on_cuda`'s typed
 //! error; nothing here falls back to the host silently.
 
 use super::not_on_cuda;

@@ -1,5 +1,5 @@
 //! The op surface the models are written against. Each op checks dtypes and shapes, then
-//! dispatches once on its inputs' device ([`on_cuda`]): to a CPU kernel of
+//! dispatches once on its inputs' device (`on_cuda`): to a CPU kernel of
 //! [`crate::backend::cpu`] or to [`crate::backend::cuda::ops`]. Inputs on different devices are
 //! an [`Error::DeviceMismatch`]; data moves only through [`Tensor::to_device`]. On the CPU
 //! activations are f32; weights are [`super::Weight`]s in any stored dtype.
