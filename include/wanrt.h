@@ -217,6 +217,29 @@ typedef enum wanrt_stage {
 } wanrt_stage;
 
 /**
+ * How important a log message is (the `level` argument of `wanrt_log_fn`).
+ */
+typedef enum wanrt_log_level {
+    /**
+     * A failure (also reported by the failing call's status).
+     */
+    WANRT_LOG_LEVEL_ERROR = 1,
+    /**
+     * Something the host should know: a LoRA's keys that match no module and were ignored.
+     */
+    WANRT_LOG_LEVEL_WARN = 2,
+    /**
+     * What a generation does: the plan chosen (memory estimate, VAE tiling, batched CFG) and
+     * the time spent in each stage.
+     */
+    WANRT_LOG_LEVEL_INFO = 3,
+    /**
+     * Details: the time of every denoising step.
+     */
+    WANRT_LOG_LEVEL_DEBUG = 4,
+} wanrt_log_level;
+
+/**
  * The result of one `wanrt_generate` call: `frame_count` RGB frames of `width` × `height`
  * pixels, the final latent, the seed, and the parameters as JSON. Immutable: every accessor and
  * writer may be called from any thread, also concurrently. Free it with
@@ -252,6 +275,15 @@ typedef struct wanrt_lora_list wanrt_lora_list;
  * low-rank factors) and a few small tensors converted to float32.
  */
 typedef struct wanrt_pipeline wanrt_pipeline;
+
+/**
+ * The log callback: `level` is a `wanrt_log_level`, `message` one line of UTF-8 without a
+ * trailing newline, valid only during the call. It is called from whichever thread logs, the
+ * library's worker threads included, possibly from several threads at once: it must be
+ * thread-safe, must return quickly, and must not unwind (throw a C++ exception or longjmp)
+ * through the library. It may call wanrt functions, `wanrt_set_log_callback` included.
+ */
+typedef void (*wanrt_log_fn)(void *user_data, int32_t level, const char *message);
 
 /**
  * What `wanrt_pipeline_load()` loads. Fill with `wanrt_pipeline_params_init(&p, sizeof p)`,
@@ -552,6 +584,19 @@ const char *wanrt_status_str(int32_t status);
  * thread; copy it to keep it. Never NULL. Each thread has its own message.
  */
 const char *wanrt_last_error(void);
+
+/**
+ * Sets the process-wide log callback, which receives the library's diagnostics of every
+ * level (see `wanrt_log_level`; filter in the callback), with `user_data` passed back
+ * unchanged. NULL (the default) makes the library silent: it never writes to stdout or
+ * stderr. A new callback replaces the previous one; a message being delivered on another
+ * thread at that moment may still reach the previous callback, so keep its `user_data`
+ * valid for a while (or for the life of the process).
+ *
+ * Fails with `WANRT_STATUS_INVALID_ARGUMENT` only in a Rust program that installed its own
+ * `log` logger before: the library's messages already go to it.
+ */
+enum wanrt_status wanrt_set_log_callback(wanrt_log_fn callback, void *user_data);
 
 /**
  * Creates an empty LoRA list in `*out`.

@@ -8,6 +8,7 @@
 //   generate()) and per stage (GenerateParams::on_stage()). An exception thrown by a lambda
 //   cancels the generation and is rethrown from generate() (it never crosses the C library).
 //   C callbacks set through raw() keep their own user_data.
+// - wanrt::set_log_callback() takes a lambda for the library's diagnostics (process-wide).
 // - A moved-from Pipeline or Generation throws wanrt::Error (WANRT_STATUS_INVALID_ARGUMENT).
 // - Parameter builders own their strings, so temporaries are fine:
 //     auto pipeline = wanrt::Pipeline::load(wanrt::PipelineParams().models_dir("Wan2.1-T2V-1.3B"));
@@ -26,6 +27,7 @@
 #include <exception>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -62,6 +64,48 @@ inline void check_abi() {
         throw Error(WANRT_STATUS_INVALID_ARGUMENT,
                     "libwanrt has ABI " + std::to_string(wanrt_abi_version()) +
                         ", this program was built for " + std::to_string(WANRT_ABI_VERSION));
+}
+
+/// A log callback: the level and one line of text (see wanrt_log_fn). It may be called from
+/// several threads at once; an exception it throws is swallowed (the message is dropped).
+using LogCallback = std::function<void(wanrt_log_level, const char *)>;
+
+namespace detail {
+inline std::mutex &log_mutex() {
+    static std::mutex mutex;
+    return mutex;
+}
+
+inline std::shared_ptr<const LogCallback> &log_callback() {
+    static std::shared_ptr<const LogCallback> callback;
+    return callback;
+}
+
+inline void log_trampoline(void *, int32_t level, const char *message) noexcept {
+    std::shared_ptr<const LogCallback> callback;
+    {
+        std::lock_guard<std::mutex> lock(log_mutex());
+        callback = log_callback();
+    }
+    if (!callback) return;
+    try {
+        (*callback)(static_cast<wanrt_log_level>(level), message);
+    } catch (...) {
+    }
+}
+}  // namespace detail
+
+/// Sets the process-wide log callback (wanrt_set_log_callback); an empty one (the default)
+/// makes the library silent. A lambda may capture anything: the wrapper keeps it alive and
+/// hands each message to the callback set at that moment.
+inline void set_log_callback(LogCallback callback) {
+    bool on = static_cast<bool>(callback);
+    {
+        std::lock_guard<std::mutex> lock(detail::log_mutex());
+        detail::log_callback() =
+            on ? std::make_shared<const LogCallback>(std::move(callback)) : nullptr;
+    }
+    check(wanrt_set_log_callback(on ? detail::log_trampoline : nullptr, nullptr));
 }
 
 /// A read-only view of memory owned by a Generation.

@@ -9,6 +9,8 @@
 //! - [`status`](wanrt_status): every fallible function returns a [`wanrt_status`] and leaves a
 //!   message for [`wanrt_last_error`]; every export runs inside a panic boundary that reports a
 //!   panic as `WANRT_STATUS_INTERNAL`.
+//! - [`wanrt_set_log_callback`] forwards the library's diagnostics (the `log` crate's records)
+//!   to a C function.
 //! - Parameter structs begin with their size (see the `params` submodule).
 //!
 //! Regenerate the header after changing this module with
@@ -17,6 +19,8 @@
 
 // Declared in the order the header presents them (cbindgen follows this order).
 mod status;
+
+mod log;
 
 mod params;
 
@@ -34,6 +38,7 @@ pub use generation::{
     wanrt_generation_width, wanrt_generation_write_mp4, wanrt_generation_write_png_frames,
     wanrt_mp4_params, wanrt_mp4_params_init,
 };
+pub use log::{wanrt_log_fn, wanrt_log_level, wanrt_set_log_callback};
 pub use lora::{
     wanrt_lora_list, wanrt_lora_list_add, wanrt_lora_list_count, wanrt_lora_list_free,
     wanrt_lora_list_new,

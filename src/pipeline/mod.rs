@@ -683,6 +683,21 @@ impl Pipeline {
         let start = Instant::now();
         let plan = self.plan(req)?;
         let req = &plan.req;
+        let mib = |bytes: u64| bytes.div_ceil(1 << 20);
+        log::info!(
+            "plan: {}x{} (WxH), {} frames, {} steps, seed {}; memory estimate: weights {} MiB, \
+             denoising {} MiB, decoding {} MiB; VAE decode: tiling {}; batched CFG: {}",
+            req.width,
+            req.height,
+            req.frames,
+            req.steps,
+            plan.seed,
+            mib(plan.memory.weights.total()),
+            mib(plan.memory.denoising),
+            mib(plan.memory.decoding),
+            req.vae_tiling,
+            if plan.batch_cfg { "on" } else { "off" }
+        );
         let mut timings = Timings::default();
 
         // Text: each prompt trimmed to its length; the DiT zero-pads and caches its K/V.
@@ -765,7 +780,9 @@ impl Pipeline {
         )?;
         let mut step_start = Instant::now();
         let run = sampler.run(&mut model, &mut latent, |p| {
-            timings.steps.push(step_start.elapsed().as_secs_f64());
+            let seconds = step_start.elapsed().as_secs_f64();
+            log::debug!("denoising step {}/{}: {seconds:.3} s", p.step + 1, p.steps);
+            timings.steps.push(seconds);
             step_start = Instant::now();
             on_progress(&Progress {
                 stage: Stage::Denoising,
@@ -811,6 +828,13 @@ impl Pipeline {
         };
         timings.decoding = stage.elapsed().as_secs_f64();
         timings.total = start.elapsed().as_secs_f64();
+        log::info!(
+            "timings: text encoding {:.3} s, denoising {:.3} s, decoding {:.3} s, total {:.3} s",
+            timings.text_encoding,
+            timings.denoising,
+            timings.decoding,
+            timings.total
+        );
         Ok(Generation {
             frames,
             width: video_w,
@@ -851,6 +875,15 @@ fn load_models(files: &ModelFiles, loras: &[LoraSpec], mode: Mode) -> Result<Pip
             })
         })
         .collect::<Result<Vec<_>>>()?;
+    for l in &loaded {
+        if let Some(first) = l.ignored_keys.first() {
+            log::warn!(
+                "{}: {} keys match no module of this model and were ignored (first: `{first}`)",
+                l.path.display(),
+                l.ignored_keys.len()
+            );
+        }
+    }
     let identities = [
         file_identity(&files.dit)?,
         file_identity(&files.vae)?,

@@ -4,8 +4,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "wanrt.hpp"
 
@@ -56,6 +58,28 @@ static int32_t fail_inside(void *, uint32_t, uint32_t, float) {
 int main() {
     wanrt::check_abi();
     auto pipe = wanrt::Pipeline::load(wanrt::PipelineParams().demo(true).threads(2));
+
+    // The log callback receives the plan and the timings, also from the pipeline's threads;
+    // an empty one silences the library again.
+    std::mutex log_mutex;
+    std::vector<std::pair<wanrt_log_level, std::string>> logged;
+    wanrt::set_log_callback([&](wanrt_log_level level, const char *message) {
+        std::lock_guard<std::mutex> lock(log_mutex);
+        logged.emplace_back(level, message);
+    });
+    pipe.generate(small());
+    wanrt::set_log_callback(nullptr);
+    auto has = [&](wanrt_log_level level, const char *text) {
+        for (auto &m : logged)
+            if (m.first == level && m.second.find(text) != std::string::npos) return true;
+        return false;
+    };
+    CHECK(has(WANRT_LOG_LEVEL_INFO, "VAE decode: tiling off"));
+    CHECK(has(WANRT_LOG_LEVEL_INFO, "timings: text encoding"));
+    CHECK(has(WANRT_LOG_LEVEL_DEBUG, "denoising step 2/2"));
+    size_t before = logged.size();
+    pipe.generate(small());
+    CHECK(logged.size() == before);
 
     // A moved-from Generation or Pipeline throws wanrt::Error.
     auto video = pipe.generate(small());

@@ -236,6 +236,28 @@ def test_demo_threads_and_vae_tiling():
     assert "no model paths" in str(e.value)
 
 
+def test_log_callback_receives_the_plan_and_timings():
+    logged = []
+    wanrt.set_log_callback(lambda level, message: logged.append((level, message)))
+    try:
+        with wanrt.Pipeline(demo=True, threads=2) as demo:
+            demo.generate("a cat", **small())
+            levels = {level for level, _ in logged}
+            assert all(isinstance(level, wanrt.LogLevel) for level in levels)
+            assert any(level == wanrt.LogLevel.INFO and "VAE decode: tiling off" in message
+                       for level, message in logged)
+            assert any(level == wanrt.LogLevel.INFO and message.startswith("timings:")
+                       for level, message in logged)
+            assert any(level == wanrt.LogLevel.DEBUG and "denoising step" in message
+                       for level, message in logged)
+            wanrt.set_log_callback(None)
+            count = len(logged)
+            demo.generate("a cat", **small())
+            assert len(logged) == count
+    finally:
+        wanrt.set_log_callback(None)
+
+
 def test_integers_and_text_are_checked_before_c(pipeline: wanrt.Pipeline):
     for kw, text in [
         (dict(width=-16), "width=-16 is out of range: it must be 0 to 4294967295"),
@@ -344,7 +366,7 @@ def c_type(decl: str):
         "size_t": c_size_t, "int32_t": c_int32, "uint32_t": c_uint32, "int64_t": c_int64,
         "float": c_float, "double": c_double, "uint8_t": c_uint8, "void": None,
         "enum wanrt_status": c_int32, "wanrt_progress_fn": _lib.PROGRESS_FN,
-        "wanrt_stage_fn": _lib.STAGE_FN,
+        "wanrt_stage_fn": _lib.STAGE_FN, "wanrt_log_fn": _lib.LOG_FN,
     }
     stars = decl.count("*")
     base = decl.replace("*", "").replace("const ", "").replace("struct ", "").strip()

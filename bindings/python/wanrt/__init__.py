@@ -23,11 +23,13 @@ from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 from ._lib import (
     ABI_VERSION,
+    LOG_FN,
     PROGRESS_FN,
     STAGE_FN,
     Device,
     GenerateParams,
     GenerationHandle,
+    LogLevel,
     LoraList,
     LoraMode,
     Mp4Params,
@@ -53,6 +55,7 @@ __all__ = [
     "ABI_VERSION",
     "Device",
     "Generation",
+    "LogLevel",
     "LoraMode",
     "Pipeline",
     "Solver",
@@ -63,6 +66,7 @@ __all__ = [
     "WanrtError",
     "abi_version",
     "has_numpy",
+    "set_log_callback",
     "version",
 ]
 
@@ -86,6 +90,31 @@ def abi_version() -> int:
 def has_numpy() -> bool:
     """Whether frames and latents are returned as NumPy arrays by default."""
     return _np is not None
+
+
+#: ``callback(level, message)`` of :func:`set_log_callback`.
+LogCallback = Callable[[LogLevel, str], Any]
+
+# Every log callback ever set: a message being delivered on another thread while a new one is
+# set may still reach the old one, so none is ever freed (one small object per call).
+_log_callbacks: list = []
+
+
+def set_log_callback(callback: Optional[LogCallback]) -> None:
+    """Sets the process-wide log callback (``wanrt_set_log_callback``): it receives the
+    library's diagnostics of every level as ``callback(level, message)``, possibly from the
+    library's worker threads; ``None`` (the default) makes the library silent. An exception it
+    raises is printed by ctypes and otherwise ignored."""
+    if callback is None:
+        check(lib.wanrt_set_log_callback(LOG_FN(), None))
+        return
+
+    def forward(_user_data: Any, level: int, message: bytes) -> None:
+        callback(LogLevel(level), message.decode("utf-8", "replace"))
+
+    c_callback = LOG_FN(forward)
+    _log_callbacks.append(c_callback)
+    check(lib.wanrt_set_log_callback(c_callback, None))
 
 
 def _path(p: Optional[PathLike]) -> Optional[bytes]:

@@ -87,6 +87,15 @@ class Stage(enum.IntEnum):
     DECODING = 2
 
 
+class LogLevel(enum.IntEnum):
+    """``wanrt_log_level``: how important a log message is."""
+
+    ERROR = 1
+    WARN = 2
+    INFO = 3
+    DEBUG = 4
+
+
 class WanrtError(Exception):
     """A failed wanrt call: ``status`` is a :class:`Status`, the message is the library's."""
 
@@ -112,6 +121,7 @@ class GenerationHandle(ctypes.Structure):
 
 PROGRESS_FN = CFUNCTYPE(c_int32, c_void_p, c_uint32, c_uint32, c_float)
 STAGE_FN = CFUNCTYPE(c_int32, c_void_p, c_int32, c_uint32, c_uint32)
+LOG_FN = CFUNCTYPE(None, c_void_p, c_int32, c_char_p)
 
 
 class PipelineParams(Structure):
@@ -195,6 +205,7 @@ SIGNATURES = {
     "wanrt_version": (c_char_p, []),
     "wanrt_status_str": (c_char_p, [c_int32]),
     "wanrt_last_error": (c_char_p, []),
+    "wanrt_set_log_callback": (_STATUS, [LOG_FN, c_void_p]),
     # LoRA lists
     "wanrt_lora_list_new": (_STATUS, [POINTER(POINTER(LoraList))]),
     "wanrt_lora_list_add": (_STATUS, [POINTER(LoraList), c_char_p, c_float]),
