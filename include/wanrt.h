@@ -526,6 +526,119 @@ typedef struct wanrt_generate_params {
 } wanrt_generate_params;
 
 /**
+ * The facts of a loaded pipeline's models (`wanrt_pipeline_info`). Set `struct_size` to
+ * `sizeof(wanrt_model_info)` before the call; the library fills the fields that fit.
+ */
+typedef struct wanrt_model_info {
+    /**
+     * `sizeof(wanrt_model_info)`, set by the caller.
+     */
+    size_t struct_size;
+    /**
+     * The DiT's hidden width (1536 for 1.3B, 5120 for 14B).
+     */
+    uint32_t dim;
+    /**
+     * The DiT's transformer blocks (30 for 1.3B, 40 for 14B).
+     */
+    uint32_t num_layers;
+    /**
+     * The DiT's attention heads.
+     */
+    uint32_t num_heads;
+    /**
+     * The DiT's feed-forward inner width.
+     */
+    uint32_t ffn_dim;
+    /**
+     * The DiT's input latent channels (16 for text-to-video).
+     */
+    uint32_t in_channels;
+    /**
+     * The DiT's output latent channels (16).
+     */
+    uint32_t out_channels;
+    /**
+     * The text encoder's maximum prompt length in tokens (512).
+     */
+    uint32_t text_len;
+    /**
+     * The most frames a request may ask for (`wanrt_generate_params.frames`).
+     */
+    uint32_t max_frames;
+    /**
+     * The stored dtype of the DiT's block weights: "bf16", "f16", "f32", "fp8 e4m3fn",
+     * "fp8 e5m2". A static string: never free it.
+     */
+    const char *weight_dtype;
+    /**
+     * The LoRAs loaded (0: none).
+     */
+    uint32_t lora_count;
+    /**
+     * How they are applied, a `wanrt_lora_mode`.
+     */
+    int32_t lora_mode;
+    /**
+     * 1 for the random-weight demo model (its output is noise), 0 for loaded files.
+     */
+    int32_t demo;
+    /**
+     * The pipeline's worker threads.
+     */
+    uint32_t threads;
+} wanrt_model_info;
+
+/**
+ * A request's memory estimate and the plan chosen to fit it (`wanrt_pipeline_estimate`), in
+ * bytes. Set `struct_size` to `sizeof(wanrt_memory_estimate)` before the call.
+ */
+typedef struct wanrt_memory_estimate {
+    /**
+     * `sizeof(wanrt_memory_estimate)`, set by the caller.
+     */
+    size_t struct_size;
+    /**
+     * The weights of all models (memory-mapped files count too), held for the whole run.
+     */
+    uint64_t weights;
+    /**
+     * The denoising steps' working memory.
+     */
+    uint64_t denoising;
+    /**
+     * The VAE decode's working memory (with the tiling below) and the frames.
+     */
+    uint64_t decoding;
+    /**
+     * The peak: `weights` plus the larger of `denoising` and `decoding`.
+     */
+    uint64_t peak;
+    /**
+     * The memory available now (`MemAvailable` on Linux), 0 where unknown (then nothing was
+     * checked against it).
+     */
+    uint64_t available;
+    /**
+     * The VAE decode chosen: `WANRT_VAE_TILING_OFF` (whole frames) or
+     * `WANRT_VAE_TILING_TILED` (never `AUTO`, which is resolved here).
+     */
+    int32_t vae_tiling;
+    /**
+     * With tiling, the tile size in latent pixels (else 0).
+     */
+    uint32_t vae_tile;
+    /**
+     * With tiling, the tiles' overlap in latent pixels (else 0).
+     */
+    uint32_t vae_tile_overlap;
+    /**
+     * 1 when the conditional and unconditional passes run as one batch.
+     */
+    int32_t batch_cfg;
+} wanrt_memory_estimate;
+
+/**
  * Options of `wanrt_generation_write_mp4`. Fill with `wanrt_mp4_params_init(&p, sizeof p)`.
  */
 typedef struct wanrt_mp4_params {
@@ -753,6 +866,33 @@ enum wanrt_status wanrt_generate_params_preset(struct wanrt_generate_params *par
 enum wanrt_status wanrt_generate(struct wanrt_pipeline *pipeline,
                                  const struct wanrt_generate_params *params,
                                  struct wanrt_generation **out);
+
+/**
+ * Writes the facts of `pipeline`'s models into `*out`, whose `struct_size` the caller set.
+ * Fails with `WANRT_STATUS_INVALID_ARGUMENT` for NULL arguments, a `struct_size` below the
+ * first version's, or a pipeline busy on another thread.
+ *
+ * # Safety
+ * `pipeline` is NULL or a live pipeline; `out` is NULL or points to `out->struct_size`
+ * writable bytes.
+ */
+enum wanrt_status wanrt_pipeline_info(struct wanrt_pipeline *pipeline,
+                                      struct wanrt_model_info *out);
+
+/**
+ * Checks the request `params` against `pipeline` as `wanrt_generate` would, without running
+ * it, and writes its memory estimate and the plan chosen (VAE tiling, batched CFG) into
+ * `*out`, whose `struct_size` the caller set. Fails as `wanrt_generate` would fail before any
+ * work: `WANRT_STATUS_INVALID_ARGUMENT` for a bad request, `WANRT_STATUS_OUT_OF_MEMORY` when
+ * it does not fit in the memory available. The callbacks in `params` are not called.
+ *
+ * # Safety
+ * `pipeline` is NULL or a live pipeline; `params` is NULL or an initialised
+ * `wanrt_generate_params`; `out` is NULL or points to `out->struct_size` writable bytes.
+ */
+enum wanrt_status wanrt_pipeline_estimate(struct wanrt_pipeline *pipeline,
+                                          const struct wanrt_generate_params *params,
+                                          struct wanrt_memory_estimate *out);
 
 /**
  * Fills the `struct_size` bytes at `params` with the defaults (16 fps, qp 20, the built-in

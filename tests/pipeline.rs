@@ -654,7 +654,7 @@ fn the_library_checks_the_request_against_the_model() {
     let mut r = small("x");
     r.teacache = Some(0.1);
     assert!(e(r).contains("TeaCache"));
-    assert!(pipe.check(&small("x")).unwrap().peak() > 0);
+    assert!(pipe.check(&small("x")).unwrap().memory.peak() > 0);
 }
 
 #[test]
@@ -719,7 +719,7 @@ fn vae_tiling_is_chosen_and_recorded() {
     });
     let e = pipe.check(&req).unwrap_err().to_string();
     assert!(e.contains("larger than the overlap"), "{e}");
-    let est = pipe.check(&small("x")).unwrap();
+    let est = pipe.check(&small("x")).unwrap().memory;
     assert_eq!(est.peak(), est.weights.total() + est.working());
 }
 

@@ -437,6 +437,22 @@ public:
     void set_lora_strength(std::size_t index, float strength) {
         check(wanrt_pipeline_set_lora_strength(live(), index, strength));
     }
+    /// The facts of the loaded models (dims, layers, weight dtype, maximum frames, LoRAs).
+    wanrt_model_info info() const {
+        wanrt_model_info out{};
+        out.struct_size = sizeof out;
+        check(wanrt_pipeline_info(live(), &out));
+        return out;
+    }
+    /// The memory `params` would need and the plan chosen (VAE tiling, batched CFG), without
+    /// generating; throws what generate() would throw before any work (bad request, OOM).
+    wanrt_memory_estimate estimate(const GenerateParams &params) const {
+        wanrt_generate_params p = params.c_params();
+        wanrt_memory_estimate out{};
+        out.struct_size = sizeof out;
+        check(wanrt_pipeline_estimate(live(), &p, &out));
+        return out;
+    }
     /// The C handle, still owned by this object.
     wanrt_pipeline *get() const noexcept { return handle_.get(); }
 

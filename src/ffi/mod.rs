@@ -28,6 +28,8 @@ mod lora;
 
 mod pipeline;
 
+mod query;
+
 mod generation;
 
 use std::ffi::c_char;
@@ -49,6 +51,9 @@ pub use pipeline::{
     wanrt_pipeline_load, wanrt_pipeline_params, wanrt_pipeline_params_init,
     wanrt_pipeline_set_lora_strength, wanrt_progress_fn, wanrt_solver, wanrt_stage, wanrt_stage_fn,
     wanrt_vae_tiling,
+};
+pub use query::{
+    wanrt_memory_estimate, wanrt_model_info, wanrt_pipeline_estimate, wanrt_pipeline_info,
 };
 pub use status::{wanrt_last_error, wanrt_status, wanrt_status_str};
 

@@ -39,7 +39,7 @@ pub struct wanrt_pipeline {
 
 impl wanrt_pipeline {
     /// The pipeline, or the "busy" error when another call holds it.
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Pipeline>> {
+    pub(super) fn lock(&self) -> Result<std::sync::MutexGuard<'_, Pipeline>> {
         self.pipeline.try_lock().map_err(|e| match e {
             TryLockError::WouldBlock => Error::InvalidArgument(
                 "pipeline is busy: another call is running on it (concurrent calls on one \
@@ -537,7 +537,7 @@ impl wanrt_generate_params {
     ///
     /// # Safety
     /// The pointers in `self` are NULL or valid as the struct documents.
-    unsafe fn request(&self, z_dim: usize) -> Result<GenerateRequest> {
+    pub(super) unsafe fn request(&self, z_dim: usize) -> Result<GenerateRequest> {
         let solver = match self.solver {
             0 => SolverKind::UniPc,
             1 => SolverKind::DpmPp,

@@ -38,9 +38,10 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 pub use files::{ModelFiles, ModelLayout, ModelSource};
-pub use memory::{available_memory, MemoryEstimate, VaeTiling, WeightMemory};
+pub use memory::{available_memory, Fit, MemoryEstimate, VaeTiling, WeightMemory};
 pub use request::{
-    solver_name, GenerateRequest, NagSettings, Preset, DEFAULT_NEGATIVE_PROMPT, FPS, MAX_SEED,
+    solver_name, GenerateRequest, NagSettings, Preset, DEFAULT_NEGATIVE_PROMPT, FPS, MAX_FRAMES,
+    MAX_SEED,
 };
 pub use trigger::{trigger_phrase, with_triggers};
 
@@ -392,9 +393,7 @@ struct Plan {
     seed: u64,
     latent_dims: [usize; 5],
     teacache: Option<TeaCache>,
-    batch_cfg: bool,
-    tiling: Option<Tiling>,
-    memory: MemoryEstimate,
+    fit: memory::Fit,
 }
 
 impl Pipeline {
@@ -546,9 +545,9 @@ impl Pipeline {
     /// initial latent's shape and finite values, TeaCache's support for this DiT, the VAE's
     /// tiles, and the weights plus the working memory against the memory available (choosing
     /// batched CFG and the VAE's tiling as [`GenerateRequest::vae_tiling`] allows). Returns the
-    /// memory estimate of the plan chosen.
-    pub fn check(&self, req: &GenerateRequest) -> Result<MemoryEstimate> {
-        Ok(self.plan(req)?.memory)
+    /// plan chosen, with its memory estimate and the memory available.
+    pub fn check(&self, req: &GenerateRequest) -> Result<Fit> {
+        Ok(self.plan(req)?.fit)
     }
 
     fn plan(&self, req: &GenerateRequest) -> Result<Plan> {
@@ -617,9 +616,7 @@ impl Pipeline {
             seed,
             latent_dims,
             teacache,
-            batch_cfg: fit.batch_cfg,
-            tiling: fit.tiling.tiles(),
-            memory: fit.memory,
+            fit,
         })
     }
 
@@ -692,11 +689,11 @@ impl Pipeline {
             req.frames,
             req.steps,
             plan.seed,
-            mib(plan.memory.weights.total()),
-            mib(plan.memory.denoising),
-            mib(plan.memory.decoding),
+            mib(plan.fit.memory.weights.total()),
+            mib(plan.fit.memory.denoising),
+            mib(plan.fit.memory.decoding),
             req.vae_tiling,
-            if plan.batch_cfg { "on" } else { "off" }
+            if plan.fit.batch_cfg { "on" } else { "off" }
         );
         let mut timings = Timings::default();
 
@@ -745,7 +742,7 @@ impl Pipeline {
                 ..NagParams::new(ctx)
             });
         }
-        if plan.batch_cfg {
+        if plan.fit.batch_cfg {
             model = model.with_batched_cfg()?;
         }
         let mut latent = match &req.latent_init {
@@ -808,7 +805,7 @@ impl Pipeline {
         self.vae.decode_frames(
             &latent,
             &DecodeOptions {
-                tiling: plan.tiling,
+                tiling: plan.fit.tiling.tiles(),
             },
             &mut |chunk| {
                 frames.extend_from_slice(to_rgb8(&chunk)?.raw_bytes()?);

@@ -1,6 +1,7 @@
 // The C++ wrapper and the C ABI on the demo model (no files): moved-from objects, callbacks
 // and their user data, VAE tiling, run-time LoRA strengths, the last error after a success.
 // Built and run by tests/ffi.rs; prints the failed check and exits 1 on failure.
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -80,6 +81,39 @@ int main() {
     size_t before = logged.size();
     pipe.generate(small());
     CHECK(logged.size() == before);
+
+    // The model's facts and a request's estimate, without generating; the estimate's plan is
+    // the one generate() records.
+    wanrt_model_info info = pipe.info();
+    CHECK(info.dim > 0 && info.num_layers > 0 && info.num_heads > 0);
+    CHECK(info.dim % info.num_heads == 0);
+    CHECK(info.in_channels == 16 && info.out_channels == 16);
+    CHECK(info.max_frames == 4093 && info.text_len > 0);
+    CHECK(std::strcmp(info.weight_dtype, "f32") == 0);
+    CHECK(info.lora_count == 0 && info.lora_mode == WANRT_LORA_MODE_MERGE);
+    CHECK(info.demo == 1 && info.threads == 2);
+    wanrt_memory_estimate whole = pipe.estimate(small());
+    // (Models built in memory, like the demo, count no weights: see Pipeline::from_models.)
+    CHECK(whole.denoising > 0 && whole.decoding > 0);
+#ifdef __linux__
+    CHECK(whole.available > 0); // MemAvailable
+#endif
+    CHECK(whole.peak == whole.weights + std::max(whole.denoising, whole.decoding));
+    CHECK(whole.vae_tiling == WANRT_VAE_TILING_OFF && whole.vae_tile == 0);
+    auto tiles = small();
+    tiles.vae_tiles(4, 1);
+    wanrt_memory_estimate in_tiles = pipe.estimate(tiles);
+    CHECK(in_tiles.vae_tiling == WANRT_VAE_TILING_TILED && in_tiles.vae_tile == 4);
+    CHECK(in_tiles.vae_tile_overlap == 1 && in_tiles.weights == whole.weights);
+    auto big = small();
+    big.frames(5000);
+    expect_error([&] { pipe.estimate(big); }, WANRT_STATUS_INVALID_ARGUMENT, "too many");
+    wanrt_model_info short_info{};
+    short_info.struct_size = 8;
+    CHECK(wanrt_pipeline_info(pipe.get(), &short_info) == WANRT_STATUS_INVALID_ARGUMENT);
+    CHECK(std::strstr(wanrt_last_error(), "set it to sizeof(wanrt_model_info)"));
+    CHECK(wanrt_pipeline_info(pipe.get(), nullptr) == WANRT_STATUS_INVALID_ARGUMENT);
+    CHECK(wanrt_pipeline_estimate(nullptr, nullptr, &whole) == WANRT_STATUS_INVALID_ARGUMENT);
 
     // A moved-from Generation or Pipeline throws wanrt::Error.
     auto video = pipe.generate(small());

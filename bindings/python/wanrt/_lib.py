@@ -19,6 +19,7 @@ from ctypes import (
     c_size_t,
     c_uint8,
     c_uint32,
+    c_uint64,
     c_void_p,
 )
 from pathlib import Path
@@ -196,6 +197,44 @@ class Mp4Params(Structure):
     ]
 
 
+class ModelInfo(Structure):
+    """``wanrt_model_info`` (fields only ever appended)."""
+
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("dim", c_uint32),
+        ("num_layers", c_uint32),
+        ("num_heads", c_uint32),
+        ("ffn_dim", c_uint32),
+        ("in_channels", c_uint32),
+        ("out_channels", c_uint32),
+        ("text_len", c_uint32),
+        ("max_frames", c_uint32),
+        ("weight_dtype", c_char_p),
+        ("lora_count", c_uint32),
+        ("lora_mode", c_int32),
+        ("demo", c_int32),
+        ("threads", c_uint32),
+    ]
+
+
+class MemoryEstimate(Structure):
+    """``wanrt_memory_estimate`` (fields only ever appended)."""
+
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("weights", c_uint64),
+        ("denoising", c_uint64),
+        ("decoding", c_uint64),
+        ("peak", c_uint64),
+        ("available", c_uint64),
+        ("vae_tiling", c_int32),
+        ("vae_tile", c_uint32),
+        ("vae_tile_overlap", c_uint32),
+        ("batch_cfg", c_int32),
+    ]
+
+
 _STATUS = c_int32  # enum wanrt_status: an int on every platform wanrt supports
 
 #: Every function of the header: name -> (return type, argument types).
@@ -220,6 +259,11 @@ SIGNATURES = {
     "wanrt_pipeline_set_lora_strength": (
         _STATUS,
         [POINTER(PipelineHandle), c_size_t, c_float],
+    ),
+    "wanrt_pipeline_info": (_STATUS, [POINTER(PipelineHandle), POINTER(ModelInfo)]),
+    "wanrt_pipeline_estimate": (
+        _STATUS,
+        [POINTER(PipelineHandle), POINTER(GenerateParams), POINTER(MemoryEstimate)],
     ),
     "wanrt_pipeline_free": (None, [POINTER(PipelineHandle)]),
     "wanrt_generate_params_init": (_STATUS, [POINTER(GenerateParams), c_size_t]),
