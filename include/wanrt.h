@@ -378,6 +378,20 @@ typedef int32_t (*wanrt_progress_fn)(void *user_data, uint32_t step, uint32_t to
 typedef int32_t (*wanrt_stage_fn)(void *user_data, int32_t stage, uint32_t done, uint32_t total);
 
 /**
+ * The frame callback: called with each frame as soon as the VAE has decoded it, in order
+ * (`index` 0 to `count` - 1), before `wanrt_generate` returns (the result still holds every
+ * frame). `rgb` is `height * width * 3` bytes (RGB, row-major), valid only during the call.
+ * Return 0 to continue, non-zero to cancel (`WANRT_STATUS_CANCELLED`). Same thread rules as
+ * `wanrt_progress_fn`.
+ */
+typedef int32_t (*wanrt_frame_fn)(void *user_data,
+                                  uint32_t index,
+                                  uint32_t count,
+                                  const uint8_t *rgb,
+                                  uint32_t width,
+                                  uint32_t height);
+
+/**
  * One generation request. Fill with `wanrt_generate_params_init(&p, sizeof p)` (the `quality`
  * preset at 832×480, 81 frames), optionally `wanrt_generate_params_preset()`, then set
  * `prompt` and whatever else differs. Strings are NUL-terminated UTF-8 and are read during
@@ -523,6 +537,14 @@ typedef struct wanrt_generate_params {
      * below `vae_tile`; 0 (default): 8 when `vae_tile` is 0 too, else none.
      */
     uint32_t vae_tile_overlap;
+    /**
+     * Receives each frame as it is decoded, or NULL (default).
+     */
+    wanrt_frame_fn frame_callback;
+    /**
+     * Passed to `frame_callback` unchanged.
+     */
+    void *frame_user_data;
 } wanrt_generate_params;
 
 /**

@@ -192,6 +192,11 @@ using Progress = std::function<Flow(uint32_t step, uint32_t total, float sigma)>
 /// (done 0) and after each prompt, step and frame.
 using StageProgress = std::function<Flow(wanrt_stage stage, uint32_t done, uint32_t total)>;
 
+/// The frame callback: (index, count, rgb, width, height) -> Flow, with each frame as soon as
+/// the VAE has decoded it; `rgb` (height * width * 3 bytes) is valid only during the call.
+using FrameCallback = std::function<Flow(uint32_t index, uint32_t count, const uint8_t *rgb,
+                                         uint32_t width, uint32_t height)>;
+
 /// One generation request. Starts from the library's defaults (the "quality" preset at
 /// 832x480, 81 frames, random seed); each setter changes one field. raw() gives the C struct
 /// for fields without a setter.
@@ -253,6 +258,12 @@ public:
         on_stage_ = std::move(f);
         return *this;
     }
+    /// Receives each frame as it is decoded (a C callback set through raw() keeps its own
+    /// frame_user_data).
+    GenerateParams &on_frame(FrameCallback f) {
+        on_frame_ = std::move(f);
+        return *this;
+    }
     /// "quality" or "distill": sets solver, steps, shift, guidance and NAG.
     GenerateParams &preset(const std::string &name) {
         check(wanrt_generate_params_preset(&raw_, name.c_str()));
@@ -287,6 +298,7 @@ private:
     std::vector<uint32_t> slg_blocks_;
     std::vector<float> latent_;
     StageProgress on_stage_;
+    FrameCallback on_frame_;
 };
 
 namespace detail {
@@ -396,9 +408,23 @@ public:
             wanrt_progress_fn c_progress;
             wanrt_stage_fn c_stage;
             void *c_user;
+            const FrameCallback *frame;
             std::exception_ptr error;
         } context{&progress, &params.on_stage_, p.progress, p.stage_progress, p.user_data,
-                  nullptr};
+                  &params.on_frame_, nullptr};
+        if (params.on_frame_) {
+            p.frame_callback = [](void *user, uint32_t index, uint32_t count, const uint8_t *rgb,
+                                  uint32_t width, uint32_t height) -> int32_t {
+                auto *c = static_cast<Context *>(user);
+                try {
+                    return (*c->frame)(index, count, rgb, width, height) == Flow::Cancel ? 1 : 0;
+                } catch (...) {
+                    c->error = std::current_exception();
+                    return 1;
+                }
+            };
+            p.frame_user_data = &context;
+        }
         if (progress || p.progress) {
             p.progress = [](void *user, uint32_t step, uint32_t total, float sigma) -> int32_t {
                 auto *c = static_cast<Context *>(user);

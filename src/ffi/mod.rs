@@ -46,9 +46,9 @@ pub use lora::{
     wanrt_lora_list_new,
 };
 pub use pipeline::{
-    wanrt_device, wanrt_generate, wanrt_generate_params, wanrt_generate_params_init,
-    wanrt_generate_params_preset, wanrt_lora_mode, wanrt_pipeline, wanrt_pipeline_free,
-    wanrt_pipeline_load, wanrt_pipeline_params, wanrt_pipeline_params_init,
+    wanrt_device, wanrt_frame_fn, wanrt_generate, wanrt_generate_params,
+    wanrt_generate_params_init, wanrt_generate_params_preset, wanrt_lora_mode, wanrt_pipeline,
+    wanrt_pipeline_free, wanrt_pipeline_load, wanrt_pipeline_params, wanrt_pipeline_params_init,
     wanrt_pipeline_set_lora_strength, wanrt_progress_fn, wanrt_solver, wanrt_stage, wanrt_stage_fn,
     wanrt_vae_tiling,
 };

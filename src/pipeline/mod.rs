@@ -310,6 +310,21 @@ pub struct Progress {
     pub elapsed: f64,
 }
 
+/// A frame as the VAE decodes it, handed to [`Pipeline::generate_streamed`]'s frame hook.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodedFrame<'a> {
+    /// Its index in the video (0-based; frames come in order).
+    pub index: usize,
+    /// The frames of the video in all.
+    pub count: usize,
+    /// Its pixels: RGB, 8 bits per channel, row-major, `height × width × 3` bytes.
+    pub rgb: &'a [u8],
+    /// Its width in pixels.
+    pub width: usize,
+    /// Its height in pixels.
+    pub height: usize,
+}
+
 /// Seconds spent in each stage of a generation.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Timings {
@@ -668,14 +683,27 @@ impl Pipeline {
         req: &GenerateRequest,
         on_progress: &mut (dyn FnMut(&Progress) -> Flow + Send),
     ) -> Result<Generation> {
-        in_pool(self.pool.as_ref(), || self.run(req, on_progress))
+        self.generate_streamed(req, on_progress, &mut |_| Flow::Continue)
     }
 
-    /// [`Pipeline::generate`] in the current pool.
+    /// [`Pipeline::generate`] that also hands each frame to `on_frame` as soon as the VAE has
+    /// decoded it (before the generation ends; the frames are still in the result), on the
+    /// thread that runs `on_progress`. [`Flow::Cancel`] from `on_frame` cancels.
+    pub fn generate_streamed(
+        &self,
+        req: &GenerateRequest,
+        on_progress: &mut (dyn FnMut(&Progress) -> Flow + Send),
+        on_frame: &mut (dyn FnMut(&DecodedFrame) -> Flow + Send),
+    ) -> Result<Generation> {
+        in_pool(self.pool.as_ref(), || self.run(req, on_progress, on_frame))
+    }
+
+    /// [`Pipeline::generate_streamed`] in the current pool.
     fn run(
         &self,
         req: &GenerateRequest,
         on_progress: &mut (dyn FnMut(&Progress) -> Flow + Send),
+        on_frame: &mut (dyn FnMut(&DecodedFrame) -> Flow + Send),
     ) -> Result<Generation> {
         let start = Instant::now();
         let plan = self.plan(req)?;
@@ -808,7 +836,21 @@ impl Pipeline {
                 tiling: plan.fit.tiling.tiles(),
             },
             &mut |chunk| {
-                frames.extend_from_slice(to_rgb8(&chunk)?.raw_bytes()?);
+                let rgb = to_rgb8(&chunk)?;
+                let bytes = rgb.raw_bytes()?;
+                for (i, frame) in bytes.chunks_exact(video_h * video_w * 3).enumerate() {
+                    let decoded = DecodedFrame {
+                        index: done + i,
+                        count: frame_count,
+                        rgb: frame,
+                        width: video_w,
+                        height: video_h,
+                    };
+                    if on_frame(&decoded) == Flow::Cancel {
+                        return Err(Error::Cancelled);
+                    }
+                }
+                frames.extend_from_slice(bytes);
                 done += chunk.dims()[2];
                 if req.keep_video {
                     chunks.push(chunk);

@@ -115,6 +115,30 @@ int main() {
     CHECK(wanrt_pipeline_info(pipe.get(), nullptr) == WANRT_STATUS_INVALID_ARGUMENT);
     CHECK(wanrt_pipeline_estimate(nullptr, nullptr, &whole) == WANRT_STATUS_INVALID_ARGUMENT);
 
+    // Frames streamed as they are decoded equal the result's; a frame callback cancels.
+    auto streamed_params = small();
+    streamed_params.frames(9);
+    std::vector<uint8_t> streamed;
+    uint32_t next = 0;
+    streamed_params.on_frame([&](uint32_t index, uint32_t count, const uint8_t *rgb,
+                                 uint32_t width, uint32_t height) {
+        CHECK(index == next++ && count == 9 && width == 48 && height == 32);
+        streamed.insert(streamed.end(), rgb, rgb + width * height * 3);
+        return wanrt::Flow::Continue;
+    });
+    auto nine = pipe.generate(streamed_params);
+    CHECK(next == 9);
+    auto all = nine.frames();
+    CHECK(streamed.size() == all.size &&
+          std::equal(streamed.begin(), streamed.end(), all.begin()));
+    next = 0;
+    streamed_params.on_frame([&](uint32_t index, uint32_t, const uint8_t *, uint32_t, uint32_t) {
+        next = index + 1;
+        return index == 2 ? wanrt::Flow::Cancel : wanrt::Flow::Continue;
+    });
+    expect_error([&] { pipe.generate(streamed_params); }, WANRT_STATUS_CANCELLED, "cancelled");
+    CHECK(next == 3);
+
     // A moved-from Generation or Pipeline throws wanrt::Error.
     auto video = pipe.generate(small());
     CHECK(video.frame_count() == 1);

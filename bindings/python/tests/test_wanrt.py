@@ -281,6 +281,20 @@ def test_model_facts_and_estimate_without_generating():
             demo.estimate("a cat", **small(frames=-1))
 
 
+def test_frames_are_streamed_as_decoded():
+    with wanrt.Pipeline(demo=True) as demo:
+        got = []
+        video = demo.generate("a cat", **small(frames=9),
+                              on_frame=lambda *frame: got.append(frame))
+        assert [(i, n, w, h) for i, n, _, w, h in got] == [(i, 9, 48, 32) for i in range(9)]
+        assert b"".join(rgb for _, _, rgb, _, _ in got) == video.frames(as_numpy=False)
+        seen = []
+        with pytest.raises(wanrt.WanrtError) as e:
+            demo.generate("a cat", **small(frames=9),
+                          on_frame=lambda i, *_: seen.append(i) or i == 2)
+        assert e.value.status == wanrt.Status.CANCELLED and seen == [0, 1, 2]
+
+
 def test_integers_and_text_are_checked_before_c(pipeline: wanrt.Pipeline):
     for kw, text in [
         (dict(width=-16), "width=-16 is out of range: it must be 0 to 4294967295"),
@@ -393,6 +407,7 @@ def c_type(decl: str):
         "void": None,
         "enum wanrt_status": c_int32, "wanrt_progress_fn": _lib.PROGRESS_FN,
         "wanrt_stage_fn": _lib.STAGE_FN, "wanrt_log_fn": _lib.LOG_FN,
+        "wanrt_frame_fn": _lib.FRAME_FN,
     }
     stars = decl.count("*")
     base = decl.replace("*", "").replace("const ", "").replace("struct ", "").strip()

@@ -23,6 +23,7 @@ from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 from ._lib import (
     ABI_VERSION,
+    FRAME_FN,
     LOG_FN,
     PROGRESS_FN,
     STAGE_FN,
@@ -77,6 +78,9 @@ PathLike = Union[str, "os.PathLike[str]"]
 StepCallback = Callable[[int, int, float], Any]
 #: ``on_stage(stage, done, total)``: return a true value to cancel.
 StageCallback = Callable[[Stage, int, int], Any]
+#: ``on_frame(index, count, rgb, width, height)`` with each frame as soon as it is decoded
+#: (``rgb``: ``bytes``, ``height * width * 3``): return a true value to cancel.
+FrameCallback = Callable[[int, int, bytes, int, int], Any]
 
 
 def version() -> str:
@@ -414,6 +418,7 @@ class Pipeline:
         *,
         on_step: Optional[StepCallback] = None,
         on_stage: Optional[StageCallback] = None,
+        on_frame: Optional[FrameCallback] = None,
         **settings: Any,
     ) -> Generation:
         """Runs one generation. ``settings``: ``negative_prompt``, ``preset``, ``width``,
@@ -441,7 +446,8 @@ class Pipeline:
         ``bytes``.
 
         ``on_step(step, total, sigma)`` sees step 0 before denoising and each step after it;
-        ``on_stage(stage, done, total)`` sees every stage. A callback returning a true value
+        ``on_stage(stage, done, total)`` sees every stage; ``on_frame(index, count, rgb, width,
+        height)`` gets each frame as soon as the VAE has decoded it. A callback returning a true value
         cancels (:class:`WanrtError` with ``Status.CANCELLED``); an exception in a callback
         cancels and is re-raised here.
         """
@@ -466,8 +472,15 @@ class Pipeline:
             if on_stage
             else STAGE_FN()
         )
+        frame_cb = (
+            FRAME_FN(guarded(lambda i, n, rgb, w, h: on_frame(
+                i, n, ctypes.string_at(rgb, w * h * 3), w, h)))
+            if on_frame
+            else FRAME_FN()
+        )
         p.progress = step_cb
         p.stage_progress = stage_cb
+        p.frame_callback = frame_cb
         out = ctypes.POINTER(GenerationHandle)()
         status = lib.wanrt_generate(self._h(), ctypes.byref(p), ctypes.byref(out))
         if raised:

@@ -123,6 +123,7 @@ class GenerationHandle(ctypes.Structure):
 PROGRESS_FN = CFUNCTYPE(c_int32, c_void_p, c_uint32, c_uint32, c_float)
 STAGE_FN = CFUNCTYPE(c_int32, c_void_p, c_int32, c_uint32, c_uint32)
 LOG_FN = CFUNCTYPE(None, c_void_p, c_int32, c_char_p)
+FRAME_FN = CFUNCTYPE(c_int32, c_void_p, c_uint32, c_uint32, POINTER(c_uint8), c_uint32, c_uint32)
 
 
 class PipelineParams(Structure):
@@ -183,6 +184,8 @@ class GenerateParams(Structure):
         ("vae_tiling", c_int32),
         ("vae_tile", c_uint32),
         ("vae_tile_overlap", c_uint32),
+        ("frame_callback", FRAME_FN),
+        ("frame_user_data", c_void_p),
     ]
 
 
