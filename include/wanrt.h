@@ -217,6 +217,29 @@ typedef enum wanrt_stage {
 } wanrt_stage;
 
 /**
+ * How important a log message is (the `level` argument of `wanrt_log_fn`).
+ */
+typedef enum wanrt_log_level {
+    /**
+     * A failure (also reported by the failing call's status).
+     */
+    WANRT_LOG_LEVEL_ERROR = 1,
+    /**
+     * Something the host should know: a LoRA's keys that match no module and were ignored.
+     */
+    WANRT_LOG_LEVEL_WARN = 2,
+    /**
+     * What a generation does: the plan chosen (memory estimate, VAE tiling, batched CFG) and
+     * the time spent in each stage.
+     */
+    WANRT_LOG_LEVEL_INFO = 3,
+    /**
+     * Details: the time of every denoising step.
+     */
+    WANRT_LOG_LEVEL_DEBUG = 4,
+} wanrt_log_level;
+
+/**
  * The result of one `wanrt_generate` call: `frame_count` RGB frames of `width` × `height`
  * pixels, the final latent, the seed, and the parameters as JSON. Immutable: every accessor and
  * writer may be called from any thread, also concurrently. Free it with
@@ -252,6 +275,15 @@ typedef struct wanrt_lora_list wanrt_lora_list;
  * low-rank factors) and a few small tensors converted to float32.
  */
 typedef struct wanrt_pipeline wanrt_pipeline;
+
+/**
+ * The log callback: `level` is a `wanrt_log_level`, `message` one line of UTF-8 without a
+ * trailing newline, valid only during the call. It is called from whichever thread logs, the
+ * library's worker threads included, possibly from several threads at once: it must be
+ * thread-safe, must return quickly, and must not unwind (throw a C++ exception or longjmp)
+ * through the library. It may call wanrt functions, `wanrt_set_log_callback` included.
+ */
+typedef void (*wanrt_log_fn)(void *user_data, int32_t level, const char *message);
 
 /**
  * What `wanrt_pipeline_load()` loads. Fill with `wanrt_pipeline_params_init(&p, sizeof p)`,
@@ -344,6 +376,20 @@ typedef int32_t (*wanrt_progress_fn)(void *user_data, uint32_t step, uint32_t to
  * `wanrt_progress_fn`.
  */
 typedef int32_t (*wanrt_stage_fn)(void *user_data, int32_t stage, uint32_t done, uint32_t total);
+
+/**
+ * The frame callback: called with each frame as soon as the VAE has decoded it, in order
+ * (`index` 0 to `count` - 1), before `wanrt_generate` returns (the result still holds every
+ * frame). `rgb` is `height * width * 3` bytes (RGB, row-major), valid only during the call.
+ * Return 0 to continue, non-zero to cancel (`WANRT_STATUS_CANCELLED`). Same thread rules as
+ * `wanrt_progress_fn`.
+ */
+typedef int32_t (*wanrt_frame_fn)(void *user_data,
+                                  uint32_t index,
+                                  uint32_t count,
+                                  const uint8_t *rgb,
+                                  uint32_t width,
+                                  uint32_t height);
 
 /**
  * One generation request. Fill with `wanrt_generate_params_init(&p, sizeof p)` (the `quality`
@@ -491,7 +537,128 @@ typedef struct wanrt_generate_params {
      * below `vae_tile`; 0 (default): 8 when `vae_tile` is 0 too, else none.
      */
     uint32_t vae_tile_overlap;
+    /**
+     * Receives each frame as it is decoded, or NULL (default).
+     */
+    wanrt_frame_fn frame_callback;
+    /**
+     * Passed to `frame_callback` unchanged.
+     */
+    void *frame_user_data;
 } wanrt_generate_params;
+
+/**
+ * The facts of a loaded pipeline's models (`wanrt_pipeline_info`). Set `struct_size` to
+ * `sizeof(wanrt_model_info)` before the call; the library fills the fields that fit.
+ */
+typedef struct wanrt_model_info {
+    /**
+     * `sizeof(wanrt_model_info)`, set by the caller.
+     */
+    size_t struct_size;
+    /**
+     * The DiT's hidden width (1536 for 1.3B, 5120 for 14B).
+     */
+    uint32_t dim;
+    /**
+     * The DiT's transformer blocks (30 for 1.3B, 40 for 14B).
+     */
+    uint32_t num_layers;
+    /**
+     * The DiT's attention heads.
+     */
+    uint32_t num_heads;
+    /**
+     * The DiT's feed-forward inner width.
+     */
+    uint32_t ffn_dim;
+    /**
+     * The DiT's input latent channels (16 for text-to-video).
+     */
+    uint32_t in_channels;
+    /**
+     * The DiT's output latent channels (16).
+     */
+    uint32_t out_channels;
+    /**
+     * The text encoder's maximum prompt length in tokens (512).
+     */
+    uint32_t text_len;
+    /**
+     * The most frames a request may ask for (`wanrt_generate_params.frames`).
+     */
+    uint32_t max_frames;
+    /**
+     * The stored dtype of the DiT's block weights: "bf16", "f16", "f32", "fp8 e4m3fn",
+     * "fp8 e5m2". A static string: never free it.
+     */
+    const char *weight_dtype;
+    /**
+     * The LoRAs loaded (0: none).
+     */
+    uint32_t lora_count;
+    /**
+     * How they are applied, a `wanrt_lora_mode`.
+     */
+    int32_t lora_mode;
+    /**
+     * 1 for the random-weight demo model (its output is noise), 0 for loaded files.
+     */
+    int32_t demo;
+    /**
+     * The pipeline's worker threads.
+     */
+    uint32_t threads;
+} wanrt_model_info;
+
+/**
+ * A request's memory estimate and the plan chosen to fit it (`wanrt_pipeline_estimate`), in
+ * bytes. Set `struct_size` to `sizeof(wanrt_memory_estimate)` before the call.
+ */
+typedef struct wanrt_memory_estimate {
+    /**
+     * `sizeof(wanrt_memory_estimate)`, set by the caller.
+     */
+    size_t struct_size;
+    /**
+     * The weights of all models (memory-mapped files count too), held for the whole run.
+     */
+    uint64_t weights;
+    /**
+     * The denoising steps' working memory.
+     */
+    uint64_t denoising;
+    /**
+     * The VAE decode's working memory (with the tiling below) and the frames.
+     */
+    uint64_t decoding;
+    /**
+     * The peak: `weights` plus the larger of `denoising` and `decoding`.
+     */
+    uint64_t peak;
+    /**
+     * The memory available now (`MemAvailable` on Linux), 0 where unknown (then nothing was
+     * checked against it).
+     */
+    uint64_t available;
+    /**
+     * The VAE decode chosen: `WANRT_VAE_TILING_OFF` (whole frames) or
+     * `WANRT_VAE_TILING_TILED` (never `AUTO`, which is resolved here).
+     */
+    int32_t vae_tiling;
+    /**
+     * With tiling, the tile size in latent pixels (else 0).
+     */
+    uint32_t vae_tile;
+    /**
+     * With tiling, the tiles' overlap in latent pixels (else 0).
+     */
+    uint32_t vae_tile_overlap;
+    /**
+     * 1 when the conditional and unconditional passes run as one batch.
+     */
+    int32_t batch_cfg;
+} wanrt_memory_estimate;
 
 /**
  * Options of `wanrt_generation_write_mp4`. Fill with `wanrt_mp4_params_init(&p, sizeof p)`.
@@ -552,6 +719,19 @@ const char *wanrt_status_str(int32_t status);
  * thread; copy it to keep it. Never NULL. Each thread has its own message.
  */
 const char *wanrt_last_error(void);
+
+/**
+ * Sets the process-wide log callback, which receives the library's diagnostics of every
+ * level (see `wanrt_log_level`; filter in the callback), with `user_data` passed back
+ * unchanged. NULL (the default) makes the library silent: it never writes to stdout or
+ * stderr. A new callback replaces the previous one; a message being delivered on another
+ * thread at that moment may still reach the previous callback, so keep its `user_data`
+ * valid for a while (or for the life of the process).
+ *
+ * Fails with `WANRT_STATUS_INVALID_ARGUMENT` only in a Rust program that installed its own
+ * `log` logger before: the library's messages already go to it.
+ */
+enum wanrt_status wanrt_set_log_callback(wanrt_log_fn callback, void *user_data);
 
 /**
  * Creates an empty LoRA list in `*out`.
@@ -708,6 +888,33 @@ enum wanrt_status wanrt_generate_params_preset(struct wanrt_generate_params *par
 enum wanrt_status wanrt_generate(struct wanrt_pipeline *pipeline,
                                  const struct wanrt_generate_params *params,
                                  struct wanrt_generation **out);
+
+/**
+ * Writes the facts of `pipeline`'s models into `*out`, whose `struct_size` the caller set.
+ * Fails with `WANRT_STATUS_INVALID_ARGUMENT` for NULL arguments, a `struct_size` below the
+ * first version's, or a pipeline busy on another thread.
+ *
+ * # Safety
+ * `pipeline` is NULL or a live pipeline; `out` is NULL or points to `out->struct_size`
+ * writable bytes.
+ */
+enum wanrt_status wanrt_pipeline_info(struct wanrt_pipeline *pipeline,
+                                      struct wanrt_model_info *out);
+
+/**
+ * Checks the request `params` against `pipeline` as `wanrt_generate` would, without running
+ * it, and writes its memory estimate and the plan chosen (VAE tiling, batched CFG) into
+ * `*out`, whose `struct_size` the caller set. Fails as `wanrt_generate` would fail before any
+ * work: `WANRT_STATUS_INVALID_ARGUMENT` for a bad request, `WANRT_STATUS_OUT_OF_MEMORY` when
+ * it does not fit in the memory available. The callbacks in `params` are not called.
+ *
+ * # Safety
+ * `pipeline` is NULL or a live pipeline; `params` is NULL or an initialised
+ * `wanrt_generate_params`; `out` is NULL or points to `out->struct_size` writable bytes.
+ */
+enum wanrt_status wanrt_pipeline_estimate(struct wanrt_pipeline *pipeline,
+                                          const struct wanrt_generate_params *params,
+                                          struct wanrt_memory_estimate *out);
 
 /**
  * Fills the `struct_size` bytes at `params` with the defaults (16 fps, qp 20, the built-in

@@ -6,11 +6,14 @@
 //! (its initial latent in, its frames and latent out, within the case's tolerance); the misuse
 //! program runs under `valgrind --error-exitcode=1` when valgrind is installed.
 //!
+//! The log callback is also checked from Rust, through the `extern "C"` function itself.
+//!
 //! Run it with a target dir of your own when several checkouts share one, since the cdylib's
 //! path in a shared target dir is the same for all of them.
 
 mod common;
 
+use std::ffi::{c_char, c_void, CStr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -336,4 +339,61 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     files
+}
+
+static LOGGED: std::sync::Mutex<Vec<(i32, String)>> = std::sync::Mutex::new(Vec::new());
+
+unsafe extern "C" fn collect_log(user_data: *mut c_void, level: i32, message: *const c_char) {
+    assert_eq!(user_data as usize, 42);
+    let text = unsafe { CStr::from_ptr(message) }
+        .to_string_lossy()
+        .into_owned();
+    LOGGED.lock().unwrap().push((level, text));
+}
+
+/// Formatting it panics, as a buggy `Display` in a log message would.
+struct PanicsWhenFormatted;
+
+impl std::fmt::Display for PanicsWhenFormatted {
+    fn fmt(&self, _: &mut std::fmt::Formatter) -> std::fmt::Result {
+        panic!("formatting failed")
+    }
+}
+
+/// `wanrt_set_log_callback`: every level reaches the callback with its user data, from any
+/// thread, a NUL inside a message is escaped, a panic while formatting drops the message
+/// without unwinding into the caller, and NULL silences the library again.
+#[test]
+fn log_callback_receives_records_until_it_is_unset() {
+    use wanrt::ffi::{wanrt_set_log_callback, wanrt_status};
+    log::info!("before any callback");
+    let status = wanrt_set_log_callback(Some(collect_log), 42 as *mut c_void);
+    assert_eq!(status, wanrt_status::Ok);
+    log::error!("error");
+    log::warn!("warn");
+    log::info!("info");
+    log::debug!("debug\0nul");
+    log::warn!("{}", PanicsWhenFormatted);
+    std::thread::spawn(|| log::info!("from another thread"))
+        .join()
+        .unwrap();
+    let expected = [
+        (1, "error"),
+        (2, "warn"),
+        (3, "info"),
+        (4, "debug\\0nul"),
+        (3, "from another thread"),
+    ]
+    .map(|(level, text)| (level, text.to_string()));
+    assert_eq!(*LOGGED.lock().unwrap(), expected);
+    assert_eq!(
+        wanrt_set_log_callback(None, std::ptr::null_mut()),
+        wanrt_status::Ok
+    );
+    log::warn!("after");
+    assert_eq!(
+        LOGGED.lock().unwrap().len(),
+        expected.len(),
+        "silent after NULL"
+    );
 }

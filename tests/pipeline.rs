@@ -654,7 +654,7 @@ fn the_library_checks_the_request_against_the_model() {
     let mut r = small("x");
     r.teacache = Some(0.1);
     assert!(e(r).contains("TeaCache"));
-    assert!(pipe.check(&small("x")).unwrap().peak() > 0);
+    assert!(pipe.check(&small("x")).unwrap().memory.peak() > 0);
 }
 
 #[test]
@@ -719,7 +719,7 @@ fn vae_tiling_is_chosen_and_recorded() {
     });
     let e = pipe.check(&req).unwrap_err().to_string();
     assert!(e.contains("larger than the overlap"), "{e}");
-    let est = pipe.check(&small("x")).unwrap();
+    let est = pipe.check(&small("x")).unwrap().memory;
     assert_eq!(est.peak(), est.weights.total() + est.working());
 }
 
@@ -862,4 +862,35 @@ fn q8_attention_runs_and_is_recorded() {
     let bad = wanrt(&flags);
     assert!(!bad.status.success());
     assert!(text(&bad.stderr).contains("unknown attention `int8`"));
+}
+
+/// `generate_streamed` hands every frame over in order as it is decoded, the same bytes the
+/// result holds, and a frame hook's `Flow::Cancel` stops the generation.
+#[test]
+fn frames_are_streamed_as_decoded() {
+    let pipe = Pipeline::demo(0).unwrap();
+    let mut streamed = Vec::new();
+    let mut order = Vec::new();
+    let g = pipe
+        .generate_streamed(&small("x"), &mut |_| Flow::Continue, &mut |f| {
+            order.push((f.index, f.count, f.width, f.height));
+            streamed.extend_from_slice(f.rgb);
+            Flow::Continue
+        })
+        .unwrap();
+    assert_eq!(order, (0..5).map(|i| (i, 5, 32, 32)).collect::<Vec<_>>());
+    assert_eq!(streamed, g.frames);
+    let mut seen = 0;
+    let e = pipe
+        .generate_streamed(&small("x"), &mut |_| Flow::Continue, &mut |f| {
+            seen = f.index + 1;
+            if f.index == 1 {
+                Flow::Cancel
+            } else {
+                Flow::Continue
+            }
+        })
+        .unwrap_err();
+    assert!(matches!(e, Error::Cancelled), "{e}");
+    assert_eq!(seen, 2);
 }

@@ -8,6 +8,7 @@
 //   generate()) and per stage (GenerateParams::on_stage()). An exception thrown by a lambda
 //   cancels the generation and is rethrown from generate() (it never crosses the C library).
 //   C callbacks set through raw() keep their own user_data.
+// - wanrt::set_log_callback() takes a lambda for the library's diagnostics (process-wide).
 // - A moved-from Pipeline or Generation throws wanrt::Error (WANRT_STATUS_INVALID_ARGUMENT).
 // - Parameter builders own their strings, so temporaries are fine:
 //     auto pipeline = wanrt::Pipeline::load(wanrt::PipelineParams().models_dir("Wan2.1-T2V-1.3B"));
@@ -26,6 +27,7 @@
 #include <exception>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -62,6 +64,48 @@ inline void check_abi() {
         throw Error(WANRT_STATUS_INVALID_ARGUMENT,
                     "libwanrt has ABI " + std::to_string(wanrt_abi_version()) +
                         ", this program was built for " + std::to_string(WANRT_ABI_VERSION));
+}
+
+/// A log callback: the level and one line of text (see wanrt_log_fn). It may be called from
+/// several threads at once; an exception it throws is swallowed (the message is dropped).
+using LogCallback = std::function<void(wanrt_log_level, const char *)>;
+
+namespace detail {
+inline std::mutex &log_mutex() {
+    static std::mutex mutex;
+    return mutex;
+}
+
+inline std::shared_ptr<const LogCallback> &log_callback() {
+    static std::shared_ptr<const LogCallback> callback;
+    return callback;
+}
+
+inline void log_trampoline(void *, int32_t level, const char *message) noexcept {
+    std::shared_ptr<const LogCallback> callback;
+    {
+        std::lock_guard<std::mutex> lock(log_mutex());
+        callback = log_callback();
+    }
+    if (!callback) return;
+    try {
+        (*callback)(static_cast<wanrt_log_level>(level), message);
+    } catch (...) {
+    }
+}
+}  // namespace detail
+
+/// Sets the process-wide log callback (wanrt_set_log_callback); an empty one (the default)
+/// makes the library silent. A lambda may capture anything: the wrapper keeps it alive and
+/// hands each message to the callback set at that moment.
+inline void set_log_callback(LogCallback callback) {
+    bool on = static_cast<bool>(callback);
+    {
+        std::lock_guard<std::mutex> lock(detail::log_mutex());
+        detail::log_callback() =
+            on ? std::make_shared<const LogCallback>(std::move(callback)) : nullptr;
+    }
+    check(wanrt_set_log_callback(on ? detail::log_trampoline : nullptr, nullptr));
 }
 
 /// A read-only view of memory owned by a Generation.
@@ -148,6 +192,11 @@ using Progress = std::function<Flow(uint32_t step, uint32_t total, float sigma)>
 /// (done 0) and after each prompt, step and frame.
 using StageProgress = std::function<Flow(wanrt_stage stage, uint32_t done, uint32_t total)>;
 
+/// The frame callback: (index, count, rgb, width, height) -> Flow, with each frame as soon as
+/// the VAE has decoded it; `rgb` (height * width * 3 bytes) is valid only during the call.
+using FrameCallback = std::function<Flow(uint32_t index, uint32_t count, const uint8_t *rgb,
+                                         uint32_t width, uint32_t height)>;
+
 /// One generation request. Starts from the library's defaults (the "quality" preset at
 /// 832x480, 81 frames, random seed); each setter changes one field. raw() gives the C struct
 /// for fields without a setter.
@@ -209,6 +258,12 @@ public:
         on_stage_ = std::move(f);
         return *this;
     }
+    /// Receives each frame as it is decoded (a C callback set through raw() keeps its own
+    /// frame_user_data).
+    GenerateParams &on_frame(FrameCallback f) {
+        on_frame_ = std::move(f);
+        return *this;
+    }
     /// "quality" or "distill": sets solver, steps, shift, guidance and NAG.
     GenerateParams &preset(const std::string &name) {
         check(wanrt_generate_params_preset(&raw_, name.c_str()));
@@ -243,6 +298,7 @@ private:
     std::vector<uint32_t> slg_blocks_;
     std::vector<float> latent_;
     StageProgress on_stage_;
+    FrameCallback on_frame_;
 };
 
 namespace detail {
@@ -352,9 +408,23 @@ public:
             wanrt_progress_fn c_progress;
             wanrt_stage_fn c_stage;
             void *c_user;
+            const FrameCallback *frame;
             std::exception_ptr error;
         } context{&progress, &params.on_stage_, p.progress, p.stage_progress, p.user_data,
-                  nullptr};
+                  &params.on_frame_, nullptr};
+        if (params.on_frame_) {
+            p.frame_callback = [](void *user, uint32_t index, uint32_t count, const uint8_t *rgb,
+                                  uint32_t width, uint32_t height) -> int32_t {
+                auto *c = static_cast<Context *>(user);
+                try {
+                    return (*c->frame)(index, count, rgb, width, height) == Flow::Cancel ? 1 : 0;
+                } catch (...) {
+                    c->error = std::current_exception();
+                    return 1;
+                }
+            };
+            p.frame_user_data = &context;
+        }
         if (progress || p.progress) {
             p.progress = [](void *user, uint32_t step, uint32_t total, float sigma) -> int32_t {
                 auto *c = static_cast<Context *>(user);
@@ -392,6 +462,22 @@ public:
     /// lora_mode(WANRT_LORA_MODE_RUNTIME).
     void set_lora_strength(std::size_t index, float strength) {
         check(wanrt_pipeline_set_lora_strength(live(), index, strength));
+    }
+    /// The facts of the loaded models (dims, layers, weight dtype, maximum frames, LoRAs).
+    wanrt_model_info info() const {
+        wanrt_model_info out{};
+        out.struct_size = sizeof out;
+        check(wanrt_pipeline_info(live(), &out));
+        return out;
+    }
+    /// The memory `params` would need and the plan chosen (VAE tiling, batched CFG), without
+    /// generating; throws what generate() would throw before any work (bad request, OOM).
+    wanrt_memory_estimate estimate(const GenerateParams &params) const {
+        wanrt_generate_params p = params.c_params();
+        wanrt_memory_estimate out{};
+        out.struct_size = sizeof out;
+        check(wanrt_pipeline_estimate(live(), &p, &out));
+        return out;
     }
     /// The C handle, still owned by this object.
     wanrt_pipeline *get() const noexcept { return handle_.get(); }

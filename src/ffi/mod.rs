@@ -9,6 +9,8 @@
 //! - [`status`](wanrt_status): every fallible function returns a [`wanrt_status`] and leaves a
 //!   message for [`wanrt_last_error`]; every export runs inside a panic boundary that reports a
 //!   panic as `WANRT_STATUS_INTERNAL`.
+//! - [`wanrt_set_log_callback`] forwards the library's diagnostics (the `log` crate's records)
+//!   to a C function.
 //! - Parameter structs begin with their size (see the `params` submodule).
 //!
 //! Regenerate the header after changing this module with
@@ -18,11 +20,15 @@
 // Declared in the order the header presents them (cbindgen follows this order).
 mod status;
 
+mod log;
+
 mod params;
 
 mod lora;
 
 mod pipeline;
+
+mod query;
 
 mod generation;
 
@@ -34,16 +40,20 @@ pub use generation::{
     wanrt_generation_width, wanrt_generation_write_mp4, wanrt_generation_write_png_frames,
     wanrt_mp4_params, wanrt_mp4_params_init,
 };
+pub use log::{wanrt_log_fn, wanrt_log_level, wanrt_set_log_callback};
 pub use lora::{
     wanrt_lora_list, wanrt_lora_list_add, wanrt_lora_list_count, wanrt_lora_list_free,
     wanrt_lora_list_new,
 };
 pub use pipeline::{
-    wanrt_device, wanrt_generate, wanrt_generate_params, wanrt_generate_params_init,
-    wanrt_generate_params_preset, wanrt_lora_mode, wanrt_pipeline, wanrt_pipeline_free,
-    wanrt_pipeline_load, wanrt_pipeline_params, wanrt_pipeline_params_init,
+    wanrt_device, wanrt_frame_fn, wanrt_generate, wanrt_generate_params,
+    wanrt_generate_params_init, wanrt_generate_params_preset, wanrt_lora_mode, wanrt_pipeline,
+    wanrt_pipeline_free, wanrt_pipeline_load, wanrt_pipeline_params, wanrt_pipeline_params_init,
     wanrt_pipeline_set_lora_strength, wanrt_progress_fn, wanrt_solver, wanrt_stage, wanrt_stage_fn,
     wanrt_vae_tiling,
+};
+pub use query::{
+    wanrt_memory_estimate, wanrt_model_info, wanrt_pipeline_estimate, wanrt_pipeline_info,
 };
 pub use status::{wanrt_last_error, wanrt_status, wanrt_status_str};
 

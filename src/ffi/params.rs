@@ -94,6 +94,32 @@ pub(crate) unsafe fn write_back<T: Versioned>(ptr: *mut T, value: &T) {
     std::ptr::copy_nonoverlapping((value as *const T).cast::<u8>(), ptr.cast::<u8>(), known);
 }
 
+/// Fills the caller's result struct at `ptr` (named `arg` in messages), whose `struct_size`
+/// the caller set to its `sizeof`, with `value` within that size; `struct_size` is kept.
+///
+/// # Safety
+/// `ptr` is NULL or points to at least `struct_size` writable bytes, aligned for `T`.
+pub(crate) unsafe fn fill<T: Versioned>(ptr: *mut T, value: &T, arg: &str) -> Result<()> {
+    if ptr.is_null() {
+        return Err(null_argument(arg));
+    }
+    let size = ptr.cast::<usize>().read();
+    if size < T::MIN_SIZE {
+        return Err(Error::InvalidArgument(format!(
+            "{arg}->struct_size is {size}, less than the smallest {} ({} bytes): set it to \
+             sizeof({}) before the call",
+            T::NAME,
+            T::MIN_SIZE,
+            T::NAME,
+        )));
+    }
+    let head = size_of::<usize>();
+    let known = size.min(size_of::<T>());
+    let src = (value as *const T).cast::<u8>();
+    std::ptr::copy_nonoverlapping(src.add(head), ptr.cast::<u8>().add(head), known - head);
+    Ok(())
+}
+
 fn check_size<T: Versioned>(size: usize, arg: &str) -> Result<()> {
     if size < T::MIN_SIZE {
         return Err(Error::InvalidArgument(format!(

@@ -12,8 +12,8 @@ use crate::lora::Mode;
 use crate::model::dit::AttentionChoice;
 use crate::model::vae::Tiling;
 use crate::pipeline::{
-    Device, GenerateRequest, LoadOptions, LoraSpec, ModelSource, NagSettings, Pipeline, Preset,
-    Progress, Stage, VaeTiling,
+    DecodedFrame, Device, GenerateRequest, LoadOptions, LoraSpec, ModelSource, NagSettings,
+    Pipeline, Preset, Progress, Stage, VaeTiling,
 };
 use crate::sampler::{Flow, Slg, SolverKind};
 use crate::tensor::Tensor;
@@ -39,7 +39,7 @@ pub struct wanrt_pipeline {
 
 impl wanrt_pipeline {
     /// The pipeline, or the "busy" error when another call holds it.
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Pipeline>> {
+    pub(super) fn lock(&self) -> Result<std::sync::MutexGuard<'_, Pipeline>> {
         self.pipeline.try_lock().map_err(|e| match e {
             TryLockError::WouldBlock => Error::InvalidArgument(
                 "pipeline is busy: another call is running on it (concurrent calls on one \
@@ -375,6 +375,22 @@ pub type wanrt_progress_fn =
 pub type wanrt_stage_fn =
     Option<unsafe extern "C" fn(user_data: *mut c_void, stage: i32, done: u32, total: u32) -> i32>;
 
+/// The frame callback: called with each frame as soon as the VAE has decoded it, in order
+/// (`index` 0 to `count` - 1), before `wanrt_generate` returns (the result still holds every
+/// frame). `rgb` is `height * width * 3` bytes (RGB, row-major), valid only during the call.
+/// Return 0 to continue, non-zero to cancel (`WANRT_STATUS_CANCELLED`). Same thread rules as
+/// `wanrt_progress_fn`.
+pub type wanrt_frame_fn = Option<
+    unsafe extern "C" fn(
+        user_data: *mut c_void,
+        index: u32,
+        count: u32,
+        rgb: *const u8,
+        width: u32,
+        height: u32,
+    ) -> i32,
+>;
+
 /// One generation request. Fill with `wanrt_generate_params_init(&p, sizeof p)` (the `quality`
 /// preset at 832×480, 81 frames), optionally `wanrt_generate_params_preset()`, then set
 /// `prompt` and whatever else differs. Strings are NUL-terminated UTF-8 and are read during
@@ -455,6 +471,10 @@ pub struct wanrt_generate_params {
     /// With `WANRT_VAE_TILING_TILED`: the overlap of neighbouring tiles in latent pixels,
     /// below `vae_tile`; 0 (default): 8 when `vae_tile` is 0 too, else none.
     pub vae_tile_overlap: u32,
+    /// Receives each frame as it is decoded, or NULL (default).
+    pub frame_callback: wanrt_frame_fn,
+    /// Passed to `frame_callback` unchanged.
+    pub frame_user_data: *mut c_void,
 }
 
 impl Default for wanrt_generate_params {
@@ -496,6 +516,8 @@ impl Default for wanrt_generate_params {
             vae_tiling: wanrt_vae_tiling::Auto as i32,
             vae_tile: 0,
             vae_tile_overlap: 0,
+            frame_callback: None,
+            frame_user_data: std::ptr::null_mut(),
         };
         p.set_sampling(&req);
         p
@@ -537,7 +559,7 @@ impl wanrt_generate_params {
     ///
     /// # Safety
     /// The pointers in `self` are NULL or valid as the struct documents.
-    unsafe fn request(&self, z_dim: usize) -> Result<GenerateRequest> {
+    pub(super) unsafe fn request(&self, z_dim: usize) -> Result<GenerateRequest> {
         let solver = match self.solver {
             0 => SolverKind::UniPc,
             1 => SolverKind::DpmPp,
@@ -755,7 +777,8 @@ pub unsafe extern "C" fn wanrt_generate(
         let req = p.request(pipeline.vae().config().z_dim)?;
         let callers = Callbacks(p);
         let mut on_progress = |progress: &Progress| callers.call(progress);
-        let generation = pipeline.generate(&req, &mut on_progress)?;
+        let mut on_frame = |frame: &DecodedFrame| callers.frame(frame);
+        let generation = pipeline.generate_streamed(&req, &mut on_progress, &mut on_frame)?;
         let result = wanrt_generation::new(generation, pipeline.info())?;
         write_out(out, "out", Box::into_raw(Box::new(result)))
     })
@@ -773,6 +796,30 @@ impl Callbacks {
     /// Calls the callbacks for one progress report.
     fn call(&self, progress: &Progress) -> Flow {
         callbacks(&self.0, progress)
+    }
+
+    /// Calls the frame callback, if any, for one decoded frame.
+    fn frame(&self, frame: &DecodedFrame) -> Flow {
+        let Some(f) = self.0.frame_callback else {
+            return Flow::Continue;
+        };
+        let u32_of = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+        // SAFETY: the caller vouches for its callback and user data; `rgb` outlives the call.
+        let answer = unsafe {
+            f(
+                self.0.frame_user_data,
+                u32_of(frame.index),
+                u32_of(frame.count),
+                frame.rgb.as_ptr(),
+                u32_of(frame.width),
+                u32_of(frame.height),
+            )
+        };
+        if answer == 0 {
+            Flow::Continue
+        } else {
+            Flow::Cancel
+        }
     }
 }
 

@@ -191,15 +191,19 @@ fn vae_decode(v: &VaeConfig, h: u64, w: u64) -> u64 {
     total
 }
 
-/// What [`fit`] chose.
+/// The plan chosen for a request so that it fits in memory, with its estimate
+/// ([`Pipeline::check`](super::Pipeline::check)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Fit {
+pub struct Fit {
     /// Run CFG's two passes as one batch.
     pub batch_cfg: bool,
     /// The VAE's tiles (`None`: whole frames); never [`VaeTiling::Auto`].
     pub tiling: VaeTiling,
     /// The estimate of that plan.
     pub memory: MemoryEstimate,
+    /// The memory available when it was chosen ([`available_memory`]); `None`: unknown, so
+    /// nothing was checked.
+    pub available: Option<u64>,
 }
 
 /// Chooses the plan that fits in `available` bytes (`None`: unknown, so nothing is checked):
@@ -225,6 +229,7 @@ pub(super) fn fit(
             batch_cfg,
             tiling,
             memory,
+            available: None,
         });
     };
     let one = estimate(1, whole(tiling).tiles());
@@ -283,6 +288,7 @@ pub(super) fn fit(
         batch_cfg,
         tiling,
         memory,
+        available: Some(available),
     })
 }
 

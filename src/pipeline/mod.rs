@@ -38,9 +38,10 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 pub use files::{ModelFiles, ModelLayout, ModelSource};
-pub use memory::{available_memory, MemoryEstimate, VaeTiling, WeightMemory};
+pub use memory::{available_memory, Fit, MemoryEstimate, VaeTiling, WeightMemory};
 pub use request::{
-    solver_name, GenerateRequest, NagSettings, Preset, DEFAULT_NEGATIVE_PROMPT, FPS, MAX_SEED,
+    solver_name, GenerateRequest, NagSettings, Preset, DEFAULT_NEGATIVE_PROMPT, FPS, MAX_FRAMES,
+    MAX_SEED,
 };
 pub use trigger::{trigger_phrase, with_triggers};
 
@@ -309,6 +310,21 @@ pub struct Progress {
     pub elapsed: f64,
 }
 
+/// A frame as the VAE decodes it, handed to [`Pipeline::generate_streamed`]'s frame hook.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodedFrame<'a> {
+    /// Its index in the video (0-based; frames come in order).
+    pub index: usize,
+    /// The frames of the video in all.
+    pub count: usize,
+    /// Its pixels: RGB, 8 bits per channel, row-major, `height × width × 3` bytes.
+    pub rgb: &'a [u8],
+    /// Its width in pixels.
+    pub width: usize,
+    /// Its height in pixels.
+    pub height: usize,
+}
+
 /// Seconds spent in each stage of a generation.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Timings {
@@ -392,9 +408,7 @@ struct Plan {
     seed: u64,
     latent_dims: [usize; 5],
     teacache: Option<TeaCache>,
-    batch_cfg: bool,
-    tiling: Option<Tiling>,
-    memory: MemoryEstimate,
+    fit: memory::Fit,
 }
 
 impl Pipeline {
@@ -546,9 +560,9 @@ impl Pipeline {
     /// initial latent's shape and finite values, TeaCache's support for this DiT, the VAE's
     /// tiles, and the weights plus the working memory against the memory available (choosing
     /// batched CFG and the VAE's tiling as [`GenerateRequest::vae_tiling`] allows). Returns the
-    /// memory estimate of the plan chosen.
-    pub fn check(&self, req: &GenerateRequest) -> Result<MemoryEstimate> {
-        Ok(self.plan(req)?.memory)
+    /// plan chosen, with its memory estimate and the memory available.
+    pub fn check(&self, req: &GenerateRequest) -> Result<Fit> {
+        Ok(self.plan(req)?.fit)
     }
 
     fn plan(&self, req: &GenerateRequest) -> Result<Plan> {
@@ -617,9 +631,7 @@ impl Pipeline {
             seed,
             latent_dims,
             teacache,
-            batch_cfg: fit.batch_cfg,
-            tiling: fit.tiling.tiles(),
-            memory: fit.memory,
+            fit,
         })
     }
 
@@ -671,18 +683,46 @@ impl Pipeline {
         req: &GenerateRequest,
         on_progress: &mut (dyn FnMut(&Progress) -> Flow + Send),
     ) -> Result<Generation> {
-        in_pool(self.pool.as_ref(), || self.run(req, on_progress))
+        self.generate_streamed(req, on_progress, &mut |_| Flow::Continue)
     }
 
-    /// [`Pipeline::generate`] in the current pool.
+    /// [`Pipeline::generate`] that also hands each frame to `on_frame` as soon as the VAE has
+    /// decoded it (before the generation ends; the frames are still in the result), on the
+    /// thread that runs `on_progress`. [`Flow::Cancel`] from `on_frame` cancels.
+    pub fn generate_streamed(
+        &self,
+        req: &GenerateRequest,
+        on_progress: &mut (dyn FnMut(&Progress) -> Flow + Send),
+        on_frame: &mut (dyn FnMut(&DecodedFrame) -> Flow + Send),
+    ) -> Result<Generation> {
+        in_pool(self.pool.as_ref(), || self.run(req, on_progress, on_frame))
+    }
+
+    /// [`Pipeline::generate_streamed`] in the current pool.
     fn run(
         &self,
         req: &GenerateRequest,
         on_progress: &mut (dyn FnMut(&Progress) -> Flow + Send),
+        on_frame: &mut (dyn FnMut(&DecodedFrame) -> Flow + Send),
     ) -> Result<Generation> {
         let start = Instant::now();
         let plan = self.plan(req)?;
         let req = &plan.req;
+        let mib = |bytes: u64| bytes.div_ceil(1 << 20);
+        log::info!(
+            "plan: {}x{} (WxH), {} frames, {} steps, seed {}; memory estimate: weights {} MiB, \
+             denoising {} MiB, decoding {} MiB; VAE decode: tiling {}; batched CFG: {}",
+            req.width,
+            req.height,
+            req.frames,
+            req.steps,
+            plan.seed,
+            mib(plan.fit.memory.weights.total()),
+            mib(plan.fit.memory.denoising),
+            mib(plan.fit.memory.decoding),
+            req.vae_tiling,
+            if plan.fit.batch_cfg { "on" } else { "off" }
+        );
         let mut timings = Timings::default();
 
         // Text: each prompt trimmed to its length; the DiT zero-pads and caches its K/V.
@@ -730,7 +770,7 @@ impl Pipeline {
                 ..NagParams::new(ctx)
             });
         }
-        if plan.batch_cfg {
+        if plan.fit.batch_cfg {
             model = model.with_batched_cfg()?;
         }
         let mut latent = match &req.latent_init {
@@ -765,7 +805,9 @@ impl Pipeline {
         )?;
         let mut step_start = Instant::now();
         let run = sampler.run(&mut model, &mut latent, |p| {
-            timings.steps.push(step_start.elapsed().as_secs_f64());
+            let seconds = step_start.elapsed().as_secs_f64();
+            log::debug!("denoising step {}/{}: {seconds:.3} s", p.step + 1, p.steps);
+            timings.steps.push(seconds);
             step_start = Instant::now();
             on_progress(&Progress {
                 stage: Stage::Denoising,
@@ -791,10 +833,24 @@ impl Pipeline {
         self.vae.decode_frames(
             &latent,
             &DecodeOptions {
-                tiling: plan.tiling,
+                tiling: plan.fit.tiling.tiles(),
             },
             &mut |chunk| {
-                frames.extend_from_slice(to_rgb8(&chunk)?.raw_bytes()?);
+                let rgb = to_rgb8(&chunk)?;
+                let bytes = rgb.raw_bytes()?;
+                for (i, frame) in bytes.chunks_exact(video_h * video_w * 3).enumerate() {
+                    let decoded = DecodedFrame {
+                        index: done + i,
+                        count: frame_count,
+                        rgb: frame,
+                        width: video_w,
+                        height: video_h,
+                    };
+                    if on_frame(&decoded) == Flow::Cancel {
+                        return Err(Error::Cancelled);
+                    }
+                }
+                frames.extend_from_slice(bytes);
                 done += chunk.dims()[2];
                 if req.keep_video {
                     chunks.push(chunk);
@@ -811,6 +867,13 @@ impl Pipeline {
         };
         timings.decoding = stage.elapsed().as_secs_f64();
         timings.total = start.elapsed().as_secs_f64();
+        log::info!(
+            "timings: text encoding {:.3} s, denoising {:.3} s, decoding {:.3} s, total {:.3} s",
+            timings.text_encoding,
+            timings.denoising,
+            timings.decoding,
+            timings.total
+        );
         Ok(Generation {
             frames,
             width: video_w,
@@ -851,6 +914,15 @@ fn load_models(files: &ModelFiles, loras: &[LoraSpec], mode: Mode) -> Result<Pip
             })
         })
         .collect::<Result<Vec<_>>>()?;
+    for l in &loaded {
+        if let Some(first) = l.ignored_keys.first() {
+            log::warn!(
+                "{}: {} keys match no module of this model and were ignored (first: `{first}`)",
+                l.path.display(),
+                l.ignored_keys.len()
+            );
+        }
+    }
     let identities = [
         file_identity(&files.dit)?,
         file_identity(&files.vae)?,

@@ -29,6 +29,10 @@ pub const MAX_PROMPT_BYTES: usize = 64 * 1024;
 /// token rows/columns (`H/16`, `W/16`) must stay below it.
 const ROPE_POSITIONS: usize = 1024;
 
+/// The most frames a request may ask for: the DiT's RoPE positions allow `ROPE_POSITIONS - 1`
+/// latent frames after the first, four video frames each.
+pub const MAX_FRAMES: usize = 4 * (ROPE_POSITIONS - 1) + 1;
+
 /// Normalized Attention Guidance settings (lora-guidance-training.md §3.4).
 #[derive(Debug, Clone, PartialEq)]
 pub struct NagSettings {
@@ -306,7 +310,7 @@ impl GenerateRequest {
                 ));
             }
         }
-        let max_frames = 4 * (ROPE_POSITIONS - 1) + 1;
+        let max_frames = MAX_FRAMES;
         if self.frames > max_frames {
             return bad(format!(
                 "{} frames is too many: the DiT has positions for at most {max_frames} frames",

@@ -97,19 +97,27 @@ impl DType {
 
     /// The short human name used in reports (`f32`, `bf16`, `fp8 e4m3fn` …).
     pub const fn name(self) -> &'static str {
+        match self.c_name().to_str() {
+            Ok(name) => name,
+            Err(_) => panic!("dtype names are ASCII"),
+        }
+    }
+
+    /// [`DType::name`] as a C string (the C API hands it out).
+    pub const fn c_name(self) -> &'static std::ffi::CStr {
         match self {
-            DType::Bool => "bool",
-            DType::U8 => "u8",
-            DType::I8 => "i8",
-            DType::I16 => "i16",
-            DType::I32 => "i32",
-            DType::I64 => "i64",
-            DType::F16 => "f16",
-            DType::BF16 => "bf16",
-            DType::F32 => "f32",
-            DType::F64 => "f64",
-            DType::F8E4M3 => "fp8 e4m3fn",
-            DType::F8E5M2 => "fp8 e5m2",
+            DType::Bool => c"bool",
+            DType::U8 => c"u8",
+            DType::I8 => c"i8",
+            DType::I16 => c"i16",
+            DType::I32 => c"i32",
+            DType::I64 => c"i64",
+            DType::F16 => c"f16",
+            DType::BF16 => c"bf16",
+            DType::F32 => c"f32",
+            DType::F64 => c"f64",
+            DType::F8E4M3 => c"fp8 e4m3fn",
+            DType::F8E5M2 => c"fp8 e5m2",
         }
     }
 }

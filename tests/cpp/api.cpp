@@ -1,11 +1,14 @@
 // The C++ wrapper and the C ABI on the demo model (no files): moved-from objects, callbacks
 // and their user data, VAE tiling, run-time LoRA strengths, the last error after a success.
 // Built and run by tests/ffi.rs; prints the failed check and exits 1 on failure.
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "wanrt.hpp"
 
@@ -56,6 +59,85 @@ static int32_t fail_inside(void *, uint32_t, uint32_t, float) {
 int main() {
     wanrt::check_abi();
     auto pipe = wanrt::Pipeline::load(wanrt::PipelineParams().demo(true).threads(2));
+
+    // The log callback receives the plan and the timings, also from the pipeline's threads;
+    // an empty one silences the library again.
+    std::mutex log_mutex;
+    std::vector<std::pair<wanrt_log_level, std::string>> logged;
+    wanrt::set_log_callback([&](wanrt_log_level level, const char *message) {
+        std::lock_guard<std::mutex> lock(log_mutex);
+        logged.emplace_back(level, message);
+    });
+    pipe.generate(small());
+    wanrt::set_log_callback(nullptr);
+    auto has = [&](wanrt_log_level level, const char *text) {
+        for (auto &m : logged)
+            if (m.first == level && m.second.find(text) != std::string::npos) return true;
+        return false;
+    };
+    CHECK(has(WANRT_LOG_LEVEL_INFO, "VAE decode: tiling off"));
+    CHECK(has(WANRT_LOG_LEVEL_INFO, "timings: text encoding"));
+    CHECK(has(WANRT_LOG_LEVEL_DEBUG, "denoising step 2/2"));
+    size_t before = logged.size();
+    pipe.generate(small());
+    CHECK(logged.size() == before);
+
+    // The model's facts and a request's estimate, without generating; the estimate's plan is
+    // the one generate() records.
+    wanrt_model_info info = pipe.info();
+    CHECK(info.dim > 0 && info.num_layers > 0 && info.num_heads > 0);
+    CHECK(info.dim % info.num_heads == 0);
+    CHECK(info.in_channels == 16 && info.out_channels == 16);
+    CHECK(info.max_frames == 4093 && info.text_len > 0);
+    CHECK(std::strcmp(info.weight_dtype, "f32") == 0);
+    CHECK(info.lora_count == 0 && info.lora_mode == WANRT_LORA_MODE_MERGE);
+    CHECK(info.demo == 1 && info.threads == 2);
+    wanrt_memory_estimate whole = pipe.estimate(small());
+    // (Models built in memory, like the demo, count no weights: see Pipeline::from_models.)
+    CHECK(whole.denoising > 0 && whole.decoding > 0);
+#ifdef __linux__
+    CHECK(whole.available > 0); // MemAvailable
+#endif
+    CHECK(whole.peak == whole.weights + std::max(whole.denoising, whole.decoding));
+    CHECK(whole.vae_tiling == WANRT_VAE_TILING_OFF && whole.vae_tile == 0);
+    auto tiles = small();
+    tiles.vae_tiles(4, 1);
+    wanrt_memory_estimate in_tiles = pipe.estimate(tiles);
+    CHECK(in_tiles.vae_tiling == WANRT_VAE_TILING_TILED && in_tiles.vae_tile == 4);
+    CHECK(in_tiles.vae_tile_overlap == 1 && in_tiles.weights == whole.weights);
+    auto big = small();
+    big.frames(5000);
+    expect_error([&] { pipe.estimate(big); }, WANRT_STATUS_INVALID_ARGUMENT, "too many");
+    wanrt_model_info short_info{};
+    short_info.struct_size = 8;
+    CHECK(wanrt_pipeline_info(pipe.get(), &short_info) == WANRT_STATUS_INVALID_ARGUMENT);
+    CHECK(std::strstr(wanrt_last_error(), "set it to sizeof(wanrt_model_info)"));
+    CHECK(wanrt_pipeline_info(pipe.get(), nullptr) == WANRT_STATUS_INVALID_ARGUMENT);
+    CHECK(wanrt_pipeline_estimate(nullptr, nullptr, &whole) == WANRT_STATUS_INVALID_ARGUMENT);
+
+    // Frames streamed as they are decoded equal the result's; a frame callback cancels.
+    auto streamed_params = small();
+    streamed_params.frames(9);
+    std::vector<uint8_t> streamed;
+    uint32_t next = 0;
+    streamed_params.on_frame([&](uint32_t index, uint32_t count, const uint8_t *rgb,
+                                 uint32_t width, uint32_t height) {
+        CHECK(index == next++ && count == 9 && width == 48 && height == 32);
+        streamed.insert(streamed.end(), rgb, rgb + width * height * 3);
+        return wanrt::Flow::Continue;
+    });
+    auto nine = pipe.generate(streamed_params);
+    CHECK(next == 9);
+    auto all = nine.frames();
+    CHECK(streamed.size() == all.size &&
+          std::equal(streamed.begin(), streamed.end(), all.begin()));
+    next = 0;
+    streamed_params.on_frame([&](uint32_t index, uint32_t, const uint8_t *, uint32_t, uint32_t) {
+        next = index + 1;
+        return index == 2 ? wanrt::Flow::Cancel : wanrt::Flow::Continue;
+    });
+    expect_error([&] { pipe.generate(streamed_params); }, WANRT_STATUS_CANCELLED, "cancelled");
+    CHECK(next == 3);
 
     // A moved-from Generation or Pipeline throws wanrt::Error.
     auto video = pipe.generate(small());

@@ -236,6 +236,65 @@ def test_demo_threads_and_vae_tiling():
     assert "no model paths" in str(e.value)
 
 
+def test_log_callback_receives_the_plan_and_timings():
+    logged = []
+    wanrt.set_log_callback(lambda level, message: logged.append((level, message)))
+    try:
+        with wanrt.Pipeline(demo=True, threads=2) as demo:
+            demo.generate("a cat", **small())
+            levels = {level for level, _ in logged}
+            assert all(isinstance(level, wanrt.LogLevel) for level in levels)
+            assert any(level == wanrt.LogLevel.INFO and "VAE decode: tiling off" in message
+                       for level, message in logged)
+            assert any(level == wanrt.LogLevel.INFO and message.startswith("timings:")
+                       for level, message in logged)
+            assert any(level == wanrt.LogLevel.DEBUG and "denoising step" in message
+                       for level, message in logged)
+            wanrt.set_log_callback(None)
+            count = len(logged)
+            demo.generate("a cat", **small())
+            assert len(logged) == count
+    finally:
+        wanrt.set_log_callback(None)
+
+
+def test_model_facts_and_estimate_without_generating():
+    with wanrt.Pipeline(demo=True, threads=2) as demo:
+        info = demo.info()
+        assert info["dim"] > 0 and info["dim"] % info["num_heads"] == 0
+        assert info["num_layers"] > 0 and info["in_channels"] == info["out_channels"] == 16
+        assert info["max_frames"] == 4093 and info["text_len"] > 0
+        assert info["weight_dtype"] == "f32"
+        assert info["lora_count"] == 0 and info["lora_mode"] == wanrt.LoraMode.MERGE
+        assert info["demo"] is True and info["threads"] == 2
+        whole = demo.estimate("a cat", **small())
+        assert whole["vae_tiling"] == "off"
+        assert whole["denoising"] > 0 and whole["decoding"] > 0
+        assert whole["peak"] == whole["weights"] + max(whole["denoising"], whole["decoding"])
+        tiled = demo.estimate("a cat", **small(vae_tiling=(4, 1)))
+        assert tiled["vae_tiling"] == (4, 1)
+        assert demo.generate("a cat", **small()).json["vae_tiling"] == whole["vae_tiling"]
+        with pytest.raises(wanrt.WanrtError) as e:
+            demo.estimate("a cat", **small(frames=5000))
+        assert e.value.status == wanrt.Status.INVALID_ARGUMENT and "too many" in str(e.value)
+        with pytest.raises(ValueError, match="frames"):
+            demo.estimate("a cat", **small(frames=-1))
+
+
+def test_frames_are_streamed_as_decoded():
+    with wanrt.Pipeline(demo=True) as demo:
+        got = []
+        video = demo.generate("a cat", **small(frames=9),
+                              on_frame=lambda *frame: got.append(frame))
+        assert [(i, n, w, h) for i, n, _, w, h in got] == [(i, 9, 48, 32) for i in range(9)]
+        assert b"".join(rgb for _, _, rgb, _, _ in got) == video.frames(as_numpy=False)
+        seen = []
+        with pytest.raises(wanrt.WanrtError) as e:
+            demo.generate("a cat", **small(frames=9),
+                          on_frame=lambda i, *_: seen.append(i) or i == 2)
+        assert e.value.status == wanrt.Status.CANCELLED and seen == [0, 1, 2]
+
+
 def test_integers_and_text_are_checked_before_c(pipeline: wanrt.Pipeline):
     for kw, text in [
         (dict(width=-16), "width=-16 is out of range: it must be 0 to 4294967295"),
@@ -327,7 +386,7 @@ HEADER = REPO / "include" / "wanrt.h"
 def c_type(decl: str):
     """The ctypes type of a C declaration's type part, as the header spells it."""
     from ctypes import (POINTER, c_char_p, c_double, c_float, c_int32, c_int64, c_size_t,
-                        c_uint8, c_uint32, c_void_p)
+                        c_uint8, c_uint32, c_uint64, c_void_p)
 
     from wanrt import _lib
 
@@ -339,12 +398,16 @@ def c_type(decl: str):
         "wanrt_pipeline_params": _lib.PipelineParams,
         "wanrt_generate_params": _lib.GenerateParams,
         "wanrt_mp4_params": _lib.Mp4Params,
+        "wanrt_model_info": _lib.ModelInfo,
+        "wanrt_memory_estimate": _lib.MemoryEstimate,
     }
     scalars = {
         "size_t": c_size_t, "int32_t": c_int32, "uint32_t": c_uint32, "int64_t": c_int64,
-        "float": c_float, "double": c_double, "uint8_t": c_uint8, "void": None,
+        "float": c_float, "double": c_double, "uint8_t": c_uint8, "uint64_t": c_uint64,
+        "void": None,
         "enum wanrt_status": c_int32, "wanrt_progress_fn": _lib.PROGRESS_FN,
-        "wanrt_stage_fn": _lib.STAGE_FN,
+        "wanrt_stage_fn": _lib.STAGE_FN, "wanrt_log_fn": _lib.LOG_FN,
+        "wanrt_frame_fn": _lib.FRAME_FN,
     }
     stars = decl.count("*")
     base = decl.replace("*", "").replace("const ", "").replace("struct ", "").strip()
@@ -371,7 +434,8 @@ def test_structs_mirror_the_header():
 
     structs = dict(re.findall(r"typedef struct (\w+) \{(.*?)\} \w+;", header_text(), re.S))
     ours = {"wanrt_pipeline_params": _lib.PipelineParams,
-            "wanrt_generate_params": _lib.GenerateParams, "wanrt_mp4_params": _lib.Mp4Params}
+            "wanrt_generate_params": _lib.GenerateParams, "wanrt_mp4_params": _lib.Mp4Params,
+            "wanrt_model_info": _lib.ModelInfo, "wanrt_memory_estimate": _lib.MemoryEstimate}
     assert set(structs) == set(ours)
     for name, body in structs.items():
         fields = []

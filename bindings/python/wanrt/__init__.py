@@ -23,13 +23,18 @@ from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 from ._lib import (
     ABI_VERSION,
+    FRAME_FN,
+    LOG_FN,
     PROGRESS_FN,
     STAGE_FN,
     Device,
     GenerateParams,
     GenerationHandle,
+    LogLevel,
     LoraList,
     LoraMode,
+    MemoryEstimate,
+    ModelInfo,
     Mp4Params,
     PipelineHandle,
     PipelineParams,
@@ -53,6 +58,7 @@ __all__ = [
     "ABI_VERSION",
     "Device",
     "Generation",
+    "LogLevel",
     "LoraMode",
     "Pipeline",
     "Solver",
@@ -63,6 +69,7 @@ __all__ = [
     "WanrtError",
     "abi_version",
     "has_numpy",
+    "set_log_callback",
     "version",
 ]
 
@@ -71,6 +78,9 @@ PathLike = Union[str, "os.PathLike[str]"]
 StepCallback = Callable[[int, int, float], Any]
 #: ``on_stage(stage, done, total)``: return a true value to cancel.
 StageCallback = Callable[[Stage, int, int], Any]
+#: ``on_frame(index, count, rgb, width, height)`` with each frame as soon as it is decoded
+#: (``rgb``: ``bytes``, ``height * width * 3``): return a true value to cancel.
+FrameCallback = Callable[[int, int, bytes, int, int], Any]
 
 
 def version() -> str:
@@ -86,6 +96,31 @@ def abi_version() -> int:
 def has_numpy() -> bool:
     """Whether frames and latents are returned as NumPy arrays by default."""
     return _np is not None
+
+
+#: ``callback(level, message)`` of :func:`set_log_callback`.
+LogCallback = Callable[[LogLevel, str], Any]
+
+# Every log callback ever set: a message being delivered on another thread while a new one is
+# set may still reach the old one, so none is ever freed (one small object per call).
+_log_callbacks: list = []
+
+
+def set_log_callback(callback: Optional[LogCallback]) -> None:
+    """Sets the process-wide log callback (``wanrt_set_log_callback``): it receives the
+    library's diagnostics of every level as ``callback(level, message)``, possibly from the
+    library's worker threads; ``None`` (the default) makes the library silent. An exception it
+    raises is printed by ctypes and otherwise ignored."""
+    if callback is None:
+        check(lib.wanrt_set_log_callback(LOG_FN(), None))
+        return
+
+    def forward(_user_data: Any, level: int, message: bytes) -> None:
+        callback(LogLevel(level), message.decode("utf-8", "replace"))
+
+    c_callback = LOG_FN(forward)
+    _log_callbacks.append(c_callback)
+    check(lib.wanrt_set_log_callback(c_callback, None))
 
 
 def _path(p: Optional[PathLike]) -> Optional[bytes]:
@@ -228,6 +263,91 @@ def _want_numpy(as_numpy: Optional[bool]) -> bool:
     return bool(as_numpy)
 
 
+def _generate_params(
+    prompt: Union[str, bytes],
+    *,
+    negative_prompt: Optional[str] = None,
+    preset: Optional[str] = None,
+    width: Optional[int] = None,
+    height: Optional[int] = None,
+    frames: Optional[int] = None,
+    steps: Optional[int] = None,
+    solver: Optional[Solver] = None,
+    shift: Optional[float] = None,
+    guidance_scale: Optional[float] = None,
+    cfg_zero_star: Optional[bool] = None,
+    nag_scale: Optional[float] = None,
+    nag_tau: Optional[float] = None,
+    nag_alpha: Optional[float] = None,
+    nag_negative_prompt: Optional[str] = None,
+    slg_blocks: Sequence[int] = (),
+    slg_start: Optional[float] = None,
+    slg_end: Optional[float] = None,
+    teacache: Optional[float] = None,
+    seed: Optional[int] = None,
+    initial_latent: Any = None,
+    lora_trigger: Optional[bool] = None,
+    batch_cfg: Optional[bool] = None,
+    attention: Optional[Attention] = None,
+    vae_tiling: Union[str, Tuple[int, int]] = "auto",
+) -> GenerateParams:
+    """The C request of :meth:`Pipeline.generate`'s arguments (the callbacks excepted); it
+    keeps the buffers it points to alive."""
+    p = init(GenerateParams, "wanrt_generate_params_init")
+    if preset is not None:
+        check(lib.wanrt_generate_params_preset(ctypes.byref(p), preset.encode()))
+    p.prompt = _text("prompt", prompt)
+    if negative_prompt is not None:
+        p.negative_prompt = _text("negative_prompt", negative_prompt)
+    if nag_negative_prompt is not None:
+        p.nag_negative_prompt = _text("nag_negative_prompt", nag_negative_prompt)
+    for field, value in [("width", width), ("height", height), ("frames", frames),
+                         ("steps", steps)]:
+        if value is not None:
+            setattr(p, field, _int(field, value, 0, U32_MAX))
+    if seed is not None:
+        p.seed = _int("seed", seed, 0, MAX_SEED)
+    if vae_tiling in ("auto", "off"):
+        p.vae_tiling = VaeTiling.AUTO if vae_tiling == "auto" else VaeTiling.OFF
+    elif isinstance(vae_tiling, tuple) and len(vae_tiling) == 2:
+        p.vae_tiling = VaeTiling.TILED
+        p.vae_tile = _int("vae_tiling tile", vae_tiling[0], 1, U32_MAX)
+        p.vae_tile_overlap = _int("vae_tiling overlap", vae_tiling[1], 0, U32_MAX)
+    else:
+        raise ValueError(
+            f"vae_tiling={vae_tiling!r}: expected 'auto', 'off' or (tile, overlap)"
+        )
+    for field, value in [
+        ("solver", None if solver is None else int(solver)),
+        ("shift", shift),
+        ("guidance_scale", guidance_scale),
+        ("cfg_zero_star", cfg_zero_star),
+        ("nag_scale", nag_scale),
+        ("nag_tau", nag_tau),
+        ("nag_alpha", nag_alpha),
+        ("slg_start", slg_start),
+        ("slg_end", slg_end),
+        ("teacache_threshold", teacache),
+        ("lora_trigger", lora_trigger),
+        ("batch_cfg", batch_cfg),
+        ("attention", None if attention is None else int(attention)),
+    ]:
+        if value is not None:
+            setattr(p, field, value)
+    blocks = (ctypes.c_uint32 * len(slg_blocks))(
+        *(_int("slg_blocks entry", b, 0, U32_MAX) for b in slg_blocks)
+    )
+    if slg_blocks:
+        p.slg_blocks = blocks
+        p.slg_block_count = len(slg_blocks)
+    latent = _float_buffer(initial_latent)
+    if latent is not None:
+        p.initial_latent = ctypes.cast(latent, ctypes.POINTER(ctypes.c_float))
+        p.initial_latent_len = len(latent)
+    p._buffers = (blocks, latent)  # what the pointers above point to, kept alive with p
+    return p
+
+
 class Pipeline:
     """The models of text-to-video generation, loaded once.
 
@@ -296,34 +416,19 @@ class Pipeline:
         self,
         prompt: Union[str, bytes],
         *,
-        negative_prompt: Optional[str] = None,
-        preset: Optional[str] = None,
-        width: Optional[int] = None,
-        height: Optional[int] = None,
-        frames: Optional[int] = None,
-        steps: Optional[int] = None,
-        solver: Optional[Solver] = None,
-        shift: Optional[float] = None,
-        guidance_scale: Optional[float] = None,
-        cfg_zero_star: Optional[bool] = None,
-        nag_scale: Optional[float] = None,
-        nag_tau: Optional[float] = None,
-        nag_alpha: Optional[float] = None,
-        nag_negative_prompt: Optional[str] = None,
-        slg_blocks: Sequence[int] = (),
-        slg_start: Optional[float] = None,
-        slg_end: Optional[float] = None,
-        teacache: Optional[float] = None,
-        seed: Optional[int] = None,
-        initial_latent: Any = None,
-        lora_trigger: Optional[bool] = None,
-        batch_cfg: Optional[bool] = None,
-        attention: Optional[Attention] = None,
-        vae_tiling: Union[str, Tuple[int, int]] = "auto",
         on_step: Optional[StepCallback] = None,
         on_stage: Optional[StageCallback] = None,
+        on_frame: Optional[FrameCallback] = None,
+        **settings: Any,
     ) -> Generation:
-        """Runs one generation; ``None`` leaves a setting at the library's default (or the
+        """Runs one generation. ``settings``: ``negative_prompt``, ``preset``, ``width``,
+        ``height``, ``frames``, ``steps``, ``solver``, ``shift``, ``guidance_scale``,
+        ``cfg_zero_star``, ``nag_scale``, ``nag_tau``, ``nag_alpha``, ``nag_negative_prompt``,
+        ``slg_blocks``, ``slg_start``, ``slg_end``, ``teacache``, ``seed``, ``initial_latent``,
+        ``lora_trigger``, ``batch_cfg``, ``attention``, ``vae_tiling`` (an unknown name raises
+        ``TypeError``).
+
+        ``None`` leaves a setting at the library's default (or the
         preset's: ``"quality"``, the default, or ``"distill"``). Defaults: 832x480, 81 frames,
         UniPC, 30 steps, shift 5, CFG 5, Wan's negative prompt, a random seed.
 
@@ -341,61 +446,12 @@ class Pipeline:
         ``bytes``.
 
         ``on_step(step, total, sigma)`` sees step 0 before denoising and each step after it;
-        ``on_stage(stage, done, total)`` sees every stage. A callback returning a true value
+        ``on_stage(stage, done, total)`` sees every stage; ``on_frame(index, count, rgb, width,
+        height)`` gets each frame as soon as the VAE has decoded it. A callback returning a true value
         cancels (:class:`WanrtError` with ``Status.CANCELLED``); an exception in a callback
         cancels and is re-raised here.
         """
-        p = init(GenerateParams, "wanrt_generate_params_init")
-        if preset is not None:
-            check(lib.wanrt_generate_params_preset(ctypes.byref(p), preset.encode()))
-        p.prompt = _text("prompt", prompt)
-        if negative_prompt is not None:
-            p.negative_prompt = _text("negative_prompt", negative_prompt)
-        if nag_negative_prompt is not None:
-            p.nag_negative_prompt = _text("nag_negative_prompt", nag_negative_prompt)
-        for field, value in [("width", width), ("height", height), ("frames", frames),
-                             ("steps", steps)]:
-            if value is not None:
-                setattr(p, field, _int(field, value, 0, U32_MAX))
-        if seed is not None:
-            p.seed = _int("seed", seed, 0, MAX_SEED)
-        if vae_tiling in ("auto", "off"):
-            p.vae_tiling = VaeTiling.AUTO if vae_tiling == "auto" else VaeTiling.OFF
-        elif isinstance(vae_tiling, tuple) and len(vae_tiling) == 2:
-            p.vae_tiling = VaeTiling.TILED
-            p.vae_tile = _int("vae_tiling tile", vae_tiling[0], 1, U32_MAX)
-            p.vae_tile_overlap = _int("vae_tiling overlap", vae_tiling[1], 0, U32_MAX)
-        else:
-            raise ValueError(
-                f"vae_tiling={vae_tiling!r}: expected 'auto', 'off' or (tile, overlap)"
-            )
-        for field, value in [
-            ("solver", None if solver is None else int(solver)),
-            ("shift", shift),
-            ("guidance_scale", guidance_scale),
-            ("cfg_zero_star", cfg_zero_star),
-            ("nag_scale", nag_scale),
-            ("nag_tau", nag_tau),
-            ("nag_alpha", nag_alpha),
-            ("slg_start", slg_start),
-            ("slg_end", slg_end),
-            ("teacache_threshold", teacache),
-            ("lora_trigger", lora_trigger),
-            ("batch_cfg", batch_cfg),
-            ("attention", None if attention is None else int(attention)),
-        ]:
-            if value is not None:
-                setattr(p, field, value)
-        blocks = (ctypes.c_uint32 * len(slg_blocks))(
-            *(_int("slg_blocks entry", b, 0, U32_MAX) for b in slg_blocks)
-        )
-        if slg_blocks:
-            p.slg_blocks = blocks
-            p.slg_block_count = len(slg_blocks)
-        latent = _float_buffer(initial_latent)
-        if latent is not None:
-            p.initial_latent = ctypes.cast(latent, ctypes.POINTER(ctypes.c_float))
-            p.initial_latent_len = len(latent)
+        p = _generate_params(prompt, **settings)
 
         raised: list = []
 
@@ -416,8 +472,15 @@ class Pipeline:
             if on_stage
             else STAGE_FN()
         )
+        frame_cb = (
+            FRAME_FN(guarded(lambda i, n, rgb, w, h: on_frame(
+                i, n, ctypes.string_at(rgb, w * h * 3), w, h)))
+            if on_frame
+            else FRAME_FN()
+        )
         p.progress = step_cb
         p.stage_progress = stage_cb
+        p.frame_callback = frame_cb
         out = ctypes.POINTER(GenerationHandle)()
         status = lib.wanrt_generate(self._h(), ctypes.byref(p), ctypes.byref(out))
         if raised:
@@ -426,6 +489,41 @@ class Pipeline:
             raise raised[0]
         check(status)
         return Generation(out)
+
+    def info(self) -> dict:
+        """The facts of the loaded models, without generating (``wanrt_pipeline_info``):
+        ``dim``, ``num_layers``, ``num_heads``, ``ffn_dim``, ``in_channels``,
+        ``out_channels``, ``text_len`` (tokens), ``max_frames``, ``weight_dtype`` (``"bf16"``,
+        ``"fp8 e4m3fn"``, ...), ``lora_count``, ``lora_mode`` (:class:`LoraMode`), ``demo``
+        and ``threads``."""
+        out = ModelInfo(struct_size=ctypes.sizeof(ModelInfo))
+        check(lib.wanrt_pipeline_info(self._h(), ctypes.byref(out)))
+        facts = {name: getattr(out, name) for name, _ in ModelInfo._fields_[1:]}
+        facts["weight_dtype"] = out.weight_dtype.decode()
+        facts["lora_mode"] = LoraMode(out.lora_mode)
+        facts["demo"] = bool(out.demo)
+        return facts
+
+    def estimate(self, prompt: Union[str, bytes], **settings: Any) -> dict:
+        """Checks a request (the arguments of :meth:`generate`, without callbacks) as
+        :meth:`generate` would, without running it, and returns its memory estimate in bytes
+        (``weights``, ``denoising``, ``decoding``, ``peak``), the memory ``available`` (``None``
+        where unknown) and the plan chosen: ``vae_tiling`` (``"off"`` or ``(tile, overlap)``)
+        and ``batch_cfg``. Raises what :meth:`generate` would raise before any work."""
+        p = _generate_params(prompt, **settings)
+        out = MemoryEstimate(struct_size=ctypes.sizeof(MemoryEstimate))
+        check(lib.wanrt_pipeline_estimate(self._h(), ctypes.byref(p), ctypes.byref(out)))
+        return {
+            "weights": out.weights,
+            "denoising": out.denoising,
+            "decoding": out.decoding,
+            "peak": out.peak,
+            "available": out.available or None,
+            "vae_tiling": (out.vae_tile, out.vae_tile_overlap)
+            if out.vae_tiling == VaeTiling.TILED
+            else "off",
+            "batch_cfg": bool(out.batch_cfg),
+        }
 
     def set_lora_strength(self, index: int, strength: float) -> None:
         """Changes the strength of LoRA ``index`` (in the order given) without reloading; needs

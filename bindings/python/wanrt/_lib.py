@@ -19,6 +19,7 @@ from ctypes import (
     c_size_t,
     c_uint8,
     c_uint32,
+    c_uint64,
     c_void_p,
 )
 from pathlib import Path
@@ -87,6 +88,15 @@ class Stage(enum.IntEnum):
     DECODING = 2
 
 
+class LogLevel(enum.IntEnum):
+    """``wanrt_log_level``: how important a log message is."""
+
+    ERROR = 1
+    WARN = 2
+    INFO = 3
+    DEBUG = 4
+
+
 class WanrtError(Exception):
     """A failed wanrt call: ``status`` is a :class:`Status`, the message is the library's."""
 
@@ -112,6 +122,8 @@ class GenerationHandle(ctypes.Structure):
 
 PROGRESS_FN = CFUNCTYPE(c_int32, c_void_p, c_uint32, c_uint32, c_float)
 STAGE_FN = CFUNCTYPE(c_int32, c_void_p, c_int32, c_uint32, c_uint32)
+LOG_FN = CFUNCTYPE(None, c_void_p, c_int32, c_char_p)
+FRAME_FN = CFUNCTYPE(c_int32, c_void_p, c_uint32, c_uint32, POINTER(c_uint8), c_uint32, c_uint32)
 
 
 class PipelineParams(Structure):
@@ -172,6 +184,8 @@ class GenerateParams(Structure):
         ("vae_tiling", c_int32),
         ("vae_tile", c_uint32),
         ("vae_tile_overlap", c_uint32),
+        ("frame_callback", FRAME_FN),
+        ("frame_user_data", c_void_p),
     ]
 
 
@@ -186,6 +200,44 @@ class Mp4Params(Structure):
     ]
 
 
+class ModelInfo(Structure):
+    """``wanrt_model_info`` (fields only ever appended)."""
+
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("dim", c_uint32),
+        ("num_layers", c_uint32),
+        ("num_heads", c_uint32),
+        ("ffn_dim", c_uint32),
+        ("in_channels", c_uint32),
+        ("out_channels", c_uint32),
+        ("text_len", c_uint32),
+        ("max_frames", c_uint32),
+        ("weight_dtype", c_char_p),
+        ("lora_count", c_uint32),
+        ("lora_mode", c_int32),
+        ("demo", c_int32),
+        ("threads", c_uint32),
+    ]
+
+
+class MemoryEstimate(Structure):
+    """``wanrt_memory_estimate`` (fields only ever appended)."""
+
+    _fields_ = [
+        ("struct_size", c_size_t),
+        ("weights", c_uint64),
+        ("denoising", c_uint64),
+        ("decoding", c_uint64),
+        ("peak", c_uint64),
+        ("available", c_uint64),
+        ("vae_tiling", c_int32),
+        ("vae_tile", c_uint32),
+        ("vae_tile_overlap", c_uint32),
+        ("batch_cfg", c_int32),
+    ]
+
+
 _STATUS = c_int32  # enum wanrt_status: an int on every platform wanrt supports
 
 #: Every function of the header: name -> (return type, argument types).
@@ -195,6 +247,7 @@ SIGNATURES = {
     "wanrt_version": (c_char_p, []),
     "wanrt_status_str": (c_char_p, [c_int32]),
     "wanrt_last_error": (c_char_p, []),
+    "wanrt_set_log_callback": (_STATUS, [LOG_FN, c_void_p]),
     # LoRA lists
     "wanrt_lora_list_new": (_STATUS, [POINTER(POINTER(LoraList))]),
     "wanrt_lora_list_add": (_STATUS, [POINTER(LoraList), c_char_p, c_float]),
@@ -209,6 +262,11 @@ SIGNATURES = {
     "wanrt_pipeline_set_lora_strength": (
         _STATUS,
         [POINTER(PipelineHandle), c_size_t, c_float],
+    ),
+    "wanrt_pipeline_info": (_STATUS, [POINTER(PipelineHandle), POINTER(ModelInfo)]),
+    "wanrt_pipeline_estimate": (
+        _STATUS,
+        [POINTER(PipelineHandle), POINTER(GenerateParams), POINTER(MemoryEstimate)],
     ),
     "wanrt_pipeline_free": (None, [POINTER(PipelineHandle)]),
     "wanrt_generate_params_init": (_STATUS, [POINTER(GenerateParams), c_size_t]),

@@ -458,18 +458,9 @@ fn write_video(path: &Path, format: OutFormat, g: &Generation, meta: &str) -> Re
     }
 }
 
-/// Warnings about ignored LoRA keys, and the trigger phrases on offer.
+/// The trigger phrases on offer (the library logs the warnings about ignored LoRA keys).
 fn report_loras(pipe: &Pipeline, used: bool) {
     for l in &pipe.info().loras {
-        if !l.ignored_keys.is_empty() {
-            eprintln!(
-                "warning: {}: {} keys match no module of this model and were ignored (first: \
-                 `{}`)",
-                l.path.display(),
-                l.ignored_keys.len(),
-                l.ignored_keys[0]
-            );
-        }
         if let (Some(t), false) = (&l.trigger, used) {
             eprintln!(
                 "note: {} has the trigger phrase \"{t}\": add --lora-trigger to prepend it to \

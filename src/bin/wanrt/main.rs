@@ -55,6 +55,10 @@ fn main() -> ExitCode {
     // A bug must still end as one `error:` line: silence the default panic report, which
     // `catch_unwind` below turns into that line.
     std::panic::set_hook(Box::new(|_| {}));
+    // The library's warnings (ignored LoRA keys, ...) as `warning:` lines; `main` runs once.
+    if log::set_logger(&StderrLogger).is_ok() {
+        log::set_max_level(log::LevelFilter::Warn);
+    }
     let cli = Cli::parse();
     if let Some(n) = cli.threads {
         // The process runs one job: rayon's global pool is its pool.
@@ -134,4 +138,25 @@ fn without_path(e: &wanrt::Error, path: &Path) -> String {
         Some(rest) => rest.to_string(),
         None => msg,
     }
+}
+
+/// Writes the library's log records of level warning and above to stderr, one line each.
+struct StderrLogger;
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::Level::Warn
+    }
+
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            let label = match record.level() {
+                log::Level::Error => "error",
+                _ => "warning",
+            };
+            eprintln!("{label}: {}", record.args());
+        }
+    }
+
+    fn flush(&self) {}
 }

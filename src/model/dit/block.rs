@@ -8,7 +8,7 @@ use super::weights::{Linear, Take};
 use super::{DitConfig, SelfAttention};
 use crate::error::Result;
 use crate::tensor::ops::{attention, attention_q8, cat, AttentionParams};
-use crate::tensor::{Tensor, Weight};
+use crate::tensor::{DType, Tensor, Weight};
 
 /// Tokens whose FFN hidden layer (`ffn_dim` wide, 3.5-6× the stream) exists at once: bounds
 /// its memory at long sequences while keeping the GEMMs large.
@@ -77,6 +77,11 @@ pub(super) struct Block {
 }
 
 impl Block {
+    /// The stored dtype of the feed-forward weights (like every linear layer's).
+    pub fn weight_dtype(&self) -> DType {
+        self.ffn0.w.dtype()
+    }
+
     pub fn load(t: &mut Take, i: usize, cfg: &DitConfig) -> Result<Block> {
         let (dim, p) = (cfg.dim, format!("blocks.{i}"));
         Ok(Block {

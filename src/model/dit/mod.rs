@@ -217,6 +217,14 @@ impl WanDit {
         out
     }
 
+    /// The stored dtype of the blocks' weights (the bulk of the model), as loaded: `bf16`,
+    /// `fp8 e4m3fn`, ... (the head and embeddings may differ).
+    pub fn weight_dtype(&self) -> DType {
+        self.blocks
+            .first()
+            .map_or(self.head.w.dtype(), Block::weight_dtype)
+    }
+
     /// The config.
     pub fn config(&self) -> &DitConfig {
         &self.cfg
