@@ -18,6 +18,7 @@ import json
 import os
 import re
 import subprocess
+import tempfile
 import sys
 import time
 
@@ -43,7 +44,25 @@ def cuda_library_path():
     for site in sys.path:
         dirs += glob.glob(os.path.join(site, "nvidia", "*", "lib"))
         dirs += glob.glob(os.path.join(site, "nvidia", "cu13", "lib"))
-    return sorted(set(d for d in dirs if os.path.isdir(d)))
+    dirs = sorted(set(d for d in dirs if os.path.isdir(d)))
+    return cublaslt_link(dirs) + dirs
+
+
+def cublaslt_link(dirs):
+    """wanrt's cudarc (built for CUDA 12) opens `libcublasLt.so` or `libcublasLt.so.12`, never
+    CUDA 13's `libcublasLt.so.13`, which PyTorch's cu13 wheels ship without an unversioned link.
+    When only that one is there, a temporary folder with the link `libcublasLt.so` to it is put
+    first on the library path (the GEMM entry points wanrt calls are the same in both)."""
+    if any(os.path.exists(os.path.join(d, n)) for d in dirs
+           for n in ("libcublasLt.so", "libcublasLt.so.12")):
+        return []
+    found = [os.path.join(d, "libcublasLt.so.13") for d in dirs
+             if os.path.exists(os.path.join(d, "libcublasLt.so.13"))]
+    if not found:
+        return []
+    link_dir = tempfile.mkdtemp(prefix="wanrt-cublaslt-")
+    os.symlink(found[0], os.path.join(link_dir, "libcublasLt.so"))
+    return [link_dir]
 
 
 def summarize(output):

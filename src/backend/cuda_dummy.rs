@@ -4,8 +4,48 @@
 use crate::backend::DeviceInfo;
 use crate::error::{Error, Result};
 
-#[path = "cuda/ops.rs"]
-pub mod ops;
+/// The CUDA side of the op dispatch, with the signatures of the CUDA build's. No tensor lives on
+/// a CUDA device in this build, so the dispatch never reaches these; each returns
+/// [`Error::CudaNotCompiled`].
+pub mod ops {
+    use crate::backend::cpu::elementwise::{BinaryOp, UnaryOp};
+    use crate::backend::cpu::reduce::ReduceOp;
+    use crate::error::{Error, Result};
+    use crate::tensor::ops::AttentionParams;
+    use crate::tensor::{DType, Shape, Tensor, Weight};
+
+    /// Defines each entry as a function returning [`Error::CudaNotCompiled`].
+    macro_rules! not_compiled {
+        ($(fn $name:ident($($ty:ty),*);)*) => {$(
+            #[doc = concat!("`", stringify!($name), "` on CUDA: not in this build.")]
+            pub fn $name($(_: $ty),*) -> Result<Tensor> {
+                Err(Error::CudaNotCompiled)
+            }
+        )*};
+    }
+
+    not_compiled! {
+        fn binary(BinaryOp, &Tensor, &Tensor, &Shape);
+        fn unary(UnaryOp, &Tensor);
+        fn reduce(ReduceOp, &Tensor, usize);
+        fn softmax_last(&Tensor);
+        fn layer_norm(&Tensor, Option<&Weight>, Option<&Weight>, f32);
+        fn rms_norm(&Tensor, Option<&Weight>, f32);
+        fn channel_rms_norm(&Tensor, &Weight);
+        fn rope_interleaved(&Tensor, &Tensor, &Tensor);
+        fn embedding(&[u32], &Weight);
+        fn matmul(&Tensor, &Tensor, &Shape);
+        fn linear(&Tensor, &Weight, Option<&Weight>, bool, &Shape);
+        fn attention(&Tensor, &Tensor, &Tensor, &AttentionParams<'_>);
+        fn conv3d(&Tensor, &Weight, Option<&Weight>, [usize; 3], [usize; 3], &Shape);
+        fn upsample_nearest2x(&Tensor, &Shape);
+        fn permute(&Tensor, &[usize], &Shape);
+        fn narrow(&Tensor, usize, usize, &Shape);
+        fn pad_zeros(&Tensor, &[(usize, usize)], &Shape);
+        fn cat(&[&Tensor], usize, &Shape);
+        fn convert(&Tensor, DType);
+    }
+}
 
 /// Device memory; uninhabited in builds without CUDA.
 pub enum CudaStorage {}
@@ -35,9 +75,4 @@ pub fn device_available() -> Result<()> {
 /// Lists the CUDA devices: always an error in this build.
 pub fn list_devices() -> Result<Vec<DeviceInfo>> {
     Err(Error::CudaNotCompiled)
-}
-
-/// The error of an op asked to run on CUDA: this build has no CUDA.
-fn not_on_cuda(_what: &str) -> Error {
-    Error::CudaNotCompiled
 }

@@ -1,11 +1,13 @@
 //! The CUDA backend: cudarc with dynamic loading, one context and stream per device, a caching
-//! allocator with a memory limit, and [`CudaStorage`], the device memory of a tensor.
+//! allocator with a memory limit, one cuBLASLt handle per device, and [`CudaStorage`], the device
+//! memory of a tensor.
 //!
 //! cudarc panics when a library is missing, so every entry first probes the library
 //! ([`device_available`]) and contains any panic of the driver calls, returning a typed error
 //! that names the library.
 
 mod allocator;
+mod gemm;
 pub(crate) mod kernels;
 pub mod ops;
 
@@ -13,11 +15,12 @@ use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DriverError};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, CudaView, CudaViewMut, DriverError};
 
 use crate::backend::{DeviceInfo, MemoryUsage};
 use crate::error::{Error, Result};
 use allocator::{Pool, Take};
+use kernels::Kernels;
 
 /// The driver library cudarc opens (the same name for CUDA 12 and 13 drivers).
 const DRIVER_LIBRARY: &str = "libcuda.so.1";
@@ -81,11 +84,14 @@ pub fn list_devices() -> Result<Vec<DeviceInfo>> {
         .collect()
 }
 
-/// One device: its context, the stream every op of wanrt runs on, and its allocator.
+/// One device: its context, the stream every op of wanrt runs on, its allocator and the
+/// hand-written kernels loaded into its context.
 pub struct CudaDevice {
     ordinal: usize,
     stream: Arc<CudaStream>,
     pool: Mutex<Pool<CudaSlice<u8>>>,
+    kernels: OnceLock<Arc<Kernels>>,
+    blaslt: Mutex<Option<Arc<cudarc::cublaslt::CudaBlasLT>>>,
 }
 
 impl CudaDevice {
@@ -114,6 +120,8 @@ impl CudaDevice {
             ordinal,
             stream,
             pool: Mutex::new(Pool::new(total)),
+            kernels: OnceLock::new(),
+            blaslt: Mutex::new(None),
         });
         devices.insert(ordinal, Arc::clone(&dev));
         Ok(dev)
@@ -150,6 +158,23 @@ impl CudaDevice {
     pub fn release_cache(&self) {
         let freed = self.pool().release_cache();
         drop(freed);
+    }
+
+    /// The kernels of `kernels/*.cu`, loaded into this device's context on first use (once per
+    /// context; a GPU older than sm_80 gets the driver's typed error here, not at `get`).
+    fn kernels(&self) -> Result<Arc<Kernels>> {
+        if let Some(k) = self.kernels.get() {
+            return Ok(Arc::clone(k));
+        }
+        let ctx = self.stream.context();
+        let loaded = catch_unwind(AssertUnwindSafe(|| Kernels::load(ctx))).unwrap_or_else(|p| {
+            Err(Error::Device(format!(
+                "loading the CUDA kernels: {}",
+                crate::error::panic_message(p.as_ref()).unwrap_or("the driver call panicked")
+            )))
+        })?;
+        // Two threads may load at once; both modules are valid and the first one is kept.
+        Ok(Arc::clone(self.kernels.get_or_init(|| Arc::new(loaded))))
     }
 
     fn pool(&self) -> std::sync::MutexGuard<'_, Pool<CudaSlice<u8>>> {
@@ -222,6 +247,31 @@ impl CudaStorage {
         Ok(out)
     }
 
+    /// The first `n` elements of the bytes as `T` (the tensor's dtype); `InvalidArgument` when
+    /// the storage holds fewer bytes.
+    pub(crate) fn view<T: bytemuck::Pod>(&self, n: usize) -> Result<CudaView<'_, T>> {
+        check_view::<T>(n, self.len)?;
+        let buf = self.buf.as_ref().expect("a live storage holds its buffer");
+        // SAFETY: `T` is plain old data, `n` of them fit in the buffer (checked above), and the
+        // allocator's buffers start on the driver's 256-byte alignment.
+        let v = unsafe { buf.transmute::<T>(n) };
+        Ok(v.expect("the length was checked"))
+    }
+
+    /// The first `n` elements of the bytes as `T`, for writing; as [`CudaStorage::view`].
+    pub(crate) fn view_mut<T: bytemuck::Pod>(&mut self, n: usize) -> Result<CudaViewMut<'_, T>> {
+        check_view::<T>(n, self.len)?;
+        let buf = self.buf.as_mut().expect("a live storage holds its buffer");
+        // SAFETY: as in `view`.
+        let v = unsafe { buf.transmute_mut::<T>(n) };
+        Ok(v.expect("the length was checked"))
+    }
+
+    /// The device holding the bytes.
+    pub(crate) fn device(&self) -> &Arc<CudaDevice> {
+        &self.device
+    }
+
     /// The ordinal of the device holding the bytes.
     pub fn ordinal(&self) -> usize {
         self.device.ordinal
@@ -235,6 +285,17 @@ impl CudaStorage {
     /// True for a tensor without elements.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+}
+
+/// Checks that `n` values of `T` fit in `bytes` bytes.
+fn check_view<T>(n: usize, bytes: usize) -> Result<()> {
+    match n.checked_mul(std::mem::size_of::<T>()) {
+        Some(need) if need <= bytes => Ok(()),
+        _ => Err(Error::InvalidArgument(format!(
+            "a view of {n} values of {} bytes over a CUDA buffer of {bytes} bytes",
+            std::mem::size_of::<T>()
+        ))),
     }
 }
 

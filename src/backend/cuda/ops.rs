@@ -3,24 +3,139 @@
 //! device (`crate::tensor::ops::on_cuda`); inputs are on one device, outputs stay there.
 //!
 //! The kernels behind these entries come from `kernels/*.cu` (the `cuda-kernels` launchers) and
-//! cuBLASLt. An entry whose kernel is not wired yet returns `not_on_cuda`'s typed
-//! error; nothing here falls back to the host silently.
+//! cuBLASLt. Activations on the device are bf16 (the contract of the CUDA backend); norm weights
+//! and biases are widened to f32 on the device, as the reference keeps them. An entry (or a case
+//! of one) whose kernel is not wired yet returns `not_on_cuda`'s typed error naming what is
+//! missing; nothing here falls back to the host silently.
 
-use super::not_on_cuda;
+use std::sync::Arc;
+
+use half::bf16;
+
+use super::gemm::{self, GemmDims};
+use super::kernels::convert::Fp8Format;
+use super::{not_on_cuda, CudaDevice, CudaStorage};
+use crate::backend::cpu::attention::AttnDims;
 use crate::backend::cpu::elementwise::{BinaryOp, UnaryOp};
 use crate::backend::cpu::reduce::ReduceOp;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::tensor::ops::AttentionParams;
 use crate::tensor::{DType, Shape, Tensor, Weight};
+
+/// The device and storage of a CUDA input of `op`, checking that it holds `dtype`.
+fn input<'t>(
+    op: &'static str,
+    x: &'t Tensor,
+    dtype: DType,
+) -> Result<(&'t Arc<CudaDevice>, &'t CudaStorage)> {
+    if x.dtype() != dtype {
+        return Err(Error::UnsupportedDType {
+            op,
+            dtype: x.dtype(),
+        });
+    }
+    let s = x.cuda_storage(op)?;
+    Ok((s.device(), s))
+}
+
+/// A new device buffer for `n` values of `dtype` on `dev`.
+fn output(dev: &Arc<CudaDevice>, dtype: DType, n: usize) -> Result<CudaStorage> {
+    let bytes = n.checked_mul(dtype.size_in_bytes()).ok_or_else(|| {
+        Error::InvalidArgument(format!("{n} values of {dtype:?} overflow a buffer size"))
+    })?;
+    dev.alloc(bytes)
+}
+
+/// The value of `w` on its device in `dtype` (bf16 or f32): as stored when it is `dtype`, f32
+/// and bf16 converted, fp8 decoded with its scale (through bf16, which holds every fp8 value
+/// exactly; the weight-only fp8 path).
+fn weight_values(op: &'static str, w: &Weight, dtype: DType) -> Result<Tensor> {
+    match (w.dtype(), w.scale) {
+        (from, None) if from == dtype => Ok(w.tensor.clone()),
+        (DType::F8E4M3 | DType::F8E5M2, scale) => {
+            fp8_to_bf16(&w.tensor, scale.unwrap_or(1.0))?.to_dtype(dtype)
+        }
+        (DType::F32 | DType::BF16, None) => convert(&w.tensor, dtype),
+        (from, Some(_)) => Err(not_on_cuda(&format!(
+            "scaled {from:?} weights (a scale is applied to fp8 only)"
+        ))),
+        (from, None) => Err(Error::UnsupportedDType { op, dtype: from }),
+    }
+}
+
+/// The f32 values of a norm weight or bias of `n` values on the device ([`weight_values`]);
+/// `None` gives `fill` everywhere (uploaded: `n` small values per call).
+fn weight_f32(
+    op: &'static str,
+    dev: &Arc<CudaDevice>,
+    w: Option<&Weight>,
+    n: usize,
+    fill: f32,
+) -> Result<Tensor> {
+    let Some(w) = w else {
+        let host = Tensor::from_f32(vec![fill; n], [n])?;
+        return host.to_device(crate::backend::Device::Cuda(dev.ordinal()));
+    };
+    if w.tensor.elem_count() != n {
+        return Err(Error::ShapeMismatch {
+            op,
+            expected: format!("{n} values"),
+            got: w.tensor.shape().clone(),
+        });
+    }
+    weight_values(op, w, DType::F32)
+}
+
+/// The rows and the size of the last dim of `x`.
+fn rows_cols(x: &Tensor) -> (usize, usize) {
+    let cols = x.dims().last().copied().unwrap_or(1);
+    (x.elem_count().checked_div(cols).unwrap_or(0), cols)
+}
+
+/// `x` (fp8 codes) decoded and multiplied by `scale`, rounded to bf16 once.
+fn fp8_to_bf16(x: &Tensor, scale: f32) -> Result<Tensor> {
+    const OP: &str = "fp8_to_bf16";
+    let format = match x.dtype() {
+        DType::F8E4M3 => Fp8Format::E4M3Fn,
+        DType::F8E5M2 => Fp8Format::E5M2,
+        dtype => return Err(Error::UnsupportedDType { op: OP, dtype }),
+    };
+    let src = x.cuda_storage(OP)?;
+    let dev = src.device();
+    let n = x.elem_count();
+    let mut out = output(dev, DType::BF16, n)?;
+    dev.kernels()?.fp8_to_bf16(
+        dev.stream(),
+        &src.view::<u8>(n)?,
+        format,
+        scale,
+        &mut out.view_mut::<bf16>(n)?,
+        n,
+    )?;
+    Ok(Tensor::from_cuda(out, DType::BF16, x.shape().clone()))
+}
 
 /// `a op b` with numpy broadcasting into `out`.
 pub fn binary(_op: BinaryOp, _a: &Tensor, _b: &Tensor, _out: &Shape) -> Result<Tensor> {
     Err(not_on_cuda("binary ops"))
 }
 
-/// `op(x)` elementwise.
-pub fn unary(_op: UnaryOp, _x: &Tensor) -> Result<Tensor> {
-    Err(not_on_cuda("unary ops"))
+/// `op(x)` elementwise, for bf16 `x`: GELU (tanh) has a kernel; the other ops are refused.
+pub fn unary(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
+    const OP: &str = "unary";
+    if !matches!(op, UnaryOp::GeluTanh) {
+        return Err(not_on_cuda(&format!("unary op {op:?}")));
+    }
+    let (dev, src) = input(OP, x, DType::BF16)?;
+    let n = x.elem_count();
+    let mut out = output(dev, DType::BF16, n)?;
+    dev.kernels()?.gelu_tanh(
+        dev.stream(),
+        &src.view::<bf16>(n)?,
+        &mut out.view_mut::<bf16>(n)?,
+        n,
+    )?;
+    Ok(Tensor::from_cuda(out, DType::BF16, x.shape().clone()))
 }
 
 /// The reduction `op` over `dim`, kept with size 1.
@@ -33,19 +148,55 @@ pub fn softmax_last(_x: &Tensor) -> Result<Tensor> {
     Err(not_on_cuda("softmax_last"))
 }
 
-/// Layer norm over the last dim with an optional affine.
-pub fn layer_norm(
-    _x: &Tensor,
-    _w: Option<&Weight>,
-    _b: Option<&Weight>,
-    _eps: f32,
-) -> Result<Tensor> {
-    Err(not_on_cuda("layer_norm"))
+/// Layer norm over the last dim of bf16 `x` with an optional affine (a missing weight is 1, a
+/// missing bias 0); statistics and affine in f32, the output rounded to bf16 once.
+pub fn layer_norm(x: &Tensor, w: Option<&Weight>, b: Option<&Weight>, eps: f32) -> Result<Tensor> {
+    const OP: &str = "layer_norm";
+    let (dev, src) = input(OP, x, DType::BF16)?;
+    let (rows, cols) = rows_cols(x);
+    let weight = weight_f32(OP, dev, w, cols, 1.0)?;
+    let bias = weight_f32(OP, dev, b, cols, 0.0)?;
+    let n = x.elem_count();
+    let mut out = output(dev, DType::BF16, n)?;
+    dev.kernels()?.layer_norm_affine(
+        dev.stream(),
+        &src.view::<bf16>(n)?,
+        &weight.cuda_storage(OP)?.view::<f32>(cols)?,
+        &bias.cuda_storage(OP)?.view::<f32>(cols)?,
+        &mut out.view_mut::<bf16>(n)?,
+        rows,
+        cols,
+        eps,
+    )?;
+    Ok(Tensor::from_cuda(out, DType::BF16, x.shape().clone()))
 }
 
-/// RMS norm over the last dim with an optional gain.
-pub fn rms_norm(_x: &Tensor, _w: Option<&Weight>, _eps: f32) -> Result<Tensor> {
-    Err(not_on_cuda("rms_norm"))
+/// RMS norm over the last dim of bf16 `x` with an optional gain (missing: 1), through the q/k
+/// norm kernel without RoPE: statistics in f32, the normalised value rounded to bf16 before the
+/// f32 gain (as the DiT's reference does), the output rounded to bf16 once. The kernel works on
+/// channel pairs, so an odd last dim is refused.
+pub fn rms_norm(x: &Tensor, w: Option<&Weight>, eps: f32) -> Result<Tensor> {
+    const OP: &str = "rms_norm";
+    let (dev, src) = input(OP, x, DType::BF16)?;
+    let (rows, cols) = rows_cols(x);
+    if !cols.is_multiple_of(2) {
+        return Err(not_on_cuda(&format!("rms_norm over an odd dim ({cols})")));
+    }
+    let weight = weight_f32(OP, dev, w, cols, 1.0)?;
+    let n = x.elem_count();
+    let mut out = output(dev, DType::BF16, n)?;
+    dev.kernels()?.rms_norm_rope(
+        dev.stream(),
+        &src.view::<bf16>(n)?,
+        &weight.cuda_storage(OP)?.view::<f32>(cols)?,
+        None,
+        &mut out.view_mut::<bf16>(n)?,
+        rows,
+        1,
+        cols,
+        eps,
+    )?;
+    Ok(Tensor::from_cuda(out, DType::BF16, x.shape().clone()))
 }
 
 /// The Wan VAE's channel RMS norm of `[B, C, ...]`.
@@ -63,31 +214,144 @@ pub fn embedding(_ids: &[u32], _table: &Weight) -> Result<Tensor> {
     Err(not_on_cuda("embedding"))
 }
 
-/// Batched matrix product into `out`.
-pub fn matmul(_a: &Tensor, _b: &Tensor, _out: &Shape) -> Result<Tensor> {
-    Err(not_on_cuda("matmul"))
+/// Batched matrix product of bf16 `a` `[.., m, k]` and `b` (`[k, n]` shared, or `[.., k, n]`)
+/// into `out`, through cuBLASLt with f32 accumulation (shapes checked by the caller).
+pub fn matmul(a: &Tensor, b: &Tensor, out: &Shape) -> Result<Tensor> {
+    const OP: &str = "matmul";
+    let (dev, sa) = input(OP, a, DType::BF16)?;
+    let (_, sb) = input(OP, b, DType::BF16)?;
+    let (ad, bd) = (a.dims(), b.dims());
+    let (m, k, n) = (ad[ad.len() - 2], ad[ad.len() - 1], bd[bd.len() - 1]);
+    let dims = if bd.len() == 2 {
+        // A shared rhs: every row of `a` in one product.
+        GemmDims {
+            batch: 1,
+            rows: a.elem_count().checked_div(k).unwrap_or(0),
+            k,
+            n,
+        }
+    } else {
+        GemmDims {
+            batch: ad[..ad.len() - 2].iter().product(),
+            rows: m,
+            k,
+            n,
+        }
+    };
+    if k == 0 {
+        return Err(not_on_cuda("matmul over an empty inner dim"));
+    }
+    let mut o = output(dev, DType::BF16, out.elem_count())?;
+    gemm::matmul_bf16(
+        dev,
+        &sa.view::<bf16>(a.elem_count())?,
+        &sb.view::<bf16>(b.elem_count())?,
+        &mut o.view_mut::<bf16>(out.elem_count())?,
+        dims,
+    )?;
+    Ok(Tensor::from_cuda(o, DType::BF16, out.clone()))
 }
 
-/// `x · Wᵀ + b` into `out`, the weight in its stored dtype; in f32 with `keep_f32`, in bf16
-/// with f32 accumulation otherwise.
+/// `x · Wᵀ + b` into `out` (shapes checked by the caller) for bf16 `x`, through cuBLASLt: bf16
+/// inputs and output, f32 accumulation, the bias (as bf16) added in the epilogue. A bf16 weight
+/// is used as stored; an f32 one is rounded to bf16 and an fp8 one (any GPU) decoded with its
+/// scale into a bf16 copy per call (weight-only fp8). `keep_f32` (the reference's f32 regions)
+/// has no CUDA GEMM yet and is refused.
 pub fn linear(
-    _x: &Tensor,
-    _w: &Weight,
-    _bias: Option<&Weight>,
-    _keep_f32: bool,
-    _out: &Shape,
+    x: &Tensor,
+    w: &Weight,
+    bias: Option<&Weight>,
+    keep_f32: bool,
+    out: &Shape,
 ) -> Result<Tensor> {
-    Err(not_on_cuda("linear"))
+    const OP: &str = "linear";
+    if keep_f32 {
+        return Err(not_on_cuda("f32 linear layers (linear_f32)"));
+    }
+    let (dev, sx) = input(OP, x, DType::BF16)?;
+    let &[n, k] = w.dims() else {
+        return Err(Error::InvalidArgument(format!("{OP}: weight [out, in]")));
+    };
+    if k == 0 {
+        return Err(not_on_cuda("linear with no input features"));
+    }
+    let weight = weight_values(OP, w, DType::BF16)?;
+    let bias = bias
+        .map(|b| weight_values(OP, b, DType::BF16))
+        .transpose()?;
+    let dims = GemmDims {
+        batch: 1,
+        rows: x.elem_count() / k,
+        k,
+        n,
+    };
+    let mut o = output(dev, DType::BF16, out.elem_count())?;
+    let bias_view = bias
+        .as_ref()
+        .map(|b| b.cuda_storage(OP)?.view::<bf16>(n))
+        .transpose()?;
+    gemm::linear_bf16(
+        dev,
+        &sx.view::<bf16>(x.elem_count())?,
+        &weight.cuda_storage(OP)?.view::<bf16>(n * k)?,
+        bias_view.as_ref(),
+        &mut o.view_mut::<bf16>(out.elem_count())?,
+        dims,
+    )?;
+    Ok(Tensor::from_cuda(o, DType::BF16, out.clone()))
 }
 
-/// `softmax(scale · q kᵀ + bias) v`, `[B, S, H, D]` layouts.
-pub fn attention(
-    _q: &Tensor,
-    _k: &Tensor,
-    _v: &Tensor,
-    _p: &AttentionParams<'_>,
-) -> Result<Tensor> {
-    Err(not_on_cuda("attention"))
+/// `softmax(scale · q kᵀ) v`, `[B, S, H, D]` bf16 layouts (shapes checked by the caller),
+/// through the FlashAttention-2-style kernel: head_dim 64 or 128, no bias; `kv_lens` only with
+/// batch 1 (the leading keys are a prefix of `k` and `v`). Other cases are refused by name.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams<'_>) -> Result<Tensor> {
+    const OP: &str = "attention";
+    let (&[batch, q_len, heads, head_dim], &[_, kv_len, _, _]) = (q.dims(), k.dims()) else {
+        return Err(Error::InvalidArgument(format!(
+            "{OP}: q and k must be [B, S, H, D]"
+        )));
+    };
+    if p.bias.is_some() {
+        return Err(not_on_cuda("attention with a logit bias"));
+    }
+    if head_dim != 64 && head_dim != 128 {
+        return Err(not_on_cuda(&format!(
+            "attention at head_dim {head_dim} (64 and 128 have a kernel)"
+        )));
+    }
+    let kv_len = match p.kv_lens {
+        None => kv_len,
+        Some(&[len]) if batch == 1 => len,
+        Some(lens) if lens.iter().all(|&l| l == kv_len) => kv_len,
+        Some(_) => {
+            return Err(not_on_cuda(
+                "attention with per-entry kv_lens at batch above 1",
+            ))
+        }
+    };
+    let (dev, qs) = input(OP, q, DType::BF16)?;
+    let (_, ks) = input(OP, k, DType::BF16)?;
+    let (_, vs) = input(OP, v, DType::BF16)?;
+    let dims = AttnDims {
+        batch,
+        q_len,
+        kv_len,
+        heads,
+        head_dim,
+    };
+    let n = q.elem_count();
+    let kv = batch * kv_len * heads * head_dim;
+    let mut out = output(dev, DType::BF16, n)?;
+    dev.kernels()?.attention(
+        dev.stream(),
+        &qs.view::<bf16>(n)?,
+        &ks.view::<bf16>(kv)?,
+        &vs.view::<bf16>(kv)?,
+        &mut out.view_mut::<bf16>(n)?,
+        dims,
+        p.scale,
+    )?;
+    Ok(Tensor::from_cuda(out, DType::BF16, q.shape().clone()))
 }
 
 /// 3-D convolution into `out` (`[B, Cout, T', H', W']`).
@@ -127,7 +391,38 @@ pub fn cat(_tensors: &[&Tensor], _dim: usize, _out: &Shape) -> Result<Tensor> {
     Err(not_on_cuda("cat"))
 }
 
-/// `x` converted to `dtype` (round to nearest even; fp8 saturating).
-pub fn convert(_x: &Tensor, _dtype: DType) -> Result<Tensor> {
-    Err(not_on_cuda("dtype conversion"))
+/// `x` converted to `dtype`: f32 -> bf16 (round to nearest even), bf16 -> f32 and fp8 -> bf16
+/// or f32 (exact). Other pairs are refused by name.
+pub fn convert(x: &Tensor, dtype: DType) -> Result<Tensor> {
+    const OP: &str = "to_dtype";
+    let n = x.elem_count();
+    match (x.dtype(), dtype) {
+        (from, to) if from == to => Ok(x.clone()),
+        (DType::F32, DType::BF16) => {
+            let (dev, src) = input(OP, x, DType::F32)?;
+            let mut out = output(dev, DType::BF16, n)?;
+            dev.kernels()?.f32_to_bf16(
+                dev.stream(),
+                &src.view::<f32>(n)?,
+                &mut out.view_mut::<bf16>(n)?,
+                n,
+            )?;
+            Ok(Tensor::from_cuda(out, DType::BF16, x.shape().clone()))
+        }
+        (DType::BF16, DType::F32) => {
+            let (dev, src) = input(OP, x, DType::BF16)?;
+            let mut out = output(dev, DType::F32, n)?;
+            dev.kernels()?.bf16_to_f32(
+                dev.stream(),
+                &src.view::<bf16>(n)?,
+                &mut out.view_mut::<f32>(n)?,
+                n,
+            )?;
+            Ok(Tensor::from_cuda(out, DType::F32, x.shape().clone()))
+        }
+        (DType::F8E4M3 | DType::F8E5M2, DType::BF16 | DType::F32) => {
+            fp8_to_bf16(x, 1.0)?.to_dtype(dtype)
+        }
+        (from, to) => Err(not_on_cuda(&format!("conversion {from:?} -> {to:?}"))),
+    }
 }

@@ -7,8 +7,9 @@
 //! once; each launcher (one per kernel, grouped in one Rust file per `.cu` file) checks every
 //! length against the sizes it is given before launching and computes its launch configuration.
 
-// The op dispatch that calls these launchers is `cuda-core`'s (merged separately); until it
-// lands only the kernel tests use them.
+// `crate::backend::cuda::ops` calls most launchers; the modulated LayerNorm, the fused RoPE,
+// patchify and the time embedding wait for the DiT's fused CUDA path and are used by the kernel
+// tests only until then.
 #![allow(dead_code)]
 
 pub(crate) mod attention;

@@ -1,0 +1,376 @@
+//! The ops of `wanrt::backend::cuda::ops` that have CUDA kernels, against the CPU backend on
+//! random inputs of several shapes (odd sizes included), at bf16 tolerances. Each case draws
+//! fresh inputs and fills the allocator's cache with NaN buffers of the output's size first, so
+//! an output value the kernel never wrote cannot pass. Compiled in every build; without a CUDA
+//! device every test prints why it skipped.
+
+use wanrt::backend::{cuda, Device};
+use wanrt::tensor::ops::{attention, AttentionParams};
+use wanrt::tensor::{DType, Tensor, Weight};
+use wanrt::Error;
+
+/// The first CUDA device, or `None` after printing why there is none.
+fn gpu(test: &str) -> Option<Device> {
+    match cuda::list_devices() {
+        Ok(d) if !d.is_empty() => Some(Device::Cuda(d[0].ordinal)),
+        Ok(_) => {
+            println!("{test}: SKIP: the CUDA driver reports no device");
+            None
+        }
+        Err(e) => {
+            assert!(
+                matches!(e, Error::CudaNotCompiled | Error::Device(_)),
+                "{e}"
+            );
+            println!("{test}: SKIP: no CUDA device: {e}");
+            None
+        }
+    }
+}
+
+/// `n` values in `[-amp, amp)` from a seeded generator (a 32-bit LCG), rounded to bf16 so that
+/// the CPU and the GPU see the same inputs.
+fn values(n: usize, seed: u32, amp: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let u = (s >> 8) as f32 / (1u32 << 24) as f32;
+            half::bf16::from_f32(amp * (2.0 * u - 1.0)).to_f32()
+        })
+        .collect()
+}
+
+/// A host f32 tensor of random values.
+fn host(dims: &[usize], seed: u32, amp: f32) -> Tensor {
+    let n = dims.iter().product();
+    Tensor::from_f32(values(n, seed, amp), dims).unwrap()
+}
+
+/// `x` as bf16 on `dev`.
+fn on(dev: Device, x: &Tensor) -> Tensor {
+    x.to_dtype(DType::BF16).unwrap().to_device(dev).unwrap()
+}
+
+/// Leaves NaN buffers of `bytes` bytes in the device's cache, so that the next output of that
+/// size is allocated over NaNs.
+fn poison(dev: Device, bytes: usize) {
+    let nan = Tensor::from_bytes(vec![0xff; bytes], DType::U8, [bytes]).unwrap();
+    let on_dev = nan.to_device(dev).unwrap();
+    drop(on_dev);
+}
+
+/// The values of a CUDA result on the host, as f32.
+fn fetch(x: &Tensor) -> Vec<f32> {
+    x.to_device(Device::Cpu).unwrap().to_f32_vec().unwrap()
+}
+
+/// Asserts that `got` is finite and within relative L2 distance `tol` of `want`.
+fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    assert!(
+        got.iter().all(|v| v.is_finite()),
+        "{what}: non-finite output"
+    );
+    let (mut diff, mut norm) = (0.0f64, 0.0f64);
+    for (&g, &w) in got.iter().zip(want) {
+        diff += (f64::from(g) - f64::from(w)).powi(2);
+        norm += f64::from(w).powi(2);
+    }
+    let rel = (diff / norm.max(1e-30)).sqrt();
+    assert!(rel <= tol, "{what}: relative L2 error {rel:e} > {tol:e}");
+}
+
+/// bf16 output rounding alone gives a relative error near 2⁻⁹; this leaves room for the f32 vs
+/// f64 statistics and one extra bf16 rounding inside a kernel.
+const BF16_TOL: f64 = 1e-2;
+
+#[test]
+fn layer_norm_matches_the_cpu() {
+    let Some(dev) = gpu("layer_norm_matches_the_cpu") else {
+        return;
+    };
+    for (i, dims) in [&[1, 1][..], &[3, 7], &[2, 3, 13], &[5, 1536], &[17, 130]]
+        .into_iter()
+        .enumerate()
+    {
+        let seed = 10 * i as u32;
+        let cols = *dims.last().unwrap();
+        let x = host(dims, seed, 3.0);
+        let w = Weight::new(host(&[cols], seed + 1, 1.0));
+        let b = Weight::new(host(&[cols], seed + 2, 0.5));
+        for affine in [false, true] {
+            let (wc, bc) = if affine {
+                (Some(&w), Some(&b))
+            } else {
+                (None, None)
+            };
+            let want = x.layer_norm(wc, bc, 1e-6).unwrap().to_f32_vec().unwrap();
+            let (wd, bd) = (
+                Weight::new(w.tensor.to_device(dev).unwrap()),
+                Weight::new(
+                    b.tensor
+                        .to_dtype(DType::BF16)
+                        .unwrap()
+                        .to_device(dev)
+                        .unwrap(),
+                ),
+            );
+            let (wd, bd) = if affine {
+                (Some(&wd), Some(&bd))
+            } else {
+                (None, None)
+            };
+            poison(dev, x.elem_count() * 2);
+            let got = on(dev, &x).layer_norm(wd, bd, 1e-6).unwrap();
+            assert_eq!((got.dims(), got.dtype()), (dims, DType::BF16));
+            assert_close(
+                &format!("layer_norm {dims:?} affine={affine}"),
+                &fetch(&got),
+                &want,
+                BF16_TOL,
+            );
+        }
+    }
+}
+
+#[test]
+fn rms_norm_matches_the_cpu() {
+    let Some(dev) = gpu("rms_norm_matches_the_cpu") else {
+        return;
+    };
+    for (i, dims) in [&[1, 2][..], &[3, 8], &[2, 3, 14], &[4, 130], &[5, 1536]]
+        .into_iter()
+        .enumerate()
+    {
+        let seed = 100 + 10 * i as u32;
+        let cols = *dims.last().unwrap();
+        let x = host(dims, seed, 2.0);
+        let w = Weight::new(host(&[cols], seed + 1, 1.5));
+        let want = x.rms_norm(Some(&w), 1e-6).unwrap().to_f32_vec().unwrap();
+        let wd = Weight::new(w.tensor.to_device(dev).unwrap());
+        poison(dev, x.elem_count() * 2);
+        let got = on(dev, &x).rms_norm(Some(&wd), 1e-6).unwrap();
+        assert_close(&format!("rms_norm {dims:?}"), &fetch(&got), &want, BF16_TOL);
+        let plain = x.rms_norm(None, 1e-6).unwrap().to_f32_vec().unwrap();
+        let got = on(dev, &x).rms_norm(None, 1e-6).unwrap();
+        assert_close(
+            &format!("rms_norm {dims:?} no gain"),
+            &fetch(&got),
+            &plain,
+            BF16_TOL,
+        );
+    }
+    let odd = on(dev, &host(&[2, 7], 1, 1.0))
+        .rms_norm(None, 1e-6)
+        .unwrap_err();
+    assert!(matches!(odd, Error::Device(_)), "{odd}");
+}
+
+#[test]
+fn gelu_tanh_matches_the_cpu_and_other_unary_ops_are_refused() {
+    let Some(dev) = gpu("gelu_tanh_matches_the_cpu_and_other_unary_ops_are_refused") else {
+        return;
+    };
+    for (i, dims) in [&[1][..], &[7], &[1000], &[3, 1537]]
+        .into_iter()
+        .enumerate()
+    {
+        let x = host(dims, 200 + i as u32, 4.0);
+        let want = x.gelu_tanh().unwrap().to_f32_vec().unwrap();
+        poison(dev, x.elem_count() * 2);
+        let got = on(dev, &x).gelu_tanh().unwrap();
+        assert_close(
+            &format!("gelu_tanh {dims:?}"),
+            &fetch(&got),
+            &want,
+            BF16_TOL,
+        );
+    }
+    let e = on(dev, &host(&[4], 1, 1.0)).silu().unwrap_err();
+    assert!(
+        matches!(e, Error::Device(_)) && e.to_string().contains("Silu"),
+        "{e}"
+    );
+}
+
+#[test]
+fn dtype_conversions_match_the_cpu_exactly() {
+    let Some(dev) = gpu("dtype_conversions_match_the_cpu_exactly") else {
+        return;
+    };
+    for (i, n) in [1usize, 7, 8, 1001].into_iter().enumerate() {
+        // Unrounded f32 values, so that f32 -> bf16 rounding is exercised.
+        let raw: Vec<f32> = values(n, 300 + i as u32, 100.0)
+            .iter()
+            .zip(values(n, 400 + i as u32, 0.01))
+            .map(|(a, b)| a + b)
+            .collect();
+        let x = Tensor::from_f32(raw, [n]).unwrap();
+        let xd = x.to_device(dev).unwrap();
+        poison(dev, n * 2);
+        let b = xd.to_dtype(DType::BF16).unwrap();
+        let want = x.to_dtype(DType::BF16).unwrap();
+        assert_eq!(
+            b.to_device(Device::Cpu).unwrap().raw_bytes().unwrap(),
+            want.raw_bytes().unwrap(),
+            "f32 -> bf16, n={n}"
+        );
+        poison(dev, n * 4);
+        let back = b.to_dtype(DType::F32).unwrap();
+        assert_eq!(
+            fetch(&back),
+            want.to_f32_vec().unwrap(),
+            "bf16 -> f32, n={n}"
+        );
+        for fp8 in [DType::F8E4M3, DType::F8E5M2] {
+            let codes = x.to_dtype(fp8).unwrap();
+            poison(dev, n * 2);
+            let got = codes.to_device(dev).unwrap().to_dtype(DType::BF16).unwrap();
+            let want = codes.to_dtype(DType::BF16).unwrap();
+            assert_eq!(
+                got.to_device(Device::Cpu).unwrap().raw_bytes().unwrap(),
+                want.raw_bytes().unwrap(),
+                "{fp8:?} -> bf16, n={n}"
+            );
+        }
+    }
+}
+
+#[test]
+fn attention_matches_the_cpu_and_refuses_what_it_lacks() {
+    let Some(dev) = gpu("attention_matches_the_cpu_and_refuses_what_it_lacks") else {
+        return;
+    };
+    // (batch, q_len, kv_len, heads, head_dim, kv_lens)
+    let cases: [(usize, usize, usize, usize, usize, Option<usize>); 5] = [
+        (1, 1, 1, 1, 64, None),
+        (2, 65, 33, 3, 64, None),
+        (1, 130, 77, 2, 128, None),
+        (1, 64, 200, 12, 128, Some(150)),
+        (3, 17, 129, 1, 128, None),
+    ];
+    for (i, &(b, sq, sk, h, d, len)) in cases.iter().enumerate() {
+        let seed = 500 + 10 * i as u32;
+        let q = host(&[b, sq, h, d], seed, 1.0);
+        let k = host(&[b, sk, h, d], seed + 1, 1.0);
+        let v = host(&[b, sk, h, d], seed + 2, 1.0);
+        let lens = len.map(|l| vec![l]);
+        let p = AttentionParams {
+            scale: 1.0 / (d as f32).sqrt(),
+            kv_lens: lens.as_deref(),
+            bias: None,
+        };
+        let want = attention(&q, &k, &v, &p).unwrap().to_f32_vec().unwrap();
+        poison(dev, q.elem_count() * 2);
+        let got = attention(&on(dev, &q), &on(dev, &k), &on(dev, &v), &p).unwrap();
+        assert_eq!(got.dims(), q.dims());
+        assert_close(&format!("attention case {i}"), &fetch(&got), &want, 2e-2);
+    }
+    let (q, k) = (
+        on(dev, &host(&[1, 4, 2, 80], 1, 1.0)),
+        on(dev, &host(&[1, 4, 2, 80], 2, 1.0)),
+    );
+    let p = AttentionParams {
+        scale: 0.1,
+        kv_lens: None,
+        bias: None,
+    };
+    let e = attention(&q, &k, &k, &p).unwrap_err();
+    assert!(
+        matches!(e, Error::Device(_)) && e.to_string().contains("head_dim 80"),
+        "{e}"
+    );
+    let q = on(dev, &host(&[1, 4, 1, 64], 3, 1.0));
+    let bias = Tensor::from_f32(vec![0.0; 16], [1, 4, 4])
+        .unwrap()
+        .to_device(dev)
+        .unwrap();
+    let p = AttentionParams {
+        scale: 0.1,
+        kv_lens: None,
+        bias: Some(&bias),
+    };
+    let e = attention(&q, &q, &q, &p).unwrap_err();
+    assert!(
+        matches!(e, Error::Device(_)) && e.to_string().contains("bias"),
+        "{e}"
+    );
+}
+
+#[test]
+fn linear_matches_the_cpu_for_every_weight_dtype() {
+    let Some(dev) = gpu("linear_matches_the_cpu_for_every_weight_dtype") else {
+        return;
+    };
+    // (leading dims of x, in, out)
+    let cases: [(&[usize], usize, usize); 5] = [
+        (&[1], 8, 8),
+        (&[7], 13, 5),
+        (&[2, 33], 64, 96),
+        (&[1, 130], 1536, 40),
+        (&[3], 40, 1537),
+    ];
+    for (i, &(lead, k, n)) in cases.iter().enumerate() {
+        let seed = 600 + 10 * i as u32;
+        let x = host(&[lead, &[k]].concat(), seed, 1.0);
+        let w = host(&[n, k], seed + 1, 0.1);
+        let b = Weight::new(host(&[n], seed + 2, 0.5));
+        let fp8 = Weight {
+            tensor: w.to_dtype(DType::F8E4M3).unwrap(),
+            scale: Some(0.37),
+        };
+        for (name, w) in [
+            ("bf16", Weight::new(w.to_dtype(DType::BF16).unwrap())),
+            ("f32", Weight::new(w.clone())),
+            ("scaled fp8", fp8),
+        ] {
+            let want = x.linear(&w, Some(&b)).unwrap().to_f32_vec().unwrap();
+            let wd = Weight {
+                tensor: w.tensor.to_device(dev).unwrap(),
+                scale: w.scale,
+            };
+            let bd = Weight::new(b.tensor.to_device(dev).unwrap());
+            let out_bytes = want.len() * 2;
+            poison(dev, out_bytes);
+            let got = on(dev, &x).linear(&wd, Some(&bd)).unwrap();
+            assert_eq!(got.dims(), [lead, &[n]].concat().as_slice());
+            let what = format!("linear {lead:?}x{k} -> {n}, {name} weight");
+            assert_close(&what, &fetch(&got), &want, BF16_TOL);
+            let want = x.linear(&w, None).unwrap().to_f32_vec().unwrap();
+            let got = on(dev, &x).linear(&wd, None).unwrap();
+            assert_close(&format!("{what}, no bias"), &fetch(&got), &want, BF16_TOL);
+        }
+    }
+    let x = on(dev, &host(&[2, 8], 1, 1.0));
+    let w = Weight::new(host(&[4, 8], 2, 1.0).to_device(dev).unwrap());
+    let e = x.linear_f32(&w, None).unwrap_err();
+    assert!(matches!(e, Error::Device(_)), "{e}");
+}
+
+#[test]
+fn matmul_matches_the_cpu_batched_and_shared() {
+    let Some(dev) = gpu("matmul_matches_the_cpu_batched_and_shared") else {
+        return;
+    };
+    // (lhs dims, rhs dims)
+    let cases: [(&[usize], &[usize]); 4] = [
+        (&[1, 1], &[1, 1]),
+        (&[3, 7, 13], &[13, 5]),
+        (&[2, 3, 17, 64], &[2, 3, 64, 33]),
+        (&[4, 65, 128], &[4, 128, 130]),
+    ];
+    for (i, &(ad, bd)) in cases.iter().enumerate() {
+        let seed = 700 + 10 * i as u32;
+        let (a, b) = (host(ad, seed, 1.0), host(bd, seed + 1, 1.0));
+        let want = a.matmul(&b).unwrap().to_f32_vec().unwrap();
+        poison(dev, want.len() * 2);
+        let got = on(dev, &a).matmul(&on(dev, &b)).unwrap();
+        assert_close(
+            &format!("matmul {ad:?} x {bd:?}"),
+            &fetch(&got),
+            &want,
+            BF16_TOL,
+        );
+    }
+}
