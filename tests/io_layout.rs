@@ -1219,17 +1219,6 @@ fn bad_loras_are_rejected_with_the_key() {
         ),
         (
             vec![
-                ("diffusion_model.blocks.0.ffn.0.lora_A.weight", &[4, 64][..]),
-                (
-                    "diffusion_model.blocks.0.ffn.0.lora_B.weight",
-                    &[128, 4][..],
-                ),
-                ("diffusion_model.blocks.0.ffn.0.dora_scale", &[128][..]),
-            ],
-            "dora_scale",
-        ),
-        (
-            vec![
                 ("lora_unet_blocks_0_ffn_0.lora_down.weight", &[4, 64][..]),
                 ("lora_unet_blocks_0_ffn_0.lora_up.weight", &[128, 4][..]),
                 ("lora_unet__blocks_0_ffn_0.lora_down.weight", &[4, 64][..]),
