@@ -13,7 +13,7 @@
 use half::bf16;
 
 use super::cpu::attention::AttnDims;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Keys per tile of the kernel (`BLOCK_N` in `kernels/attention.cu`).
 pub const BLOCK_N: usize = 64;
@@ -37,13 +37,9 @@ pub fn flash_attention_bf16(
         head_dim: d,
     } = dims;
     let row = heads * d;
-    if q.len() != batch * q_len * row || k.len() != batch * kv_len * row || v.len() != k.len() {
-        return Err(Error::InvalidArgument(format!(
-            "flash_attention_bf16: buffer sizes do not match {dims:?}"
-        )));
-    }
-    let scale_log2 = scale * std::f32::consts::LOG2_E;
     let mut out = vec![0f32; q.len()];
+    dims.check_buffers("flash_attention_bf16", q, k, v, &out)?;
+    let scale_log2 = scale * std::f32::consts::LOG2_E;
     let mut s = vec![0f32; BLOCK_N];
     let mut o = vec![0f32; d];
     for b in 0..batch {

@@ -38,13 +38,13 @@ pub struct AttnDims {
 impl AttnDims {
     /// Checks the lengths of q and the output (`batch·q_len·heads·head_dim`) and of k and v
     /// (`batch·kv_len·heads·head_dim`); `op` names the caller in the error.
-    pub fn check_buffers(
+    pub fn check_buffers<T, U>(
         &self,
         op: &str,
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        out: &[f32],
+        q: &[T],
+        k: &[T],
+        v: &[T],
+        out: &[U],
     ) -> Result<()> {
         let row = self.batch * self.heads * self.head_dim;
         let (q_size, kv_size) = (row * self.q_len, row * self.kv_len);
