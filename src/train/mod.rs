@@ -8,9 +8,10 @@
 //! block, base weights frozen in their stored dtype); [`optim`] holds AdamW, clipping and the
 //! schedules; [`Trainer`] is the seeded loop over musubi cache files ([`cache`]) with LoRA
 //! saving and a resumable state. [`dataset`] reads musubi's dataset TOML (frame windows,
-//! aspect-ratio buckets).
+//! aspect-ratio buckets) and its media; [`caching`] writes the caches from it.
 
 pub mod cache;
+pub mod caching;
 pub mod dataset;
 pub mod loss;
 mod network;

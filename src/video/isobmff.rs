@@ -11,14 +11,15 @@ use crate::error::{Error, Result};
 
 /// One box inside a buffer: its type and byte range, header included.
 #[derive(Debug, Clone, Copy)]
-struct BoxRef {
-    kind: [u8; 4],
+pub(super) struct BoxRef {
+    /// The four-character type.
+    pub(super) kind: [u8; 4],
     /// Where the header starts.
-    start: usize,
+    pub(super) start: usize,
     /// Where the body starts.
-    body: usize,
+    pub(super) body: usize,
     /// One past the last byte.
-    end: usize,
+    pub(super) end: usize,
 }
 
 /// The iTunes comment item, `©cmt`.
@@ -27,13 +28,13 @@ const COMMENT: [u8; 4] = *b"\xa9cmt";
 /// The largest `moov` [`summarize_file`] reads (a real one is a few kB per minute of video).
 const MAX_MOOV: u64 = 64 << 20;
 
-fn u32_at(buf: &[u8], at: usize) -> Result<u32, String> {
+pub(super) fn u32_at(buf: &[u8], at: usize) -> Result<u32, String> {
     buf.get(at..at + 4)
         .map(|b| u32::from_be_bytes(b.try_into().unwrap()))
         .ok_or_else(|| format!("truncated box at byte {at}"))
 }
 
-fn u64_at(buf: &[u8], at: usize) -> Result<u64, String> {
+pub(super) fn u64_at(buf: &[u8], at: usize) -> Result<u64, String> {
     buf.get(at..at + 8)
         .map(|b| u64::from_be_bytes(b.try_into().unwrap()))
         .ok_or_else(|| format!("truncated box at byte {at}"))
@@ -46,7 +47,7 @@ fn kind_name(kind: [u8; 4]) -> String {
 }
 
 /// The boxes that tile `buf[start..end]`.
-fn children(buf: &[u8], start: usize, end: usize) -> Result<Vec<BoxRef>, String> {
+pub(super) fn children(buf: &[u8], start: usize, end: usize) -> Result<Vec<BoxRef>, String> {
     let mut out = Vec::new();
     let mut at = start;
     while at < end {
@@ -78,14 +79,14 @@ fn children(buf: &[u8], start: usize, end: usize) -> Result<Vec<BoxRef>, String>
 }
 
 /// The first child of `parent` of type `kind`.
-fn child(buf: &[u8], parent: BoxRef, kind: &[u8; 4]) -> Result<Option<BoxRef>, String> {
+pub(super) fn child(buf: &[u8], parent: BoxRef, kind: &[u8; 4]) -> Result<Option<BoxRef>, String> {
     Ok(children(buf, parent.body, parent.end)?
         .into_iter()
         .find(|b| &b.kind == kind))
 }
 
 /// Follows a path of box types down from `parent`.
-fn descend(buf: &[u8], mut parent: BoxRef, path: &[&[u8; 4]]) -> Result<Option<BoxRef>, String> {
+pub(super) fn descend(buf: &[u8], mut parent: BoxRef, path: &[&[u8; 4]]) -> Result<Option<BoxRef>, String> {
     for kind in path {
         match child(buf, parent, kind)? {
             Some(b) => parent = b,
@@ -273,24 +274,27 @@ pub(super) struct Movie {
     pub comment: Option<String>,
 }
 
-/// Reads the first video track and the comment of a `moov` buffer (the whole box).
-pub(super) fn summarize(moov: &[u8]) -> Result<Movie, String> {
+/// The `moov` box itself and its first video `trak`, in a `moov` buffer (the whole box).
+pub(super) fn video_track(moov: &[u8]) -> Result<(BoxRef, BoxRef), String> {
     let root = *children(moov, 0, moov.len())?
         .first()
         .ok_or("empty `moov`")?;
-    let mut video = None;
     for trak in children(moov, root.body, root.end)? {
         if &trak.kind != b"trak" {
             continue;
         }
         if let Some(hdlr) = descend(moov, trak, &[b"mdia", b"hdlr"])? {
             if moov.get(hdlr.body + 8..hdlr.body + 12) == Some(b"vide") {
-                video = Some(trak);
-                break;
+                return Ok((root, trak));
             }
         }
     }
-    let trak = video.ok_or("no video track")?;
+    Err("no video track".into())
+}
+
+/// Reads the first video track and the comment of a `moov` buffer (the whole box).
+pub(super) fn summarize(moov: &[u8]) -> Result<Movie, String> {
+    let (root, trak) = video_track(moov)?;
     let tkhd = child(moov, trak, b"tkhd")?.ok_or("video track without `tkhd`")?;
     // tkhd ends with width and height as 16.16 fixed point.
     let width = (u32_at(moov, tkhd.end - 8)? >> 16) as usize;

@@ -22,6 +22,9 @@
 //!   [`METADATA_KEY`].
 //! - GIF: a comment extension after the header.
 //!
+//! [`decode_video`] reads clips back as RGB8 frames (H.264 MP4 built in, other formats through
+//! the system's ffmpeg), for training data.
+//!
 //! [`read_metadata`] returns the text of any of the three; [`probe`] adds the format, size, frame
 //! count and frame rate (what `wanrt inspect` prints).
 //!
@@ -38,15 +41,18 @@
 //! on <https://github.com/cisco/openh264/releases>); a distribution's own build, such as Debian's
 //! `libopenh264-7`, is refused with a hash error. PNG and GIF carry no such burden.
 
+mod decode;
 mod gif;
 mod isobmff;
 mod mp4;
 mod png;
+mod samples;
 
 use std::fmt;
 use std::io::Read;
 use std::path::Path;
 
+pub use self::decode::{decode_video, DecodedVideo, MAX_DECODED_BYTES};
 pub use self::gif::write_gif;
 pub use self::mp4::{encode_mp4, write_mp4, Mp4Options};
 pub use self::png::{frame_file_name, write_png, write_png_frames};

@@ -5,6 +5,7 @@
 //! exit code; never as a panic or a backtrace.
 
 mod bench;
+mod cache;
 mod generate;
 mod lora;
 mod train;
@@ -44,6 +45,11 @@ enum Command {
     },
     /// Train a LoRA of the DiT on musubi cache files (musubi's flag names).
     Train(Box<train::TrainArgs>),
+    /// Write musubi cache files from a dataset TOML (`wanrt cache latents`, `wanrt cache text`).
+    Cache {
+        #[command(subcommand)]
+        command: cache::CacheCommand,
+    },
     /// Time a model component on random weights (llama-bench style: markdown or --json).
     Bench {
         #[command(subcommand)]
@@ -76,6 +82,7 @@ fn main() -> ExitCode {
         Command::Lora { command } => lora::run(&command),
         Command::Bench { target } => bench::run(target),
         Command::Train(args) => train::run(&args),
+        Command::Cache { command } => cache::run(&command),
     };
     if ok {
         ExitCode::SUCCESS
