@@ -1,5 +1,5 @@
-// The DiT's element-wise kernels: the gated residual add and GELU (tanh), bf16 in and out, f32
-// arithmetic.
+// The DiT's gated residual add, bf16 in and out, f32 arithmetic (GELU and the other maps are in
+// unary.cu).
 //
 // Tile: a grid-stride loop in which each thread handles 8 consecutive values per step, one
 // 16-byte load per operand and one 16-byte store, so a warp moves 512 contiguous bytes per
@@ -37,25 +37,4 @@ extern "C" __global__ void gated_residual_add_bf16(bf16_bits *__restrict__ x,
             x[i] = float_to_bf16(bf16_to_float(x[i]) + bf16_to_float(y[i]) * g);
         }
     }
-}
-
-__device__ __forceinline__ float gelu_tanh(float x) {
-    const float k = 0.7978845608028654f; // sqrt(2/pi)
-    return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
-}
-
-extern "C" __global__ void gelu_tanh_bf16(const bf16_bits *__restrict__ x,
-                                          bf16_bits *__restrict__ out, int n) {
-    const int stride = gridDim.x * blockDim.x;
-    const int first = blockIdx.x * blockDim.x + threadIdx.x;
-    const int vectors = aligned16(x, out) ? n / 8 : 0;
-    for (int v = first; v < vectors; v += stride) {
-        Pack8 a;
-        a.u = reinterpret_cast<const uint4 *>(x)[v];
-#pragma unroll
-        for (int i = 0; i < 8; ++i) a.h[i] = float_to_bf16(gelu_tanh(bf16_to_float(a.h[i])));
-        reinterpret_cast<uint4 *>(out)[v] = a.u;
-    }
-    for (int i = vectors * 8 + first; i < n; i += stride)
-        out[i] = float_to_bf16(gelu_tanh(bf16_to_float(x[i])));
 }

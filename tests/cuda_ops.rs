@@ -4,29 +4,14 @@
 //! an output value the kernel never wrote cannot pass. Compiled in every build; without a CUDA
 //! device every test prints why it skipped.
 
-use wanrt::backend::{cuda, Device};
+use wanrt::backend::Device;
 use wanrt::tensor::ops::{attention, AttentionParams};
 use wanrt::tensor::{DType, Tensor, Weight};
 use wanrt::Error;
 
-/// The first CUDA device, or `None` after printing why there is none.
-fn gpu(test: &str) -> Option<Device> {
-    match cuda::list_devices() {
-        Ok(d) if !d.is_empty() => Some(Device::Cuda(d[0].ordinal)),
-        Ok(_) => {
-            println!("{test}: SKIP: the CUDA driver reports no device");
-            None
-        }
-        Err(e) => {
-            assert!(
-                matches!(e, Error::CudaNotCompiled | Error::Device(_)),
-                "{e}"
-            );
-            println!("{test}: SKIP: no CUDA device: {e}");
-            None
-        }
-    }
-}
+mod common;
+
+use common::cuda_device as gpu;
 
 /// `n` values in `[-amp, amp)` from a seeded generator (a 32-bit LCG), rounded to bf16 so that
 /// the CPU and the GPU see the same inputs.
@@ -168,8 +153,8 @@ fn rms_norm_matches_the_cpu() {
 }
 
 #[test]
-fn gelu_tanh_matches_the_cpu_and_other_unary_ops_are_refused() {
-    let Some(dev) = gpu("gelu_tanh_matches_the_cpu_and_other_unary_ops_are_refused") else {
+fn gelu_tanh_matches_the_cpu() {
+    let Some(dev) = gpu("gelu_tanh_matches_the_cpu") else {
         return;
     };
     for (i, dims) in [&[1][..], &[7], &[1000], &[3, 1537]]
@@ -187,11 +172,6 @@ fn gelu_tanh_matches_the_cpu_and_other_unary_ops_are_refused() {
             BF16_TOL,
         );
     }
-    let e = on(dev, &host(&[4], 1, 1.0)).silu().unwrap_err();
-    assert!(
-        matches!(e, Error::Device(_)) && e.to_string().contains("Silu"),
-        "{e}"
-    );
 }
 
 #[test]
@@ -373,4 +353,251 @@ fn matmul_matches_the_cpu_batched_and_shared() {
             BF16_TOL,
         );
     }
+}
+
+/// `x` on `dev` in `dtype` (bf16 or f32).
+fn on_as(dev: Device, x: &Tensor, dtype: DType) -> Tensor {
+    x.to_dtype(dtype).unwrap().to_device(dev).unwrap()
+}
+
+/// Asserts that two value lists are equal bit for bit (NaN equal to NaN).
+fn assert_same(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+            "{what}: element {i}: {g} != {w}"
+        );
+    }
+}
+
+/// The CPU's f32 result as the CUDA op stores it in `dtype` (bf16: rounded once).
+fn stored_as(want: &Tensor, dtype: DType) -> Vec<f32> {
+    want.to_dtype(dtype).unwrap().to_f32_vec().unwrap()
+}
+
+/// A tensor op of one and of two operands, and a reduction over a dim.
+type Op1 = fn(&Tensor) -> wanrt::Result<Tensor>;
+type Op2 = fn(&Tensor, &Tensor) -> wanrt::Result<Tensor>;
+type OpDim = fn(&Tensor, usize) -> wanrt::Result<Tensor>;
+
+/// Both activation dtypes of the CUDA backend.
+const ACTIVATIONS: [DType; 2] = [DType::BF16, DType::F32];
+
+#[test]
+fn binary_ops_broadcast_in_every_dtype_mix_as_the_cpu() {
+    let Some(dev) = gpu("binary_ops_broadcast_in_every_dtype_mix_as_the_cpu") else {
+        return;
+    };
+    let shapes: [(&[usize], &[usize]); 9] = [
+        (&[2, 3, 4], &[4]),
+        (&[2, 5, 8], &[2, 1, 8]),
+        (&[7], &[7]),
+        (&[], &[3, 1]),
+        (&[3, 1], &[1, 5]),
+        (&[1, 1536], &[33, 1536]),
+        (&[2, 9, 24], &[2, 9, 1]),
+        (&[4, 0], &[4, 1]),
+        (&[1, 6, 40], &[1, 6, 40]),
+    ];
+    let ops: [(&str, Op2); 4] = [
+        ("add", Tensor::add),
+        ("sub", Tensor::sub),
+        ("mul", Tensor::mul),
+        ("div", Tensor::div),
+    ];
+    for (i, (ad, bd)) in shapes.into_iter().enumerate() {
+        for (j, (name, op)) in ops.iter().enumerate() {
+            let seed = 1000 + 10 * i as u32 + j as u32;
+            let (a, b) = (host(ad, seed, 3.0), host(bd, seed + 500, 2.0));
+            let want = op(&a, &b).unwrap();
+            for da in ACTIVATIONS {
+                for db in ACTIVATIONS {
+                    let out = if da == DType::F32 || db == DType::F32 {
+                        DType::F32
+                    } else {
+                        DType::BF16
+                    };
+                    poison(dev, want.elem_count() * out.size_in_bytes());
+                    let got = op(&on_as(dev, &a, da), &on_as(dev, &b, db)).unwrap();
+                    assert_eq!((got.dtype(), got.dims()), (out, want.dims()));
+                    assert_same(
+                        &format!("{name} {ad:?} {da} with {bd:?} {db}"),
+                        &fetch(&got),
+                        &stored_as(&want, out),
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn every_unary_op_matches_the_cpu() {
+    let Some(dev) = gpu("every_unary_op_matches_the_cpu") else {
+        return;
+    };
+    let ops: [(&str, Op1); 11] = [
+        ("silu", Tensor::silu),
+        ("gelu_tanh", Tensor::gelu_tanh),
+        ("gelu_erf", Tensor::gelu_erf),
+        ("tanh", Tensor::tanh),
+        ("exp", Tensor::exp),
+        ("abs", Tensor::abs),
+        ("sqr", Tensor::sqr),
+        ("sqrt", |x| x.abs()?.sqrt()),
+        ("affine", |x| x.affine(1.5, -0.25)),
+        ("clamp", |x| x.clamp(-1.0, 0.5)),
+        ("exact", |x| x.affine(1.0, 0.0)),
+    ];
+    for (i, dims) in [&[1][..], &[7], &[1000], &[3, 1537], &[0, 3]]
+        .into_iter()
+        .enumerate()
+    {
+        for (j, (name, op)) in ops.iter().enumerate() {
+            let x = host(dims, 2000 + 20 * i as u32 + j as u32, 4.0);
+            let want = op(&x).unwrap();
+            for dtype in ACTIVATIONS {
+                poison(dev, x.elem_count() * dtype.size_in_bytes());
+                let got = op(&on_as(dev, &x, dtype)).unwrap();
+                assert_eq!((got.dtype(), got.dims()), (dtype, x.dims()));
+                let what = format!("{name} {dims:?} {dtype}");
+                // Transcendentals may differ by a few ulp of f32 from the CPU's polynomials.
+                let tol = if dtype == DType::F32 { 1e-6 } else { BF16_TOL };
+                if x.elem_count() > 0 {
+                    assert_close(&what, &fetch(&got), &want.to_f32_vec().unwrap(), tol);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn reductions_and_softmax_match_the_cpu() {
+    let Some(dev) = gpu("reductions_and_softmax_match_the_cpu") else {
+        return;
+    };
+    let reductions: [(&str, OpDim); 3] = [
+        ("sum", Tensor::sum_keepdim),
+        ("mean", Tensor::mean_keepdim),
+        ("max", Tensor::max_keepdim),
+    ];
+    for (i, dims) in [&[3, 5, 7][..], &[2, 1000], &[1037], &[1, 1536], &[4, 33, 1]]
+        .into_iter()
+        .enumerate()
+    {
+        for dim in 0..dims.len() {
+            for (j, (name, op)) in reductions.iter().enumerate() {
+                let x = host(dims, 3000 + 30 * i as u32 + 3 * dim as u32 + j as u32, 2.0);
+                let want = op(&x, dim).unwrap();
+                for dtype in ACTIVATIONS {
+                    poison(dev, want.elem_count() * dtype.size_in_bytes());
+                    let got = op(&on_as(dev, &x, dtype), dim).unwrap();
+                    assert_eq!((got.dtype(), got.dims()), (dtype, want.dims()));
+                    let tol = if dtype == DType::F32 { 1e-5 } else { BF16_TOL };
+                    let what = format!("{name} over {dim} of {dims:?} {dtype}");
+                    assert_close(&what, &fetch(&got), &want.to_f32_vec().unwrap(), tol);
+                }
+            }
+        }
+        let x = host(dims, 3500 + i as u32, 6.0);
+        let want = x.softmax_last().unwrap().to_f32_vec().unwrap();
+        for dtype in ACTIVATIONS {
+            poison(dev, x.elem_count() * dtype.size_in_bytes());
+            let got = on_as(dev, &x, dtype).softmax_last().unwrap();
+            let tol = if dtype == DType::F32 { 1e-5 } else { BF16_TOL };
+            assert_close(
+                &format!("softmax {dims:?} {dtype}"),
+                &fetch(&got),
+                &want,
+                tol,
+            );
+        }
+    }
+    // NaN propagates through max; an empty dim sums to 0.
+    let nan = Tensor::from_f32(vec![1.0, f32::NAN, 3.0], [3]).unwrap();
+    let m = nan.to_device(dev).unwrap().max_keepdim(0).unwrap();
+    assert!(fetch(&m)[0].is_nan());
+    let empty = Tensor::from_f32(vec![], [2, 0])
+        .unwrap()
+        .to_device(dev)
+        .unwrap();
+    assert_eq!(fetch(&empty.sum_keepdim(1).unwrap()), [0.0, 0.0]);
+}
+
+#[test]
+fn rope_interleaved_matches_the_cpu_exactly() {
+    let Some(dev) = gpu("rope_interleaved_matches_the_cpu_exactly") else {
+        return;
+    };
+    for (i, dims) in [[2, 5, 3, 16], [1, 7, 2, 6], [1, 3, 1, 128], [2, 1, 12, 2]]
+        .into_iter()
+        .enumerate()
+    {
+        let [_, s, _, d] = dims;
+        let seed = 4000 + 10 * i as u32;
+        let x = host(&dims, seed, 3.0);
+        let (cos, sin) = (
+            host(&[s, d / 2], seed + 1, 1.0),
+            host(&[s, d / 2], seed + 2, 1.0),
+        );
+        let want = x.rope_interleaved(&cos, &sin).unwrap();
+        let (cd, sd) = (cos.to_device(dev).unwrap(), sin.to_device(dev).unwrap());
+        for dtype in ACTIVATIONS {
+            poison(dev, x.elem_count() * dtype.size_in_bytes());
+            let got = on_as(dev, &x, dtype).rope_interleaved(&cd, &sd).unwrap();
+            assert_eq!(got.dtype(), dtype);
+            assert_same(
+                &format!("rope {dims:?} {dtype}"),
+                &fetch(&got),
+                &stored_as(&want, dtype),
+            );
+        }
+    }
+}
+
+#[test]
+fn shape_ops_move_every_dtype_as_the_cpu() {
+    let Some(dev) = gpu("shape_ops_move_every_dtype_as_the_cpu") else {
+        return;
+    };
+    let ops: [(&str, Op1); 9] = [
+        ("permute", |x| x.permute(&[2, 0, 1])),
+        ("transpose", |x| x.transpose(1, 2)),
+        ("narrow0", |x| x.narrow(0, 1, 1)),
+        ("narrow1", |x| x.narrow(1, 1, 2)),
+        ("narrow2", |x| x.narrow(2, 3, 5)),
+        ("pad", |x| x.pad_zeros(&[(0, 1), (2, 0), (1, 3)])),
+        ("pad_last", |x| x.pad_zeros(&[(0, 0), (0, 0), (8, 8)])),
+        ("cat1", |x| {
+            wanrt::tensor::ops::cat(&[x, &x.narrow(1, 0, 1)?, x], 1)
+        }),
+        ("cat2", |x| wanrt::tensor::ops::cat(&[x, x], 2)),
+    ];
+    for (i, dims) in [[2, 3, 8], [3, 5, 17], [2, 2, 64]].into_iter().enumerate() {
+        let x = host(&dims, 5000 + i as u32, 8.0);
+        for dtype in [DType::BF16, DType::F32, DType::U8, DType::I64] {
+            let xt = x.to_dtype(dtype).unwrap();
+            let xd = xt.to_device(dev).unwrap();
+            for (name, op) in ops {
+                let want = op(&xt).unwrap();
+                poison(dev, want.elem_count() * dtype.size_in_bytes());
+                let got = op(&xd).unwrap();
+                assert_eq!((got.dtype(), got.dims()), (dtype, want.dims()));
+                assert_eq!(
+                    got.to_device(Device::Cpu).unwrap().raw_bytes().unwrap(),
+                    want.raw_bytes().unwrap(),
+                    "{name} {dims:?} {dtype}"
+                );
+            }
+        }
+    }
+    // A rank-8 permute (unpatchify's) and a mixed-device cat, which is refused.
+    let x = host(&[1, 2, 3, 2, 1, 2, 2, 4], 5100, 1.0);
+    let perm = [0, 7, 1, 4, 2, 5, 3, 6];
+    let want = x.permute(&perm).unwrap();
+    let got = x.to_device(dev).unwrap().permute(&perm).unwrap();
+    assert_same("permute rank 8", &fetch(&got), &want.to_f32_vec().unwrap());
+    let e = wanrt::tensor::ops::cat(&[&x, &x.to_device(dev).unwrap()], 0).unwrap_err();
+    assert!(matches!(e, Error::DeviceMismatch { .. }), "{e}");
 }

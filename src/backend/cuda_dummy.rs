@@ -76,3 +76,8 @@ pub fn device_available() -> Result<()> {
 pub fn list_devices() -> Result<Vec<DeviceInfo>> {
     Err(Error::CudaNotCompiled)
 }
+
+/// Device-to-host copies made so far: always 0 in this build.
+pub fn download_count() -> u64 {
+    0
+}

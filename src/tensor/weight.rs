@@ -4,6 +4,7 @@
 use std::ops::Range;
 
 use super::{convert, DType, Tensor};
+use crate::backend::Device;
 use crate::error::{Error, Result};
 
 /// A model parameter as stored: its tensor (any float dtype, usually memory-mapped) and an
@@ -35,6 +36,15 @@ impl Weight {
     /// The stored dtype.
     pub fn dtype(&self) -> DType {
         self.tensor.dtype()
+    }
+
+    /// The weight on `device` as stored: the same dtype and scale (bf16, fp8 and scaled fp8
+    /// stay so; nothing is widened), the stored bytes copied once ([`Tensor::to_device`]).
+    pub fn to_device(&self, device: Device) -> Result<Weight> {
+        Ok(Weight {
+            tensor: self.tensor.to_device(device)?,
+            scale: self.scale,
+        })
     }
 
     /// Widens rows `rows` (of the tensor viewed as `[dims[0], rest]`) into `out`, applying the

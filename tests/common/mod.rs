@@ -239,3 +239,23 @@ pub fn rel_l2_tensors(out: &Tensor, expected: &Tensor) -> f64 {
     assert_eq!(out.dims(), expected.dims());
     rel_l2_f32(&out.to_f32_vec().unwrap(), &expected.to_f32_vec().unwrap())
 }
+
+/// The first CUDA device for a GPU test, or `None` after printing why `test` skips (a build
+/// without the `cuda` feature, no driver, no device).
+pub fn cuda_device(test: &str) -> Option<wanrt::backend::Device> {
+    match wanrt::backend::cuda::list_devices() {
+        Ok(d) if !d.is_empty() => Some(wanrt::backend::Device::Cuda(d[0].ordinal)),
+        Ok(_) => {
+            println!("{test}: SKIP: the CUDA driver reports no device");
+            None
+        }
+        Err(e) => {
+            assert!(
+                matches!(e, wanrt::Error::CudaNotCompiled | wanrt::Error::Device(_)),
+                "{e}"
+            );
+            println!("{test}: SKIP: no CUDA device: {e}");
+            None
+        }
+    }
+}

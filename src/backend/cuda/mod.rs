@@ -13,6 +13,7 @@ pub mod ops;
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, CudaView, CudaViewMut, DriverError};
@@ -63,6 +64,16 @@ fn driver_error(what: &str, e: DriverError) -> Error {
 /// The error of an op whose CUDA kernel is not wired into the dispatch yet.
 fn not_on_cuda(what: &str) -> Error {
     Error::Device(format!("{what} have no CUDA implementation yet"))
+}
+
+/// Device-to-host copies ([`CudaStorage::download`]) made by this process.
+static DOWNLOADS: AtomicU64 = AtomicU64::new(0);
+
+/// The number of device-to-host copies this process has made so far, on every device: each
+/// [`CudaStorage::download`] (so each [`crate::tensor::Tensor::to_device`] to the CPU) counts
+/// one. Tests take the difference around a piece of work to prove it stays on the device.
+pub fn download_count() -> u64 {
+    DOWNLOADS.load(Ordering::Relaxed)
 }
 
 /// Every CUDA device the driver reports, with name, compute capability and memory. Opens each
@@ -234,8 +245,10 @@ impl CudaStorage {
         Ok(s)
     }
 
-    /// The device's bytes copied to the host (waits for the stream).
+    /// The device's bytes copied to the host (waits for the stream); counted by
+    /// [`download_count`].
     pub fn download(&self) -> Result<Vec<u8>> {
+        DOWNLOADS.fetch_add(1, Ordering::Relaxed);
         let src = self.buf.as_ref().expect("a live storage holds its buffer");
         let mut out = vec![0u8; self.len];
         driver("copy from the CUDA device", || {

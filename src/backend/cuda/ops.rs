@@ -3,8 +3,11 @@
 //! device (`crate::tensor::ops::on_cuda`); inputs are on one device, outputs stay there.
 //!
 //! The kernels behind these entries come from `kernels/*.cu` (the `cuda-kernels` launchers) and
-//! cuBLASLt. Activations on the device are bf16 (the contract of the CUDA backend); norm weights
-//! and biases are widened to f32 on the device, as the reference keeps them. An entry (or a case
+//! cuBLASLt. Activations on the device are bf16 (the contract of the CUDA backend), or f32 where
+//! the reference keeps f32 (time embedding, modulation, the residual stream): the element-wise
+//! ops, reductions, softmax and RoPE take either and compute in f32; a binary op with an f32
+//! operand gives f32. The shape ops move any dtype. Norm weights and biases are widened to f32 on
+//! the device, as the reference keeps them. An entry (or a case
 //! of one) whose kernel is not wired yet returns `not_on_cuda`'s typed error naming what is
 //! missing; nothing here falls back to the host silently.
 
@@ -14,6 +17,8 @@ use half::bf16;
 
 use super::gemm::{self, GemmDims};
 use super::kernels::convert::Fp8Format;
+use super::kernels::qk_norm_rope::RopeTables;
+use super::kernels::strided_copy::CopyPlan;
 use super::{not_on_cuda, CudaDevice, CudaStorage};
 use crate::backend::cpu::attention::AttnDims;
 use crate::backend::cpu::elementwise::{BinaryOp, UnaryOp};
@@ -115,60 +120,173 @@ fn fp8_to_bf16(x: &Tensor, scale: f32) -> Result<Tensor> {
     Ok(Tensor::from_cuda(out, DType::BF16, x.shape().clone()))
 }
 
-/// `a op b` with numpy broadcasting into `out`.
-pub fn binary(_op: BinaryOp, _a: &Tensor, _b: &Tensor, _out: &Shape) -> Result<Tensor> {
-    Err(not_on_cuda("binary ops"))
+/// The dtype of an activation input of `op`: bf16 or f32 (the dtypes CUDA activations have).
+fn activation(op: &'static str, x: &Tensor) -> Result<DType> {
+    match x.dtype() {
+        d @ (DType::BF16 | DType::F32) => Ok(d),
+        dtype => Err(Error::UnsupportedDType { op, dtype }),
+    }
 }
 
-/// `op(x)` elementwise, for bf16 `x`: GELU (tanh) has a kernel; the other ops are refused.
+/// `a op b` with numpy broadcasting into `out`, for bf16 and f32 operands in any mix, computed
+/// in f32: the result is f32 when either operand is (the modulation and the residual stream
+/// stay f32), bf16 when both are.
+pub fn binary(op: BinaryOp, a: &Tensor, b: &Tensor, out: &Shape) -> Result<Tensor> {
+    const OP: &str = "binary";
+    let (da, db) = (activation(OP, a)?, activation(OP, b)?);
+    let (sa, sb) = (a.cuda_storage(OP)?, b.cuda_storage(OP)?);
+    let (na, nb, n) = (a.elem_count(), b.elem_count(), out.elem_count());
+    let dev = sa.device();
+    let dtype = if da == DType::F32 || db == DType::F32 {
+        DType::F32
+    } else {
+        DType::BF16
+    };
+    let mut o = output(dev, dtype, n)?;
+    let (k, s) = (dev.kernels()?, dev.stream());
+    let (ad, bd, od) = (a.dims(), b.dims(), out.dims());
+    match (da, db) {
+        (DType::BF16, DType::BF16) => k.binary(
+            s,
+            op,
+            &sa.view::<bf16>(na)?,
+            ad,
+            &sb.view::<bf16>(nb)?,
+            bd,
+            &mut o.view_mut::<bf16>(n)?,
+            od,
+        ),
+        (DType::BF16, _) => k.binary(
+            s,
+            op,
+            &sa.view::<bf16>(na)?,
+            ad,
+            &sb.view::<f32>(nb)?,
+            bd,
+            &mut o.view_mut::<f32>(n)?,
+            od,
+        ),
+        (_, DType::BF16) => k.binary(
+            s,
+            op,
+            &sa.view::<f32>(na)?,
+            ad,
+            &sb.view::<bf16>(nb)?,
+            bd,
+            &mut o.view_mut::<f32>(n)?,
+            od,
+        ),
+        _ => k.binary(
+            s,
+            op,
+            &sa.view::<f32>(na)?,
+            ad,
+            &sb.view::<f32>(nb)?,
+            bd,
+            &mut o.view_mut::<f32>(n)?,
+            od,
+        ),
+    }?;
+    Ok(Tensor::from_cuda(o, dtype, out.clone()))
+}
+
+/// `op(x)` elementwise for bf16 or f32 `x` (every [`UnaryOp`], affine and clamp included),
+/// computed in f32, the result in `x`'s dtype.
 pub fn unary(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
     const OP: &str = "unary";
-    if !matches!(op, UnaryOp::GeluTanh) {
-        return Err(not_on_cuda(&format!("unary op {op:?}")));
-    }
-    let (dev, src) = input(OP, x, DType::BF16)?;
+    let dtype = activation(OP, x)?;
+    let src = x.cuda_storage(OP)?;
+    let dev = src.device();
     let n = x.elem_count();
-    let mut out = output(dev, DType::BF16, n)?;
-    dev.kernels()?.gelu_tanh(
-        dev.stream(),
-        &src.view::<bf16>(n)?,
-        &mut out.view_mut::<bf16>(n)?,
-        n,
-    )?;
-    Ok(Tensor::from_cuda(out, DType::BF16, x.shape().clone()))
+    let mut out = output(dev, dtype, n)?;
+    let (k, s) = (dev.kernels()?, dev.stream());
+    if dtype == DType::BF16 {
+        k.unary(
+            s,
+            op,
+            &src.view::<bf16>(n)?,
+            &mut out.view_mut::<bf16>(n)?,
+            n,
+        )?;
+    } else {
+        k.unary(s, op, &src.view::<f32>(n)?, &mut out.view_mut::<f32>(n)?, n)?;
+    }
+    Ok(Tensor::from_cuda(out, dtype, x.shape().clone()))
 }
 
-/// The reduction `op` over `dim`, kept with size 1.
-pub fn reduce(_op: ReduceOp, _x: &Tensor, _dim: usize) -> Result<Tensor> {
-    Err(not_on_cuda("reductions"))
+/// The reduction `op` over `dim` (kept with size 1) of bf16 or f32 `x`, accumulated in f32, the
+/// result in `x`'s dtype.
+pub fn reduce(op: ReduceOp, x: &Tensor, dim: usize) -> Result<Tensor> {
+    const OP: &str = "reduce";
+    let dtype = activation(OP, x)?;
+    let src = x.cuda_storage(OP)?;
+    let dev = src.device();
+    let d = x.dims();
+    let (outer, n, inner) = (
+        d[..dim].iter().product::<usize>(),
+        d[dim],
+        d[dim + 1..].iter().product::<usize>(),
+    );
+    let mut dims = d.to_vec();
+    dims[dim] = 1;
+    let shape = Shape::new(dims)?;
+    let (total, m) = (x.elem_count(), shape.elem_count());
+    let mut out = output(dev, dtype, m)?;
+    let (k, s) = (dev.kernels()?, dev.stream());
+    if dtype == DType::BF16 {
+        let (xv, mut ov) = (src.view::<bf16>(total)?, out.view_mut::<bf16>(m)?);
+        k.reduce(s, op, &xv, &mut ov, outer, n, inner)?;
+    } else {
+        let (xv, mut ov) = (src.view::<f32>(total)?, out.view_mut::<f32>(m)?);
+        k.reduce(s, op, &xv, &mut ov, outer, n, inner)?;
+    }
+    Ok(Tensor::from_cuda(out, dtype, shape))
 }
 
-/// Softmax over the last dim.
-pub fn softmax_last(_x: &Tensor) -> Result<Tensor> {
-    Err(not_on_cuda("softmax_last"))
+/// Softmax over the last dim of bf16 or f32 `x`, in f32, the result in `x`'s dtype.
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    const OP: &str = "softmax_last";
+    let dtype = activation(OP, x)?;
+    let src = x.cuda_storage(OP)?;
+    let dev = src.device();
+    let (rows, cols) = rows_cols(x);
+    let n = x.elem_count();
+    let mut out = output(dev, dtype, n)?;
+    let (k, s) = (dev.kernels()?, dev.stream());
+    if dtype == DType::BF16 {
+        let (xv, mut ov) = (src.view::<bf16>(n)?, out.view_mut::<bf16>(n)?);
+        k.softmax_last(s, &xv, &mut ov, rows, cols)?;
+    } else {
+        let (xv, mut ov) = (src.view::<f32>(n)?, out.view_mut::<f32>(n)?);
+        k.softmax_last(s, &xv, &mut ov, rows, cols)?;
+    }
+    Ok(Tensor::from_cuda(out, dtype, x.shape().clone()))
 }
 
-/// Layer norm over the last dim of bf16 `x` with an optional affine (a missing weight is 1, a
-/// missing bias 0); statistics and affine in f32, the output rounded to bf16 once.
+/// Layer norm over the last dim of bf16 or f32 `x` with an optional affine (a missing weight is
+/// 1, a missing bias 0); statistics and affine in f32, the output in `x`'s dtype (bf16 rounded
+/// once; f32 for the residual stream, as the reference keeps it).
 pub fn layer_norm(x: &Tensor, w: Option<&Weight>, b: Option<&Weight>, eps: f32) -> Result<Tensor> {
     const OP: &str = "layer_norm";
-    let (dev, src) = input(OP, x, DType::BF16)?;
+    let dtype = activation(OP, x)?;
+    let src = x.cuda_storage(OP)?;
+    let dev = src.device();
     let (rows, cols) = rows_cols(x);
     let weight = weight_f32(OP, dev, w, cols, 1.0)?;
     let bias = weight_f32(OP, dev, b, cols, 0.0)?;
     let n = x.elem_count();
-    let mut out = output(dev, DType::BF16, n)?;
-    dev.kernels()?.layer_norm_affine(
-        dev.stream(),
-        &src.view::<bf16>(n)?,
-        &weight.cuda_storage(OP)?.view::<f32>(cols)?,
-        &bias.cuda_storage(OP)?.view::<f32>(cols)?,
-        &mut out.view_mut::<bf16>(n)?,
-        rows,
-        cols,
-        eps,
-    )?;
-    Ok(Tensor::from_cuda(out, DType::BF16, x.shape().clone()))
+    let mut out = output(dev, dtype, n)?;
+    let (k, s) = (dev.kernels()?, dev.stream());
+    let wv = weight.cuda_storage(OP)?.view::<f32>(cols)?;
+    let bv = bias.cuda_storage(OP)?.view::<f32>(cols)?;
+    if dtype == DType::BF16 {
+        let (xv, mut ov) = (src.view::<bf16>(n)?, out.view_mut::<bf16>(n)?);
+        k.layer_norm_affine(s, &xv, &wv, &bv, &mut ov, rows, cols, eps)?;
+    } else {
+        let (xv, mut ov) = (src.view::<f32>(n)?, out.view_mut::<f32>(n)?);
+        k.layer_norm_affine(s, &xv, &wv, &bv, &mut ov, rows, cols, eps)?;
+    }
+    Ok(Tensor::from_cuda(out, dtype, x.shape().clone()))
 }
 
 /// RMS norm over the last dim of bf16 `x` with an optional gain (missing: 1), through the q/k
@@ -204,9 +322,34 @@ pub fn channel_rms_norm(_x: &Tensor, _gamma: &Weight) -> Result<Tensor> {
     Err(not_on_cuda("channel_rms_norm"))
 }
 
-/// Rotary embedding on interleaved pairs of `[B, S, H, D]` with f32 `[S, D/2]` tables.
-pub fn rope_interleaved(_x: &Tensor, _cos: &Tensor, _sin: &Tensor) -> Result<Tensor> {
-    Err(not_on_cuda("rope_interleaved"))
+/// Rotary embedding on interleaved pairs of bf16 or f32 `[B, S, H, D]` with f32 `[S, D/2]`
+/// tables (shapes checked by the caller), in f32, the result in `x`'s dtype.
+pub fn rope_interleaved(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    const OP: &str = "rope_interleaved";
+    let dtype = activation(OP, x)?;
+    let (_, c) = input(OP, cos, DType::F32)?;
+    let (_, sn) = input(OP, sin, DType::F32)?;
+    let &[b, seq, heads, head_dim] = x.dims() else {
+        return Err(Error::InvalidArgument(format!(
+            "{OP}: x must be [B, S, H, D]"
+        )));
+    };
+    let src = x.cuda_storage(OP)?;
+    let dev = src.device();
+    let (n, t) = (x.elem_count(), cos.elem_count());
+    let (cv, sv) = (c.view::<f32>(t)?, sn.view::<f32>(t)?);
+    let tables = || RopeTables { cos: &cv, sin: &sv };
+    let dims = [b, seq, heads, head_dim];
+    let mut out = output(dev, dtype, n)?;
+    let (k, s) = (dev.kernels()?, dev.stream());
+    if dtype == DType::BF16 {
+        let (xv, mut ov) = (src.view::<bf16>(n)?, out.view_mut::<bf16>(n)?);
+        k.rope_interleaved(s, &xv, tables(), &mut ov, dims)?;
+    } else {
+        let (xv, mut ov) = (src.view::<f32>(n)?, out.view_mut::<f32>(n)?);
+        k.rope_interleaved(s, &xv, tables(), &mut ov, dims)?;
+    }
+    Ok(Tensor::from_cuda(out, dtype, x.shape().clone()))
 }
 
 /// Rows `ids` of the table `[V, D]` (ids checked against `V`).
@@ -255,8 +398,9 @@ pub fn matmul(a: &Tensor, b: &Tensor, out: &Shape) -> Result<Tensor> {
 /// `x · Wᵀ + b` into `out` (shapes checked by the caller) for bf16 `x`, through cuBLASLt: bf16
 /// inputs and output, f32 accumulation, the bias (as bf16) added in the epilogue. A bf16 weight
 /// is used as stored; an f32 one is rounded to bf16 and an fp8 one (any GPU) decoded with its
-/// scale into a bf16 copy per call (weight-only fp8). `keep_f32` (the reference's f32 regions)
-/// has no CUDA GEMM yet and is refused.
+/// scale into a bf16 copy per call (weight-only fp8). An f32 `x` is rounded to bf16 first (where
+/// the CPU's bf16 emulation rounds it). `keep_f32` (the reference's f32 regions) runs
+/// [`linear_f32`] instead.
 pub fn linear(
     x: &Tensor,
     w: &Weight,
@@ -266,8 +410,9 @@ pub fn linear(
 ) -> Result<Tensor> {
     const OP: &str = "linear";
     if keep_f32 {
-        return Err(not_on_cuda("f32 linear layers (linear_f32)"));
+        return linear_f32(x, w, bias, out);
     }
+    let x = &convert(x, DType::BF16)?;
     let (dev, sx) = input(OP, x, DType::BF16)?;
     let &[n, k] = w.dims() else {
         return Err(Error::InvalidArgument(format!("{OP}: weight [out, in]")));
@@ -299,6 +444,47 @@ pub fn linear(
         dims,
     )?;
     Ok(Tensor::from_cuda(o, DType::BF16, out.clone()))
+}
+
+/// `x · Wᵀ + b` in f32 into `out`: `x` bf16 or f32 (widened exactly), the weight as stored when
+/// bf16 or f32 (fp8 decoded with its scale into bf16 first), the bias in f32, f32 products and
+/// sums, an f32 result: the reference's f32 layers (time embedding and projection, the head).
+fn linear_f32(x: &Tensor, w: &Weight, bias: Option<&Weight>, out: &Shape) -> Result<Tensor> {
+    const OP: &str = "linear_f32";
+    let x = &convert(x, DType::F32)?;
+    let (dev, sx) = input(OP, x, DType::F32)?;
+    let &[n, k] = w.dims() else {
+        return Err(Error::InvalidArgument(format!("{OP}: weight [out, in]")));
+    };
+    if k == 0 {
+        return Err(not_on_cuda("linear with no input features"));
+    }
+    let weight = match (w.dtype(), w.scale) {
+        (DType::BF16 | DType::F32, None) => w.tensor.clone(),
+        _ => weight_values(OP, w, DType::BF16)?,
+    };
+    let bias = bias.map(|b| weight_values(OP, b, DType::F32)).transpose()?;
+    let bias_view = bias
+        .as_ref()
+        .map(|b| b.cuda_storage(OP)?.view::<f32>(n))
+        .transpose()?;
+    let rows = x.elem_count().checked_div(k).unwrap_or(0);
+    let mut o = output(dev, DType::F32, out.elem_count())?;
+    let (kern, s) = (dev.kernels()?, dev.stream());
+    let xv = sx.view::<f32>(x.elem_count())?;
+    let ws = weight.cuda_storage(OP)?;
+    {
+        let mut ov = o.view_mut::<f32>(out.elem_count())?;
+        let b = bias_view.as_ref();
+        if weight.dtype() == DType::BF16 {
+            let wv = ws.view::<bf16>(n * k)?;
+            kern.linear_f32(s, &xv, &wv, b, &mut ov, rows, n, k)?;
+        } else {
+            let wv = ws.view::<f32>(n * k)?;
+            kern.linear_f32(s, &xv, &wv, b, &mut ov, rows, n, k)?;
+        }
+    }
+    Ok(Tensor::from_cuda(o, DType::F32, out.clone()))
 }
 
 /// `softmax(scale · q kᵀ) v`, `[B, S, H, D]` bf16 layouts (shapes checked by the caller),
@@ -371,24 +557,69 @@ pub fn upsample_nearest2x(_x: &Tensor, _out: &Shape) -> Result<Tensor> {
     Err(not_on_cuda("upsample_nearest2x"))
 }
 
-/// The dims of `x` reordered by `perm` into `out`.
-pub fn permute(_x: &Tensor, _perm: &[usize], _out: &Shape) -> Result<Tensor> {
-    Err(not_on_cuda("permute"))
+/// Runs a copy plan from `x` into `out`, a buffer of `out_elems` elements of `x`'s dtype.
+fn copy_into(x: &Tensor, plan: &CopyPlan, out: &mut CudaStorage, out_elems: usize) -> Result<()> {
+    const OP: &str = "strided_copy";
+    let src = x.cuda_storage(OP)?;
+    let es = x.dtype().size_in_bytes();
+    let dev = Arc::clone(src.device());
+    dev.kernels()?.strided_copy(
+        dev.stream(),
+        &src.view::<u8>(x.elem_count() * es)?,
+        &mut out.view_mut::<u8>(out_elems * es)?,
+        es,
+        plan,
+    )
 }
 
-/// Elements `start..start + len` along `dim` into `out`.
-pub fn narrow(_x: &Tensor, _dim: usize, _start: usize, _out: &Shape) -> Result<Tensor> {
-    Err(not_on_cuda("narrow"))
+/// A new tensor of `shape` in `x`'s dtype on `x`'s device, filled by `plan` from `x`.
+fn copied(x: &Tensor, plan: &CopyPlan, shape: &Shape) -> Result<Tensor> {
+    let dev = x.cuda_storage("strided_copy")?.device();
+    let mut out = output(dev, x.dtype(), shape.elem_count())?;
+    copy_into(x, plan, &mut out, shape.elem_count())?;
+    Ok(Tensor::from_cuda(out, x.dtype(), shape.clone()))
 }
 
-/// `x` zero-padded by `pads` into `out`.
-pub fn pad_zeros(_x: &Tensor, _pads: &[(usize, usize)], _out: &Shape) -> Result<Tensor> {
-    Err(not_on_cuda("pad_zeros"))
+/// The dims of `x` (any dtype) reordered by `perm` into `out`, by a strided copy.
+pub fn permute(x: &Tensor, perm: &[usize], out: &Shape) -> Result<Tensor> {
+    copied(x, &CopyPlan::permute(x.dims(), perm), out)
 }
 
-/// `tensors` concatenated along `dim` into `out`.
-pub fn cat(_tensors: &[&Tensor], _dim: usize, _out: &Shape) -> Result<Tensor> {
-    Err(not_on_cuda("cat"))
+/// Elements `start..start + len` along `dim` of `x` (any dtype) into `out`, by a strided copy.
+pub fn narrow(x: &Tensor, dim: usize, start: usize, out: &Shape) -> Result<Tensor> {
+    copied(
+        x,
+        &CopyPlan::narrow(x.dims(), dim, start, out.dims()[dim]),
+        out,
+    )
+}
+
+/// `x` (any dtype) zero-padded by `pads` into `out`, by a strided copy that writes the zeros.
+pub fn pad_zeros(x: &Tensor, pads: &[(usize, usize)], out: &Shape) -> Result<Tensor> {
+    copied(x, &CopyPlan::pad(x.dims(), pads), out)
+}
+
+/// `tensors` (one dtype, checked by the caller) concatenated along `dim` into `out`: one
+/// strided copy per input into its slice of the output.
+pub fn cat(tensors: &[&Tensor], dim: usize, out: &Shape) -> Result<Tensor> {
+    const OP: &str = "cat";
+    let first = tensors
+        .first()
+        .ok_or_else(|| Error::InvalidArgument(format!("{OP}: no tensors")))?;
+    let dev = first.cuda_storage(OP)?.device();
+    let n = out.elem_count();
+    let mut o = output(dev, first.dtype(), n)?;
+    let mut at = 0;
+    for t in tensors {
+        copy_into(
+            t,
+            &CopyPlan::cat_part(t.dims(), out.dims(), dim, at),
+            &mut o,
+            n,
+        )?;
+        at += t.dims()[dim];
+    }
+    Ok(Tensor::from_cuda(o, first.dtype(), out.clone()))
 }
 
 /// `x` converted to `dtype`: f32 -> bf16 (round to nearest even), bf16 -> f32 and fp8 -> bf16

@@ -6,6 +6,7 @@ use super::nag::{nag_combine, NagParams};
 use super::rope::RopeTable;
 use super::weights::{Linear, Take};
 use super::{DitConfig, SelfAttention};
+use crate::backend::Device;
 use crate::error::Result;
 use crate::tensor::ops::{attention, attention_q8, cat, AttentionParams};
 use crate::tensor::{DType, Tensor, Weight};
@@ -34,6 +35,17 @@ impl Attn {
             o: t.linear(&format!("{prefix}.o"), dim, dim)?,
             norm_q: t.weight(&format!("{prefix}.norm_q.weight"), &[dim])?,
             norm_k: t.weight(&format!("{prefix}.norm_k.weight"), &[dim])?,
+        })
+    }
+
+    fn to_device(&self, device: Device) -> Result<Attn> {
+        Ok(Attn {
+            q: self.q.to_device(device)?,
+            k: self.k.to_device(device)?,
+            v: self.v.to_device(device)?,
+            o: self.o.to_device(device)?,
+            norm_q: self.norm_q.to_device(device)?,
+            norm_k: self.norm_k.to_device(device)?,
         })
     }
 }
@@ -94,6 +106,21 @@ impl Block {
             ffn2: t.linear(&format!("{p}.ffn.2"), dim, cfg.ffn_dim)?,
             heads: cfg.num_heads,
             eps: cfg.eps as f32,
+        })
+    }
+
+    /// The block on `device`, every parameter in its stored dtype.
+    pub fn to_device(&self, device: Device) -> Result<Block> {
+        Ok(Block {
+            modulation: self.modulation.to_device(device)?,
+            self_attn: self.self_attn.to_device(device)?,
+            norm3_w: self.norm3_w.to_device(device)?,
+            norm3_b: self.norm3_b.to_device(device)?,
+            cross_attn: self.cross_attn.to_device(device)?,
+            ffn0: self.ffn0.to_device(device)?,
+            ffn2: self.ffn2.to_device(device)?,
+            heads: self.heads,
+            eps: self.eps,
         })
     }
 

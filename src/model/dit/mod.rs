@@ -31,6 +31,7 @@ pub use weights::LinearDelta;
 use block::{Block, BlockInputs};
 use weights::{Linear, Take};
 
+use crate::backend::Device;
 use crate::error::{Error, Result};
 use crate::io::layout::{self, Component};
 use crate::tensor::{DType, Tensor, Weight};
@@ -230,6 +231,39 @@ impl WanDit {
         &self.cfg
     }
 
+    /// The device holding the parameters (where a forward runs).
+    pub fn device(&self) -> Device {
+        self.head_modulation.device()
+    }
+
+    /// The model with every parameter on `device` in its stored dtype (bf16, fp8 and scaled fp8
+    /// stay so; nothing is widened to f32 on the way), attached low-rank deltas included. A
+    /// forward then runs there: the latent, the text contexts and a reused TeaCache residual
+    /// must be on that device too (the caller moves them, [`Tensor::to_device`]); the model
+    /// itself uploads only what it computes on the host (the sinusoid of the timesteps, the
+    /// RoPE tables once per grid) and downloads nothing.
+    pub fn to_device(&self, device: Device) -> Result<WanDit> {
+        let lin = |l: &Linear| l.to_device(device);
+        Ok(WanDit {
+            cfg: self.cfg.clone(),
+            patch_w: self.patch_w.to_device(device)?,
+            patch_b: self.patch_b.to_device(device)?,
+            text0: lin(&self.text0)?,
+            text2: lin(&self.text2)?,
+            time0: lin(&self.time0)?,
+            time2: lin(&self.time2)?,
+            time_proj: lin(&self.time_proj)?,
+            blocks: self
+                .blocks
+                .iter()
+                .map(|b| b.to_device(device))
+                .collect::<Result<Vec<_>>>()?,
+            head_modulation: self.head_modulation.to_device(device)?,
+            head: lin(&self.head)?,
+            rope: Mutex::new(None),
+        })
+    }
+
     /// The velocity for a batch: `latent [B, in_dim, T, H, W]` (f32; `T, H, W` multiples of the
     /// patch size), one timestep per sample (the scheduler's value, e.g. 999.0), and one unpadded
     /// context `[L_b, text_dim]` (`L_b <= text_len`) per sample. Returns `[B, out_dim, T, H, W]`.
@@ -297,7 +331,7 @@ impl WanDit {
         let dim = self.cfg.dim;
 
         // Time embedding (f32; the sinusoid in f64) and the 6-way projection.
-        let sin = embed::sinusoid(timesteps, self.cfg.freq_dim)?;
+        let sin = embed::sinusoid(timesteps, self.cfg.freq_dim)?.to_device(self.device())?;
         let e = self
             .time2
             .forward_f32(&self.time0.forward_f32(&sin)?.silu()?)?;
@@ -424,7 +458,7 @@ impl WanDit {
         if let Some(t) = cached.as_ref().filter(|t| t.grid == grid) {
             return Ok(t.clone());
         }
-        let t = Arc::new(RopeTable::new(grid, self.cfg.head_dim())?);
+        let t = Arc::new(RopeTable::new(grid, self.cfg.head_dim())?.to_device(self.device())?);
         *cached = Some(t.clone());
         Ok(t)
     }
@@ -647,6 +681,43 @@ mod tests {
             let bad = dit.block_forward(0, &x0, &e0, [2, 2, 2], &text);
             assert!(matches!(bad, Err(Error::ShapeMismatch { .. })));
             assert!(dit.block_forward(1, &x0, &e0, [2, 2, 3], &text).is_err());
+        }
+    }
+
+    /// Moving the model keeps every weight's stored dtype; on the CPU the forward is the same
+    /// bits, and a CUDA device that cannot be used is a typed error.
+    #[test]
+    fn to_device_keeps_stored_dtypes_and_the_forward() {
+        let cfg = tiny();
+        let mut seed = 9;
+        let w = weight_shapes(&cfg)
+            .into_iter()
+            .map(|(n, d)| {
+                let t = noise(&d, &mut seed).to_dtype(DType::BF16).unwrap();
+                (n, Weight::new(t))
+            })
+            .collect();
+        let dit = WanDit::new(w, cfg).unwrap();
+        let moved = dit.to_device(Device::Cpu).unwrap();
+        assert_eq!(
+            (moved.device(), moved.weight_dtype()),
+            (Device::Cpu, DType::BF16)
+        );
+        let latent = noise(&[1, 4, 1, 4, 4], &mut seed);
+        let ctx = [noise(&[2, 12], &mut seed)];
+        let run = |m: &WanDit| {
+            m.forward(&latent, &[500.0], &ctx, &ForwardOptions::default())
+                .unwrap()
+                .to_f32_vec()
+                .unwrap()
+        };
+        assert_eq!(run(&dit), run(&moved));
+        if crate::backend::cuda::list_devices().map_or(true, |d| d.is_empty()) {
+            let e = dit.to_device(Device::Cuda(0)).unwrap_err();
+            assert!(
+                matches!(e, Error::CudaNotCompiled | Error::Device(_)),
+                "{e}"
+            );
         }
     }
 }

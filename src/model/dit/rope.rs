@@ -5,6 +5,7 @@
 //! with `d_a` channels turns by `pos · 10000^(−2j/d_a)`. Angles, cosines and sines are computed in
 //! f64 (upstream uses complex128) and handed to `rope_interleaved` as f32 tables.
 
+use crate::backend::Device;
 use crate::error::Result;
 use crate::tensor::Tensor;
 
@@ -58,6 +59,15 @@ impl RopeTable {
             grid,
             cos: Tensor::from_f32(cos, [s, half])?,
             sin: Tensor::from_f32(sin, [s, half])?,
+        })
+    }
+
+    /// The tables on `device` (computed on the host, uploaded once per grid).
+    pub fn to_device(&self, device: Device) -> Result<RopeTable> {
+        Ok(RopeTable {
+            grid: self.grid,
+            cos: self.cos.to_device(device)?,
+            sin: self.sin.to_device(device)?,
         })
     }
 }

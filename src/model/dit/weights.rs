@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::DitConfig;
+use crate::backend::Device;
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor, Weight};
 
@@ -48,6 +49,14 @@ impl LinearDelta {
     /// `[out, in]` of the weight it applies to.
     pub fn weight_dims(&self) -> [usize; 2] {
         [self.up.dims()[0], self.down.dims()[1]]
+    }
+
+    /// The delta on `device`.
+    pub fn to_device(&self, device: Device) -> Result<LinearDelta> {
+        Ok(LinearDelta {
+            down: self.down.to_device(device)?,
+            up: self.up.to_device(device)?,
+        })
     }
 }
 
@@ -116,6 +125,19 @@ impl Linear {
     /// projection and the head, which the reference computes in f32 (wan-architecture.md §1.9).
     pub fn forward_f32(&self, x: &Tensor) -> Result<Tensor> {
         self.apply(x, Tensor::linear_f32)
+    }
+
+    /// The layer on `device`, weights as stored.
+    pub fn to_device(&self, device: Device) -> Result<Linear> {
+        Ok(Linear {
+            w: self.w.to_device(device)?,
+            b: self.b.to_device(device)?,
+            delta: self
+                .delta
+                .as_ref()
+                .map(|d| d.to_device(device))
+                .transpose()?,
+        })
     }
 
     fn apply(

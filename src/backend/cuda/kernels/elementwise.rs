@@ -1,11 +1,13 @@
-//! Launchers of `kernels/elementwise.cu`: the DiT's gated residual add and GELU (tanh).
+//! Launchers of `kernels/elementwise.cu`: the DiT's gated residual add; GELU (tanh) through
+//! `kernels/unary.cu`.
 
 use std::sync::Arc;
 
 use cudarc::driver::{CudaStream, CudaView, CudaViewMut, PushKernelArg};
 use half::bf16;
 
-use super::{check_len, elementwise_config, launch, launch_map, product, to_i32, Kernels};
+use super::{check_len, elementwise_config, launch, product, to_i32, Kernels};
+use crate::backend::cpu::elementwise::UnaryOp;
 use crate::error::Result;
 
 impl Kernels {
@@ -36,7 +38,7 @@ impl Kernels {
     }
 
     /// `out = gelu_tanh(x)` over `n` bf16 values, computed in f32:
-    /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
+    /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))` (the [`UnaryOp::GeluTanh`] map).
     pub(crate) fn gelu_tanh(
         &self,
         stream: &Arc<CudaStream>,
@@ -44,6 +46,6 @@ impl Kernels {
         out: &mut CudaViewMut<'_, bf16>,
         n: usize,
     ) -> Result<()> {
-        launch_map("gelu_tanh", &self.gelu_tanh, stream, x, out, n)
+        self.unary(stream, UnaryOp::GeluTanh, x, out, n)
     }
 }

@@ -13,12 +13,19 @@
 #![allow(dead_code)]
 
 pub(crate) mod attention;
+pub(crate) mod binary;
 pub(crate) mod convert;
 pub(crate) mod elementwise;
+pub(crate) mod layout;
+pub(crate) mod linear_f32;
 pub(crate) mod norm;
 pub(crate) mod patchify;
 pub(crate) mod qk_norm_rope;
+pub(crate) mod reduce;
+pub(crate) mod rope;
+pub(crate) mod strided_copy;
 pub(crate) mod time_embedding;
+pub(crate) mod unary;
 
 #[cfg(test)]
 mod tests;
@@ -34,10 +41,14 @@ use cudarc::nvrtc::Ptx;
 use crate::error::{Error, Result};
 
 /// The fatbin of each kernel file, as `build.rs` left them in `OUT_DIR`.
-const FATBINS: [(&str, &[u8]); 7] = [
+const FATBINS: [(&str, &[u8]); 13] = [
     (
         "attention",
         include_bytes!(concat!(env!("OUT_DIR"), "/attention.fatbin")),
+    ),
+    (
+        "binary",
+        include_bytes!(concat!(env!("OUT_DIR"), "/binary.fatbin")),
     ),
     (
         "convert",
@@ -46,6 +57,10 @@ const FATBINS: [(&str, &[u8]); 7] = [
     (
         "elementwise",
         include_bytes!(concat!(env!("OUT_DIR"), "/elementwise.fatbin")),
+    ),
+    (
+        "linear_f32",
+        include_bytes!(concat!(env!("OUT_DIR"), "/linear_f32.fatbin")),
     ),
     (
         "norm",
@@ -60,8 +75,24 @@ const FATBINS: [(&str, &[u8]); 7] = [
         include_bytes!(concat!(env!("OUT_DIR"), "/qk_norm_rope.fatbin")),
     ),
     (
+        "reduce",
+        include_bytes!(concat!(env!("OUT_DIR"), "/reduce.fatbin")),
+    ),
+    (
+        "rope",
+        include_bytes!(concat!(env!("OUT_DIR"), "/rope.fatbin")),
+    ),
+    (
+        "strided_copy",
+        include_bytes!(concat!(env!("OUT_DIR"), "/strided_copy.fatbin")),
+    ),
+    (
         "time_embedding",
         include_bytes!(concat!(env!("OUT_DIR"), "/time_embedding.fatbin")),
+    ),
+    (
+        "unary",
+        include_bytes!(concat!(env!("OUT_DIR"), "/unary.fatbin")),
     ),
 ];
 
@@ -74,12 +105,23 @@ pub(crate) struct Kernels {
     fp8_e4m3fn_to_bf16: CudaFunction,
     fp8_e5m2_to_bf16: CudaFunction,
     gated_residual_add: CudaFunction,
-    gelu_tanh: CudaFunction,
-    layer_norm_modulate: CudaFunction,
+    /// Per [`Activation::IS_F32`]: bf16, then f32 rows.
+    layer_norm_modulate: [CudaFunction; 2],
     patchify: CudaFunction,
     unpatchify: CudaFunction,
     rms_norm_rope: CudaFunction,
     sinusoidal_embedding: CudaFunction,
+    /// `binary_<a>_<b>`, indexed by `2·(a is f32) + (b is f32)`.
+    binary: [CudaFunction; 4],
+    /// Per [`Activation::IS_F32`]: bf16, then f32.
+    unary: [CudaFunction; 2],
+    reduce: [CudaFunction; 2],
+    softmax_last: [CudaFunction; 2],
+    rope_interleaved: [CudaFunction; 2],
+    /// Per element size of [`strided_copy::ELEMENT_SIZES`].
+    strided_copy: [CudaFunction; 5],
+    /// Per weight dtype: bf16, then f32.
+    linear_f32: [CudaFunction; 2],
 }
 
 impl Kernels {
@@ -110,12 +152,47 @@ impl Kernels {
             fp8_e4m3fn_to_bf16: function("convert", "fp8_e4m3fn_to_bf16")?,
             fp8_e5m2_to_bf16: function("convert", "fp8_e5m2_to_bf16")?,
             gated_residual_add: function("elementwise", "gated_residual_add_bf16")?,
-            gelu_tanh: function("elementwise", "gelu_tanh_bf16")?,
-            layer_norm_modulate: function("norm", "layer_norm_modulate_bf16")?,
+            layer_norm_modulate: [
+                function("norm", "layer_norm_modulate_bf16")?,
+                function("norm", "layer_norm_modulate_f32")?,
+            ],
             patchify: function("patchify", "patchify_f32_bf16")?,
             unpatchify: function("patchify", "unpatchify_f32")?,
             rms_norm_rope: function("qk_norm_rope", "rms_norm_rope_bf16")?,
             sinusoidal_embedding: function("time_embedding", "sinusoidal_embedding_f32")?,
+            binary: [
+                function("binary", "binary_bf16_bf16")?,
+                function("binary", "binary_bf16_f32")?,
+                function("binary", "binary_f32_bf16")?,
+                function("binary", "binary_f32_f32")?,
+            ],
+            unary: [
+                function("unary", "unary_bf16")?,
+                function("unary", "unary_f32")?,
+            ],
+            reduce: [
+                function("reduce", "reduce_bf16")?,
+                function("reduce", "reduce_f32")?,
+            ],
+            softmax_last: [
+                function("reduce", "softmax_last_bf16")?,
+                function("reduce", "softmax_last_f32")?,
+            ],
+            rope_interleaved: [
+                function("rope", "rope_interleaved_bf16")?,
+                function("rope", "rope_interleaved_f32")?,
+            ],
+            strided_copy: [
+                function("strided_copy", "strided_copy_b1")?,
+                function("strided_copy", "strided_copy_b2")?,
+                function("strided_copy", "strided_copy_b4")?,
+                function("strided_copy", "strided_copy_b8")?,
+                function("strided_copy", "strided_copy_b16")?,
+            ],
+            linear_f32: [
+                function("linear_f32", "linear_f32_w_bf16")?,
+                function("linear_f32", "linear_f32_w_f32")?,
+            ],
         })
     }
 }
@@ -139,6 +216,25 @@ fn check_len(op: &str, name: &str, len: usize, expected: usize) -> Result<()> {
 /// Converts a size to the `i32` a kernel takes, refusing sizes that do not fit.
 fn to_i32(op: &str, what: &str, n: usize) -> Result<i32> {
     i32::try_from(n).map_err(|_| Error::InvalidArgument(format!("{op}: {what} {n} is too large")))
+}
+
+/// Converts a size to the `u32` a kernel takes, refusing sizes that do not fit.
+fn to_u32(op: &str, what: &str, n: usize) -> Result<u32> {
+    u32::try_from(n).map_err(|_| Error::InvalidArgument(format!("{op}: {what} {n} is too large")))
+}
+
+/// The activation dtypes of the CUDA backend, as kernel element types: bf16 and f32.
+pub(crate) trait Activation {
+    /// True for f32 (the kernels of a pair are listed bf16 first).
+    const IS_F32: bool;
+}
+
+impl Activation for half::bf16 {
+    const IS_F32: bool = false;
+}
+
+impl Activation for f32 {
+    const IS_F32: bool = true;
 }
 
 /// Multiplies sizes, refusing an overflow.
@@ -168,9 +264,15 @@ const ELEMENTWISE_VECTOR: usize = 8;
 
 /// The launch shape of a grid-stride element-wise kernel over `n` elements.
 fn elementwise_config(n: usize) -> LaunchConfig {
-    let per_block = ELEMENTWISE_THREADS as usize * ELEMENTWISE_VECTOR;
-    // Grid-stride loops cover any n; 65535 blocks keep every launch legal.
-    let blocks = n.div_ceil(per_block).clamp(1, 65_535) as u32;
+    grid_config(n.div_ceil(ELEMENTWISE_VECTOR))
+}
+
+/// The launch shape of a grid-stride kernel that has work for `threads` threads.
+fn grid_config(threads: usize) -> LaunchConfig {
+    // Grid-stride loops cover any amount of work; 65535 blocks keep every launch legal.
+    let blocks = threads
+        .div_ceil(ELEMENTWISE_THREADS as usize)
+        .clamp(1, 65_535) as u32;
     LaunchConfig {
         grid_dim: (blocks, 1, 1),
         block_dim: (ELEMENTWISE_THREADS, 1, 1),
