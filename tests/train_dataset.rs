@@ -70,13 +70,19 @@ fn cache_text(toml: &Path) -> String {
 /// A `w × h` picture with a diagonal gradient shifted by `k`.
 fn picture(w: u32, h: u32, k: u32) -> image::RgbImage {
     image::RgbImage::from_fn(w, h, |x, y| {
-        image::Rgb([(x * 6 + k * 9) as u8, (y * 5 + k * 3) as u8, ((x + y) * 3) as u8])
+        image::Rgb([
+            (x * 6 + k * 9) as u8,
+            (y * 5 + k * 3) as u8,
+            ((x + y) * 3) as u8,
+        ])
     })
 }
 
 /// An MP4 of `frames` moving gradients.
 fn clip(path: &Path, w: u32, h: u32, frames: u32) {
-    let rgb: Vec<u8> = (0..frames).flat_map(|k| picture(w, h, k).into_raw()).collect();
+    let rgb: Vec<u8> = (0..frames)
+        .flat_map(|k| picture(w, h, k).into_raw())
+        .collect();
     write_mp4(
         path,
         &rgb,
@@ -266,7 +272,10 @@ fn a_written_dataset_caches_trains_and_its_lora_changes_the_output() {
         assert_eq!(c.metadata.get("frame_count").map(String::as_str), frames);
     }
     let pan = read_file(&caches[1].join("pan_00000-005_0048x0032_wan.safetensors")).unwrap();
-    assert_eq!((&pan.metadata["width"][..], &pan.metadata["height"][..]), ("48", "32"));
+    assert_eq!(
+        (&pan.metadata["width"][..], &pan.metadata["height"][..]),
+        ("48", "32")
+    );
 
     let log = cache_text(&toml);
     assert!(log.contains("note: --batch_size is ignored"), "{log}");
@@ -276,7 +285,10 @@ fn a_written_dataset_caches_trains_and_its_lora_changes_the_output() {
     assert_eq!(te.metadata["architecture"], "wan");
     let t5 = &te.tensors["varlen_t5_bfloat16"];
     assert_eq!(t5.dims()[1], 32);
-    assert!(t5.dims()[0] > 1 && t5.dims()[0] < 512, "trimmed to its tokens");
+    assert!(
+        t5.dims()[0] > 1 && t5.dims()[0] < 512,
+        "trimmed to its tokens"
+    );
 
     // Cached items are skipped on a second run.
     let log = cache_latents(&toml, true);
@@ -384,12 +396,17 @@ fn bad_data_is_skipped_with_a_count_or_refused_with_a_reason() {
     write_toml("");
     let log = cache_latents(&toml, true);
     assert!(
-        log.contains("1 written, 0 already cached, 1 skipped without a caption file, 4 skipped unusable"),
+        log.contains(
+            "1 written, 0 already cached, 1 skipped without a caption file, 4 skipped unusable"
+        ),
         "{log}"
     );
     assert!(log.contains("nocaption.png: no caption file"), "{log}");
     assert!(log.contains("broken.png: image:"), "{log}");
-    assert!(log.contains("short.mp4: 3 frames is shorter than every target_frames [9]"), "{log}");
+    assert!(
+        log.contains("short.mp4: 3 frames is shorter than every target_frames [9]"),
+        "{log}"
+    );
     assert!(log.contains("garbage.mp4:"), "{log}");
     assert!(log.contains("empty.mp4:"), "{log}");
     // No partial files were left behind anywhere.
@@ -416,7 +433,10 @@ fn bad_data_is_skipped_with_a_count_or_refused_with_a_reason() {
 
     write_toml("frame_extration = \"head\"\n");
     let log = cache_latents(&toml, false);
-    assert!(log.contains("frame_extration") && log.contains("line 12"), "{log}");
+    assert!(
+        log.contains("frame_extration") && log.contains("line 12"),
+        "{log}"
+    );
 
     // Another model's cache under a wan name is written again; a wan-named cache with the
     // wrong width is refused by the trainer, naming the file.

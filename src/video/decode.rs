@@ -152,12 +152,13 @@ mod builtin {
         let mut decoder = Decoder::new().map_err(|e| e.to_string())?;
         let mut video = DecodedVideo::empty(None);
         let mut rgb = Vec::new();
-        let mut take = |video: &mut DecodedVideo, yuv: &dyn YUVSource, write: &dyn Fn(&mut [u8])| {
-            let (w, h) = yuv.dimensions();
-            rgb.resize(w * h * 3, 0);
-            write(&mut rgb);
-            video.push(w, h, &rgb)
-        };
+        let mut take =
+            |video: &mut DecodedVideo, yuv: &dyn YUVSource, write: &dyn Fn(&mut [u8])| {
+                let (w, h) = yuv.dimensions();
+                rgb.resize(w * h * 3, 0);
+                write(&mut rgb);
+                video.push(w, h, &rgb)
+            };
         for i in 0..track.samples.len() {
             if video.frames >= max_frames {
                 return Ok(video);
@@ -209,10 +210,18 @@ mod ffmpeg {
         if let Some(n) = max_frames {
             cmd.arg("-frames:v").arg(n.to_string());
         }
-        cmd.args(["-f", "image2pipe", "-c:v", "ppm", "-pix_fmt", "rgb24", "pipe:1"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args([
+            "-f",
+            "image2pipe",
+            "-c:v",
+            "ppm",
+            "-pix_fmt",
+            "rgb24",
+            "pipe:1",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -86,7 +86,11 @@ pub(super) fn child(buf: &[u8], parent: BoxRef, kind: &[u8; 4]) -> Result<Option
 }
 
 /// Follows a path of box types down from `parent`.
-pub(super) fn descend(buf: &[u8], mut parent: BoxRef, path: &[&[u8; 4]]) -> Result<Option<BoxRef>, String> {
+pub(super) fn descend(
+    buf: &[u8],
+    mut parent: BoxRef,
+    path: &[&[u8; 4]],
+) -> Result<Option<BoxRef>, String> {
     for kind in path {
         match child(buf, parent, kind)? {
             Some(b) => parent = b,

@@ -42,8 +42,8 @@ fn u16_at(buf: &[u8], at: usize) -> Result<u16, String> {
 /// not H.264 (`avc1`/`avc3`), so that another decoder may try.
 pub(super) fn h264_track(moov: &[u8]) -> Result<Option<H264Track>, String> {
     let (_, trak) = super::isobmff::video_track(moov)?;
-    let stbl = descend(moov, trak, &[b"mdia", b"minf", b"stbl"])?
-        .ok_or("video track without `stbl`")?;
+    let stbl =
+        descend(moov, trak, &[b"mdia", b"minf", b"stbl"])?.ok_or("video track without `stbl`")?;
     let stsd = child(moov, stbl, b"stsd")?.ok_or("video track without `stsd`")?;
     // stsd: version and flags, entry count, then the sample entries as boxes.
     let entry = *children(moov, stsd.body + 8, stsd.end)?

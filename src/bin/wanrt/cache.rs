@@ -131,7 +131,12 @@ fn text(a: &TextArgs) -> Result<()> {
     }
     let config = DatasetConfig::load(&a.common.dataset_config)?;
     let t5 = resolve(&a.common, a.t5.as_ref(), |f| f.t5, "--t5")?;
-    let tokenizer = resolve(&a.common, a.tokenizer.as_ref(), |f| f.tokenizer, "--tokenizer")?;
+    let tokenizer = resolve(
+        &a.common,
+        a.tokenizer.as_ref(),
+        |f| f.tokenizer,
+        "--tokenizer",
+    )?;
     let encoder = TextEncoder::open(&t5, a.t5_config.as_deref(), &tokenizer)?;
     finish(with_bar(a.common.quiet, "captions", |p| {
         caching::cache_text(&config, &encoder, p)

@@ -123,9 +123,7 @@ fn list_jsonl(file: &Path, video: bool) -> Result<MediaListing> {
         }
         let at = |what: String| Error::bad_file(file, format!("line {}: {what}", i + 1));
         let item: JsonlLine = serde_json::from_str(line).map_err(|e| at(e.to_string()))?;
-        let path = item
-            .image_path
-            .ok_or_else(|| at(format!("no `{key}`")))?;
+        let path = item.image_path.ok_or_else(|| at(format!("no `{key}`")))?;
         listing.files.push(MediaFile {
             stem: stem_of(&path)?,
             path,
@@ -162,7 +160,11 @@ mod tests {
             d.display()
         );
         let l = list_media(&dataset(&toml)).unwrap();
-        let got: Vec<_> = l.files.iter().map(|f| (&f.stem[..], &f.caption[..])).collect();
+        let got: Vec<_> = l
+            .files
+            .iter()
+            .map(|f| (&f.stem[..], &f.caption[..]))
+            .collect();
         assert_eq!(got, [("a", "a cat"), ("b", "a dog")]);
         assert_eq!(l.missing_captions, [d.join("c.webp")]);
         let toml = toml.replace("image_directory", "video_directory");

@@ -118,7 +118,10 @@ fn area_weights(input: u32, output: u32) -> Vec<Vec<(usize, f32)>> {
 /// byte.
 fn area_resize(image: &RgbImage, (nw, nh): Size) -> Vec<u8> {
     let (w, h) = (image.width as usize, image.height as usize);
-    let (xs, ys) = (area_weights(image.width, nw), area_weights(image.height, nh));
+    let (xs, ys) = (
+        area_weights(image.width, nw),
+        area_weights(image.height, nh),
+    );
     let nw = nw as usize;
     // Rows first: [h, nw, 3] in f32.
     let mut rows = vec![0f32; h * nw * 3];
