@@ -1,10 +1,10 @@
 //! The `wanrt` command line.
 //!
-//! One subcommand per job (`inspect`, `generate`, `lora merge`, `bench`; `train` joins as the
-//! library grows). Errors are reported as one line, `error: <path>: <what>`, and a non-zero
+//! One subcommand per job (`inspect`, `generate`, `lora merge`, `bench`, `devices`, `train`). Errors are reported as one line, `error: <path>: <what>`, and a non-zero
 //! exit code; never as a panic or a backtrace.
 
 mod bench;
+mod devices;
 mod generate;
 mod lora;
 mod train;
@@ -49,6 +49,12 @@ enum Command {
         #[command(subcommand)]
         target: bench::Target,
     },
+    /// List the CUDA devices (index, name, compute capability, memory).
+    Devices {
+        /// Print one JSON array instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -76,6 +82,7 @@ fn main() -> ExitCode {
         Command::Lora { command } => lora::run(&command),
         Command::Bench { target } => bench::run(target),
         Command::Train(args) => train::run(&args),
+        Command::Devices { json } => devices::run(json),
     };
     if ok {
         ExitCode::SUCCESS

@@ -15,6 +15,7 @@
 pub(crate) mod attention;
 pub(crate) mod convert;
 pub(crate) mod elementwise;
+pub(crate) mod fp8_quant;
 pub(crate) mod norm;
 pub(crate) mod patchify;
 pub(crate) mod qk_norm_rope;
@@ -34,7 +35,7 @@ use cudarc::nvrtc::Ptx;
 use crate::error::{Error, Result};
 
 /// The fatbin of each kernel file, as `build.rs` left them in `OUT_DIR`.
-const FATBINS: [(&str, &[u8]); 7] = [
+const FATBINS: [(&str, &[u8]); 8] = [
     (
         "attention",
         include_bytes!(concat!(env!("OUT_DIR"), "/attention.fatbin")),
@@ -46,6 +47,10 @@ const FATBINS: [(&str, &[u8]); 7] = [
     (
         "elementwise",
         include_bytes!(concat!(env!("OUT_DIR"), "/elementwise.fatbin")),
+    ),
+    (
+        "fp8_quant",
+        include_bytes!(concat!(env!("OUT_DIR"), "/fp8_quant.fatbin")),
     ),
     (
         "norm",
@@ -73,6 +78,8 @@ pub(crate) struct Kernels {
     bf16_to_f32: CudaFunction,
     fp8_e4m3fn_to_bf16: CudaFunction,
     fp8_e5m2_to_bf16: CudaFunction,
+    absmax_bf16: CudaFunction,
+    quantize_e4m3fn_bf16: CudaFunction,
     gated_residual_add: CudaFunction,
     gelu_tanh: CudaFunction,
     layer_norm_modulate: CudaFunction,
@@ -109,6 +116,8 @@ impl Kernels {
             bf16_to_f32: function("convert", "bf16_to_f32")?,
             fp8_e4m3fn_to_bf16: function("convert", "fp8_e4m3fn_to_bf16")?,
             fp8_e5m2_to_bf16: function("convert", "fp8_e5m2_to_bf16")?,
+            absmax_bf16: function("fp8_quant", "absmax_bf16")?,
+            quantize_e4m3fn_bf16: function("fp8_quant", "quantize_e4m3fn_bf16")?,
             gated_residual_add: function("elementwise", "gated_residual_add_bf16")?,
             gelu_tanh: function("elementwise", "gelu_tanh_bf16")?,
             layer_norm_modulate: function("norm", "layer_norm_modulate_bf16")?,
