@@ -115,9 +115,13 @@ def steps(gpu):
     # The fixture harness on the DiT cases (every backend present).
     out.append({"name": "fixtures dit_forward", "limit_s": 150,
                 "cmd": [os.path.join(bins, "fixtures"), "dit_forward"]})
+    wanrt = os.path.join(bins, "wanrt")
+    # The devices wanrt sees (none without a GPU: it says why).
+    out.append({"name": "devices", "limit_s": 30, "cmd": [wanrt, "devices"]})
     if gpu:
-        wanrt = os.path.join(bins, "wanrt")
         for args in (["gemm", "--tokens", "32760", "--in", "1536", "--out", "8960"],
+                     ["gemm", "--tokens", "32760", "--in", "1536", "--out", "8960",
+                      "--dtype", "fp8"],
                      ["attention", "--tokens", "32760", "--heads", "12", "--head-dim", "128"],
                      ["attention", "--tokens", "32760", "--kv-tokens", "512"],
                      ["dit-block"], ["dit"]):
@@ -146,7 +150,7 @@ def write_reports(out_dir, report):
         if s["status"] not in ("pass", "pass (with skips)") and "output_tail" in s:
             lines += ["", f"## {s['name']}: output (tail)", "", "```",
                       s["output_tail"][-3000:], "```"]
-        if s["name"].startswith(("bench", "gpu_vs_torch")) and "output_tail" in s:
+        if s["name"].startswith(("bench", "gpu_vs_torch", "devices")) and "output_tail" in s:
             lines += ["", f"## {s['name']}", "", "```", s["output_tail"][-3000:], "```"]
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -4,7 +4,9 @@
 //! an output value the kernel never wrote cannot pass. Compiled in every build; without a CUDA
 //! device every test prints why it skipped.
 
-use wanrt::backend::Device;
+use wanrt::backend::gemm_plan::{self, gemm_path, ActivationScaling, GemmPath, LinearDims};
+use wanrt::backend::staging::STAGING_BUFFER_BYTES;
+use wanrt::backend::{cuda, Device};
 use wanrt::tensor::ops::{attention, AttentionParams};
 use wanrt::tensor::{DType, Tensor, Weight};
 use wanrt::Error;
@@ -279,56 +281,6 @@ fn attention_matches_the_cpu_and_refuses_what_it_lacks() {
 }
 
 #[test]
-fn linear_matches_the_cpu_for_every_weight_dtype() {
-    let Some(dev) = gpu("linear_matches_the_cpu_for_every_weight_dtype") else {
-        return;
-    };
-    // (leading dims of x, in, out)
-    let cases: [(&[usize], usize, usize); 5] = [
-        (&[1], 8, 8),
-        (&[7], 13, 5),
-        (&[2, 33], 64, 96),
-        (&[1, 130], 1536, 40),
-        (&[3], 40, 1537),
-    ];
-    for (i, &(lead, k, n)) in cases.iter().enumerate() {
-        let seed = 600 + 10 * i as u32;
-        let x = host(&[lead, &[k]].concat(), seed, 1.0);
-        let w = host(&[n, k], seed + 1, 0.1);
-        let b = Weight::new(host(&[n], seed + 2, 0.5));
-        let fp8 = Weight {
-            tensor: w.to_dtype(DType::F8E4M3).unwrap(),
-            scale: Some(0.37),
-        };
-        for (name, w) in [
-            ("bf16", Weight::new(w.to_dtype(DType::BF16).unwrap())),
-            ("f32", Weight::new(w.clone())),
-            ("scaled fp8", fp8),
-        ] {
-            let want = x.linear(&w, Some(&b)).unwrap().to_f32_vec().unwrap();
-            let wd = Weight {
-                tensor: w.tensor.to_device(dev).unwrap(),
-                scale: w.scale,
-            };
-            let bd = Weight::new(b.tensor.to_device(dev).unwrap());
-            let out_bytes = want.len() * 2;
-            poison(dev, out_bytes);
-            let got = on(dev, &x).linear(&wd, Some(&bd)).unwrap();
-            assert_eq!(got.dims(), [lead, &[n]].concat().as_slice());
-            let what = format!("linear {lead:?}x{k} -> {n}, {name} weight");
-            assert_close(&what, &fetch(&got), &want, BF16_TOL);
-            let want = x.linear(&w, None).unwrap().to_f32_vec().unwrap();
-            let got = on(dev, &x).linear(&wd, None).unwrap();
-            assert_close(&format!("{what}, no bias"), &fetch(&got), &want, BF16_TOL);
-        }
-    }
-    let x = on(dev, &host(&[2, 8], 1, 1.0));
-    let w = Weight::new(host(&[4, 8], 2, 1.0).to_device(dev).unwrap());
-    let e = x.linear_f32(&w, None).unwrap_err();
-    assert!(matches!(e, Error::Device(_)), "{e}");
-}
-
-#[test]
 fn matmul_matches_the_cpu_batched_and_shared() {
     let Some(dev) = gpu("matmul_matches_the_cpu_batched_and_shared") else {
         return;
@@ -600,4 +552,180 @@ fn shape_ops_move_every_dtype_as_the_cpu() {
     assert_same("permute rank 8", &fetch(&got), &want.to_f32_vec().unwrap());
     let e = wanrt::tensor::ops::cat(&[&x, &x.to_device(dev).unwrap()], 0).unwrap_err();
     assert!(matches!(e, Error::DeviceMismatch { .. }), "{e}");
+}
+
+/// The fp8 GEMM against the exact weight: e4m3's 3 mantissa bits on the activations give a
+/// relative error of a few percent (`gemm_plan`'s test measures it).
+const FP8_TOL: f64 = 6e-2;
+
+/// The compute capability of `dev`.
+fn capability(dev: Device) -> (i32, i32) {
+    let Device::Cuda(ordinal) = dev else {
+        return (0, 0);
+    };
+    let devices = cuda::list_devices().unwrap();
+    devices[ordinal].compute_capability
+}
+
+#[test]
+fn linear_matches_the_cpu_for_every_weight_dtype() {
+    let Some(dev) = gpu("linear_matches_the_cpu_for_every_weight_dtype") else {
+        return;
+    };
+    // (leading dims of x, in, out)
+    let cases: [(&[usize], usize, usize); 5] = [
+        (&[1], 8, 8),
+        (&[7], 13, 5),
+        (&[2, 33], 64, 96),
+        (&[1, 130], 1536, 40),
+        (&[3], 40, 1537),
+    ];
+    for (i, &(lead, k, n)) in cases.iter().enumerate() {
+        let seed = 600 + 10 * i as u32;
+        let x = host(&[lead, &[k]].concat(), seed, 1.0);
+        let w = host(&[n, k], seed + 1, 0.1);
+        let b = Weight::new(host(&[n], seed + 2, 0.5));
+        let fp8 = Weight {
+            tensor: w.to_dtype(DType::F8E4M3).unwrap(),
+            scale: Some(0.37),
+        };
+        for (name, w) in [
+            ("bf16", Weight::new(w.to_dtype(DType::BF16).unwrap())),
+            ("f32", Weight::new(w.clone())),
+            ("scaled fp8", fp8),
+        ] {
+            // On sm_89+ an e4m3 weight of aligned sizes takes the fp8 GEMM, whose activations
+            // are quantized too (`linear_fp8_matches_its_emulation` checks it closely).
+            let tol = match gemm_path(capability(dev), w.dtype(), n, k) {
+                GemmPath::Fp8E4m3 => FP8_TOL,
+                _ => BF16_TOL,
+            };
+            let want = x.linear(&w, Some(&b)).unwrap().to_f32_vec().unwrap();
+            let wd = Weight {
+                tensor: w.tensor.to_device(dev).unwrap(),
+                scale: w.scale,
+            };
+            let bd = Weight::new(b.tensor.to_device(dev).unwrap());
+            let out_bytes = want.len() * 2;
+            poison(dev, out_bytes);
+            let got = on(dev, &x).linear(&wd, Some(&bd)).unwrap();
+            assert_eq!(got.dims(), [lead, &[n]].concat().as_slice());
+            let what = format!("linear {lead:?}x{k} -> {n}, {name} weight");
+            assert_close(&what, &fetch(&got), &want, tol);
+            let want = x.linear(&w, None).unwrap().to_f32_vec().unwrap();
+            let got = on(dev, &x).linear(&wd, None).unwrap();
+            assert_close(&format!("{what}, no bias"), &fetch(&got), &want, tol);
+        }
+    }
+    let x = on(dev, &host(&[2, 8], 1, 1.0));
+    let w = Weight::new(host(&[4, 8], 2, 1.0).to_device(dev).unwrap());
+    let e = x.linear_f32(&w, None).unwrap_err();
+    assert!(matches!(e, Error::Device(_)), "{e}");
+}
+
+#[test]
+fn linear_fp8_matches_its_emulation() {
+    let Some(dev) = gpu("linear_fp8_matches_its_emulation") else {
+        return;
+    };
+    let cc = capability(dev);
+    // (rows, in, out): DiT-like and odd row counts; sizes are multiples of 16 (the fp8 path).
+    for (i, &(rows, k, n)) in [(1, 16, 16), (37, 64, 48), (130, 1536, 96)]
+        .iter()
+        .enumerate()
+    {
+        if gemm_path(cc, DType::F8E4M3, n, k) != GemmPath::Fp8E4m3 {
+            println!(
+                "linear_fp8_matches_its_emulation: SKIP: sm_{}{} has no fp8 GEMM",
+                cc.0, cc.1
+            );
+            return;
+        }
+        let seed = 700 + 10 * i as u32;
+        let x = host(&[rows, k], seed, 3.0);
+        let w = host(&[n, k], seed + 1, 0.1)
+            .to_dtype(DType::F8E4M3)
+            .unwrap();
+        let b = host(&[n], seed + 2, 0.5);
+        let scale = 0.37;
+        let d = LinearDims { rows, k, n };
+        let xs = x.to_f32_vec().unwrap();
+        let codes = w.raw_bytes().unwrap().to_vec();
+        let bias = b.to_dtype(DType::BF16).unwrap().to_f32_vec().unwrap();
+        let want = gemm_plan::linear_fp8(
+            &xs,
+            &codes,
+            scale,
+            Some(&bias),
+            d,
+            ActivationScaling::PerTensor,
+        );
+        let wd = Weight {
+            tensor: w.to_device(dev).unwrap(),
+            scale: Some(scale),
+        };
+        let bd = Weight::new(b.to_device(dev).unwrap());
+        poison(dev, rows * n * 2);
+        let got = fetch(&on(dev, &x).linear(&wd, Some(&bd)).unwrap());
+        // Only the f32 summation order differs: a bf16 rounding step at most, here and there.
+        assert_close(&format!("fp8 linear {rows}x{k} -> {n}"), &got, &want, 5e-3);
+        // GELU (tanh) fused into the same GEMM.
+        let want: Vec<f32> = want.iter().map(|&v| gelu_tanh(v)).collect();
+        let got = fetch(&on(dev, &x).linear_gelu_tanh(&wd, Some(&bd)).unwrap());
+        assert_close(
+            &format!("fp8 linear+gelu {rows}x{k} -> {n}"),
+            &got,
+            &want,
+            1e-2,
+        );
+    }
+}
+
+/// GELU, tanh form, in f64.
+fn gelu_tanh(v: f32) -> f32 {
+    let x = f64::from(v);
+    let c = (2.0 / std::f64::consts::PI).sqrt();
+    (0.5 * x * (1.0 + (c * (x + 0.044715 * x.powi(3))).tanh())) as f32
+}
+
+#[test]
+fn linear_gelu_tanh_matches_the_cpu() {
+    let Some(dev) = gpu("linear_gelu_tanh_matches_the_cpu") else {
+        return;
+    };
+    for (i, &(rows, k, n)) in [(5, 24, 40), (64, 1536, 130)].iter().enumerate() {
+        let seed = 800 + 10 * i as u32;
+        let x = host(&[rows, k], seed, 1.0);
+        let w = Weight::new(host(&[n, k], seed + 1, 0.1).to_dtype(DType::BF16).unwrap());
+        let b = Weight::new(host(&[n], seed + 2, 0.5));
+        let want = x
+            .linear_gelu_tanh(&w, Some(&b))
+            .unwrap()
+            .to_f32_vec()
+            .unwrap();
+        let wd = Weight::new(w.tensor.to_device(dev).unwrap());
+        let bd = Weight::new(b.tensor.to_device(dev).unwrap());
+        poison(dev, rows * n * 2);
+        let got = fetch(&on(dev, &x).linear_gelu_tanh(&wd, Some(&bd)).unwrap());
+        assert_close(
+            &format!("linear+gelu {rows}x{k} -> {n}"),
+            &got,
+            &want,
+            BF16_TOL,
+        );
+    }
+}
+
+#[test]
+fn staged_uploads_round_trip() {
+    let Some(dev) = gpu("staged_uploads_round_trip") else {
+        return;
+    };
+    // Several chunks through both pinned buffers, a partial last one, and a tiny upload.
+    for n in [2 * STAGING_BUFFER_BYTES + STAGING_BUFFER_BYTES / 3 + 7, 5] {
+        let bytes: Vec<u8> = (0..n).map(|i| (i * 31 + i / 4099) as u8).collect();
+        let t = Tensor::from_bytes(bytes.clone(), DType::U8, [n]).unwrap();
+        let back = t.to_device(dev).unwrap().to_device(Device::Cpu).unwrap();
+        assert!(back.raw_bytes().unwrap() == bytes.as_slice(), "{n} bytes");
+    }
 }

@@ -66,6 +66,32 @@ inline void check_abi() {
                         ", this program was built for " + std::to_string(WANRT_ABI_VERSION));
 }
 
+/// One CUDA device (wanrt_device_info).
+struct DeviceInfo {
+    uint32_t index;
+    std::string name;
+    int32_t compute_major;
+    int32_t compute_minor;
+    uint64_t total_memory;
+};
+
+/// The CUDA devices (wanrt_list_devices): empty for a library built without CUDA or a machine
+/// without the NVIDIA driver; throws wanrt::Error when the driver fails to answer.
+inline std::vector<DeviceInfo> list_devices() {
+    size_t count = 0;
+    check(wanrt_list_devices(nullptr, 0, &count));
+    std::vector<wanrt_device_info> raw;
+    do {
+        raw.resize(count);
+        check(wanrt_list_devices(raw.data(), raw.size(), &count));
+    } while (count > raw.size());
+    std::vector<DeviceInfo> out;
+    for (size_t i = 0; i < count; ++i)
+        out.push_back({raw[i].index, raw[i].name, raw[i].compute_major, raw[i].compute_minor,
+                       raw[i].total_memory});
+    return out;
+}
+
 /// A log callback: the level and one line of text (see wanrt_log_fn). It may be called from
 /// several threads at once; an exception it throws is swallowed (the message is dropped).
 using LogCallback = std::function<void(wanrt_log_level, const char *)>;

@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 pub mod ops {
     use crate::backend::cpu::elementwise::{BinaryOp, UnaryOp};
     use crate::backend::cpu::reduce::ReduceOp;
+    use crate::backend::gemm_plan::Epilogue;
     use crate::error::{Error, Result};
     use crate::tensor::ops::AttentionParams;
     use crate::tensor::{DType, Shape, Tensor, Weight};
@@ -35,7 +36,7 @@ pub mod ops {
         fn rope_interleaved(&Tensor, &Tensor, &Tensor);
         fn embedding(&[u32], &Weight);
         fn matmul(&Tensor, &Tensor, &Shape);
-        fn linear(&Tensor, &Weight, Option<&Weight>, bool, &Shape);
+        fn linear(&Tensor, &Weight, Option<&Weight>, bool, Epilogue, &Shape);
         fn attention(&Tensor, &Tensor, &Tensor, &AttentionParams<'_>);
         fn conv3d(&Tensor, &Weight, Option<&Weight>, [usize; 3], [usize; 3], &Shape);
         fn upsample_nearest2x(&Tensor, &Shape);
@@ -80,4 +81,9 @@ pub fn list_devices() -> Result<Vec<DeviceInfo>> {
 /// Device-to-host copies made so far: always 0 in this build.
 pub fn download_count() -> u64 {
     0
+}
+
+/// Waits for the work queued on a CUDA device: always an error in this build.
+pub fn synchronize(_ordinal: usize) -> Result<()> {
+    Err(Error::CudaNotCompiled)
 }

@@ -7,6 +7,8 @@ pub mod attention_emulation;
 pub mod cpu;
 #[cfg_attr(not(feature = "cuda"), path = "cuda_dummy.rs")]
 pub mod cuda;
+pub mod gemm_plan;
+pub mod staging;
 
 /// Where a tensor lives and its ops run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -48,4 +50,13 @@ pub struct MemoryUsage {
     pub cached: usize,
     /// The limit on `in_use + cached`.
     pub limit: usize,
+}
+
+/// The CUDA devices present ([`cuda::list_devices`]): an empty list when wanrt is built without
+/// CUDA or the NVIDIA driver library is missing; an error when the driver fails to answer.
+pub fn cuda_devices() -> crate::Result<Vec<DeviceInfo>> {
+    if cuda::device_available().is_err() {
+        return Ok(Vec::new());
+    }
+    cuda::list_devices()
 }

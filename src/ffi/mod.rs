@@ -32,8 +32,11 @@ mod query;
 
 mod generation;
 
+mod devices;
+
 use std::ffi::c_char;
 
+pub use devices::{wanrt_device_info, wanrt_list_devices, WANRT_DEVICE_NAME_SIZE};
 pub use generation::{
     wanrt_generation, wanrt_generation_frame_count, wanrt_generation_frames, wanrt_generation_free,
     wanrt_generation_height, wanrt_generation_json, wanrt_generation_latent, wanrt_generation_seed,

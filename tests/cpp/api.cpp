@@ -58,6 +58,10 @@ static int32_t fail_inside(void *, uint32_t, uint32_t, float) {
 
 int main() {
     wanrt::check_abi();
+    // No CUDA devices in a build without CUDA or on a machine without the driver; each one
+    // listed is described.
+    for (const auto &d : wanrt::list_devices())
+        CHECK(!d.name.empty() && d.compute_major > 0 && d.total_memory > 0);
     auto pipe = wanrt::Pipeline::load(wanrt::PipelineParams().demo(true).threads(2));
 
     // The log callback receives the plan and the timings, also from the pipeline's threads;

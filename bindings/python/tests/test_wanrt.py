@@ -65,6 +65,16 @@ def test_versions():
     assert wanrt.version().count(".") == 2
 
 
+def test_list_devices():
+    # Empty without CUDA or a driver (the CI machines); otherwise each device is described.
+    devices = wanrt.list_devices()
+    assert isinstance(devices, list)
+    for i, d in enumerate(devices):
+        assert d["index"] == i and d["name"]
+        assert d["compute_capability"][0] > 0
+        assert d["total_memory"] > 0
+
+
 def test_pipeline_case_matches_expected(case: dict, pipeline: wanrt.Pipeline, tmp_path: Path):
     inputs = read_safetensors(CASE / case["inputs"])
     expected = read_safetensors(CASE / case["expected"])

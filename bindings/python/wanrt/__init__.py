@@ -28,6 +28,7 @@ from ._lib import (
     PROGRESS_FN,
     STAGE_FN,
     Device,
+    DeviceInfo,
     GenerateParams,
     GenerationHandle,
     LogLevel,
@@ -69,6 +70,7 @@ __all__ = [
     "WanrtError",
     "abi_version",
     "has_numpy",
+    "list_devices",
     "set_log_callback",
     "version",
 ]
@@ -91,6 +93,30 @@ def version() -> str:
 def abi_version() -> int:
     """The loaded library's ABI version (equal to :data:`ABI_VERSION`, checked at import)."""
     return int(lib.wanrt_abi_version())
+
+
+def list_devices() -> list:
+    """The CUDA devices (``wanrt_list_devices``), each a dict with ``index``, ``name``,
+    ``compute_capability`` (a ``(major, minor)`` tuple) and ``total_memory`` (bytes). Empty for
+    a library built without CUDA or a machine without the NVIDIA driver; raises
+    :class:`WanrtError` when the driver fails to answer."""
+    count = ctypes.c_size_t(0)
+    check(lib.wanrt_list_devices(None, 0, ctypes.byref(count)))
+    while True:
+        infos = (DeviceInfo * max(count.value, 1))()
+        capacity = count.value
+        check(lib.wanrt_list_devices(infos, capacity, ctypes.byref(count)))
+        if count.value <= capacity:
+            break
+    return [
+        {
+            "index": int(d.index),
+            "name": d.name.decode("utf-8", "replace"),
+            "compute_capability": (int(d.compute_major), int(d.compute_minor)),
+            "total_memory": int(d.total_memory),
+        }
+        for d in infos[: count.value]
+    ]
 
 
 def has_numpy() -> bool:

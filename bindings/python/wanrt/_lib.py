@@ -238,6 +238,22 @@ class MemoryEstimate(Structure):
     ]
 
 
+#: ``WANRT_DEVICE_NAME_SIZE``: bytes of ``wanrt_device_info.name``.
+DEVICE_NAME_SIZE = 128
+
+
+class DeviceInfo(ctypes.Structure):
+    """``wanrt_device_info`` (fixed size)."""
+
+    _fields_ = [
+        ("index", c_uint32),
+        ("compute_major", c_int32),
+        ("compute_minor", c_int32),
+        ("total_memory", c_uint64),
+        ("name", c_char * DEVICE_NAME_SIZE),
+    ]
+
+
 _STATUS = c_int32  # enum wanrt_status: an int on every platform wanrt supports
 
 #: Every function of the header: name -> (return type, argument types).
@@ -303,6 +319,8 @@ SIGNATURES = {
         [POINTER(GenerationHandle), c_char_p],
     ),
     "wanrt_generation_free": (None, [POINTER(GenerationHandle)]),
+    # devices
+    "wanrt_list_devices": (_STATUS, [POINTER(DeviceInfo), c_size_t, POINTER(c_size_t)]),
 }
 
 

@@ -1,5 +1,6 @@
 //! GEMMs through cuBLASLt (cudarc's safe API): bf16 inputs and output, f32 accumulation, the
-//! bias added in cuBLASLt's epilogue. One cuBLASLt handle (with its workspace) per device.
+//! bias and GELU (tanh) applied in cuBLASLt's epilogue. One cuBLASLt handle (with its workspace)
+//! per device. The fp8 GEMM, which the safe API cannot express, is in `gemm_fp8.rs`.
 //!
 //! Row-major products are handed to column-major cuBLASLt transposed: a row-major `[r, c]`
 //! matrix is a column-major `c × r` one, so `Y = X·Wᵀ` (row-major) is `Yᵀ = W'ᵀ·X'` there.
@@ -9,11 +10,12 @@
 
 use std::sync::Arc;
 
-use cudarc::cublaslt::{CudaBlasLT, Matmul, MatmulConfig};
+use cudarc::cublaslt::{Activation, CudaBlasLT, Matmul, MatmulConfig};
 use cudarc::driver::{CudaView, CudaViewMut};
 use half::bf16;
 
 use super::CudaDevice;
+use crate::backend::gemm_plan::Epilogue;
 use crate::error::{Error, Result};
 
 /// The library cuBLASLt is loaded from (cudarc tries the unversioned name first, then the
@@ -65,13 +67,14 @@ fn dim(op: &str, v: usize) -> Result<i64> {
     i64::try_from(v).map_err(|_| Error::InvalidArgument(format!("{op}: size {v} is too large")))
 }
 
-/// `out = x · wᵀ (+ bias)`: `x` row-major `[rows, k]`, `w` row-major `[n, k]` (a linear layer's
-/// weight), `bias` `[n]`, all bf16; accumulation in f32.
+/// `out = epilogue(x · wᵀ (+ bias))`: `x` row-major `[rows, k]`, `w` row-major `[n, k]` (a
+/// linear layer's weight), `bias` `[n]`, all bf16; accumulation and epilogue in f32.
 pub(crate) fn linear_bf16(
     dev: &CudaDevice,
     x: &CudaView<'_, bf16>,
     w: &CudaView<'_, bf16>,
     bias: Option<&CudaView<'_, bf16>>,
+    epilogue: Epilogue,
     out: &mut CudaViewMut<'_, bf16>,
     d: GemmDims,
 ) -> Result<()> {
@@ -104,7 +107,11 @@ pub(crate) fn linear_bf16(
         stride_bias: None,
         batch_size: None,
     };
-    run(OP, dev, cfg, w, x, out, bias)
+    let act = match epilogue {
+        Epilogue::None => None,
+        Epilogue::GeluTanh => Some(Activation::Gelu),
+    };
+    run(OP, dev, cfg, (w, x), out, bias, act)
 }
 
 /// `out = a · b` per batch entry: `a` row-major `[batch, rows, k]`, `b` row-major `[batch, k, n]`
@@ -144,11 +151,11 @@ pub(crate) fn matmul_bf16(
         stride_bias: None,
         batch_size: Some(batch),
     };
-    run(OP, dev, cfg, b, a, out, None)
+    run(OP, dev, cfg, (b, a), out, None, None)
 }
 
 /// Checks a buffer length against the sizes.
-fn check(op: &str, len: usize, expected: usize, name: &str) -> Result<()> {
+pub(crate) fn check(op: &str, len: usize, expected: usize, name: &str) -> Result<()> {
     if len == expected {
         Ok(())
     } else {
@@ -158,19 +165,19 @@ fn check(op: &str, len: usize, expected: usize, name: &str) -> Result<()> {
     }
 }
 
-/// Runs one cuBLASLt matmul on the device's stream.
+/// Runs one cuBLASLt matmul of the column-major operands `(a, b)` on the device's stream.
 fn run(
     op: &str,
     dev: &CudaDevice,
     cfg: MatmulConfig,
-    a: &CudaView<'_, bf16>,
-    b: &CudaView<'_, bf16>,
+    (a, b): (&CudaView<'_, bf16>, &CudaView<'_, bf16>),
     out: &mut CudaViewMut<'_, bf16>,
     bias: Option<&CudaView<'_, bf16>>,
+    act: Option<Activation>,
 ) -> Result<()> {
     let h = handle(dev)?;
     // SAFETY: the lengths of `a`, `b`, `out` and `bias` were checked against the sizes `cfg`
     // describes, and every view lives on the stream `h` was created with.
-    unsafe { h.matmul(cfg, a, b, out, bias, None) }
+    unsafe { h.matmul(cfg, a, b, out, bias, act.as_ref()) }
         .map_err(|e| Error::Device(format!("{op}: cuBLASLt: {e}")))
 }

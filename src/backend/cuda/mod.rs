@@ -1,6 +1,7 @@
 //! The CUDA backend: cudarc with dynamic loading, one context and stream per device, a caching
-//! allocator with a memory limit, one cuBLASLt handle per device, and [`CudaStorage`], the device
-//! memory of a tensor.
+//! allocator with a memory limit, pinned host staging buffers for uploads (`staging.rs`), one
+//! cuBLASLt handle per device (bf16 GEMMs in `gemm.rs`, fp8 in `gemm_fp8.rs`), and
+//! [`CudaStorage`], the device memory of a tensor.
 //!
 //! cudarc panics when a library is missing, so every entry first probes the library
 //! ([`device_available`]) and contains any panic of the driver calls, returning a typed error
@@ -8,8 +9,10 @@
 
 mod allocator;
 mod gemm;
+mod gemm_fp8;
 pub(crate) mod kernels;
 pub mod ops;
+mod staging;
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -22,6 +25,7 @@ use crate::backend::{DeviceInfo, MemoryUsage};
 use crate::error::{Error, Result};
 use allocator::{Pool, Take};
 use kernels::Kernels;
+use staging::Staging;
 
 /// The driver library cudarc opens (the same name for CUDA 12 and 13 drivers).
 const DRIVER_LIBRARY: &str = "libcuda.so.1";
@@ -95,14 +99,23 @@ pub fn list_devices() -> Result<Vec<DeviceInfo>> {
         .collect()
 }
 
+/// Waits until the work queued on device `ordinal` has finished (for timing; the ops never
+/// need it, as they all run on the device's one stream).
+pub fn synchronize(ordinal: usize) -> Result<()> {
+    let dev = CudaDevice::get(ordinal)?;
+    driver("synchronizing the CUDA stream", || dev.stream.synchronize())
+}
+
 /// One device: its context, the stream every op of wanrt runs on, its allocator and the
 /// hand-written kernels loaded into its context.
 pub struct CudaDevice {
     ordinal: usize,
+    capability: (i32, i32),
     stream: Arc<CudaStream>,
     pool: Mutex<Pool<CudaSlice<u8>>>,
     kernels: OnceLock<Arc<Kernels>>,
     blaslt: Mutex<Option<Arc<cudarc::cublaslt::CudaBlasLT>>>,
+    staging: Mutex<Option<Staging>>,
 }
 
 impl CudaDevice {
@@ -126,13 +139,16 @@ impl CudaDevice {
         }
         let ctx = driver(&what, || CudaContext::new(ordinal))?;
         let total = driver(&what, || ctx.total_mem())?;
+        let capability = driver(&what, || ctx.compute_capability())?;
         let stream = driver(&what, || ctx.new_stream())?;
         let dev = Arc::new(CudaDevice {
             ordinal,
+            capability,
             stream,
             pool: Mutex::new(Pool::new(total)),
             kernels: OnceLock::new(),
             blaslt: Mutex::new(None),
+            staging: Mutex::new(None),
         });
         devices.insert(ordinal, Arc::clone(&dev));
         Ok(dev)
@@ -141,6 +157,12 @@ impl CudaDevice {
     /// The driver's ordinal of this device.
     pub fn ordinal(&self) -> usize {
         self.ordinal
+    }
+
+    /// The compute capability `(major, minor)`; it picks the GEMM path
+    /// ([`crate::backend::gemm_plan::gemm_path`]).
+    pub fn capability(&self) -> (i32, i32) {
+        self.capability
     }
 
     /// The stream wanrt's work on this device is queued on.
@@ -233,15 +255,23 @@ pub struct CudaStorage {
 }
 
 impl CudaStorage {
-    /// Copies host bytes to device `ordinal`.
+    /// Copies host bytes to device `ordinal` through the device's pinned staging buffers, chunk
+    /// by chunk (`crate::backend::staging`): the host memory used is bounded whatever the size,
+    /// and bytes of a memory-mapped file are read from the map as they are copied. The copy is
+    /// queued on the device's stream, which every later op uses.
     pub fn upload(ordinal: usize, bytes: &[u8]) -> Result<CudaStorage> {
         let dev = CudaDevice::get(ordinal)?;
         let mut s = dev.alloc(bytes.len())?;
         let dst = s.buf.as_mut().expect("a live storage holds its buffer");
         let mut view = dst.slice_mut(..bytes.len());
-        driver("copy to the CUDA device", || {
-            dev.stream.memcpy_htod(bytes, &mut view)
-        })?;
+        let mut staging = dev.staging.lock().unwrap_or_else(|e| e.into_inner());
+        if staging.is_none() {
+            *staging = Some(Staging::new(dev.stream.context())?);
+        }
+        staging
+            .as_mut()
+            .expect("created above")
+            .upload(&dev.stream, bytes, &mut view)?;
         Ok(s)
     }
 

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use half::bf16;
 
 use super::gemm::{self, GemmDims};
+use super::gemm_fp8::{self, Fp8Operands};
 use super::kernels::convert::Fp8Format;
 use super::kernels::qk_norm_rope::RopeTables;
 use super::kernels::strided_copy::CopyPlan;
@@ -23,6 +24,7 @@ use super::{not_on_cuda, CudaDevice, CudaStorage};
 use crate::backend::cpu::attention::AttnDims;
 use crate::backend::cpu::elementwise::{BinaryOp, UnaryOp};
 use crate::backend::cpu::reduce::ReduceOp;
+use crate::backend::gemm_plan::{gemm_path, Epilogue, GemmPath};
 use crate::error::{Error, Result};
 use crate::tensor::ops::AttentionParams;
 use crate::tensor::{DType, Shape, Tensor, Weight};
@@ -395,17 +397,20 @@ pub fn matmul(a: &Tensor, b: &Tensor, out: &Shape) -> Result<Tensor> {
     Ok(Tensor::from_cuda(o, DType::BF16, out.clone()))
 }
 
-/// `x · Wᵀ + b` into `out` (shapes checked by the caller) for bf16 `x`, through cuBLASLt: bf16
-/// inputs and output, f32 accumulation, the bias (as bf16) added in the epilogue. A bf16 weight
-/// is used as stored; an f32 one is rounded to bf16 and an fp8 one (any GPU) decoded with its
-/// scale into a bf16 copy per call (weight-only fp8). An f32 `x` is rounded to bf16 first (where
-/// the CPU's bf16 emulation rounds it). `keep_f32` (the reference's f32 regions) runs
-/// [`linear_f32`] instead.
+/// `epilogue(x · Wᵀ + b)` into `out` (shapes checked by the caller) for bf16 `x`, through
+/// cuBLASLt with f32 accumulation, the bias (as bf16) and the epilogue fused into the GEMM. The
+/// path is [`gemm_path`]'s for the device: an e4m3fn weight on sm_89/sm_90 stays fp8 (its stored
+/// scale applied by cuBLASLt) against activations quantized per tensor on the device; a bf16
+/// weight is used as stored; an f32 one is rounded to bf16, and an fp8 one on other GPUs (or of
+/// sizes the fp8 kernels refuse, or e5m2) decoded with its scale into a bf16 scratch from the
+/// caching allocator (weight-only fp8). An f32 `x` is rounded to bf16 first (where the CPU's bf16
+/// emulation rounds it). `keep_f32` (the reference's f32 regions) runs [`linear_f32`] instead.
 pub fn linear(
     x: &Tensor,
     w: &Weight,
     bias: Option<&Weight>,
     keep_f32: bool,
+    epilogue: Epilogue,
     out: &Shape,
 ) -> Result<Tensor> {
     const OP: &str = "linear";
@@ -420,7 +425,6 @@ pub fn linear(
     if k == 0 {
         return Err(not_on_cuda("linear with no input features"));
     }
-    let weight = weight_values(OP, w, DType::BF16)?;
     let bias = bias
         .map(|b| weight_values(OP, b, DType::BF16))
         .transpose()?;
@@ -435,14 +439,44 @@ pub fn linear(
         .as_ref()
         .map(|b| b.cuda_storage(OP)?.view::<bf16>(n))
         .transpose()?;
-    gemm::linear_bf16(
-        dev,
-        &sx.view::<bf16>(x.elem_count())?,
-        &weight.cuda_storage(OP)?.view::<bf16>(n * k)?,
-        bias_view.as_ref(),
-        &mut o.view_mut::<bf16>(out.elem_count())?,
-        dims,
-    )?;
+    let x_view = sx.view::<bf16>(x.elem_count())?;
+    let mut out_view = o.view_mut::<bf16>(out.elem_count())?;
+    match gemm_path(dev.capability(), w.dtype(), n, k) {
+        GemmPath::Fp8E4m3 => {
+            let n_x = x.elem_count();
+            let mut codes = output(dev, DType::F8E4M3, n_x)?;
+            let mut amax = output(dev, DType::F32, 1)?;
+            let mut x_scale = output(dev, DType::F32, 1)?;
+            dev.kernels()?.quantize_e4m3fn(
+                dev.stream(),
+                &x_view,
+                &mut amax.view_mut::<u32>(1)?,
+                &mut x_scale.view_mut::<f32>(1)?,
+                &mut codes.view_mut::<u8>(n_x)?,
+                n_x,
+            )?;
+            let operands = Fp8Operands {
+                x: &codes.view::<u8>(n_x)?,
+                x_scale: &x_scale.view::<f32>(1)?,
+                w: &w.tensor.cuda_storage(OP)?.view::<u8>(n * k)?,
+                w_scale: w.scale.unwrap_or(1.0),
+                bias: bias_view.as_ref(),
+            };
+            gemm_fp8::linear_e4m3(dev, &operands, epilogue, &mut out_view, dims)?;
+        }
+        GemmPath::Bf16 | GemmPath::DequantToBf16 => {
+            let weight = weight_values(OP, w, DType::BF16)?;
+            gemm::linear_bf16(
+                dev,
+                &x_view,
+                &weight.cuda_storage(OP)?.view::<bf16>(n * k)?,
+                bias_view.as_ref(),
+                epilogue,
+                &mut out_view,
+                dims,
+            )?;
+        }
+    }
     Ok(Tensor::from_cuda(o, DType::BF16, out.clone()))
 }
 

@@ -1,11 +1,11 @@
 //! The `wanrt` command line.
 //!
-//! One subcommand per job (`inspect`, `generate`, `lora merge`, `bench`; `train` joins as the
-//! library grows). Errors are reported as one line, `error: <path>: <what>`, and a non-zero
+//! One subcommand per job (`inspect`, `generate`, `lora merge`, `bench`, `devices`, `train`). Errors are reported as one line, `error: <path>: <what>`, and a non-zero
 //! exit code; never as a panic or a backtrace.
 
 mod bench;
 mod cache;
+mod devices;
 mod generate;
 mod lora;
 mod train;
@@ -55,6 +55,12 @@ enum Command {
         #[command(subcommand)]
         target: bench::Target,
     },
+    /// List the CUDA devices (index, name, compute capability, memory).
+    Devices {
+        /// Print one JSON array instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -83,6 +89,7 @@ fn main() -> ExitCode {
         Command::Bench { target } => bench::run(target),
         Command::Train(args) => train::run(&args),
         Command::Cache { command } => cache::run(&command),
+        Command::Devices { json } => devices::run(json),
     };
     if ok {
         ExitCode::SUCCESS

@@ -8,6 +8,7 @@ use super::{bf16_if, on_cuda};
 use crate::backend::cpu::compute::{round_to_bf16, rounds_to_bf16};
 use crate::backend::cpu::{attention as attn, attention_q8 as attn_q8, gemm, linear as lin};
 use crate::backend::cuda::ops as cuda;
+use crate::backend::gemm_plan::Epilogue;
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Shape, Tensor, Weight};
 
@@ -76,13 +77,20 @@ impl Tensor {
     /// to f32 panel by panel inside the GEMM loop, never whole. Computed in the backend's compute
     /// dtype (bf16 inputs and output on CUDA and under `WANRT_COMPUTE=bf16`, f32 accumulation).
     pub fn linear(&self, weight: &Weight, bias: Option<&Weight>) -> Result<Tensor> {
-        self.linear_in("linear", weight, bias, false)
+        self.linear_in("linear", weight, bias, false, Epilogue::None)
+    }
+
+    /// [`Tensor::linear`] followed by [`Tensor::gelu_tanh`]: on CUDA one GEMM with the bias and
+    /// GELU fused into cuBLASLt's epilogue (applied to the f32 result, rounded to bf16 once); on
+    /// the CPU the two ops in turn.
+    pub fn linear_gelu_tanh(&self, weight: &Weight, bias: Option<&Weight>) -> Result<Tensor> {
+        self.linear_in("linear_gelu_tanh", weight, bias, false, Epilogue::GeluTanh)
     }
 
     /// [`Tensor::linear`] kept in f32 on every backend: the reference's f32 regions (the time
     /// embedding and projection, the DiT's head).
     pub fn linear_f32(&self, weight: &Weight, bias: Option<&Weight>) -> Result<Tensor> {
-        self.linear_in("linear_f32", weight, bias, true)
+        self.linear_in("linear_f32", weight, bias, true, Epilogue::None)
     }
 
     fn linear_in(
@@ -91,6 +99,7 @@ impl Tensor {
         weight: &Weight,
         bias: Option<&Weight>,
         keep_f32: bool,
+        epilogue: Epilogue,
     ) -> Result<Tensor> {
         for w in std::iter::once(weight).chain(bias) {
             if !w.dtype().is_float() {
@@ -118,7 +127,7 @@ impl Tensor {
         }
         let shape = Shape::new([lead, &[n_out]].concat())?;
         if on_cuda(op, &with_weights(self, [Some(weight), bias]))? {
-            return cuda::linear(self, weight, bias, keep_f32, &shape);
+            return cuda::linear(self, weight, bias, keep_f32, epilogue, &shape);
         }
         let round = !keep_f32 && rounds_to_bf16()?;
         let x = bf16_if(round, f32_input(self, op)?);
@@ -130,7 +139,11 @@ impl Tensor {
         if round {
             round_to_bf16(&mut out);
         }
-        Tensor::from_f32(out, shape)
+        let out = Tensor::from_f32(out, shape)?;
+        match epilogue {
+            Epilogue::None => Ok(out),
+            Epilogue::GeluTanh => out.gelu_tanh(),
+        }
     }
 }
 

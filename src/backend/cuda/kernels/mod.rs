@@ -16,6 +16,7 @@ pub(crate) mod attention;
 pub(crate) mod binary;
 pub(crate) mod convert;
 pub(crate) mod elementwise;
+pub(crate) mod fp8_quant;
 pub(crate) mod layout;
 pub(crate) mod linear_f32;
 pub(crate) mod norm;
@@ -41,7 +42,7 @@ use cudarc::nvrtc::Ptx;
 use crate::error::{Error, Result};
 
 /// The fatbin of each kernel file, as `build.rs` left them in `OUT_DIR`.
-const FATBINS: [(&str, &[u8]); 13] = [
+const FATBINS: [(&str, &[u8]); 14] = [
     (
         "attention",
         include_bytes!(concat!(env!("OUT_DIR"), "/attention.fatbin")),
@@ -57,6 +58,10 @@ const FATBINS: [(&str, &[u8]); 13] = [
     (
         "elementwise",
         include_bytes!(concat!(env!("OUT_DIR"), "/elementwise.fatbin")),
+    ),
+    (
+        "fp8_quant",
+        include_bytes!(concat!(env!("OUT_DIR"), "/fp8_quant.fatbin")),
     ),
     (
         "linear_f32",
@@ -104,6 +109,8 @@ pub(crate) struct Kernels {
     bf16_to_f32: CudaFunction,
     fp8_e4m3fn_to_bf16: CudaFunction,
     fp8_e5m2_to_bf16: CudaFunction,
+    absmax_bf16: CudaFunction,
+    quantize_e4m3fn_bf16: CudaFunction,
     gated_residual_add: CudaFunction,
     /// Per [`Activation::IS_F32`]: bf16, then f32 rows.
     layer_norm_modulate: [CudaFunction; 2],
@@ -151,6 +158,8 @@ impl Kernels {
             bf16_to_f32: function("convert", "bf16_to_f32")?,
             fp8_e4m3fn_to_bf16: function("convert", "fp8_e4m3fn_to_bf16")?,
             fp8_e5m2_to_bf16: function("convert", "fp8_e5m2_to_bf16")?,
+            absmax_bf16: function("fp8_quant", "absmax_bf16")?,
+            quantize_e4m3fn_bf16: function("fp8_quant", "quantize_e4m3fn_bf16")?,
             gated_residual_add: function("elementwise", "gated_residual_add_bf16")?,
             layer_norm_modulate: [
                 function("norm", "layer_norm_modulate_bf16")?,

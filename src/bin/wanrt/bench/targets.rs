@@ -5,19 +5,39 @@ use std::path::Path;
 
 use clap::{Args, ValueEnum};
 use serde_json::Value;
+use wanrt::backend::Device;
 use wanrt::io::config::DitConfig;
 use wanrt::model::dit::{weight_shapes, ForwardOptions, TextContext, WanDit};
 use wanrt::tensor::ops::{attention, AttentionParams};
 use wanrt::tensor::Weight;
-use wanrt::{DType, Error, Result};
+use wanrt::{DType, Error, Result, Tensor};
 
 use super::Prepared;
 use wanrt::tensor::random;
 
 /// A target's flags turned into a ready-to-time [`Prepared`].
 pub trait Prepare {
-    /// Builds the random weights and inputs (untimed).
-    fn prepare(&self) -> Result<Prepared>;
+    /// Builds the random weights and inputs on `device` (untimed).
+    fn prepare(&self, device: Device) -> Result<Prepared>;
+}
+
+/// An input placed on `device`: as is on the CPU; on CUDA uploaded, an activation rounded to
+/// bf16 first (the CUDA backend's activation dtype), other inputs (the f32 modulation, latents)
+/// kept in their dtype.
+fn place(t: Tensor, device: Device, activation: bool) -> Result<Tensor> {
+    match device {
+        Device::Cpu => Ok(t),
+        Device::Cuda(_) if activation => t.to_dtype(DType::BF16)?.to_device(device),
+        Device::Cuda(_) => t.to_device(device),
+    }
+}
+
+/// A weight placed on `device` in its stored dtype, with its scale.
+fn place_weight(w: Weight, device: Device) -> Result<Weight> {
+    Ok(Weight {
+        tensor: w.tensor.to_device(device)?,
+        scale: w.scale,
+    })
 }
 
 /// Weight storage dtypes (activations are always f32).
@@ -77,7 +97,7 @@ pub struct BlockShape {
 }
 
 impl Prepare for BlockShape {
-    fn prepare(&self) -> Result<Prepared> {
+    fn prepare(&self, device: Device) -> Result<Prepared> {
         positive(&[
             ("--tokens", self.tokens),
             ("--text-len", self.text_len),
@@ -92,14 +112,18 @@ impl Prepare for BlockShape {
             text_len: self.text_len,
             ..DitConfig::preset("1.3b")?
         };
-        let dit = WanDit::new(random_dit(&cfg, self.dtype.dtype())?, cfg.clone())?;
+        let dit = WanDit::new(random_dit(&cfg, self.dtype.dtype(), device)?, cfg.clone())?;
         let (b, s, d) = (self.batch, self.tokens, self.dim);
-        let x = random::tensor(&[b, s, d], 1001, 0.0, 1.0)?;
-        let e0 = random::tensor(&[b, 6, d], 1002, 0.0, 0.1)?;
+        let x = place(random::tensor(&[b, s, d], 1001, 0.0, 1.0)?, device, true)?;
+        let e0 = place(random::tensor(&[b, 6, d], 1002, 0.0, 0.1)?, device, false)?;
         // The context as the block sees it (after the text embedding); its K/V are computed in
         // every run, as the reference block does.
         let text = TextContext {
-            embedded: random::tensor(&[b, self.text_len, d], 1003, 0.0, 1.0)?,
+            embedded: place(
+                random::tensor(&[b, self.text_len, d], 1003, 0.0, 1.0)?,
+                device,
+                true,
+            )?,
             kv: None,
         };
         Ok(Prepared {
@@ -157,7 +181,7 @@ pub struct DitShape {
 }
 
 impl Prepare for DitShape {
-    fn prepare(&self) -> Result<Prepared> {
+    fn prepare(&self, device: Device) -> Result<Prepared> {
         let mut cfg = match self.config.as_str() {
             "1.3b" | "14b" => DitConfig::preset(&self.config)?,
             path if Path::new(path).is_file() => {
@@ -203,7 +227,7 @@ impl Prepare for DitShape {
             )));
         }
         let tokens = latent[0] / pt * (latent[1] / ph) * (latent[2] / pw);
-        let dit = WanDit::new(random_dit(&cfg, self.dtype.dtype())?, cfg.clone())?;
+        let dit = WanDit::new(random_dit(&cfg, self.dtype.dtype(), device)?, cfg.clone())?;
         let b = self.batch;
         let x = random::tensor(
             &[b, cfg.in_dim, latent[0], latent[1], latent[2]],
@@ -211,8 +235,12 @@ impl Prepare for DitShape {
             0.0,
             1.0,
         )?;
+        let x = place(x, device, false)?;
         let ctx = (0..b)
-            .map(|i| random::tensor(&[cfg.text_len, cfg.text_dim], 2002 + i as u32, 0.0, 0.1))
+            .map(|i| {
+                let c = random::tensor(&[cfg.text_len, cfg.text_dim], 2002 + i as u32, 0.0, 0.1)?;
+                place(c, device, true)
+            })
             .collect::<Result<Vec<_>>>()?;
         let steps = vec![500.0; b];
         let vol = (pt * ph * pw) as f64;
@@ -255,7 +283,7 @@ pub struct AttentionShape {
 }
 
 impl Prepare for AttentionShape {
-    fn prepare(&self) -> Result<Prepared> {
+    fn prepare(&self, device: Device) -> Result<Prepared> {
         let (s, h, d) = (self.tokens, self.heads, self.head_dim);
         let kv = self.kv_tokens.unwrap_or(s);
         positive(&[
@@ -264,9 +292,17 @@ impl Prepare for AttentionShape {
             ("--heads", h),
             ("--head-dim", d),
         ])?;
-        let q = random::tensor(&[1, s, h, d], 3001, 0.0, 1.0)?;
-        let k = random::tensor(&[1, kv, h, d], 3002, 0.0, 1.0)?;
-        let v = random::tensor(&[1, kv, h, d], 3003, 0.0, 1.0)?;
+        let q = place(random::tensor(&[1, s, h, d], 3001, 0.0, 1.0)?, device, true)?;
+        let k = place(
+            random::tensor(&[1, kv, h, d], 3002, 0.0, 1.0)?,
+            device,
+            true,
+        )?;
+        let v = place(
+            random::tensor(&[1, kv, h, d], 3003, 0.0, 1.0)?,
+            device,
+            true,
+        )?;
         let scale = 1.0 / (d as f32).sqrt();
         Ok(Prepared {
             target: "attention",
@@ -276,7 +312,7 @@ impl Prepare for AttentionShape {
                 ("heads", h.into()),
                 ("head_dim", d.into()),
             ],
-            dtype: "f32".into(),
+            dtype: q.dtype().name().into(),
             flop: 4.0 * (s * kv * h * d) as f64,
             run: Box::new(move || {
                 let p = AttentionParams {
@@ -308,13 +344,15 @@ pub struct GemmShape {
 }
 
 impl Prepare for GemmShape {
-    fn prepare(&self) -> Result<Prepared> {
+    fn prepare(&self, device: Device) -> Result<Prepared> {
         let (t, i, o) = (self.tokens, self.in_features, self.out_features);
         positive(&[("--tokens", t), ("--in", i), ("--out", o)])?;
-        let x = random::tensor(&[t, i], 4001, 0.0, 1.0)?;
+        let x = place(random::tensor(&[t, i], 4001, 0.0, 1.0)?, device, true)?;
         let amp = (3.0 / i as f32).sqrt();
         let w = random::weight(&[o, i], self.dtype.dtype(), 4002, 0.0, amp)?;
+        let w = place_weight(w, device)?;
         let bias = random::weight(&[o], self.dtype.dtype(), 4003, 0.0, 0.02)?;
+        let bias = place_weight(bias, device)?;
         Ok(Prepared {
             target: "gemm",
             shape: vec![("tokens", t.into()), ("in", i.into()), ("out", o.into())],
@@ -336,7 +374,7 @@ fn positive(flags: &[(&str, usize)]) -> Result<()> {
 /// The published Wan2.1 T2V configs (`wan/configs/wan_t2v_{1_3B,14B}.py`).
 /// Random weights for every tensor of `cfg`, stored in `dtype`: matrices uniform with unit
 /// variance gain (`±sqrt(3/fan_in)`), norm gains near 1, biases and modulation tables small.
-fn random_dit(cfg: &DitConfig, dtype: DType) -> Result<BTreeMap<String, Weight>> {
+fn random_dit(cfg: &DitConfig, dtype: DType, device: Device) -> Result<BTreeMap<String, Weight>> {
     weight_shapes(cfg)
         .into_iter()
         .enumerate()
@@ -350,7 +388,7 @@ fn random_dit(cfg: &DitConfig, dtype: DType) -> Result<BTreeMap<String, Weight>>
                 (0.0, (3.0 / fan_in).sqrt())
             };
             let w = random::weight(&dims, dtype, k as u32, center, amp)?;
-            Ok((name, w))
+            Ok((name, place_weight(w, device)?))
         })
         .collect()
 }
