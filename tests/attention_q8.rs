@@ -24,13 +24,14 @@ mod common;
 use common::model;
 
 /// The largest relative L2 error and the smallest cosine similarity a path must reach on every
-/// input here. The chosen scheme (sm_80's, per-token INT8 scales and fp16 P·V, the one the
-/// kernel runs) is held to the bounds; the e4m3 P·V schemes of sm_89/sm_90, which no
-/// kernel runs, to what V's 3-bit mantissa allows (2.65e-2 on one-hot rows, where the output is
-/// one value of V) with margin. docs/PERF.md has the table.
+/// input here, with margin over what docs/PERF.md measured. fp16 P·V (sm_80's scheme, the one
+/// the kernel runs) is limited by the INT8 logits (8.4e-3 to 8.9e-3 on random-weight 1.3B/14B
+/// inputs at per-token scales, 1.2e-2 at the per-warp scales this bound was first set for); the
+/// e4m3 P·V schemes of sm_89/sm_90, which no kernel runs, by V's 3-bit mantissa (2.65e-2 on
+/// one-hot rows, where the output is one value of V).
 fn bounds(path: Q8Path) -> (f64, f64) {
     match path {
-        Q8Path::Sm80 => (1e-2, 0.9995),
+        Q8Path::Sm80 => (2e-2, 0.9998),
         Q8Path::Sm89 | Q8Path::Sm90 => (4.5e-2, 0.999),
     }
 }
