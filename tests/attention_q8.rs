@@ -23,10 +23,12 @@ use wanrt::{DType, Error, Tensor};
 mod common;
 use common::model;
 
-/// The largest relative L2 error and the smallest cosine similarity a path reaches on every
-/// input of the error table of docs/PERF.md except the ×8 K outliers, with a little margin.
-/// fp16 P·V (sm_80/86) is limited by the INT8 logits (≈1.2e-2 on random-weight inputs); e4m3
-/// P·V by V's 3-bit mantissa (2.65e-2 on one-hot rows, where the output is one value of V).
+/// The largest relative L2 error and the smallest cosine similarity a path must reach on every
+/// input here, with margin over what docs/PERF.md measured. fp16 P·V (sm_80's scheme, the one
+/// the kernel runs) is limited by the INT8 logits (8.4e-3 to 8.9e-3 on random-weight 1.3B/14B
+/// inputs at per-token scales, 1.2e-2 at the per-warp scales this bound was first set for); the
+/// e4m3 P·V schemes of sm_89/sm_90, which no kernel runs, by V's 3-bit mantissa (2.65e-2 on
+/// one-hot rows, where the output is one value of V).
 fn bounds(path: Q8Path) -> (f64, f64) {
     match path {
         Q8Path::Sm80 => (2e-2, 0.9998),
@@ -353,32 +355,34 @@ fn bad_input_is_an_error() {
 #[test]
 #[ignore = "minutes; prints the table of docs/PERF.md"]
 fn error_table() {
-    let schemes: Vec<(String, Q8Scheme)> = Q8Path::ALL
-        .iter()
-        .flat_map(|&p| {
-            let warp = Q8Scheme::for_path(p);
-            let block = Q8Scheme::with_granularity(p, QkGranularity::PerBlock);
-            [
-                (format!("{} warp", p.name()), warp),
-                (format!("{} block", p.name()), block),
-                (
-                    format!("{} warp, V unsmoothed", p.name()),
-                    Q8Scheme {
-                        smooth_v: false,
-                        ..warp
-                    },
-                ),
-            ]
-        })
-        .collect();
+    let gran = |p, g| Q8Scheme::with_granularity(p, g);
+    let unbalanced = |p| Q8Scheme {
+        balance_channels: false,
+        ..Q8Scheme::for_path(p)
+    };
+    let n80 = Q8Path::Sm80.name();
+    let schemes: Vec<(String, Q8Scheme)> = vec![
+        (format!("{n80} token"), Q8Scheme::for_path(Q8Path::Sm80)),
+        (format!("{n80} token, unbalanced"), unbalanced(Q8Path::Sm80)),
+        (
+            format!("{n80} token Q, block K"),
+            gran(Q8Path::Sm80, QkGranularity::PerTokenQ),
+        ),
+        (
+            format!("{n80} warp"),
+            gran(Q8Path::Sm80, QkGranularity::PerWarp),
+        ),
+        ("sm89 token".into(), Q8Scheme::for_path(Q8Path::Sm89)),
+        ("sm90 token".into(), Q8Scheme::for_path(Q8Path::Sm90)),
+    ];
     let header: Vec<&str> = schemes.iter().map(|(n, _)| n.as_str()).collect();
     println!("| input | {} |", header.join(" | "));
     println!("|---|{}", "---|".repeat(schemes.len()));
     let b13 = |heads| random_block("1.3B random", 1536, 12, [4, 16, 32], heads, 100);
     let inputs: Vec<Box<dyn Fn() -> Input>> = vec![
         Box::new(|| fixture_block([4, 24, 32])),
-        Box::new(move || b13(12)),
-        Box::new(|| random_block("14B random", 5120, 40, [4, 16, 32], 8, 200)),
+        Box::new(move || b13(4)),
+        Box::new(|| random_block("14B random", 5120, 40, [4, 16, 32], 4, 200)),
         Box::new(move || outlier_k(b13(4), 2.0)),
         Box::new(move || outlier_k(b13(4), 8.0)),
         Box::new(move || one_hot_rows(b13(4))),

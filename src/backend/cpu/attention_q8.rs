@@ -9,9 +9,10 @@
 //!    summed in f64 and rounded to f32). Softmax is shift-invariant per row, so the output is
 //!    unchanged in exact arithmetic while the INT8 range of K shrinks.
 //! 2. **Q and K to INT8**: q is first multiplied by `scale · log2(e)` (so logits come out in base 2),
-//!    then each group of [`Q8Scheme::q_group`] consecutive queries (and
-//!    [`Q8Scheme::k_group`] keys) is quantized with one scale `amax / 127`
-//!    ([`super::quant8`]), rounding per [`Q8Scheme::rounding`].
+//!    then (with [`Q8Scheme::balance_channels`], a measured option, off in every chosen scheme)
+//!    channels are balanced by powers of two, then each group of [`Q8Scheme::q_group`]
+//!    consecutive queries (and [`Q8Scheme::k_group`] keys) is quantized with one scale
+//!    `amax / 127` ([`super::quant8`]), rounding per [`Q8Scheme::rounding`].
 //! 3. **Logits**: `s = (Σ q8·k8 in i32) as f32 · (q_scale · k_scale)`, exact up to that
 //!    one f32 product (|Σ| ≤ 127²·d < 2^24 for `d ≤ 1024`).
 //! 4. **Online softmax over key tiles** of [`Q8Scheme::tile_k`] keys, in base 2:
@@ -25,24 +26,27 @@
 //!    fp8 path, per channel
 //!    `v · (448 / amax_c)` rounded to e4m3 over the whole sequence, the scale `amax_c / 448`
 //!    applied to the output.
-//! 6. **P·V, two-level accumulation**: per key tile, a fresh MMA accumulator takes the exact sum
-//!    of each [`Q8Scheme::mma_k`] products (one MMA instruction) and is rounded to its format
-//!    ([`MmaAccum`]) after each; at the tile's end the f32 output is updated as
-//!    `o ← o·c + acc` (a product, then a sum, each rounded to f32).
+//! 6. **P·V**: each MMA instruction adds the exact sum of [`Q8Scheme::mma_k`] products to its
+//!    accumulator, rounded to the accumulator's format ([`MmaAccum`]). With an f32 accumulator
+//!    (fp16 P·V) the MMAs accumulate straight into the output, rescaled by `c` before each
+//!    tile: one level. With FP22 (e4m3 P·V), two levels: a fresh accumulator per key tile, and
+//!    at the tile's end `o ← o·c + acc` (a product, then a sum, each rounded to f32).
 //! 7. **Output**: `o · (1 / l) · v_scale_c + v_mean_c`, f32.
 //!
 //! The kernels' `ex2.approx` and the order of their in-MMA sums are not reproduced bit for bit
 //! (std `exp2`, and the exact sum of each MMA's products): kernel and emulation agree to within
 //! that accumulation-order rounding, far below the scheme's own error.
 //!
-//! **Chosen scheme** (docs/PERF.md, "8-bit attention", has the error table): per-warp INT8
-//! scales for Q (32 queries on sm_80/86/89, 16 on sm_90) and one scale per key block for K (64
-//! keys, 128 on sm_90), round to nearest even; fp16 P·V with f32 accumulation on sm_80/86;
-//! e4m3 P·V with the FP22 MMA accumulator flushed into f32 after every key tile on sm_89 and
-//! sm_90; V smoothed. Per-thread granularity (SageAttention's default) is not emulated.
-//! Measured against f64 attention, it stays within relative L2 1e-2 on the fixture model's
-//! attention but not on random-weight 1.3B/14B inputs (about 1.2e-2 with fp16 P·V, from the
-//! INT8 logits; 3.2-3.5e-2 with e4m3 P·V, mostly V's 3-bit mantissa).
+//! **Chosen scheme** (docs/PERF.md, "8-bit attention, per-token scales", has the error table
+//! and the per-term breakdown): one INT8 scale per query and one per key (per token: the
+//! `head_dim` values of one row), round to nearest even, K and V smoothed, no channel balancing;
+//! fp16 P·V with f32 accumulation ([`Q8Path::Sm80`]). That is the arithmetic of the CUDA kernel
+//! (`kernels/attention_q8.cu`), which runs it on every GPU. It meets relative L2 ≤ 1e-2 and
+//! cosine ≥ 0.9995 against f64 attention on the fixture model's attention and on random-weight
+//! 1.3B/14B inputs (8.4e-3 and 8.9e-3); coarser Q or K scales do not (per-warp Q or per-block K:
+//! 1.2-1.6e-2), and neither does e4m3 P·V (the schemes of [`Q8Path::Sm89`] and [`Q8Path::Sm90`],
+//! 3.2-3.5e-2: V's and P's 3-bit mantissas), which is why no kernel runs those yet. K channels
+//! whose spread (not offset) is 8× the others' exceed the bounds with any per-token scale.
 
 use half::f16;
 use rayon::prelude::*;
@@ -87,6 +91,10 @@ impl Q8Path {
 /// Which queries and keys share one INT8 scale.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QkGranularity {
+    /// One scale per query and one per key (each token's `head_dim` values).
+    PerToken,
+    /// One scale per query and one per key block.
+    PerTokenQ,
     /// One scale per warp's queries (32, or 16 on sm_90) and per key block.
     PerWarp,
     /// One scale per CTA query block (128, or 64 on sm_90) and per key block.
@@ -102,13 +110,15 @@ pub enum PvFormat {
     E4m3,
 }
 
-/// The precision of the MMA accumulator of one key tile's P·V.
+/// The precision of the P·V MMA accumulator, which decides how many accumulation levels there are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MmaAccum {
-    /// f32, each MMA's sum rounded to nearest even.
+    /// f32, each MMA's sum rounded to nearest even: the MMAs accumulate straight into the f32
+    /// output (rescaled by the softmax correction before each key tile), one level.
     F32,
     /// FP22 (1 sign, 8 exponent, 13 mantissa bits), truncated toward zero after each MMA: what
-    /// the e4m3 MMAs of sm_89/sm_90 keep of their "f32" accumulator.
+    /// the e4m3 MMAs of sm_89/sm_90 keep of their "f32" accumulator. Two levels: a fresh
+    /// accumulator per key tile, flushed into the f32 output at the tile's end.
     Fp22,
 }
 
@@ -142,12 +152,19 @@ pub struct Q8Scheme {
     /// V smoothing: subtract V's mean over the sequence per channel before its rounding and
     /// add it back to the output (exact, as the softmax weights of a row sum to 1).
     pub smooth_v: bool,
+    /// Channel balancing: before the INT8 rounding, each channel `c` of K is divided and the same
+    /// channel of Q multiplied by `2^e_c`, `e_c = ⌊(E(amax_c(k)) − E(amax_c(q))) / 2⌋` with `E` the
+    /// f32 exponent field and the maxima over the sequence (after the smoothing and the logit
+    /// scale). `q·k` is unchanged exactly (powers of two); a K channel with a wide spread hands
+    /// half of it (in octaves) to Q, so it coarsens the other channels' steps less.
+    pub balance_channels: bool,
 }
 
 impl Q8Scheme {
-    /// The chosen scheme of `path` (per-warp Q scales).
+    /// The scheme of `path` with per-token Q and K scales and no channel balancing (the chosen
+    /// scheme for [`Q8Path::Sm80`]; the e4m3 paths' error is in the module docs).
     pub fn for_path(path: Q8Path) -> Q8Scheme {
-        Q8Scheme::with_granularity(path, QkGranularity::PerWarp)
+        Q8Scheme::with_granularity(path, QkGranularity::PerToken)
     }
 
     /// `path`'s scheme with the INT8 scales at `gran`.
@@ -161,18 +178,22 @@ impl Q8Scheme {
             Q8Path::Sm80 => (PvFormat::F16, 16, MmaAccum::F32),
             Q8Path::Sm89 | Q8Path::Sm90 => (PvFormat::E4m3, 32, MmaAccum::Fp22),
         };
+        let (q_group, k_group) = match gran {
+            QkGranularity::PerToken => (1, 1),
+            QkGranularity::PerTokenQ => (1, block_k),
+            QkGranularity::PerWarp => (warp_q, block_k),
+            QkGranularity::PerBlock => (block_q, block_k),
+        };
         Q8Scheme {
-            q_group: match gran {
-                QkGranularity::PerWarp => warp_q,
-                QkGranularity::PerBlock => block_q,
-            },
-            k_group: block_k,
+            q_group,
+            k_group,
             rounding: Rounding::NearestEven,
             tile_k: block_k,
             pv,
             mma_k,
             accum,
             smooth_v: true,
+            balance_channels: false,
         }
     }
 
@@ -292,6 +313,9 @@ fn quantize(
     };
     let qmul = scale * std::f32::consts::LOG2_E;
     q.iter_mut().for_each(|x| *x *= qmul);
+    if s.balance_channels {
+        balance_channels(&mut q, &mut k, d);
+    }
     let int8 = |x: &[f32], group: usize| {
         let mut codes = vec![0i8; x.len()];
         let scales = x
@@ -310,14 +334,10 @@ fn quantize(
             vec![1.0; d]
         }
         PvFormat::E4m3 => {
-            let mut amax = vec![0f32; d];
-            v.chunks_exact(d).for_each(|r| {
-                amax.iter_mut()
-                    .zip(r)
-                    .for_each(|(m, &x)| *m = m.max(x.abs()))
-            });
-            let scales: Vec<(f32, f32)> =
-                amax.iter().map(|&a| quant8::scales(a, E4M3_MAX)).collect();
+            let scales: Vec<(f32, f32)> = channel_amax(&v, d)
+                .iter()
+                .map(|&a| quant8::scales(a, E4M3_MAX))
+                .collect();
             v.chunks_exact_mut(d).for_each(|r| {
                 r.iter_mut()
                     .zip(&scales)
@@ -348,6 +368,44 @@ fn subtract_mean(x: &mut [f32], d: usize) -> Vec<f32> {
     x.chunks_exact_mut(d)
         .for_each(|r| r.iter_mut().zip(&mean).for_each(|(x, m)| *x -= m));
     mean
+}
+
+/// The per-channel largest magnitude over the rows `[len, d]` of `x`.
+fn channel_amax(x: &[f32], d: usize) -> Vec<f32> {
+    let mut amax = vec![0f32; d];
+    x.chunks_exact(d).for_each(|r| {
+        amax.iter_mut()
+            .zip(r)
+            .for_each(|(m, &x)| *m = m.max(x.abs()))
+    });
+    amax
+}
+
+/// The exponent `e_c` of [`Q8Scheme::balance_channels`] for channel maxima `aq` (of Q) and `ak`
+/// (of K): half the difference of their f32 exponent fields, rounded down; 0 if either is 0.
+fn balance_exponent(aq: f32, ak: f32) -> i32 {
+    let field = |x: f32| ((x.to_bits() >> 23) & 0xff) as i32;
+    if aq > 0.0 && ak > 0.0 {
+        (field(ak) - field(aq)) >> 1
+    } else {
+        0
+    }
+}
+
+/// Multiplies each channel of q `[q_len, d]` by `2^e_c` and of k `[kv_len, d]` by `2^-e_c`
+/// ([`Q8Scheme::balance_channels`]).
+fn balance_channels(q: &mut [f32], k: &mut [f32], d: usize) {
+    let (aq, ak) = (channel_amax(q, d), channel_amax(k, d));
+    let e: Vec<i32> = aq
+        .iter()
+        .zip(&ak)
+        .map(|(&a, &b)| balance_exponent(a, b))
+        .collect();
+    let (qf, kf): (Vec<f32>, Vec<f32>) = e.iter().map(|&e| (2f32.powi(e), 2f32.powi(-e))).unzip();
+    q.chunks_exact_mut(d)
+        .for_each(|r| r.iter_mut().zip(&qf).for_each(|(x, f)| *x *= f));
+    k.chunks_exact_mut(d)
+        .for_each(|r| r.iter_mut().zip(&kf).for_each(|(x, f)| *x *= f));
 }
 
 /// Per-thread buffers.
@@ -413,7 +471,17 @@ fn row(
         }
         l = l * corr + sum;
         m = m_new;
-        sc.acc.fill(0.0);
+        // One level (f32): the MMAs add into the rescaled output. Two (FP22): into a fresh
+        // accumulator, flushed into the output at the tile's end.
+        let one_level = s.accum == MmaAccum::F32;
+        if one_level {
+            sc.acc
+                .iter_mut()
+                .zip(&sc.o)
+                .for_each(|(a, &o)| *a = (o * corr) as f64);
+        } else {
+            sc.acc.fill(0.0);
+        }
         for (c0, pc) in p.chunks(s.mma_k).enumerate() {
             sc.mma.fill(0.0);
             for (j, &pj) in pc.iter().enumerate() {
@@ -428,9 +496,13 @@ fn row(
                 .zip(&sc.mma)
                 .for_each(|(a, &x)| *a = s.accum.round(*a + x));
         }
-        sc.o.iter_mut()
-            .zip(&sc.acc)
-            .for_each(|(o, &a)| *o = *o * corr + a as f32);
+        sc.o.iter_mut().zip(&sc.acc).for_each(|(o, &a)| {
+            *o = if one_level {
+                a as f32
+            } else {
+                *o * corr + a as f32
+            }
+        });
     }
     let inv_l = 1.0 / l;
     for (c, y) in out.iter_mut().enumerate() {

@@ -17,11 +17,13 @@ use half::bf16;
 
 use super::gemm::{self, GemmDims};
 use super::gemm_fp8::{self, Fp8Operands};
+use super::kernels::attention_q8::attention_q8_workspace_bytes;
 use super::kernels::convert::Fp8Format;
 use super::kernels::qk_norm_rope::RopeTables;
 use super::kernels::strided_copy::CopyPlan;
 use super::{not_on_cuda, CudaDevice, CudaStorage};
 use crate::backend::cpu::attention::AttnDims;
+use crate::backend::cpu::attention_q8::{Q8Path, Q8Scheme};
 use crate::backend::cpu::elementwise::{BinaryOp, UnaryOp};
 use crate::backend::cpu::reduce::ReduceOp;
 use crate::backend::gemm_plan::{gemm_path, Epilogue, GemmPath};
@@ -570,6 +572,61 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams<'_>) ->
         &mut out.view_mut::<bf16>(n)?,
         dims,
         p.scale,
+    )?;
+    Ok(Tensor::from_cuda(out, DType::BF16, q.shape().clone()))
+}
+
+/// `softmax(scale · q kᵀ) v` through the 8-bit kernel (`kernels/attention_q8.cu`), `[B, S, H,
+/// D]` bf16 layouts (shapes checked by the caller), head_dim 64 or 128, unmasked. The kernel
+/// runs the scheme `Q8Scheme::for_path(Q8Path::Sm80)` on every GPU; any other scheme is refused
+/// by name. The quantized operands live in a workspace allocated per call.
+pub fn attention_q8(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f32,
+    scheme: &Q8Scheme,
+) -> Result<Tensor> {
+    const OP: &str = "attention_q8";
+    let (&[batch, q_len, heads, head_dim], &[_, kv_len, _, _]) = (q.dims(), k.dims()) else {
+        return Err(Error::InvalidArgument(format!(
+            "{OP}: q and k must be [B, S, H, D]"
+        )));
+    };
+    if *scheme != Q8Scheme::for_path(Q8Path::Sm80) {
+        return Err(not_on_cuda(&format!(
+            "8-bit attention with the scheme {scheme:?} (the kernel runs sm80's)"
+        )));
+    }
+    if head_dim != 64 && head_dim != 128 {
+        return Err(not_on_cuda(&format!(
+            "8-bit attention at head_dim {head_dim} (64 and 128 have a kernel)"
+        )));
+    }
+    let (dev, qs) = input(OP, q, DType::BF16)?;
+    let (_, ks) = input(OP, k, DType::BF16)?;
+    let (_, vs) = input(OP, v, DType::BF16)?;
+    let dims = AttnDims {
+        batch,
+        q_len,
+        kv_len,
+        heads,
+        head_dim,
+    };
+    let n = q.elem_count();
+    let kv = k.elem_count();
+    let ws_bytes = attention_q8_workspace_bytes(dims)?;
+    let mut ws = dev.alloc(ws_bytes)?;
+    let mut out = output(dev, DType::BF16, n)?;
+    dev.kernels()?.attention_q8(
+        dev.stream(),
+        &qs.view::<bf16>(n)?,
+        &ks.view::<bf16>(kv)?,
+        &vs.view::<bf16>(kv)?,
+        &mut out.view_mut::<bf16>(n)?,
+        &mut ws.view_mut::<u8>(ws_bytes)?,
+        dims,
+        scale,
     )?;
     Ok(Tensor::from_cuda(out, DType::BF16, q.shape().clone()))
 }

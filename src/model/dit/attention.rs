@@ -18,10 +18,13 @@ pub enum SelfAttention {
     Q8(Q8Scheme),
 }
 
-/// The GPU path whose 8-bit scheme `q8` emulates on the CPU: sm_90's (H100/H200), whose e4m3
-/// P·V errs about as much as sm_89's and more than sm_80's fp16 P·V (docs/PERF.md), so a check
-/// on the CPU is not easier than any path's.
-pub const CPU_Q8_PATH: Q8Path = Q8Path::Sm90;
+/// The GPU path whose 8-bit scheme `q8` emulates on the CPU: sm_80's (INT8 Q·Kᵀ, fp16 P·V), the
+/// arithmetic of the one 8-bit kernel, which every GPU runs (`kernels/attention_q8.cu`), so the
+/// CPU checks exactly what a GPU computes.
+pub const CPU_Q8_PATH: Q8Path = Q8Path::Sm80;
+
+/// The 8-bit scheme the CUDA kernel runs, on every GPU (sm_80 to sm_90a): [`CPU_Q8_PATH`]'s.
+pub const CUDA_Q8_PATH: Q8Path = CPU_Q8_PATH;
 
 /// The attention a generation asks for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -60,10 +63,21 @@ impl AttentionChoice {
             AttentionChoice::Q8 => SelfAttention::Q8(Q8Scheme::for_path(CPU_Q8_PATH)),
         }
     }
+
+    /// What the DiT's self-attention runs on a CUDA device for this choice: `auto` and `q8` the
+    /// 8-bit kernel (every supported GPU, sm_80 and newer, has it), `bf16` the bf16 kernel.
+    pub fn on_cuda(self) -> SelfAttention {
+        match self {
+            AttentionChoice::Auto | AttentionChoice::Q8 => {
+                SelfAttention::Q8(Q8Scheme::for_path(CUDA_Q8_PATH))
+            }
+            AttentionChoice::Bf16 => SelfAttention::Exact,
+        }
+    }
 }
 
 impl SelfAttention {
-    /// A short description for generation metadata and logs: `exact` or `q8-sm90-emulated`
+    /// A short description for generation metadata and logs: `exact` or `q8-sm80-emulated`
     /// (the path of a scheme not built by [`Q8Scheme::for_path`] is given as `q8-custom`).
     pub fn describe(&self) -> String {
         match self {
@@ -107,7 +121,11 @@ mod tests {
         ));
         assert_eq!(AttentionChoice::Auto.on_cpu(), SelfAttention::Exact);
         assert_eq!(AttentionChoice::Bf16.on_cpu(), SelfAttention::Exact);
-        assert_eq!(AttentionChoice::Q8.on_cpu().describe(), "q8-sm90-emulated");
+        assert_eq!(AttentionChoice::Q8.on_cpu().describe(), "q8-sm80-emulated");
+        for c in [AttentionChoice::Auto, AttentionChoice::Q8] {
+            assert_eq!(c.on_cuda(), AttentionChoice::Q8.on_cpu());
+        }
+        assert_eq!(AttentionChoice::Bf16.on_cuda(), SelfAttention::Exact);
         let custom = Q8Scheme {
             tile_k: 32,
             ..Q8Scheme::for_path(Q8Path::Sm89)

@@ -20,7 +20,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 pub use crate::io::config::DitConfig;
-pub use attention::{AttentionChoice, SelfAttention, CPU_Q8_PATH};
+pub use attention::{AttentionChoice, SelfAttention, CPU_Q8_PATH, CUDA_Q8_PATH};
 pub use block::backward::{Adapters, DeltaGrad, Tape, TrainableDelta, BLOCK_LINEARS};
 pub use block::CrossKv;
 pub use nag::NagParams;

@@ -223,9 +223,10 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams<'_>) ->
     Tensor::from_f32(out, q.shape().clone())
 }
 
-/// [`attention`] (no mask, no bias) through the 8-bit scheme `scheme`, emulated on the CPU with
-/// the kernels' arithmetic ([`crate::backend::cpu::attention_q8`]): q `[B, Sq, H, D]`, k and v
-/// `[B, Sk, H, D]` (f32) -> `[B, Sq, H, D]`. Slow; for checking the scheme.
+/// [`attention`] (no mask, no bias) through the 8-bit scheme `scheme`: q `[B, Sq, H, D]`, k and
+/// v `[B, Sk, H, D]` -> `[B, Sq, H, D]`. On the CPU (f32), emulated with the kernels' arithmetic
+/// ([`crate::backend::cpu::attention_q8`]), slow, for checking the scheme; on CUDA (bf16), the
+/// 8-bit kernel, which runs the scheme of `Q8Path::Sm80` only.
 pub fn attention_q8(
     q: &Tensor,
     k: &Tensor,
@@ -235,6 +236,9 @@ pub fn attention_q8(
 ) -> Result<Tensor> {
     const OP: &str = "attention_q8";
     let dims = attn_dims(q, k, v, OP)?;
+    if on_cuda(OP, &[q, k, v])? {
+        return cuda::attention_q8(q, k, v, scale, scheme);
+    }
     let (qs, ks, vs) = (f32_input(q, OP)?, f32_input(k, OP)?, f32_input(v, OP)?);
     let mut out = vec![0.0; q.elem_count()];
     attn_q8::attention_q8(&qs, &ks, &vs, dims, scale, scheme, &mut out)?;

@@ -50,23 +50,8 @@ impl Kernels {
                 )))
             }
         };
-        let q_size = product(OP, &[batch, q_len, heads, head_dim])?;
-        let kv_size = product(OP, &[batch, kv_len, heads, head_dim])?;
-        check_len(OP, "q", q.len(), q_size)?;
-        check_len(OP, "out", out.len(), q_size)?;
-        check_len(OP, "k", k.len(), kv_size)?;
-        check_len(OP, "v", v.len(), kv_size)?;
-        if q_size == 0 {
+        if !check_attention_buffers(OP, stream, q, k, v, out, dims)? {
             return Ok(());
-        }
-        check_aligned16(OP, "q", q, stream)?;
-        check_aligned16(OP, "k", k, stream)?;
-        check_aligned16(OP, "v", v, stream)?;
-        check_aligned16(OP, "out", out, stream)?;
-        if heads > 65_535 || batch > 65_535 {
-            return Err(Error::InvalidArgument(format!(
-                "{OP}: {heads} heads × batch {batch} exceed one launch's grid"
-            )));
         }
         let cfg = LaunchConfig {
             grid_dim: (
@@ -92,4 +77,44 @@ impl Kernels {
         // SAFETY: the arguments match `attention_hd*_bf16` and the lengths were checked.
         unsafe { launch(OP, &mut args, cfg) }
     }
+}
+
+/// Checks the buffers of an attention call against `dims`: their lengths, then (when there are
+/// queries) their 16-byte alignment and the grid limits. `Ok(false)` when there is nothing to
+/// compute (no queries).
+pub(super) fn check_attention_buffers(
+    op: &str,
+    stream: &Arc<CudaStream>,
+    q: &CudaView<'_, bf16>,
+    k: &CudaView<'_, bf16>,
+    v: &CudaView<'_, bf16>,
+    out: &CudaViewMut<'_, bf16>,
+    dims: AttnDims,
+) -> Result<bool> {
+    let AttnDims {
+        batch,
+        q_len,
+        kv_len,
+        heads,
+        head_dim,
+    } = dims;
+    let q_size = product(op, &[batch, q_len, heads, head_dim])?;
+    let kv_size = product(op, &[batch, kv_len, heads, head_dim])?;
+    check_len(op, "q", q.len(), q_size)?;
+    check_len(op, "out", out.len(), q_size)?;
+    check_len(op, "k", k.len(), kv_size)?;
+    check_len(op, "v", v.len(), kv_size)?;
+    if q_size == 0 {
+        return Ok(false);
+    }
+    check_aligned16(op, "q", q, stream)?;
+    check_aligned16(op, "k", k, stream)?;
+    check_aligned16(op, "v", v, stream)?;
+    check_aligned16(op, "out", out, stream)?;
+    if heads > 65_535 || batch > 65_535 {
+        return Err(Error::InvalidArgument(format!(
+            "{op}: {heads} heads × batch {batch} exceed one launch's grid"
+        )));
+    }
+    Ok(true)
 }

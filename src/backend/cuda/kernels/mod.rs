@@ -13,6 +13,7 @@
 #![allow(dead_code)]
 
 pub(crate) mod attention;
+pub(crate) mod attention_q8;
 pub(crate) mod binary;
 pub(crate) mod convert;
 pub(crate) mod elementwise;
@@ -30,6 +31,8 @@ pub(crate) mod unary;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_attention_q8;
 
 use std::sync::Arc;
 
@@ -42,10 +45,14 @@ use cudarc::nvrtc::Ptx;
 use crate::error::{Error, Result};
 
 /// The fatbin of each kernel file, as `build.rs` left them in `OUT_DIR`.
-const FATBINS: [(&str, &[u8]); 14] = [
+const FATBINS: [(&str, &[u8]); 15] = [
     (
         "attention",
         include_bytes!(concat!(env!("OUT_DIR"), "/attention.fatbin")),
+    ),
+    (
+        "attention_q8",
+        include_bytes!(concat!(env!("OUT_DIR"), "/attention_q8.fatbin")),
     ),
     (
         "binary",
@@ -105,6 +112,12 @@ const FATBINS: [(&str, &[u8]); 14] = [
 pub(crate) struct Kernels {
     attention_hd64: CudaFunction,
     attention_hd128: CudaFunction,
+    attention_q8_hd64: CudaFunction,
+    attention_q8_hd128: CudaFunction,
+    q8_stats: CudaFunction,
+    q8_means: CudaFunction,
+    q8_quantize_q: CudaFunction,
+    q8_quantize_kv: CudaFunction,
     f32_to_bf16: CudaFunction,
     bf16_to_f32: CudaFunction,
     fp8_e4m3fn_to_bf16: CudaFunction,
@@ -154,6 +167,12 @@ impl Kernels {
         Ok(Kernels {
             attention_hd64: function("attention", "attention_hd64_bf16")?,
             attention_hd128: function("attention", "attention_hd128_bf16")?,
+            attention_q8_hd64: function("attention_q8", "attention_q8_hd64")?,
+            attention_q8_hd128: function("attention_q8", "attention_q8_hd128")?,
+            q8_stats: function("attention_q8", "q8_stats")?,
+            q8_means: function("attention_q8", "q8_means")?,
+            q8_quantize_q: function("attention_q8", "q8_quantize_q")?,
+            q8_quantize_kv: function("attention_q8", "q8_quantize_kv")?,
             f32_to_bf16: function("convert", "f32_to_bf16")?,
             bf16_to_f32: function("convert", "bf16_to_f32")?,
             fp8_e4m3fn_to_bf16: function("convert", "fp8_e4m3fn_to_bf16")?,

@@ -21,7 +21,7 @@ use crate::model::dit::rope::RopeTable;
 use crate::tensor::{fp8, random};
 
 /// A device, its stream and the loaded kernels; `None` (with the reason printed) without one.
-fn gpu(test: &str) -> Option<(Arc<CudaStream>, Kernels)> {
+pub(super) fn gpu(test: &str) -> Option<(Arc<CudaStream>, Kernels)> {
     // SAFETY: only tries to dlopen the driver library.
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
         println!("{test}: SKIP: libcuda could not be loaded (no NVIDIA driver)");
@@ -43,11 +43,14 @@ fn gpu(test: &str) -> Option<(Arc<CudaStream>, Kernels)> {
     Some((ctx.default_stream(), kernels))
 }
 
-fn upload<T: cudarc::driver::DeviceRepr>(stream: &Arc<CudaStream>, host: &[T]) -> CudaSlice<T> {
+pub(super) fn upload<T: cudarc::driver::DeviceRepr>(
+    stream: &Arc<CudaStream>,
+    host: &[T],
+) -> CudaSlice<T> {
     stream.clone_htod(host).expect("upload")
 }
 
-fn download<T: cudarc::driver::DeviceRepr + Default + Clone>(
+pub(super) fn download<T: cudarc::driver::DeviceRepr + Default + Clone>(
     stream: &Arc<CudaStream>,
     dev: &CudaSlice<T>,
 ) -> Vec<T> {
@@ -55,7 +58,7 @@ fn download<T: cudarc::driver::DeviceRepr + Default + Clone>(
 }
 
 /// An output buffer of `n` NaNs.
-fn poisoned_bf16(stream: &Arc<CudaStream>, n: usize) -> CudaSlice<bf16> {
+pub(super) fn poisoned_bf16(stream: &Arc<CudaStream>, n: usize) -> CudaSlice<bf16> {
     upload(stream, &vec![bf16::NAN; n])
 }
 
@@ -64,23 +67,23 @@ fn poisoned_f32(stream: &Arc<CudaStream>, n: usize) -> CudaSlice<f32> {
 }
 
 /// Random values `center ± amp` (uniform), distinct per seed.
-fn values(n: usize, seed: u32, center: f32, amp: f32) -> Vec<f32> {
+pub(super) fn values(n: usize, seed: u32, center: f32, amp: f32) -> Vec<f32> {
     random::values(n, seed)
         .into_iter()
         .map(|u| center + amp * u)
         .collect()
 }
 
-fn bf16s(x: &[f32]) -> Vec<bf16> {
+pub(super) fn bf16s(x: &[f32]) -> Vec<bf16> {
     x.iter().map(|&v| bf16::from_f32(v)).collect()
 }
 
-fn widen(x: &[bf16]) -> Vec<f32> {
+pub(super) fn widen(x: &[bf16]) -> Vec<f32> {
     x.iter().map(|v| v.to_f32()).collect()
 }
 
 /// Asserts `|got − want| ≤ rel·|want| + abs` everywhere (NaN in `got` fails).
-fn assert_close(what: &str, got: &[f32], want: &[f32], rel: f32, abs: f32) {
+pub(super) fn assert_close(what: &str, got: &[f32], want: &[f32], rel: f32, abs: f32) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         let ok = (g - w).abs() <= rel * w.abs() + abs;
@@ -89,7 +92,7 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], rel: f32, abs: f32) {
 }
 
 /// One bf16 step relative (2^-8: the rounding of the kernel plus that of the reference).
-const BF16_REL: f32 = 1.0 / 256.0;
+pub(super) const BF16_REL: f32 = 1.0 / 256.0;
 
 #[test]
 fn gpu_layer_norm_modulate_and_affine() {

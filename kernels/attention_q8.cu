@@ -1,0 +1,374 @@
+// 8-bit attention (SageAttention2 class): out = softmax(scale · q kᵀ) v per (batch, head) with
+// Q·Kᵀ in INT8 and P·V in fp16, f32 accumulation and online softmax; bf16 in and out, q/out
+// [B, Lq, H, D], k/v [B, Lk, H, D], D = 64 or 128, non-causal, any lengths. The arithmetic is the
+// scheme `Q8Path::Sm80` of src/backend/cpu/attention_q8.rs, which emulates it on the CPU; the
+// same mma.sync code runs on sm_80, sm_86, sm_89 and sm_90a (no wgmma, no e4m3 P·V yet).
+//
+// Five kernels, launched in order by src/backend/cuda/kernels/attention_q8.rs:
+//   1. q8_stats: per (batch, head) and channel, the sums of k and v over the sequence (f64
+//      atomics into a zeroed buffer). Grid (token chunks, H, B), one thread per channel walking
+//      STATS_ROWS tokens (coalesced: a warp reads 64 consecutive bytes of a row).
+//   2. q8_means: the K and V means (the smoothing), rounded to f32. Grid (H, B).
+//   3. q8_quantize_q / q8_quantize_kv: one warp per token row: q · (scale·log2 e) and k − mean
+//      to INT8 with one scale per token (amax/127, round to nearest even), v − mean to f16
+//      (saturating). Outputs are head-major [B, H, L, D] so that the attention kernel's tiles
+//      are contiguous rows.
+//   4. attention_q8_hd{64,128}: the FlashAttention-2 loop of attention.cu with INT8 operands.
+
+// Attention tile: 4 warps own BLOCK_M = 64 queries (16 rows per warp, the M of mma m16n8k32)
+// and walk keys in tiles of BLOCK_N = 64, as attention.cu (the emulation's tile_k is 64):
+//   - Q is staged once through sK and kept as INT8 A fragments: D/32 × 4 registers (16 at
+//     D = 128, half of the bf16 kernel's).
+//   - S = Q Kᵀ: mma.sync m16n8k32 s8·s8 → s32, 8 n-tiles × 4 registers; each logit is
+//     dequantized as float(acc) · (q_scale · k_scale) (per-token scales: each thread holds its
+//     two rows' Q scales, the tile's 64 K scales sit in shared memory, double-buffered), masked
+//     keys get -inf.
+//   - Online softmax in base 2 as attention.cu; P = exp2(s − max) rounded to f16 and the row sum
+//     taken over the rounded values (so the weights are exactly normalised), reused from the S
+//     registers as the A fragments of mma m16n8k16 f16 → f32 accumulating straight into O.
+//   - V (f16) via ldmatrix.trans; K (INT8, rows padded by 16 bytes) and V (rows padded by 8 f16)
+//     by cp.async, single-buffered and interleaved as in attention.cu: 64·(D+16) + 64·(D+8)·2 +
+//     2·64·4 bytes = 27 KB of static shared memory at D = 128.
+// Registers: 16 (Q) + 32 (S) + 64 (O) at D = 128, plus the softmax state, the scales and the
+// addresses: ptxas takes 188 with no spill under `__launch_bounds__(128, 2)` (two blocks, 8 warps
+// per SM; capped at 168 for three blocks as attention.cu, it spilled on sm_90a). At D = 64 about
+// 140, so three blocks per SM as attention.cu.
+#include "common.cuh"
+#include <cuda_fp16.h>
+
+#define BLOCK_M 64
+#define BLOCK_N 64
+#define WARPS 4
+// Tokens one q8_stats block walks.
+#define STATS_ROWS 128
+
+// Per (b, h): sums [2][D] f64 (k, v), zeroed by the launcher. blockDim.x = D.
+extern "C" __global__ void q8_stats(const bf16_bits *__restrict__ k,
+                                    const bf16_bits *__restrict__ v, double *__restrict__ sums,
+                                    int L, int H) {
+    const int D = blockDim.x, c = threadIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const int row0 = blockIdx.x * STATS_ROWS;
+    const long long row_stride = static_cast<long long>(H) * D;
+    double ks = 0.0, vs = 0.0;
+    for (int r = row0; r < row0 + STATS_ROWS && r < L; ++r) {
+        const long long at = (static_cast<long long>(b) * L + r) * row_stride + h * D + c;
+        ks += bf16_to_float(k[at]);
+        vs += bf16_to_float(v[at]);
+    }
+    const long long bh = static_cast<long long>(b) * H + h;
+    atomicAdd(sums + bh * 2 * D + c, ks);
+    atomicAdd(sums + bh * 2 * D + D + c, vs);
+}
+
+// Per (b, h) and channel: means [2][D] f32 = the K and V means, each sum / L rounded to f32 (as
+// the emulation's `subtract_mean`). blockDim.x = D.
+extern "C" __global__ void q8_means(const double *__restrict__ sums, float *__restrict__ means,
+                                    int L, int H) {
+    const int D = blockDim.x, c = threadIdx.x;
+    const long long bh = static_cast<long long>(blockIdx.y) * H + blockIdx.x;
+    means[bh * 2 * D + c] = static_cast<float>(sums[bh * 2 * D + c] / L);
+    means[bh * 2 * D + D + c] = static_cast<float>(sums[bh * 2 * D + D + c] / L);
+}
+
+// Values per lane of a row of D ≤ 128 channels (one warp per row).
+#define MAX_PER_LANE 4
+
+// One row of `n` values per lane (channels lane·n ..) to INT8 with the row's scale.
+__device__ __forceinline__ void quantize_row(const float (&x)[MAX_PER_LANE], int n, int8_t *dst,
+                                             float *scale) {
+    float amax = 0.0f;
+#pragma unroll
+    for (int i = 0; i < MAX_PER_LANE; ++i)
+        if (i < n) amax = fmaxf(amax, fabsf(x[i]));
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+#pragma unroll
+    for (int i = 0; i < MAX_PER_LANE; ++i)
+        if (i < n) dst[i] = static_cast<int8_t>(min(max(__float2int_rn(x[i] * inv), -127), 127));
+    if ((threadIdx.x & 31) == 0) *scale = amax > 0.0f ? amax / 127.0f : 0.0f;
+}
+
+// Token rows per quantization block (one warp each).
+#define QUANT_ROWS 8
+
+// q [B, L, H, D] bf16 → q8 [B, H, L, D] INT8 and q_scale [B, H, L]: q · qmul per token.
+// Grid (⌈L / 8⌉, H, B), 256 threads.
+extern "C" __global__ void q8_quantize_q(const bf16_bits *__restrict__ q, int8_t *__restrict__ q8,
+                                         float *__restrict__ q_scale, int L, int H, int D,
+                                         float qmul) {
+    const int lane = threadIdx.x & 31, h = blockIdx.y, b = blockIdx.z;
+    const int r = blockIdx.x * QUANT_ROWS + (threadIdx.x >> 5);
+    if (r >= L) return;
+    const int n = D / 32, c0 = lane * n;
+    const bf16_bits *src = q + ((static_cast<long long>(b) * L + r) * H + h) * D + c0;
+    float x[MAX_PER_LANE];
+#pragma unroll
+    for (int i = 0; i < MAX_PER_LANE; ++i)
+        if (i < n) x[i] = bf16_to_float(src[i]) * qmul;
+    const long long row = (static_cast<long long>(b) * H + h) * L + r;
+    quantize_row(x, n, q8 + row * D + c0, q_scale + row);
+}
+
+// k, v [B, L, H, D] bf16 → k8 [B, H, L, D] INT8, k_scale [B, H, L], v16 [B, H, L, D] f16:
+// k − mean per token to INT8, v − mean to f16 saturating. Grid (⌈L / 8⌉, H, B).
+extern "C" __global__ void q8_quantize_kv(const bf16_bits *__restrict__ k,
+                                          const bf16_bits *__restrict__ v,
+                                          const float *__restrict__ means,
+                                          int8_t *__restrict__ k8, float *__restrict__ k_scale,
+                                          __half *__restrict__ v16, int L, int H, int D) {
+    const int lane = threadIdx.x & 31, h = blockIdx.y, b = blockIdx.z;
+    const int r = blockIdx.x * QUANT_ROWS + (threadIdx.x >> 5);
+    if (r >= L) return;
+    const int n = D / 32, c0 = lane * n;
+    const long long bh = static_cast<long long>(b) * H + h;
+    const long long at = ((static_cast<long long>(b) * L + r) * H + h) * D + c0;
+    const float *kmean = means + bh * 2 * D + c0, *vmean = kmean + D;
+    const long long row = bh * L + r;
+    float x[MAX_PER_LANE];
+#pragma unroll
+    for (int i = 0; i < MAX_PER_LANE; ++i) {
+        if (i >= n) break;
+        x[i] = bf16_to_float(k[at + i]) - kmean[i];
+        const float y = bf16_to_float(v[at + i]) - vmean[i];
+        v16[row * D + c0 + i] = __float2half_rn(fminf(fmaxf(y, -65504.0f), 65504.0f));
+    }
+    quantize_row(x, n, k8 + row * D + c0, k_scale + row);
+}
+
+// c += a·b for a 16x32 INT8 A (row), a 32x8 INT8 B (col) and a 16x8 s32 C.
+__device__ __forceinline__ void mma_s8_16832(int c[4], const uint32_t a[4], uint32_t b0,
+                                             uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, "
+                 "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// c += a·b for a 16x16 f16 A (row), a 16x8 f16 B (col) and a 16x8 f32 C.
+__device__ __forceinline__ void mma_f16_16816(float c[4], const uint32_t a[4], uint32_t b0,
+                                              uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
+                 "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two values already on the f16 grid in one register, `lo` in the low half.
+__device__ __forceinline__ uint32_t pack_f16x2(float lo, float hi) {
+    return static_cast<uint32_t>(__half_as_ushort(__float2half_rn(lo))) |
+           (static_cast<uint32_t>(__half_as_ushort(__float2half_rn(hi))) << 16);
+}
+
+template <int D>
+__device__ __forceinline__ void attention_q8_block(
+    const int8_t *__restrict__ q8, const float *__restrict__ q_scale,
+    const int8_t *__restrict__ k8, const float *__restrict__ k_scale,
+    const __half *__restrict__ v16, const float *__restrict__ means, bf16_bits *__restrict__ out,
+    int Lq, int Lk, int H) {
+    constexpr int KSTRIDE = D + 16;      // padded INT8 row, in bytes
+    constexpr int VSTRIDE = D + 8;       // padded f16 row, in halves
+    constexpr int KCHUNKS = D / 16;      // 16-byte chunks per INT8 row
+    constexpr int VCHUNKS = D / 8;       // 16-byte chunks per f16 row
+    constexpr int KSTEPS = D / 32;       // k-steps of Q Kᵀ
+    constexpr int S_TILES = BLOCK_N / 8; // n-tiles of S
+    constexpr int O_TILES = D / 8;       // n-tiles of O
+    __shared__ __align__(16) int8_t sK[BLOCK_N * KSTRIDE];
+    __shared__ __align__(16) unsigned short sV[BLOCK_N * VSTRIDE];
+    __shared__ float sKs[2][BLOCK_N];
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int m0 = blockIdx.x * BLOCK_M, h = blockIdx.y, b = blockIdx.z;
+    const long long bh = static_cast<long long>(b) * H + h;
+    const int8_t *qb = q8 + bh * Lq * D;
+    const int8_t *kb = k8 + bh * Lk * D;
+    const __half *vb = v16 + bh * Lk * D;
+    const float *ksb = k_scale + bh * Lk;
+
+    // Rows row0.. of a head-major [len, D] tensor (`chunks` 16-byte chunks per row) into a
+    // 64-row shared tile of `stride` bytes per row, zeros past `len`.
+    auto load_tile = [&](void *s, int stride, const void *g, int chunks, int row0, int len) {
+        for (int c = tid; c < BLOCK_N * chunks; c += WARPS * 32) {
+            const int r = c / chunks, col = (c % chunks) * 16;
+            const bool valid = row0 + r < len;
+            const char *src = static_cast<const char *>(g) +
+                              (valid ? static_cast<long long>(row0 + r) * chunks * 16 + col : 0);
+            cp_async_16(static_cast<char *>(s) + r * stride + col, src, valid);
+        }
+    };
+    auto load_k = [&](int j) {
+        load_tile(sK, KSTRIDE, kb, KCHUNKS, j * BLOCK_N, Lk);
+        if (tid < BLOCK_N) {
+            const int key = j * BLOCK_N + tid;
+            sKs[j & 1][tid] = key < Lk ? ksb[key] : 0.0f;
+        }
+    };
+    auto load_v = [&](int j) {
+        load_tile(sV, VSTRIDE * 2, vb, VCHUNKS, j * BLOCK_N, Lk);
+    };
+
+    // Q: staged through sK, then held as A fragments; its two rows' scales per thread.
+    uint32_t qf[KSTEPS][4];
+    load_tile(sK, KSTRIDE, qb, KCHUNKS, m0, Lq);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+#pragma unroll
+    for (int ks = 0; ks < KSTEPS; ++ks)
+        ldmatrix_x4(qf[ks], sK + (warp * 16 + (lane & 15)) * KSTRIDE + ks * 32 + (lane >> 4) * 16);
+    __syncthreads();
+    const int r0 = warp * 16 + (lane >> 2);
+    float qs[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+        qs[r] = m0 + r0 + 8 * r < Lq ? q_scale[bh * Lq + m0 + r0 + 8 * r] : 0.0f;
+
+    const int tiles = (Lk + BLOCK_N - 1) / BLOCK_N;
+    if (tiles > 0) {
+        load_k(0);
+        cp_async_commit();
+        load_v(0);
+        cp_async_commit();
+    }
+
+    float o[O_TILES][4];
+#pragma unroll
+    for (int t = 0; t < O_TILES; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.0f;
+    float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
+
+    for (int j = 0; j < tiles; ++j) {
+        cp_async_wait<1>(); // K(j) has landed; V(j) may still be in flight
+        __syncthreads();
+        int acc[S_TILES][4];
+#pragma unroll
+        for (int t = 0; t < S_TILES; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0;
+#pragma unroll
+        for (int ks = 0; ks < KSTEPS; ++ks) {
+#pragma unroll
+            for (int t = 0; t < S_TILES; t += 2) {
+                uint32_t kf[4];
+                ldmatrix_x4(kf, sK + (t * 8 + (lane & 7) + (lane >> 4) * 8) * KSTRIDE + ks * 32 +
+                                    ((lane >> 3) & 1) * 16);
+                mma_s8_16832(acc[t], qf[ks], kf[0], kf[1]);
+                mma_s8_16832(acc[t + 1], qf[ks], kf[2], kf[3]);
+            }
+        }
+        // Dequantize (per-token scales) and mask; sKs[j & 1] stays valid until tile j + 2.
+        const int col0 = (lane & 3) * 2;
+        float s[S_TILES][4];
+        float tile_max[2] = {row_max[0], row_max[1]};
+#pragma unroll
+        for (int t = 0; t < S_TILES; ++t)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int col = t * 8 + col0 + (e & 1);
+                s[t][e] = j * BLOCK_N + col < Lk
+                              ? __int2float_rn(acc[t][e]) * (qs[e >> 1] * sKs[j & 1][col])
+                              : -INFINITY;
+                tile_max[e >> 1] = fmaxf(tile_max[e >> 1], s[t][e]);
+            }
+        __syncthreads(); // every warp is done with K(j)
+        const bool more = j + 1 < tiles;
+        if (more) {
+            load_k(j + 1);
+            cp_async_commit();
+        }
+
+        float correction[2], tile_sum[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
+            tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
+            // Tile 0 always holds a valid key, so tile_max is finite and exp2(-inf) = 0.
+            correction[r] = exp2f(row_max[r] - tile_max[r]);
+            row_max[r] = tile_max[r];
+        }
+#pragma unroll
+        for (int t = 0; t < S_TILES; ++t)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                s[t][e] = __half2float(__float2half_rn(exp2f(s[t][e] - tile_max[e >> 1])));
+                tile_sum[e >> 1] += s[t][e];
+            }
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            tile_sum[r] += __shfl_xor_sync(0xffffffffu, tile_sum[r], 1);
+            tile_sum[r] += __shfl_xor_sync(0xffffffffu, tile_sum[r], 2);
+            row_sum[r] = __fadd_rn(__fmul_rn(row_sum[r], correction[r]), tile_sum[r]);
+        }
+#pragma unroll
+        for (int t = 0; t < O_TILES; ++t) {
+            o[t][0] *= correction[0];
+            o[t][1] *= correction[0];
+            o[t][2] *= correction[1];
+            o[t][3] *= correction[1];
+        }
+
+        if (more)
+            cp_async_wait<1>(); // V(j) has landed; K(j+1) may still be in flight
+        else
+            cp_async_wait<0>();
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < BLOCK_N / 16; ++kk) {
+            const uint32_t pf[4] = {pack_f16x2(s[2 * kk][0], s[2 * kk][1]),
+                                    pack_f16x2(s[2 * kk][2], s[2 * kk][3]),
+                                    pack_f16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                    pack_f16x2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int t = 0; t < O_TILES; t += 2) {
+                uint32_t vf[4];
+                ldmatrix_x4_trans(vf, sV + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * VSTRIDE +
+                                          t * 8 + (lane >> 4) * 8);
+                mma_f16_16816(o[t], pf, vf[0], vf[1]);
+                mma_f16_16816(o[t + 1], pf, vf[2], vf[3]);
+            }
+        }
+        __syncthreads(); // every warp is done with V(j)
+        if (more) {
+            load_v(j + 1);
+            cp_async_commit();
+        }
+    }
+
+    // o / l + V mean, staged as bf16 through sV, stored in 16-byte vectors of the valid rows.
+    const float inv[2] = {row_sum[0] > 0.0f ? 1.0f / row_sum[0] : 0.0f,
+                          row_sum[1] > 0.0f ? 1.0f / row_sum[1] : 0.0f};
+    const float *vmean = means + bh * 2 * D + D;
+#pragma unroll
+    for (int t = 0; t < O_TILES; ++t) {
+        const int col = t * 8 + (lane & 3) * 2;
+        const float m0v = vmean[col], m1v = vmean[col + 1];
+        *reinterpret_cast<uint32_t *>(sV + r0 * VSTRIDE + col) =
+            pack_bf16x2(__fadd_rn(__fmul_rn(o[t][0], inv[0]), m0v),
+                        __fadd_rn(__fmul_rn(o[t][1], inv[0]), m1v));
+        *reinterpret_cast<uint32_t *>(sV + (r0 + 8) * VSTRIDE + col) =
+            pack_bf16x2(__fadd_rn(__fmul_rn(o[t][2], inv[1]), m0v),
+                        __fadd_rn(__fmul_rn(o[t][3], inv[1]), m1v));
+    }
+    __syncthreads();
+    const long long row_stride = static_cast<long long>(H) * D;
+    bf16_bits *ob = out + static_cast<long long>(b) * Lq * row_stride + h * D;
+    for (int c = tid; c < BLOCK_M * VCHUNKS; c += WARPS * 32) {
+        const int r = c / VCHUNKS, col = (c % VCHUNKS) * 8;
+        if (m0 + r < Lq)
+            *reinterpret_cast<uint4 *>(ob + (m0 + r) * row_stride + col) =
+                *reinterpret_cast<const uint4 *>(sV + r * VSTRIDE + col);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(WARPS * 32, 3)
+    attention_q8_hd64(const int8_t *__restrict__ q8, const float *__restrict__ q_scale,
+                      const int8_t *__restrict__ k8, const float *__restrict__ k_scale,
+                      const __half *__restrict__ v16, const float *__restrict__ means,
+                      bf16_bits *__restrict__ out, int Lq, int Lk, int H) {
+    attention_q8_block<64>(q8, q_scale, k8, k_scale, v16, means, out, Lq, Lk, H);
+}
+
+extern "C" __global__ void __launch_bounds__(WARPS * 32, 2)
+    attention_q8_hd128(const int8_t *__restrict__ q8, const float *__restrict__ q_scale,
+                       const int8_t *__restrict__ k8, const float *__restrict__ k_scale,
+                       const __half *__restrict__ v16, const float *__restrict__ means,
+                       bf16_bits *__restrict__ out, int Lq, int Lk, int H) {
+    attention_q8_block<128>(q8, q_scale, k8, k_scale, v16, means, out, Lq, Lk, H);
+}
