@@ -10,6 +10,7 @@ mod allocator;
 mod gemm;
 pub(crate) mod kernels;
 pub mod ops;
+pub mod sampler_ops;
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};

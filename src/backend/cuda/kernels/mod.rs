@@ -18,6 +18,7 @@ pub(crate) mod elementwise;
 pub(crate) mod norm;
 pub(crate) mod patchify;
 pub(crate) mod qk_norm_rope;
+pub(crate) mod sampler;
 pub(crate) mod time_embedding;
 
 #[cfg(test)]
@@ -34,7 +35,7 @@ use cudarc::nvrtc::Ptx;
 use crate::error::{Error, Result};
 
 /// The fatbin of each kernel file, as `build.rs` left them in `OUT_DIR`.
-const FATBINS: [(&str, &[u8]); 7] = [
+const FATBINS: [(&str, &[u8]); 8] = [
     (
         "attention",
         include_bytes!(concat!(env!("OUT_DIR"), "/attention.fatbin")),
@@ -63,6 +64,10 @@ const FATBINS: [(&str, &[u8]); 7] = [
         "time_embedding",
         include_bytes!(concat!(env!("OUT_DIR"), "/time_embedding.fatbin")),
     ),
+    (
+        "sampler",
+        include_bytes!(concat!(env!("OUT_DIR"), "/sampler.fatbin")),
+    ),
 ];
 
 /// Every kernel function of wanrt, loaded into one CUDA context.
@@ -80,6 +85,15 @@ pub(crate) struct Kernels {
     unpatchify: CudaFunction,
     rms_norm_rope: CudaFunction,
     sinusoidal_embedding: CudaFunction,
+    unipc_step: CudaFunction,
+    dpm_step: CudaFunction,
+    euler_step: CudaFunction,
+    lcm_step: CudaFunction,
+    cfg: CudaFunction,
+    cfg_zero_star_partials: CudaFunction,
+    cfg_zero_star_combine: CudaFunction,
+    first_non_finite: CudaFunction,
+    philox_normal: CudaFunction,
 }
 
 impl Kernels {
@@ -116,6 +130,15 @@ impl Kernels {
             unpatchify: function("patchify", "unpatchify_f32")?,
             rms_norm_rope: function("qk_norm_rope", "rms_norm_rope_bf16")?,
             sinusoidal_embedding: function("time_embedding", "sinusoidal_embedding_f32")?,
+            unipc_step: function("sampler", "unipc_step_f32")?,
+            dpm_step: function("sampler", "dpm_step_f32")?,
+            euler_step: function("sampler", "euler_step_f32")?,
+            lcm_step: function("sampler", "lcm_step_f32")?,
+            cfg: function("sampler", "cfg_f32")?,
+            cfg_zero_star_partials: function("sampler", "cfg_zero_star_partials_f32")?,
+            cfg_zero_star_combine: function("sampler", "cfg_zero_star_combine_f32")?,
+            first_non_finite: function("sampler", "first_non_finite_f32")?,
+            philox_normal: function("sampler", "philox_normal_f32")?,
         })
     }
 }
