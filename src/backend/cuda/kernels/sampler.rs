@@ -57,6 +57,7 @@ impl SamplerKernel {
 impl Kernels {
     /// Launches `kernel` over `n` elements: every input and output holds `n` f32 values, and
     /// the flags and coefficients are as many as the kernel takes.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn sampler(
         &self,
         stream: &Arc<CudaStream>,
@@ -134,14 +135,16 @@ impl Kernels {
             return Ok(());
         }
         let n_i64 = n as i64;
-        let mut args = stream.launch_builder(&self.cfg_zero_star_partials);
-        args.arg(cond).arg(uncond).arg(&mut *partials).arg(&n_i64);
-        // SAFETY: the arguments match `cfg_zero_star_partials_f32`; the lengths were checked.
-        unsafe { launch(OP, &mut args, elementwise_config(chunks)) }?;
+        {
+            let mut args = stream.launch_builder(&self.cfg_zero_star_partials);
+            args.arg(cond).arg(uncond).arg(&mut *partials).arg(&n_i64);
+            // SAFETY: the arguments match `cfg_zero_star_partials_f32`; the lengths were checked.
+            unsafe { launch(OP, &mut args, elementwise_config(chunks)) }?;
+        }
         let mut args = stream.launch_builder(&self.cfg_zero_star_combine);
         args.arg(cond)
             .arg(uncond)
-            .arg(&*partials)
+            .arg(&mut *partials)
             .arg(out)
             .arg(&n_i64)
             .arg(&scale);
