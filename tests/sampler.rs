@@ -7,7 +7,23 @@ use wanrt::sampler::{
     PassUse, Sampler, SamplerConfig, Schedule, Slg, SolverKind, StepInfo, Stream, TeaCache,
     TeaCacheInput, TeaCacheModel, VelocityModel,
 };
-use wanrt::Error;
+use wanrt::{Error, Tensor};
+
+/// A host f32 latent.
+fn t(v: &[f32]) -> Tensor {
+    Tensor::from_f32(v.to_vec(), [v.len()]).unwrap()
+}
+
+/// The values of an f32 latent.
+fn vals(x: &Tensor) -> Vec<f32> {
+    x.f32_data().unwrap().to_vec()
+}
+
+/// `f(x)` elementwise, as a tensor shaped as `x`.
+fn map(x: &Tensor, f: impl Fn(f32) -> f32) -> wanrt::Result<Tensor> {
+    let v = x.f32_data()?.iter().map(|&x| f(x)).collect();
+    Tensor::from_f32(v, x.shape().clone())
+}
 
 /// One request the fake model received.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,12 +58,12 @@ impl Fake {
     }
 }
 
-impl VelocityModel<f32> for Fake {
+impl VelocityModel for Fake {
     fn evaluate(
         &mut self,
-        x: &[f32],
+        x: &Tensor,
         at: &StepInfo,
-        passes: &mut [PassRequest<'_, f32>],
+        passes: &mut [PassRequest<'_>],
     ) -> wanrt::Result<()> {
         for p in passes {
             self.calls.push(Call {
@@ -61,9 +77,7 @@ impl VelocityModel<f32> for Fake {
                 Pass::Cond => (1.0, 0.0),
                 Pass::Uncond => (0.5, p.skip_blocks.len() as f32),
             };
-            for (v, &x) in p.velocity.iter_mut().zip(x) {
-                *v = scale * x + bias;
-            }
+            p.velocity = Some(map(x, |x| scale * x + bias)?);
             if p.indicator.is_some() {
                 p.signal = Some(vec![(self.signal)(at.step, p.pass)]);
             }
@@ -78,8 +92,8 @@ fn euler(steps: usize, guidance: Guidance) -> SamplerConfig {
 }
 
 fn run(config: SamplerConfig, model: &mut Fake) -> Vec<wanrt::sampler::StepReport> {
-    let mut sampler = Sampler::<f32>::new(config).unwrap();
-    let mut x = vec![0.5f32, -1.0, 2.0];
+    let mut sampler = Sampler::new(config).unwrap();
+    let mut x = t(&[0.5, -1.0, 2.0]);
     let mut reports = Vec::new();
     sampler
         .run(model, &mut x, |p| {
@@ -182,21 +196,23 @@ fn teacache_is_off_by_default_and_documented_models_have_coefficients() {
 #[test]
 fn teacache_needs_the_indicator() {
     struct NoSignal;
-    impl VelocityModel<f32> for NoSignal {
+    impl VelocityModel for NoSignal {
         fn evaluate(
             &mut self,
-            _: &[f32],
+            x: &Tensor,
             _: &StepInfo,
-            passes: &mut [PassRequest<'_, f32>],
+            passes: &mut [PassRequest<'_>],
         ) -> wanrt::Result<()> {
-            passes.iter_mut().for_each(|p| p.velocity.fill(0.0));
+            for p in passes {
+                p.velocity = Some(map(x, |_| 0.0)?);
+            }
             Ok(())
         }
     }
     let mut config = euler(4, Guidance::Cfg { scale: 1.0 });
     config.teacache = Some(identity_teacache());
-    let mut s = Sampler::<f32>::new(config).unwrap();
-    let err = s.step(&mut NoSignal, &mut [0.0; 2]).unwrap_err();
+    let mut s = Sampler::new(config).unwrap();
+    let err = s.step(&mut NoSignal, &mut t(&[0.0; 2])).unwrap_err();
     assert!(err.to_string().contains("indicator"), "{err}");
 }
 
@@ -232,11 +248,11 @@ fn slg_guides_with_the_degraded_uncond() {
         start: 0.0,
         end: 1.0,
     });
-    let mut s = Sampler::<f32>::new(config).unwrap();
+    let mut s = Sampler::new(config).unwrap();
     let x = [0.5f32, -1.0];
-    s.step(&mut Fake::new(), &mut x.clone()).unwrap();
+    s.step(&mut Fake::new(), &mut t(&x)).unwrap();
     // v = u + 3(c − u) with c = x, u = 0.5x + 2 (two blocks skipped).
-    for (v, x) in s.velocity().iter().zip(x) {
+    for (v, x) in vals(s.velocity().unwrap()).iter().zip(x) {
         let u = 0.5 * x + 2.0;
         assert!((v - (u + 3.0 * (x - u))).abs() < 1e-6);
     }
@@ -313,15 +329,15 @@ fn cfg_schedules_run_the_uncond_pass_only_where_guidance_applies() {
 fn skipped_guidance_uses_the_cond_velocity() {
     let mut config = euler(3, Guidance::Cfg { scale: 5.0 });
     config.cfg_schedule = CfgSchedule::Steps(vec![1]);
-    let mut s = Sampler::<f32>::new(config).unwrap();
-    let mut x = vec![0.5f32, -1.0];
+    let mut s = Sampler::new(config).unwrap();
+    let mut x = t(&[0.5, -1.0]);
     let mut model = Fake::new();
-    let x0 = x.clone();
+    let x0 = vals(&x);
     s.step(&mut model, &mut x).unwrap();
-    assert_eq!(s.velocity(), &x0[..], "step 0: v = v_c = x");
-    let x1 = x.clone();
+    assert_eq!(vals(s.velocity().unwrap()), x0, "step 0: v = v_c = x");
+    let x1 = vals(&x);
     s.step(&mut model, &mut x).unwrap();
-    for (v, x) in s.velocity().iter().zip(&x1) {
+    for (v, x) in vals(s.velocity().unwrap()).iter().zip(&x1) {
         let u = 0.5 * x;
         assert!((v - (u + 5.0 * (x - u))).abs() < 1e-6);
     }
@@ -349,13 +365,13 @@ fn the_callback_sees_every_step_and_can_cancel() {
         SolverKind::UniPc.schedule(8, 3.0).unwrap(),
         Guidance::Cfg { scale: 2.0 },
     );
-    let start = vec![0.3f32, -0.7, 1.2, 0.05];
+    let start = t(&[0.3, -0.7, 1.2, 0.05]);
 
     let mut whole = start.clone();
     let mut seen = Vec::new();
     let mut s = Sampler::new(config.clone()).unwrap();
     s.run(&mut Fake::new(), &mut whole, |p| {
-        seen.push((p.step, p.steps, p.sigma, p.sigma_next, p.latent.to_vec()));
+        seen.push((p.step, p.steps, p.sigma, p.sigma_next, vals(p.latent)));
         Flow::Continue
     })
     .unwrap();
@@ -364,7 +380,7 @@ fn the_callback_sees_every_step_and_can_cancel() {
     for (i, (step, steps, sigma, next, _)) in seen.iter().enumerate() {
         assert_eq!((*step, *steps, *sigma, *next), (i, 8, sig[i], sig[i + 1]));
     }
-    assert_eq!(seen[7].4, whole);
+    assert_eq!(seen[7].4, vals(&whole));
 
     // Cancel after step 2: the latent is step 2's, and running on finishes the same way.
     let mut x = start.clone();
@@ -377,9 +393,9 @@ fn the_callback_sees_every_step_and_can_cancel() {
         .unwrap_err();
     assert!(matches!(err, Error::Cancelled), "{err}");
     assert_eq!(s.step_index(), 3);
-    assert_eq!(x, seen[2].4);
+    assert_eq!(vals(&x), seen[2].4);
     s.run(&mut Fake::new(), &mut x, |_| Flow::Continue).unwrap();
-    assert_eq!(x, whole);
+    assert_eq!(vals(&x), vals(&whole));
     assert!(s.step(&mut Fake::new(), &mut x).is_err(), "past the end");
 }
 
@@ -485,10 +501,10 @@ fn lcm_renoises_from_the_seed() {
     let schedule = SolverKind::Lcm.schedule(4, 5.0).unwrap();
     let mut config = SamplerConfig::new(SolverKind::Lcm, schedule, Guidance::Cfg { scale: 1.0 });
     let go = |config: &SamplerConfig| {
-        let mut x: Vec<f32> = noise(5, &[64]).unwrap().f32_data().unwrap().to_vec();
+        let mut x = noise(5, &[64]).unwrap();
         let mut s = Sampler::new(config.clone()).unwrap();
         s.run(&mut Fake::new(), &mut x, |_| Flow::Continue).unwrap();
-        x
+        vals(&x)
     };
     config.seed = 9;
     let a = go(&config);
@@ -532,7 +548,7 @@ fn bad_input_gives_clear_errors() {
         );
     }
 
-    let err = |config: SamplerConfig| Sampler::<f32>::new(config).unwrap_err().to_string();
+    let err = |config: SamplerConfig| Sampler::new(config).unwrap_err().to_string();
     for scale in [f64::NAN, f64::INFINITY] {
         assert!(err(euler(4, Guidance::Cfg { scale })).contains("guidance scale"));
         let g = Guidance::CfgZeroStar {
@@ -563,9 +579,9 @@ fn bad_input_gives_clear_errors() {
     assert!(err(c).contains("threshold"));
 
     // A latent whose length changes between steps.
-    let mut s = Sampler::<f32>::new(euler(4, g)).unwrap();
-    s.step(&mut Fake::new(), &mut [0.0; 3]).unwrap();
-    assert!(s.step(&mut Fake::new(), &mut [0.0; 4]).is_err());
+    let mut s = Sampler::new(euler(4, g)).unwrap();
+    s.step(&mut Fake::new(), &mut t(&[0.0; 3])).unwrap();
+    assert!(s.step(&mut Fake::new(), &mut t(&[0.0; 4])).is_err());
 }
 
 // ------------------------------------------------------------------------------ overflow
@@ -575,21 +591,16 @@ struct Overflows {
     bad: usize,
 }
 
-impl VelocityModel<f32> for Overflows {
+impl VelocityModel for Overflows {
     fn evaluate(
         &mut self,
-        x: &[f32],
+        x: &Tensor,
         at: &StepInfo,
-        passes: &mut [PassRequest<'_, f32>],
+        passes: &mut [PassRequest<'_>],
     ) -> wanrt::Result<()> {
+        let bad = at.step >= self.bad;
         for p in passes {
-            for (v, &x) in p.velocity.iter_mut().zip(x) {
-                *v = if at.step >= self.bad {
-                    f32::INFINITY
-                } else {
-                    x
-                };
-            }
+            p.velocity = Some(map(x, |x| if bad { f32::INFINITY } else { x })?);
         }
         Ok(())
     }
@@ -598,8 +609,8 @@ impl VelocityModel<f32> for Overflows {
 #[test]
 fn a_non_finite_latent_is_an_error_naming_the_step() {
     for guidance in [Guidance::Cfg { scale: 1.0 }, Guidance::Cfg { scale: 5.0 }] {
-        let mut sampler = Sampler::<f32>::new(euler(6, guidance)).unwrap();
-        let mut x = vec![0.5f32, -1.0, 2.0];
+        let mut sampler = Sampler::new(euler(6, guidance)).unwrap();
+        let mut x = t(&[0.5, -1.0, 2.0]);
         let mut seen = Vec::new();
         let err = sampler
             .run(&mut Overflows { bad: 2 }, &mut x, |p| {

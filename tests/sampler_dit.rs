@@ -46,7 +46,7 @@ fn config(steps: usize) -> SamplerConfig {
 
 /// Samples from seed 11's noise; returns the final latent and the step reports.
 fn sample(config: SamplerConfig, m: &mut WanVelocity<'_>) -> (Vec<f32>, Vec<StepReport>) {
-    let mut x = noise(11, &LATENT).unwrap().to_f32_vec().unwrap();
+    let mut x = noise(11, &LATENT).unwrap();
     let mut reports = Vec::new();
     let mut s = Sampler::new(config).unwrap();
     s.run(m, &mut x, |p| {
@@ -54,7 +54,7 @@ fn sample(config: SamplerConfig, m: &mut WanVelocity<'_>) -> (Vec<f32>, Vec<Step
         Flow::Continue
     })
     .unwrap();
-    (x, reports)
+    (x.to_f32_vec().unwrap(), reports)
 }
 
 #[test]
@@ -121,7 +121,7 @@ fn slg_skips_dit_blocks() {
         ..Slg::default()
     });
     c.slg.as_mut().unwrap().start = 0.0;
-    let mut x = noise(11, &LATENT).unwrap().to_f32_vec().unwrap();
+    let mut x = noise(11, &LATENT).unwrap();
     let mut s = Sampler::new(c).unwrap();
     let err = s.step(&mut model(&dit), &mut x).unwrap_err();
     assert!(err.to_string().contains("skip block 2"), "{err}");

@@ -50,6 +50,69 @@ pub mod ops {
     }
 }
 
+/// The CUDA side of [`crate::tensor::ops::sampler`], with the CUDA build's signatures. No tensor
+/// lives on a CUDA device in this build; each returns [`Error::CudaNotCompiled`].
+pub mod sampler_ops {
+    use crate::error::{Error, Result};
+    use crate::tensor::ops::sampler::{DpmStep, UniPcHistory, UniPcOut, UniPcStep};
+    use crate::tensor::{Shape, Tensor};
+
+    /// `unipc_step` on CUDA: not in this build.
+    pub fn unipc_step(
+        _: &Tensor,
+        _: &Tensor,
+        _: Option<UniPcHistory<'_>>,
+        _: &UniPcStep,
+    ) -> Result<UniPcOut> {
+        Err(Error::CudaNotCompiled)
+    }
+
+    /// `dpm_step` on CUDA: not in this build.
+    pub fn dpm_step(
+        _: &Tensor,
+        _: &Tensor,
+        _: Option<&Tensor>,
+        _: &DpmStep,
+    ) -> Result<(Tensor, Tensor)> {
+        Err(Error::CudaNotCompiled)
+    }
+
+    /// `euler_step` on CUDA: not in this build.
+    pub fn euler_step(_: &Tensor, _: &Tensor, _: f64) -> Result<Tensor> {
+        Err(Error::CudaNotCompiled)
+    }
+
+    /// `lcm_step` on CUDA: not in this build.
+    pub fn lcm_step(_: &Tensor, _: &Tensor, _: f64, _: Option<(f64, &Tensor)>) -> Result<Tensor> {
+        Err(Error::CudaNotCompiled)
+    }
+
+    /// `cfg` on CUDA: not in this build.
+    pub fn cfg(_: &Tensor, _: &Tensor, _: f64) -> Result<Tensor> {
+        Err(Error::CudaNotCompiled)
+    }
+
+    /// `cfg_zero_star` on CUDA: not in this build.
+    pub fn cfg_zero_star(_: &Tensor, _: &Tensor, _: f64) -> Result<Tensor> {
+        Err(Error::CudaNotCompiled)
+    }
+
+    /// `zeros_like` on CUDA: not in this build.
+    pub fn zeros_like(_: &Tensor) -> Result<Tensor> {
+        Err(Error::CudaNotCompiled)
+    }
+
+    /// `first_non_finite` on CUDA: not in this build.
+    pub fn first_non_finite(_: &Tensor) -> Result<Option<f64>> {
+        Err(Error::CudaNotCompiled)
+    }
+
+    /// `seeded_normal` on CUDA: not in this build.
+    pub fn seeded_normal(_: usize, _: u64, _: u64, _: &Shape) -> Result<Tensor> {
+        Err(Error::CudaNotCompiled)
+    }
+}
+
 /// Device memory; uninhabited in builds without CUDA.
 pub enum CudaStorage {}
 

@@ -774,8 +774,8 @@ impl Pipeline {
             model = model.with_batched_cfg()?;
         }
         let mut latent = match &req.latent_init {
-            Some(x) => x.to_f32_vec()?,
-            None => crate::sampler::noise(plan.seed, &plan.latent_dims)?.to_f32_vec()?,
+            Some(x) => Tensor::from_f32(x.to_f32_vec()?, plan.latent_dims)?,
+            None => crate::sampler::noise(plan.seed, &plan.latent_dims)?,
         };
         let schedule = req.solver.schedule(req.steps, req.shift)?;
         let sigma0 = schedule.sigmas[0];
@@ -793,7 +793,7 @@ impl Pipeline {
         config.slg = req.slg.clone();
         config.teacache = plan.teacache;
         config.seed = plan.seed;
-        let mut sampler = Sampler::<f32>::new(config)?;
+        let mut sampler = Sampler::new(config)?;
         let stage = Instant::now();
         report(
             on_progress,
@@ -820,7 +820,7 @@ impl Pipeline {
         drop(model);
         run?;
         timings.denoising = stage.elapsed().as_secs_f64();
-        let latent = Tensor::from_f32(latent, plan.latent_dims)?;
+        let latent = latent.to_device(crate::backend::Device::Cpu)?;
 
         // Decoding, frame by frame.
         let stage = Instant::now();

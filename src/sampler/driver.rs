@@ -1,12 +1,13 @@
 //! The sampling loop the pipeline drives: schedule, solver, guidance, CFG schedule, Skip Layer
 //! Guidance and TeaCache in one value, stepped with a [`VelocityModel`].
 
-use super::kernels::ensure_len;
 use super::model::{BlockMode, Pass, PassRequest, StepInfo, VelocityModel};
 use super::noise::renoise_fn;
 use super::teacache::TeaCacheState;
-use super::{CfgSchedule, Guidance, NoiseFn, Real, Schedule, Slg, Solver, SolverKind, TeaCache};
+use super::{CfgSchedule, Guidance, NoiseFn, Schedule, Slg, Solver, SolverKind, TeaCache};
 use crate::error::{Error, Result};
+use crate::tensor::ops::sampler::{first_non_finite, zeros_like};
+use crate::tensor::Tensor;
 
 /// Everything that defines a sampling run besides the model and the initial latent.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,7 +70,7 @@ pub struct StepReport {
 
 /// What the per-step callback of [`Sampler::run`] sees.
 #[derive(Debug)]
-pub struct Progress<'a, T> {
+pub struct Progress<'a> {
     /// The step just taken (0-based).
     pub step: usize,
     /// The number of steps.
@@ -78,11 +79,11 @@ pub struct Progress<'a, T> {
     pub sigma: f64,
     /// The noise level of `latent` now.
     pub sigma_next: f64,
-    /// The latent after the step.
-    pub latent: &'a [T],
+    /// The latent after the step (on the model's device).
+    pub latent: &'a Tensor,
     /// The guided velocity the step used; `latent − sigma_next·velocity` estimates the clean
     /// latent for a preview (exact for Euler).
-    pub velocity: &'a [T],
+    pub velocity: &'a Tensor,
     /// The passes the step ran.
     pub report: StepReport,
 }
@@ -96,43 +97,33 @@ pub enum Flow {
     Cancel,
 }
 
-/// Which buffer holds the last step's velocity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Last {
-    Cond,
-    Guided,
-}
-
-/// A sampling run over `T` latents (f32 for the pipeline, f64 for float64 references).
+/// A sampling run over latent tensors (f32 for the pipeline, f64 for float64 references), on
+/// the CPU or on the model's CUDA device.
 ///
 /// Each [`Sampler::step`] evaluates the model as the settings say (no pass on CFG-Zero*'s
 /// zero-init steps; the conditional pass; the unconditional one where guidance applies, without
 /// SLG's blocks inside its range; TeaCache's reuse decision per pass), combines the passes and
-/// advances the latent in place. Buffers are allocated on the first step; later steps allocate
-/// nothing beyond what the model does.
+/// advances the latent, each through one fused op on the latent's device.
 #[derive(Debug)]
-pub struct Sampler<T: Real> {
-    solver: Box<dyn Solver<T>>,
+pub struct Sampler {
+    solver: Box<dyn Solver>,
     guidance: Guidance,
     cfg_applied: Vec<bool>,
     slg: Option<Slg>,
     teacache: Option<(TeaCache, [TeaCacheState; 2])>,
     seed: u64,
-    cond: Vec<T>,
-    uncond: Vec<T>,
-    guided: Vec<T>,
-    last: Last,
+    velocity: Option<Tensor>,
 }
 
-impl<T: Real> Sampler<T> {
+impl Sampler {
     /// A sampler at step 0; LCM re-noises from the config's seed.
-    pub fn new(config: SamplerConfig) -> Result<Sampler<T>> {
+    pub fn new(config: SamplerConfig) -> Result<Sampler> {
         let noise = renoise_fn(config.seed);
         Sampler::with_noise(config, noise)
     }
 
     /// A sampler whose LCM re-noising comes from `noise` (stored noise of a reference).
-    pub fn with_noise(config: SamplerConfig, noise: NoiseFn<T>) -> Result<Sampler<T>> {
+    pub fn with_noise(config: SamplerConfig, noise: NoiseFn) -> Result<Sampler> {
         config.guidance.validate()?;
         let steps = config.schedule.steps();
         let cfg_applied = config.cfg_schedule.resolve(steps)?;
@@ -149,15 +140,12 @@ impl<T: Real> Sampler<T> {
             slg: config.slg,
             teacache: config.teacache.map(|t| (t, Default::default())),
             seed: config.seed,
-            cond: Vec::new(),
-            uncond: Vec::new(),
-            guided: Vec::new(),
-            last: Last::Guided,
+            velocity: None,
         })
     }
 
     /// The solver (its step index, schedule and, through `Debug`, its history).
-    pub fn solver(&self) -> &dyn Solver<T> {
+    pub fn solver(&self) -> &dyn Solver {
         self.solver.as_ref()
     }
 
@@ -198,20 +186,18 @@ impl<T: Real> Sampler<T> {
         self.teacache.as_ref().map(|(_, s)| &s[pass.index()])
     }
 
-    /// The velocity the last step used (empty before the first step).
-    pub fn velocity(&self) -> &[T] {
-        match self.last {
-            Last::Cond => &self.cond,
-            Last::Guided => &self.guided,
-        }
+    /// The velocity the last step used (`None` before the first step).
+    pub fn velocity(&self) -> Option<&Tensor> {
+        self.velocity.as_ref()
     }
 
-    /// Takes one step: evaluates `model` at `latent` and advances `latent` in place. Fails
-    /// with [`Error::NonFiniteLatent`] when the step leaves a NaN or an infinity in `latent`.
-    pub fn step<M: VelocityModel<T> + ?Sized>(
+    /// Takes one step: evaluates `model` at `latent` and replaces `latent` by the next sample.
+    /// Fails with [`Error::NonFiniteLatent`] when the step leaves a NaN or an infinity in
+    /// `latent`.
+    pub fn step<M: VelocityModel + ?Sized>(
         &mut self,
         model: &mut M,
-        latent: &mut [T],
+        latent: &mut Tensor,
     ) -> Result<StepReport> {
         let schedule = self.solver.schedule();
         let (i, steps) = (self.solver.step_index(), schedule.steps());
@@ -232,38 +218,26 @@ impl<T: Real> Sampler<T> {
             uncond: PassUse::NotRun,
             slg: false,
         };
-        let n = latent.len();
-        if self.guidance.skips_model(i) {
-            ensure_len(&mut self.guided, n);
-            self.guided.fill(T::default());
-            self.last = Last::Guided;
+        let v = if self.guidance.skips_model(i) {
+            zeros_like(latent)?
         } else {
             let uncond = self.uses_uncond(i);
             report.slg = self.slg_active(i);
-            ensure_len(&mut self.cond, n);
-            if uncond {
-                ensure_len(&mut self.uncond, n);
+            let [cond, un] = self.evaluate(model, latent, &at, uncond, &mut report)?;
+            let cond = cond.ok_or_else(|| no_velocity(Pass::Cond))?;
+            match (uncond, un) {
+                (false, _) => cond,
+                (true, Some(un)) => self.guidance.combine(i, &cond, Some(&un))?,
+                (true, None) => return Err(no_velocity(Pass::Uncond)),
             }
-            self.evaluate(model, latent, &at, uncond, &mut report)?;
-            if uncond {
-                ensure_len(&mut self.guided, n);
-                let g = self.guidance;
-                g.combine(i, &self.cond, Some(&self.uncond), &mut self.guided)?;
-                self.last = Last::Guided;
-            } else {
-                self.last = Last::Cond;
-            }
-        }
-        let v = match self.last {
-            Last::Cond => &self.cond,
-            Last::Guided => &self.guided,
         };
-        self.solver.step(v, latent)?;
-        if let Some(v) = latent.iter().map(|v| v.to_f64()).find(|v| !v.is_finite()) {
+        self.solver.step(&v, latent)?;
+        self.velocity = Some(v);
+        if let Some(value) = first_non_finite(latent)? {
             return Err(Error::NonFiniteLatent {
                 step: i,
                 steps,
-                value: v,
+                value,
             });
         }
         Ok(report)
@@ -271,21 +245,25 @@ impl<T: Real> Sampler<T> {
 
     /// Takes every remaining step, calling `on_step` after each; [`Flow::Cancel`] stops with
     /// [`Error::Cancelled`], leaving `latent` as that step made it.
-    pub fn run<M, F>(&mut self, model: &mut M, latent: &mut [T], mut on_step: F) -> Result<()>
+    pub fn run<M, F>(&mut self, model: &mut M, latent: &mut Tensor, mut on_step: F) -> Result<()>
     where
-        M: VelocityModel<T> + ?Sized,
-        F: FnMut(&Progress<'_, T>) -> Flow,
+        M: VelocityModel + ?Sized,
+        F: FnMut(&Progress<'_>) -> Flow,
     {
         while !self.is_done() {
             let report = self.step(model, latent)?;
             let (i, s) = (report.step, self.schedule());
+            let velocity = self
+                .velocity
+                .as_ref()
+                .expect("a step taken leaves its velocity");
             let progress = Progress {
                 step: i,
                 steps: s.steps(),
                 sigma: s.sigmas[i],
                 sigma_next: s.sigmas[i + 1],
                 latent,
-                velocity: self.velocity(),
+                velocity,
                 report,
             };
             if on_step(&progress) == Flow::Cancel {
@@ -295,15 +273,15 @@ impl<T: Real> Sampler<T> {
         Ok(())
     }
 
-    /// Fills `cond` (and `uncond`) for step `at`, with TeaCache's decisions.
-    fn evaluate<M: VelocityModel<T> + ?Sized>(
+    /// The conditional (and unconditional) velocity at step `at`, with TeaCache's decisions.
+    fn evaluate<M: VelocityModel + ?Sized>(
         &mut self,
         model: &mut M,
-        latent: &[T],
+        latent: &Tensor,
         at: &StepInfo,
         uncond: bool,
         report: &mut StepReport,
-    ) -> Result<()> {
+    ) -> Result<[Option<Tensor>; 2]> {
         let skip: &[usize] = match &self.slg {
             Some(s) if report.slg => &s.blocks,
             _ => &[],
@@ -327,7 +305,7 @@ impl<T: Real> Sampler<T> {
                 skip_blocks: &[],
                 blocks: mode[0],
                 indicator,
-                velocity: &mut self.cond,
+                velocity: None,
                 signal: None,
             },
             PassRequest {
@@ -335,7 +313,7 @@ impl<T: Real> Sampler<T> {
                 skip_blocks: skip,
                 blocks: mode[1],
                 indicator,
-                velocity: if uncond { &mut self.uncond } else { &mut [] },
+                velocity: None,
                 signal: None,
             },
         ];
@@ -348,7 +326,7 @@ impl<T: Real> Sampler<T> {
             } else {
                 PassUse::NotRun
             };
-            return Ok(());
+            return Ok(reqs.map(|r| r.velocity));
         };
         // TeaCache: read each pass's indicator, decide, and re-run the passes whose speculative
         // reuse the indicator rejects (the price of reading the indicator first: one pass
@@ -383,8 +361,16 @@ impl<T: Real> Sampler<T> {
             [true, true] => 0..2,
             [true, false] => 0..1,
             [false, true] => 1..2,
-            [false, false] => return Ok(()),
+            [false, false] => return Ok(reqs.map(|r| r.velocity)),
         };
-        model.evaluate(latent, at, &mut reqs[range])
+        model.evaluate(latent, at, &mut reqs[range])?;
+        Ok(reqs.map(|r| r.velocity))
     }
+}
+
+/// The error for a model that set no velocity for `pass`.
+fn no_velocity(pass: Pass) -> Error {
+    Error::InvalidArgument(format!(
+        "the model returned no velocity for the {pass:?} pass"
+    ))
 }

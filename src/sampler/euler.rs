@@ -3,9 +3,11 @@
 //! difference of the f32 sigmas, and the sample enters in f32 (its `step` casts the sample to
 //! float32 before the update, whatever the model output's dtype).
 
-use super::kernels::{check_step, update};
-use super::{Real, Schedule, Solver};
+use super::kernels::check_step;
+use super::{Schedule, Solver};
 use crate::error::Result;
+use crate::tensor::ops::sampler::euler_step;
+use crate::tensor::Tensor;
 
 /// The Euler solver (stateless apart from the step index).
 #[derive(Debug, Clone)]
@@ -26,7 +28,7 @@ impl Euler {
     }
 }
 
-impl<T: Real> Solver<T> for Euler {
+impl Solver for Euler {
     fn schedule(&self) -> &Schedule {
         &self.schedule
     }
@@ -35,21 +37,19 @@ impl<T: Real> Solver<T> for Euler {
         self.step
     }
 
-    fn step(&mut self, model_output: &[T], sample: &mut [T]) -> Result<()> {
+    fn step(&mut self, model_output: &Tensor, sample: &mut Tensor) -> Result<()> {
         let n = self.schedule.steps();
         check_step(
             "euler",
             &mut self.len,
             self.step,
             n,
-            model_output.len(),
-            sample.len(),
+            model_output.elem_count(),
+            sample.elem_count(),
         )?;
         let i = self.step;
         let dt = (self.schedule.sigmas[i + 1] as f32 - self.schedule.sigmas[i] as f32) as f64;
-        update(sample, |k, x| {
-            (x as f32 as f64) + dt * model_output[k].to_f64()
-        });
+        *sample = euler_step(sample, model_output, dt)?;
         self.step += 1;
         Ok(())
     }
@@ -61,13 +61,14 @@ mod tests {
 
     #[test]
     fn steps_by_sigma_difference() {
+        let t = |v: &[f32]| Tensor::from_f32(v.to_vec(), [2]).unwrap();
         let schedule = Schedule::from_sigmas(&[1.0, 0.5], 1.0).unwrap();
         let mut s = Euler::new(schedule);
-        let mut x = vec![1.0f32, 2.0];
-        Solver::<f32>::step(&mut s, &[2.0, -2.0], &mut x).unwrap();
-        assert_eq!(x, vec![0.0, 3.0]);
-        Solver::<f32>::step(&mut s, &[1.0, 1.0], &mut x).unwrap();
-        assert_eq!(x, vec![-0.5, 2.5]);
-        assert!(Solver::<f32>::is_done(&s));
+        let mut x = t(&[1.0, 2.0]);
+        s.step(&t(&[2.0, -2.0]), &mut x).unwrap();
+        assert_eq!(x.f32_data().unwrap(), [0.0, 3.0]);
+        s.step(&t(&[1.0, 1.0]), &mut x).unwrap();
+        assert_eq!(x.f32_data().unwrap(), [-0.5, 2.5]);
+        assert!(s.is_done());
     }
 }

@@ -3,9 +3,10 @@
 
 use rayon::prelude::*;
 
-use super::kernels::fill;
 use super::Real;
 use crate::error::{Error, Result};
+use crate::tensor::ops::sampler::{cfg, cfg_zero_star, zeros_like};
+use crate::tensor::Tensor;
 
 /// How the conditional velocity `v_c` and the unconditional one `v_u` are combined at a step.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -52,31 +53,17 @@ impl Guidance {
         }
     }
 
-    /// Writes the guided velocity of step `step` into `out`. `cond` is ignored on steps where
-    /// [`Guidance::skips_model`] holds; `uncond` may be `None` exactly when
-    /// [`Guidance::needs_uncond`] is false.
-    pub fn combine<T: Real>(
-        &self,
-        step: usize,
-        cond: &[T],
-        uncond: Option<&[T]>,
-        out: &mut [T],
-    ) -> Result<()> {
+    /// The guided velocity of step `step` (one fused op on the velocities' device): zeros
+    /// shaped as `cond` on steps where [`Guidance::skips_model`] holds, `cond` itself where
+    /// [`Guidance::needs_uncond`] is false; `uncond` may be `None` exactly then.
+    pub fn combine(&self, step: usize, cond: &Tensor, uncond: Option<&Tensor>) -> Result<Tensor> {
         self.validate()?;
         if self.skips_model(step) {
-            out.fill(T::default());
-            return Ok(());
-        }
-        if cond.len() != out.len() {
-            return Err(len_error(cond.len(), out.len()));
+            return zeros_like(cond);
         }
         let uncond = match (uncond, self.needs_uncond(step)) {
-            (_, false) => {
-                out.copy_from_slice(cond);
-                return Ok(());
-            }
-            (Some(u), true) if u.len() == out.len() => u,
-            (Some(u), true) => return Err(len_error(u.len(), out.len())),
+            (_, false) => return Ok(cond.clone()),
+            (Some(u), true) => u,
             (None, true) => {
                 return Err(Error::InvalidArgument(format!(
                     "guidance {self:?} needs the unconditional velocity at step {step}"
@@ -84,31 +71,15 @@ impl Guidance {
             }
         };
         match *self {
-            Guidance::Cfg { scale } => fill(out, |k| {
-                let (c, u) = (cond[k].to_f64(), uncond[k].to_f64());
-                u + scale * (c - u)
-            }),
-            Guidance::CfgZeroStar { scale, .. } => {
-                let st = cfg_zero_star_scale(cond, uncond);
-                fill(out, |k| {
-                    let (c, u) = (cond[k].to_f64(), uncond[k].to_f64());
-                    st * u + scale * (c - st * u)
-                })
-            }
+            Guidance::Cfg { scale } => cfg(cond, uncond, scale),
+            Guidance::CfgZeroStar { scale, .. } => cfg_zero_star(cond, uncond, scale),
         }
-        Ok(())
     }
 }
 
-fn len_error(got: usize, want: usize) -> Error {
-    Error::InvalidArgument(format!(
-        "guidance: velocity has {got} elements, expected {want}"
-    ))
-}
-
 /// Elements per partial sum of [`cfg_zero_star_scale`]: a fixed size, so that the summation
-/// order does not depend on the thread count.
-const PARTIAL: usize = 1 << 14;
+/// order does not depend on the thread count (`kernels/sampler.cu` uses the same chunks).
+pub(crate) const PARTIAL: usize = 1 << 14;
 
 /// CFG-Zero*'s optimised scale `s* = ⟨v_c, v_u⟩ / (‖v_u‖² + 1e-8)`, accumulated in f64.
 ///
@@ -136,20 +107,29 @@ pub fn cfg_zero_star_scale<T: Real>(cond: &[T], uncond: &[T]) -> f64 {
 mod tests {
     use super::*;
 
+    fn t(v: &[f64]) -> Tensor {
+        Tensor::from_slice(v, [v.len()]).unwrap()
+    }
+
+    fn f64s(t: &Tensor) -> Vec<f64> {
+        t.as_slice::<f64>().unwrap().into_owned()
+    }
+
     #[test]
     fn cfg_combines_and_skips_uncond_at_scale_one() {
         let g = Guidance::Cfg { scale: 5.0 };
-        let mut out = [0.0f32; 2];
-        g.combine(0, &[1.0, 2.0], Some(&[0.5, 1.0]), &mut out)
-            .unwrap();
-        assert_eq!(out, [3.0, 6.0]);
+        let (c, u) = (t(&[1.0, 2.0]), t(&[0.5, 1.0]));
+        assert_eq!(f64s(&g.combine(0, &c, Some(&u)).unwrap()), [3.0, 6.0]);
         let g1 = Guidance::Cfg { scale: 1.0 };
         assert!(!g1.needs_uncond(0));
-        g1.combine(0, &[1.0, 2.0], None, &mut out).unwrap();
-        assert_eq!(out, [1.0, 2.0]);
-        assert!(g.combine(0, &[1.0, 2.0], None, &mut out).is_err());
+        assert_eq!(f64s(&g1.combine(0, &c, None).unwrap()), [1.0, 2.0]);
+        assert!(g.combine(0, &c, None).is_err());
+        assert!(
+            g.combine(0, &c, Some(&t(&[1.0]))).is_err(),
+            "lengths differ"
+        );
         assert!(Guidance::Cfg { scale: f64::NAN }
-            .combine(0, &[1.0, 2.0], None, &mut out)
+            .combine(0, &c, None)
             .is_err());
     }
 
@@ -160,13 +140,11 @@ mod tests {
             zero_steps: Some(1),
         };
         assert!(g.skips_model(0) && g.skips_model(1) && !g.skips_model(2));
-        let mut out = [1.0f64; 2];
-        g.combine(1, &[], None, &mut out).unwrap();
-        assert_eq!(out, [0.0, 0.0]);
         let (c, u) = ([1.0f64, 2.0], [2.0f64, 0.0]);
+        assert_eq!(f64s(&g.combine(1, &t(&c), None).unwrap()), [0.0, 0.0]);
         let st = cfg_zero_star_scale(&c, &u);
         assert!((st - 2.0 / (4.0 + 1e-8)).abs() < 1e-15);
-        g.combine(2, &c, Some(&u), &mut out).unwrap();
+        let out = f64s(&g.combine(2, &t(&c), Some(&t(&u))).unwrap());
         for k in 0..2 {
             let want = st * u[k] + 3.0 * (c[k] - st * u[k]);
             assert!((out[k] - want).abs() < 1e-12);

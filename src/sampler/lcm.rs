@@ -3,24 +3,26 @@
 //! fresh noise: `x0 = x − σ_i·v`; `x_{i+1} = (1 − σ_{i+1})·x0 + σ_{i+1}·ε_i`; the last step
 //! returns x0. Computed in f64 (the reference is float64 throughout).
 
-use super::kernels::{check_step, ensure_len, update};
-use super::{Real, Schedule, Solver};
+use super::kernels::check_step;
+use super::{Schedule, Solver};
 use crate::error::{Error, Result};
+use crate::tensor::ops::sampler::lcm_step;
+use crate::tensor::Tensor;
 
-/// Fills its buffer with the fresh noise `ε_i` for step `i` (called after every step but the
-/// last). Typically a seeded Gaussian stream; a fixture passes stored noise.
-pub type NoiseFn<T> = Box<dyn FnMut(usize, &mut [T]) -> Result<()> + Send>;
+/// Gives the fresh noise `ε_i` for step `i` (called after every step but the last), shaped as
+/// `like` (the sample) and on its device. Typically a seeded Gaussian stream; a fixture passes
+/// stored noise.
+pub type NoiseFn = Box<dyn FnMut(usize, &Tensor) -> Result<Tensor> + Send>;
 
-/// The LCM solver: its schedule, its noise source and a reused noise buffer.
-pub struct Lcm<T: Real> {
+/// The LCM solver: its schedule and its noise source.
+pub struct Lcm {
     schedule: Schedule,
     step: usize,
     len: Option<usize>,
-    noise: NoiseFn<T>,
-    eps: Vec<T>,
+    noise: NoiseFn,
 }
 
-impl<T: Real> std::fmt::Debug for Lcm<T> {
+impl std::fmt::Debug for Lcm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Lcm")
             .field("schedule", &self.schedule)
@@ -29,20 +31,19 @@ impl<T: Real> std::fmt::Debug for Lcm<T> {
     }
 }
 
-impl<T: Real> Lcm<T> {
+impl Lcm {
     /// A solver at step 0 of `schedule`, drawing fresh noise from `noise`.
-    pub fn new(schedule: Schedule, noise: NoiseFn<T>) -> Self {
+    pub fn new(schedule: Schedule, noise: NoiseFn) -> Self {
         Lcm {
             schedule,
             step: 0,
             len: None,
             noise,
-            eps: Vec::new(),
         }
     }
 }
 
-impl<T: Real> Solver<T> for Lcm<T> {
+impl Solver for Lcm {
     fn schedule(&self) -> &Schedule {
         &self.schedule
     }
@@ -51,35 +52,32 @@ impl<T: Real> Solver<T> for Lcm<T> {
         self.step
     }
 
-    fn step(&mut self, model_output: &[T], sample: &mut [T]) -> Result<()> {
+    fn step(&mut self, model_output: &Tensor, sample: &mut Tensor) -> Result<()> {
         let n = self.schedule.steps();
         check_step(
             "lcm",
             &mut self.len,
             self.step,
             n,
-            model_output.len(),
-            sample.len(),
+            model_output.elem_count(),
+            sample.elem_count(),
         )?;
         let i = self.step;
         let sigma = self.schedule.sigmas[i];
         let next = self.schedule.sigmas[i + 1];
-        if i + 1 == n {
-            update(sample, |k, x| x - sigma * model_output[k].to_f64());
+        *sample = if i + 1 == n {
+            lcm_step(sample, model_output, sigma, None)?
         } else {
-            ensure_len(&mut self.eps, sample.len());
-            (self.noise)(i, &mut self.eps)?;
-            if self.eps.len() != sample.len() {
-                return Err(Error::InvalidArgument(
-                    "lcm: the noise source resized its buffer".into(),
-                ));
+            let eps = (self.noise)(i, sample)?;
+            if eps.shape() != sample.shape() {
+                return Err(Error::InvalidArgument(format!(
+                    "lcm: the noise source gave {} for a sample of {}",
+                    eps.shape(),
+                    sample.shape()
+                )));
             }
-            let eps = &self.eps;
-            update(sample, |k, x| {
-                let x0 = x - sigma * model_output[k].to_f64();
-                (1.0 - next) * x0 + next * eps[k].to_f64()
-            });
-        }
+            lcm_step(sample, model_output, sigma, Some((next, &eps)))?
+        };
         self.step += 1;
         Ok(())
     }

@@ -16,19 +16,25 @@
 //! for Wan's and diffusers' schedulers); per-step scalar coefficients are computed in f32, as the
 //! upstream schedulers compute them; the elementwise updates run in f64 for every element type
 //! (for f32 latents at least as accurate as upstream's f32 arithmetic), except that DPM++ and
-//! Euler take the sample in f32, as upstream's `step` casts it. Samples and histories are kept in
-//! the caller's element type, [`Real`] (`f32` for the pipeline, `f64` for checks against float64
-//! references).
+//! Euler take the sample in f32, as upstream's `step` casts it. Samples and histories are
+//! [`Tensor`]s in the caller's dtype (f32 for the pipeline, f64 for checks against float64
+//! references; f32 only on CUDA), and every elementwise update is a fused op of
+//! [`crate::tensor::ops::sampler`], so a latent on a CUDA device stays there for the whole loop.
+//! What a step reads back to the host: one 4-byte flag for the non-finite check and, with
+//! TeaCache on, the indicator the model returns (the modulation input, `[dim]`-sized, never the
+//! latent); CFG-Zero*'s scalar stays on the device.
 
 mod cfg_schedule;
 mod dpm;
 mod driver;
 mod euler;
 mod guidance;
-mod kernels;
+pub(crate) mod kernels;
 mod lcm;
 mod model;
 mod noise;
+#[cfg(test)]
+mod noise_emulation;
 mod schedule;
 mod slg;
 mod teacache;
@@ -50,13 +56,17 @@ pub use unipc::UniPc;
 pub use wan_dit::WanVelocity;
 
 use crate::error::{Error, Result};
+use crate::tensor::{Element, Shape, Tensor};
 
-/// A floating-point element type a sample can be stored in.
-pub trait Real: Copy + Default + std::fmt::Debug + Send + Sync + 'static {
+/// A floating-point element type a sample can be stored in on the host (the dtypes
+/// [`crate::tensor::ops::sampler`] accepts on the CPU).
+pub trait Real: Element + Default + std::fmt::Debug {
     /// Widens to f64 (exact).
     fn to_f64(self) -> f64;
     /// Rounds an f64 to this type (to nearest even).
     fn from_f64(v: f64) -> Self;
+    /// A host tensor of `shape` owning `data`.
+    fn into_tensor(data: Vec<Self>, shape: Shape) -> Result<Tensor>;
 }
 
 impl Real for f32 {
@@ -65,6 +75,9 @@ impl Real for f32 {
     }
     fn from_f64(v: f64) -> Self {
         v as f32
+    }
+    fn into_tensor(data: Vec<f32>, shape: Shape) -> Result<Tensor> {
+        Tensor::from_f32(data, shape)
     }
 }
 
@@ -75,26 +88,30 @@ impl Real for f64 {
     fn from_f64(v: f64) -> Self {
         v
     }
+    fn into_tensor(data: Vec<f64>, shape: Shape) -> Result<Tensor> {
+        Tensor::from_slice(&data, shape)
+    }
 }
 
 /// A multistep (or single-step) solver over a fixed [`Schedule`].
 ///
 /// Step `i` takes the model output `v_i` evaluated at the current sample and at
 /// `schedule().timesteps[i]`, and replaces the sample by the sample at `sigmas[i + 1]`. All
-/// history (previous x0 predictions, the previous sample) lives in the solver value; after the
-/// first steps a step allocates nothing.
-pub trait Solver<T: Real>: Send + std::fmt::Debug {
+/// history (previous x0 predictions, the previous sample) lives in the solver value, as tensors on
+/// the sample's device.
+pub trait Solver: Send + std::fmt::Debug {
     /// The schedule being followed.
     fn schedule(&self) -> &Schedule;
 
     /// The number of steps taken so far (the index of the next step).
     fn step_index(&self) -> usize;
 
-    /// Advances `sample` by one step given the model output at the current step.
+    /// Replaces `sample` by the sample one step on, given the model output at the current step;
+    /// the step is one fused op of [`crate::tensor::ops::sampler`] on the sample's device.
     ///
-    /// Errors when the schedule is exhausted or the slices differ in length from each other or
-    /// from the first sample the solver saw.
-    fn step(&mut self, model_output: &[T], sample: &mut [T]) -> Result<()>;
+    /// Errors when the schedule is exhausted, or the tensors differ in shape, dtype or device
+    /// from each other or in length from the first sample the solver saw.
+    fn step(&mut self, model_output: &Tensor, sample: &mut Tensor) -> Result<()>;
 
     /// The timestep the model must be called with for the next step, or `None` when done.
     fn timestep(&self) -> Option<f64> {
@@ -165,11 +182,7 @@ impl SolverKind {
 
     /// Builds the solver over `schedule`. LCM needs `noise`, the source of the fresh noise it
     /// mixes in after every step but the last; the other solvers ignore it.
-    pub fn build<T: Real>(
-        self,
-        schedule: Schedule,
-        noise: Option<NoiseFn<T>>,
-    ) -> Result<Box<dyn Solver<T>>> {
+    pub fn build(self, schedule: Schedule, noise: Option<NoiseFn>) -> Result<Box<dyn Solver>> {
         Ok(match self {
             SolverKind::UniPc => Box::new(UniPc::new(schedule)),
             SolverKind::DpmPp => Box::new(DpmPp2m::new(schedule)),

@@ -1,7 +1,8 @@
 //! What the [`Sampler`](super::Sampler) asks of a model: the velocities of one step's passes.
 
-use super::{Real, TeaCacheInput};
+use super::TeaCacheInput;
 use crate::error::Result;
+use crate::tensor::Tensor;
 
 /// One of the two guidance passes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -49,11 +50,10 @@ pub struct StepInfo {
     pub sigma: f64,
 }
 
-/// One model pass the driver asks for. The model writes the velocity into
-/// [`PassRequest::velocity`] and, when [`PassRequest::indicator`] is set, the TeaCache indicator
-/// into [`PassRequest::signal`].
+/// One model pass the driver asks for. The model sets [`PassRequest::velocity`] and, when
+/// [`PassRequest::indicator`] is set, the TeaCache indicator [`PassRequest::signal`].
 #[derive(Debug)]
-pub struct PassRequest<'a, T> {
+pub struct PassRequest<'a> {
     /// Which pass.
     pub pass: Pass,
     /// Blocks not to run in this pass (Skip Layer Guidance; empty for none).
@@ -62,8 +62,8 @@ pub struct PassRequest<'a, T> {
     pub blocks: BlockMode,
     /// The TeaCache indicator to return, if any.
     pub indicator: Option<TeaCacheInput>,
-    /// Output: the velocity at the latent, as long as the latent.
-    pub velocity: &'a mut [T],
+    /// Output: the velocity at the latent, with the latent's shape, dtype and device.
+    pub velocity: Option<Tensor>,
     /// Output: the indicator asked for (the model's tensor, flattened).
     pub signal: Option<Vec<f32>>,
 }
@@ -75,12 +75,12 @@ pub struct PassRequest<'a, T> {
 /// their options agree, or run them one by one. A pass with [`BlockMode::Reuse`] and the
 /// indicator asked is cheap; the driver uses it to read the indicator before deciding whether
 /// the blocks must run, and asks again with [`BlockMode::RunAndKeep`] when they must.
-pub trait VelocityModel<T: Real> {
-    /// Fills every request's velocity (and signal, when asked) for `latent` at `at`.
+pub trait VelocityModel {
+    /// Sets every request's velocity (and signal, when asked) for `latent` at `at`.
     fn evaluate(
         &mut self,
-        latent: &[T],
+        latent: &Tensor,
         at: &StepInfo,
-        passes: &mut [PassRequest<'_, T>],
+        passes: &mut [PassRequest<'_>],
     ) -> Result<()>;
 }

@@ -24,6 +24,7 @@ use rayon::prelude::*;
 
 use super::{NoiseFn, Real};
 use crate::error::Result;
+use crate::tensor::ops::sampler::seeded_normal;
 use crate::tensor::{Shape, Tensor};
 
 /// An independent stream of a seed's noise.
@@ -39,7 +40,8 @@ pub enum Stream {
 }
 
 impl Stream {
-    fn id(self) -> u64 {
+    /// The stream's number in the Philox counter.
+    pub(crate) fn id(self) -> u64 {
         match self {
             Stream::Latent => 0,
             Stream::Renoise { step } => 1 + step as u64,
@@ -55,12 +57,17 @@ pub fn noise(seed: u64, shape: &[usize]) -> Result<Tensor> {
     Tensor::from_f32(data, shape)
 }
 
-/// The LCM solver's noise source for `seed`: after step `i` it fills its buffer from
-/// [`Stream::Renoise`] `{ step: i }`.
-pub fn renoise_fn<T: Real>(seed: u64) -> NoiseFn<T> {
-    Box::new(move |step, buf: &mut [T]| {
-        fill_normal(seed, Stream::Renoise { step }, 0, buf);
-        Ok(())
+/// The LCM solver's noise source for `seed`: after step `i` it draws [`Stream::Renoise`]
+/// `{ step: i }`, shaped as the sample, in its dtype and on its device (generated there).
+pub fn renoise_fn(seed: u64) -> NoiseFn {
+    Box::new(move |step, like: &Tensor| {
+        seeded_normal(
+            seed,
+            Stream::Renoise { step },
+            like.shape(),
+            like.dtype(),
+            like.device(),
+        )
     })
 }
 
@@ -204,7 +211,7 @@ fn sin_cos_turns(t: f64) -> (f64, f64) {
 }
 
 /// `1/n!` for `n ≤ 18` (each `n!` exact in f64, then one correctly rounded division).
-const INV_FACT: [f64; 19] = {
+pub(super) const INV_FACT: [f64; 19] = {
     let mut out = [0.0; 19];
     let (mut f, mut n) = (1.0f64, 0);
     while n < 19 {
@@ -218,7 +225,7 @@ const INV_FACT: [f64; 19] = {
 };
 
 /// `1/(2k + 1)` for `k ≤ 10`.
-const INV_ODD: [f64; 11] = {
+pub(super) const INV_ODD: [f64; 11] = {
     let mut out = [0.0; 11];
     let mut k = 0;
     while k < 11 {

@@ -3,6 +3,7 @@
 //! guidance as one batch of 2 when both passes ask for the same thing.
 
 use super::{BlockMode, Pass, PassRequest, StepInfo, TeaCacheInput, VelocityModel};
+use crate::backend::Device;
 use crate::error::{Error, Result};
 use crate::model::dit::{
     CrossKv, ForwardOptions, NagParams, SelfAttention, TeaCacheSignal, TextContext, WanDit,
@@ -12,8 +13,10 @@ use crate::tensor::Tensor;
 
 /// A [`WanDit`] with the text contexts of one generation.
 ///
-/// The latent the sampler holds is one sample `[C, T, H, W]`. The residuals TeaCache reuses
-/// are kept here, one per pass.
+/// The latent the sampler holds is one sample `[C, T, H, W]`, on the DiT's device; the velocity
+/// is returned there in the latent's dtype. The residuals TeaCache reuses are kept here, one per
+/// pass. The one host read is the TeaCache indicator (the modulation input, a few thousand
+/// values, never the latent), when the driver asks for it.
 #[derive(Debug)]
 pub struct WanVelocity<'a> {
     dit: &'a WanDit,
@@ -104,7 +107,7 @@ impl<'a> WanVelocity<'a> {
     }
 
     /// One pass on its own, with its hooks.
-    fn single(&mut self, latent: &[f32], t: f32, req: &mut PassRequest<'_, f32>) -> Result<()> {
+    fn single(&mut self, latent: &Tensor, t: f32, req: &mut PassRequest<'_>) -> Result<()> {
         let k = req.pass.index();
         let reuse_residual = match req.blocks {
             BlockMode::Reuse => Some(self.residual[k].clone().ok_or_else(|| {
@@ -123,12 +126,15 @@ impl<'a> WanVelocity<'a> {
             return_residual: req.blocks == BlockMode::RunAndKeep,
             attention: self.attention,
         };
-        let x = Tensor::from_slice(latent, self.dims.as_slice())?;
+        let x = latent.reshape(self.dims.as_slice())?;
         let out = self
             .dit
             .forward_with(&x, &[t], self.text(req.pass)?, &opts)?;
-        copy_out(&out.velocity, 0, req.velocity)?;
-        req.signal = out.signal.map(|s| s.to_f32_vec()).transpose()?;
+        req.velocity = Some(sample_of(&out.velocity, 0, latent)?);
+        req.signal = out
+            .signal
+            .map(|s| s.to_device(Device::Cpu)?.to_f32_vec())
+            .transpose()?;
         if req.blocks == BlockMode::RunAndKeep {
             self.residual[k] = out.residual;
         }
@@ -139,13 +145,12 @@ impl<'a> WanVelocity<'a> {
     fn run_batched(
         &self,
         text: &TextContext,
-        latent: &[f32],
+        latent: &Tensor,
         t: f32,
-        passes: &mut [PassRequest<'_, f32>],
+        passes: &mut [PassRequest<'_>],
     ) -> Result<()> {
-        let mut dims = self.dims.clone();
-        dims[0] = 2;
-        let x = Tensor::from_f32([latent, latent].concat(), dims.as_slice())?;
+        let one = latent.reshape(self.dims.as_slice())?;
+        let x = cat(&[&one, &one], 0)?;
         let opts = ForwardOptions {
             nag: self.nag.clone().map(|n| NagParams {
                 guided: Some(vec![true, false]),
@@ -157,34 +162,37 @@ impl<'a> WanVelocity<'a> {
         };
         let v = self.dit.forward_with(&x, &[t, t], text, &opts)?.velocity;
         for p in passes {
-            copy_out(&v, p.pass.index(), p.velocity)?;
+            p.velocity = Some(sample_of(&v, p.pass.index(), latent)?);
         }
         Ok(())
     }
 }
 
-/// Copies sample `b` of a velocity batch into `out`.
-fn copy_out(v: &Tensor, b: usize, out: &mut [f32]) -> Result<()> {
-    let n = out.len();
-    let src = v.f32_data()?.get(b * n..(b + 1) * n).ok_or_else(|| {
-        Error::InvalidArgument(format!(
-            "WanVelocity: the model's velocity {} does not hold sample {b} of {n} elements",
-            v.shape()
-        ))
-    })?;
-    out.copy_from_slice(src);
-    Ok(())
+/// Sample `b` of a velocity batch, shaped and typed as `latent`.
+fn sample_of(v: &Tensor, b: usize, latent: &Tensor) -> Result<Tensor> {
+    if v.dims().first().is_none_or(|&n| n <= b)
+        || v.elem_count() / v.dims()[0] != latent.elem_count()
+    {
+        return Err(Error::InvalidArgument(format!(
+            "WanVelocity: the model's velocity {} does not hold sample {b} of {}",
+            v.shape(),
+            latent.shape()
+        )));
+    }
+    v.narrow(0, b, 1)?
+        .reshape(latent.shape().clone())?
+        .to_dtype(latent.dtype())
 }
 
-impl VelocityModel<f32> for WanVelocity<'_> {
+impl VelocityModel for WanVelocity<'_> {
     fn evaluate(
         &mut self,
-        latent: &[f32],
+        latent: &Tensor,
         at: &StepInfo,
-        passes: &mut [PassRequest<'_, f32>],
+        passes: &mut [PassRequest<'_>],
     ) -> Result<()> {
         let t = at.timestep as f32;
-        let plain = |p: &PassRequest<'_, f32>| p.blocks == BlockMode::Run && p.indicator.is_none();
+        let plain = |p: &PassRequest<'_>| p.blocks == BlockMode::Run && p.indicator.is_none();
         if let (Some(text), [a, b]) = (&self.batched, &*passes) {
             if plain(a) && plain(b) && a.skip_blocks == b.skip_blocks && a.pass != b.pass {
                 return self.run_batched(text, latent, t, passes);

@@ -8,6 +8,7 @@ use wanrt::sampler::{
     Flow, Guidance, NoiseFn, Pass, PassRequest, Sampler, SamplerConfig, Schedule, SolverKind,
     StepInfo, VelocityModel,
 };
+use wanrt::Tensor;
 
 use super::{compare, Check, Output, Stop};
 use crate::common::{f64_data, tensor, Case};
@@ -33,20 +34,23 @@ struct Toy {
     timesteps: Vec<Option<f64>>,
 }
 
-impl VelocityModel<f64> for Toy {
+impl VelocityModel for Toy {
     fn evaluate(
         &mut self,
-        x: &[f64],
+        latent: &Tensor,
         at: &StepInfo,
-        passes: &mut [PassRequest<'_, f64>],
+        passes: &mut [PassRequest<'_>],
     ) -> wanrt::Result<()> {
         self.timesteps[at.step] = Some(at.timestep);
         let s = at.timestep / 1000.0;
+        let x = latent.as_slice::<f64>()?;
         for p in passes {
+            let mut v = vec![0.0; x.len()];
             match p.pass {
-                Pass::Cond => toy_cond(x, s, p.velocity),
-                Pass::Uncond => toy_uncond(x, s, p.velocity),
+                Pass::Cond => toy_cond(&x, s, &mut v),
+                Pass::Uncond => toy_uncond(&x, s, &mut v),
             }
+            p.velocity = Some(Tensor::from_slice(&v, latent.shape().clone())?);
         }
         Ok(())
     }
@@ -89,14 +93,13 @@ fn guidance(case: &Case) -> Result<Guidance, Stop> {
 }
 
 /// Hands out `noise[i]` (the case's stored fresh noise) at step `i`.
-fn stored_noise(noise: Vec<f64>) -> NoiseFn<f64> {
-    Box::new(move |i, buf: &mut [f64]| {
-        let n = buf.len();
+fn stored_noise(noise: Vec<f64>) -> NoiseFn {
+    Box::new(move |i, like: &Tensor| {
+        let n = like.elem_count();
         let src = noise.get(i * n..(i + 1) * n).ok_or_else(|| {
             wanrt::Error::InvalidArgument(format!("the stored noise has no entry for step {i}"))
         })?;
-        buf.copy_from_slice(src);
-        Ok(())
+        Tensor::from_slice(src, like.shape().clone())
     })
 }
 
@@ -107,7 +110,7 @@ pub fn run(case: &Case) -> Result<Vec<Check>, Stop> {
     let inputs = case.tensors("inputs")?;
     let expected = case.tensors("expected")?;
     let x_t = tensor(&inputs, "x_T")?;
-    let mut x = f64_data(x_t)?;
+    let mut x = Tensor::from_slice(&f64_data(x_t)?, x_t.dims())?;
     let mut sampler = match inputs.get("noise") {
         Some(noise) => Sampler::with_noise(config, stored_noise(f64_data(noise)?))?,
         None => Sampler::new(config)?,
@@ -117,9 +120,9 @@ pub fn run(case: &Case) -> Result<Vec<Check>, Stop> {
     let mut model = Toy {
         timesteps: vec![None; steps],
     };
-    let mut states = Vec::with_capacity(steps * x.len());
+    let mut states = Vec::with_capacity(steps * x.elem_count());
     sampler.run(&mut model, &mut x, |p| {
-        states.extend_from_slice(p.latent);
+        states.extend_from_slice(&p.latent.as_slice::<f64>().expect("an f64 latent"));
         Flow::Continue
     })?;
 
@@ -156,7 +159,7 @@ pub fn run(case: &Case) -> Result<Vec<Check>, Stop> {
         Output {
             name: "final".into(),
             dims,
-            data: x,
+            data: x.as_slice::<f64>()?.into_owned(),
         },
     ];
     compare(&expected, &outputs)

@@ -12,6 +12,7 @@ mod gemm;
 mod gemm_fp8;
 pub(crate) mod kernels;
 pub mod ops;
+pub mod sampler_ops;
 mod staging;
 
 use std::collections::HashMap;

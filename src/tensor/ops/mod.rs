@@ -9,6 +9,7 @@ mod elementwise;
 mod grad;
 mod linalg;
 mod nn;
+pub mod sampler;
 mod shape;
 
 pub use grad::{attention_backward, AttentionGrads};

@@ -25,6 +25,7 @@ pub(crate) mod patchify;
 pub(crate) mod qk_norm_rope;
 pub(crate) mod reduce;
 pub(crate) mod rope;
+pub(crate) mod sampler;
 pub(crate) mod strided_copy;
 pub(crate) mod time_embedding;
 pub(crate) mod unary;
@@ -45,7 +46,7 @@ use cudarc::nvrtc::Ptx;
 use crate::error::{Error, Result};
 
 /// The fatbin of each kernel file, as `build.rs` left them in `OUT_DIR`.
-const FATBINS: [(&str, &[u8]); 15] = [
+const FATBINS: [(&str, &[u8]); 16] = [
     (
         "attention",
         include_bytes!(concat!(env!("OUT_DIR"), "/attention.fatbin")),
@@ -95,6 +96,10 @@ const FATBINS: [(&str, &[u8]); 15] = [
         include_bytes!(concat!(env!("OUT_DIR"), "/rope.fatbin")),
     ),
     (
+        "sampler",
+        include_bytes!(concat!(env!("OUT_DIR"), "/sampler.fatbin")),
+    ),
+    (
         "strided_copy",
         include_bytes!(concat!(env!("OUT_DIR"), "/strided_copy.fatbin")),
     ),
@@ -142,6 +147,15 @@ pub(crate) struct Kernels {
     strided_copy: [CudaFunction; 5],
     /// Per weight dtype: bf16, then f32.
     linear_f32: [CudaFunction; 2],
+    unipc_step: CudaFunction,
+    dpm_step: CudaFunction,
+    euler_step: CudaFunction,
+    lcm_step: CudaFunction,
+    cfg: CudaFunction,
+    cfg_zero_star_partials: CudaFunction,
+    cfg_zero_star_combine: CudaFunction,
+    first_non_finite: CudaFunction,
+    philox_normal: CudaFunction,
 }
 
 impl Kernels {
@@ -221,6 +235,15 @@ impl Kernels {
                 function("linear_f32", "linear_f32_w_bf16")?,
                 function("linear_f32", "linear_f32_w_f32")?,
             ],
+            unipc_step: function("sampler", "unipc_step_f32")?,
+            dpm_step: function("sampler", "dpm_step_f32")?,
+            euler_step: function("sampler", "euler_step_f32")?,
+            lcm_step: function("sampler", "lcm_step_f32")?,
+            cfg: function("sampler", "cfg_f32")?,
+            cfg_zero_star_partials: function("sampler", "cfg_zero_star_partials_f32")?,
+            cfg_zero_star_combine: function("sampler", "cfg_zero_star_combine_f32")?,
+            first_non_finite: function("sampler", "first_non_finite_f32")?,
+            philox_normal: function("sampler", "philox_normal_f32")?,
         })
     }
 }
