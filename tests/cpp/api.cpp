@@ -58,6 +58,8 @@ static int32_t fail_inside(void *, uint32_t, uint32_t, float) {
 
 int main() {
     wanrt::check_abi();
+    // A trainer from a flag musubi does not have either throws naming it.
+    expect_error([] { wanrt::Trainer({"--bogus"}); }, WANRT_STATUS_INVALID_ARGUMENT, "--bogus");
     auto pipe = wanrt::Pipeline::load(wanrt::PipelineParams().demo(true).threads(2));
 
     // The log callback receives the plan and the timings, also from the pipeline's threads;

@@ -43,7 +43,7 @@ enum Command {
         command: lora::LoraCommand,
     },
     /// Train a LoRA of the DiT on musubi cache files (musubi's flag names).
-    Train(Box<train::TrainArgs>),
+    Train(Box<wanrt::train::TrainOptions>),
     /// Time a model component on random weights (llama-bench style: markdown or --json).
     Bench {
         #[command(subcommand)]
