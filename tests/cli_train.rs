@@ -89,13 +89,18 @@ fn trains_saves_and_resumes_with_musubi_flags() {
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "{err}");
     assert!(
-        err.contains("note: --sdpa") && err.contains("note: --mixed_precision") && err.contains("step 6/6"),
+        err.contains("note: --sdpa")
+            && err.contains("note: --mixed_precision")
+            && err.contains("step 6/6"),
         "{err}"
     );
     // musubi's names: epochs 1 and 2 (not the last), step 4, the final file; each with a state.
     for stem in ["mine-000001", "mine-000002", "mine-step00000004", "mine"] {
         assert!(out.join(format!("{stem}.safetensors")).is_file(), "{stem}");
-        assert!(out.join(format!("{stem}-state/state.json")).is_file(), "{stem}");
+        assert!(
+            out.join(format!("{stem}-state/state.json")).is_file(),
+            "{stem}"
+        );
     }
     assert!(!out.join("mine-000003.safetensors").exists());
     let lora = Lora::open(out.join("mine.safetensors")).unwrap();
@@ -106,8 +111,13 @@ fn trains_saves_and_resumes_with_musubi_flags() {
     let step4 = Lora::open(out.join("mine-step00000004.safetensors")).unwrap();
     assert_eq!(step4.metadata["ss_steps"], "4");
     let metrics = read_metrics(&out.join("mine-metrics.jsonl")).unwrap();
-    assert_eq!(metrics.iter().map(|m| m.step).collect::<Vec<_>>(), [1, 2, 3, 4, 5, 6]);
-    assert!(metrics.iter().all(|m| m.loss > 0.0 && m.step_time_s > 0.0 && m.lr == 1e-3));
+    assert_eq!(
+        metrics.iter().map(|m| m.step).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5, 6]
+    );
+    assert!(metrics
+        .iter()
+        .all(|m| m.loss > 0.0 && m.step_time_s > 0.0 && m.lr == 1e-3));
     let png = wanrt::video::probe(&curve).unwrap();
     assert_eq!((png.width, png.height), (640, 320));
 
@@ -125,7 +135,10 @@ fn trains_saves_and_resumes_with_musubi_flags() {
     ));
     let err = String::from_utf8_lossy(&resumed.stderr);
     assert!(resumed.status.success(), "{err}");
-    assert!(err.contains("step 8/8") && !err.contains("step 6/8"), "{err}");
+    assert!(
+        err.contains("step 8/8") && !err.contains("step 6/8"),
+        "{err}"
+    );
     assert_eq!(
         Lora::open(out.join("mine.safetensors")).unwrap().metadata["ss_steps"],
         "8"
@@ -133,8 +146,16 @@ fn trains_saves_and_resumes_with_musubi_flags() {
     assert_eq!(losses(&out).len(), 8);
 
     for (flag, value, says) in [
-        ("--timestep_sampling", "logsnr", "timestep_sampling `logsnr`"),
-        ("--optimizer_type", "Adafactor", "--optimizer_type `Adafactor`"),
+        (
+            "--timestep_sampling",
+            "logsnr",
+            "timestep_sampling `logsnr`",
+        ),
+        (
+            "--optimizer_type",
+            "Adafactor",
+            "--optimizer_type `Adafactor`",
+        ),
         ("--not_a_flag", "1", "--not_a_flag"),
     ] {
         let bad = train(&args(&cache, &out, &[flag, value]));
@@ -164,7 +185,11 @@ fn killed_after_a_save_and_resumed_matches_an_uninterrupted_run() {
     ];
     let whole = tmp.path().join("whole");
     let run = train(&args(&cache, &whole, &more));
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     let want = losses(&whole);
     assert_eq!(want.len(), 40);
 
@@ -197,16 +222,31 @@ fn killed_after_a_save_and_resumed_matches_an_uninterrupted_run() {
         &killed,
         &[&more[..], &["--resume", state.to_str().unwrap()]].concat(),
     ));
-    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
     assert_eq!(losses(&killed), want);
     let (a, b) = (
         Lora::open(whole.join("mine.safetensors")).unwrap(),
         Lora::open(killed.join("mine.safetensors")).unwrap(),
     );
     for (name, m) in &a.modules {
-        let (p, q) = (m.low_rank.as_ref().unwrap(), b.modules[name].low_rank.as_ref().unwrap());
-        assert_eq!(p.up.to_f32_vec().unwrap(), q.up.to_f32_vec().unwrap(), "{name}");
-        assert_eq!(p.down.to_f32_vec().unwrap(), q.down.to_f32_vec().unwrap(), "{name}");
+        let (p, q) = (
+            m.low_rank.as_ref().unwrap(),
+            b.modules[name].low_rank.as_ref().unwrap(),
+        );
+        assert_eq!(
+            p.up.to_f32_vec().unwrap(),
+            q.up.to_f32_vec().unwrap(),
+            "{name}"
+        );
+        assert_eq!(
+            p.down.to_f32_vec().unwrap(),
+            q.down.to_f32_vec().unwrap(),
+            "{name}"
+        );
     }
 }
 
@@ -217,8 +257,16 @@ fn killed_after_a_save_and_resumed_matches_an_uninterrupted_run() {
 fn a_full_disk_during_a_save_fails_clearly_and_keeps_the_previous_files() {
     let (tmp, cache) = caches();
     let out = tmp.path().join("out");
-    let first = train(&args(&cache, &out, &["--network_dim", "2", "--max_train_steps", "1"]));
-    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let first = train(&args(
+        &cache,
+        &out,
+        &["--network_dim", "2", "--max_train_steps", "1"],
+    ));
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
     let lora = out.join("mine.safetensors");
     let before = std::fs::read(&lora).unwrap();
     let names = |dir: &Path| {
@@ -236,10 +284,17 @@ fn a_full_disk_during_a_save_fails_clearly_and_keeps_the_previous_files() {
     assert!(before.len() < limit_kib * 1024);
     let full = Command::new("sh")
         .arg("-c")
-        .arg(format!("trap '' XFSZ; ulimit -f {}; exec \"$0\" \"$@\"", limit_kib * 2))
+        .arg(format!(
+            "trap '' XFSZ; ulimit -f {}; exec \"$0\" \"$@\"",
+            limit_kib * 2
+        ))
         .arg(env!("CARGO_BIN_EXE_wanrt"))
         .arg("train")
-        .args(args(&cache, &out, &["--network_dim", "64", "--max_train_steps", "1"]))
+        .args(args(
+            &cache,
+            &out,
+            &["--network_dim", "64", "--max_train_steps", "1"],
+        ))
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&full.stderr);

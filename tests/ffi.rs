@@ -433,7 +433,10 @@ fn c_training_cancelled_from_the_callback_leaves_a_valid_lora() {
     }
     let output = run(&exe, &args);
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.contains("step 2/5") && !stdout.contains("step 3/5"), "{stdout}");
+    assert!(
+        stdout.contains("step 2/5") && !stdout.contains("step 3/5"),
+        "{stdout}"
+    );
     let lora = wanrt::lora::Lora::open(out.join("mine.safetensors")).unwrap();
     assert_eq!(lora.metadata["ss_steps"], "2");
     assert_eq!(lora.modules.len(), 20);

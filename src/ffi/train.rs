@@ -38,7 +38,13 @@ impl wanrt_trainer {
 /// `--save_state`) as at the end, and `wanrt_trainer_run` returns `WANRT_STATUS_CANCELLED`.
 /// Runs on the thread that called `wanrt_trainer_run`; it must not unwind through the library.
 pub type wanrt_train_progress_fn = Option<
-    unsafe extern "C" fn(user_data: *mut c_void, step: usize, total: usize, loss: f64, lr: f32) -> i32,
+    unsafe extern "C" fn(
+        user_data: *mut c_void,
+        step: usize,
+        total: usize,
+        loss: f64,
+        lr: f32,
+    ) -> i32,
 >;
 
 /// Creates a training run in `*out` from the `count` strings at `args`: the arguments of
@@ -74,9 +80,9 @@ pub unsafe extern "C" fn wanrt_trainer_new(
             if p.is_null() {
                 return Err(null_argument(&format!("args[{i}]")));
             }
-            let s = CStr::from_ptr(p).to_str().map_err(|_| {
-                Error::InvalidArgument(format!("args[{i}] is not UTF-8"))
-            })?;
+            let s = CStr::from_ptr(p)
+                .to_str()
+                .map_err(|_| Error::InvalidArgument(format!("args[{i}] is not UTF-8")))?;
             list.push(s.to_string());
         }
         let options = TrainOptions::parse(&list)?;

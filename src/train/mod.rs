@@ -10,6 +10,25 @@
 //! saving and a resumable state; [`TrainingRun`] drives it with musubi's intermediate saves,
 //! the [`metrics`] file and a save on cancel; [`TrainOptions`] is musubi's command line.
 //! [`dataset`] reads musubi's dataset TOML (frame windows, aspect-ratio buckets).
+//!
+//! A run from musubi's flags, cancelled after 100 steps (the LoRA of those steps is saved):
+//!
+//! ```no_run
+//! use wanrt::sampler::Flow;
+//! use wanrt::train::{Event, TrainOptions};
+//!
+//! let options = TrainOptions::parse([
+//!     "--dit", "dit.safetensors", "--cache_directory", "cache",
+//!     "--output_dir", "out", "--output_name", "mine", "--network_dim", "16",
+//! ])?;
+//! let mut run = options.start()?;
+//! let ending = run.run(&mut |event| match event {
+//!     Event::Step(r) if r.step == 100 => Flow::Cancel,
+//!     _ => Flow::Continue,
+//! })?;
+//! println!("{ending:?}");
+//! # Ok::<(), wanrt::Error>(())
+//! ```
 
 pub mod cache;
 pub mod dataset;

@@ -300,8 +300,15 @@ impl TrainOptions {
             }
         }
         if let Some(o) = self.optimizer_type.as_deref() {
-            if !matches!(o.to_lowercase().as_str(), "adamw" | "adamw8bit" | "torch.optim.adamw") {
-                return Err(unsupported("optimizer_type", o, "AdamW (and AdamW8bit, mapped to it)"));
+            if !matches!(
+                o.to_lowercase().as_str(),
+                "adamw" | "adamw8bit" | "torch.optim.adamw"
+            ) {
+                return Err(unsupported(
+                    "optimizer_type",
+                    o,
+                    "AdamW (and AdamW8bit, mapped to it)",
+                ));
             }
         }
         if self.gradient_accumulation_steps != 1 {
@@ -322,7 +329,9 @@ impl TrainOptions {
             ("ss_output_name".to_string(), self.output_name.clone()),
             (
                 "modelspec.title".to_string(),
-                self.metadata_title.clone().unwrap_or(self.output_name.clone()),
+                self.metadata_title
+                    .clone()
+                    .unwrap_or(self.output_name.clone()),
             ),
         ]);
         for (key, value) in [
@@ -392,11 +401,10 @@ impl TrainOptions {
         let dit = WanDit::open(&dit_path, self.dit_config.as_deref())?;
         let items = list_items(&self.cache_directory)?;
         let trainer = match (&self.resume, &self.network_weights) {
-            (Some(_), Some(_)) => {
-                return Err(Error::InvalidArgument(
-                    "--resume and --network_weights exclude each other (the state holds the network)".into(),
-                ))
-            }
+            (Some(_), Some(_)) => return Err(Error::InvalidArgument(
+                "--resume and --network_weights exclude each other (the state holds the network)"
+                    .into(),
+            )),
             (Some(dir), None) => Trainer::resume(dit, items, cfg, dir)?,
             (None, Some(file)) => {
                 let net = LoraNetwork::from_lora(&Lora::open(file)?)?;

@@ -70,8 +70,16 @@ fn parse_line(line: &str) -> std::result::Result<SamplePrompt, String> {
     for part in parts {
         let (key, value) = part.split_once(' ').unwrap_or((part, ""));
         let value = value.trim();
-        let int = || value.parse::<usize>().map_err(|e| format!("--{key} `{value}`: {e}"));
-        let float = || value.parse::<f64>().map_err(|e| format!("--{key} `{value}`: {e}"));
+        let int = || {
+            value
+                .parse::<usize>()
+                .map_err(|e| format!("--{key} `{value}`: {e}"))
+        };
+        let float = || {
+            value
+                .parse::<f64>()
+                .map_err(|e| format!("--{key} `{value}`: {e}"))
+        };
         match key {
             "w" => p.width = int()? / 16 * 16,
             "h" => p.height = int()? / 16 * 16,
@@ -110,7 +118,13 @@ impl Samples {
     /// Generates every prompt with the network of `trainer` at strength 1 into
     /// `{dir}/sample/{name}_{tag}_{index:02}_{seed}.mp4` (`.png` for one frame); `tag` is the
     /// epoch or step (`e000002`, `000040`). Returns the files written.
-    pub fn write(&self, trainer: &Trainer, dir: &Path, name: &str, tag: &str) -> Result<Vec<PathBuf>> {
+    pub fn write(
+        &self,
+        trainer: &Trainer,
+        dir: &Path,
+        name: &str,
+        tag: &str,
+    ) -> Result<Vec<PathBuf>> {
         let out = dir.join("sample");
         std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
         let lora = out.join(format!(".{name}-sampling.safetensors"));
@@ -163,13 +177,22 @@ mod tests {
 
     #[test]
     fn prompt_lines_take_musubis_options_and_defaults() {
-        let p = parse_line("a cat on a hill --w 100 --h 64 --f 10 --d 7 --s 0 --l 1.0 --fs 3 --g 6 --n ugly").unwrap();
+        let p = parse_line(
+            "a cat on a hill --w 100 --h 64 --f 10 --d 7 --s 0 --l 1.0 --fs 3 --g 6 --n ugly",
+        )
+        .unwrap();
         assert_eq!(p.prompt, "a cat on a hill");
-        assert_eq!((p.width, p.height, p.frames, p.seed, p.steps), (96, 64, 9, Some(7), 1));
+        assert_eq!(
+            (p.width, p.height, p.frames, p.seed, p.steps),
+            (96, 64, 9, Some(7), 1)
+        );
         assert_eq!((p.guidance_scale, p.shift), (1.0, 3.0));
         assert_eq!(p.negative_prompt, "ugly");
         let d = parse_line("just a prompt").unwrap();
-        assert_eq!((d.width, d.height, d.frames, d.steps, d.seed), (256, 256, 1, 20, None));
+        assert_eq!(
+            (d.width, d.height, d.frames, d.steps, d.seed),
+            (256, 256, 1, 20, None)
+        );
         assert_eq!((d.guidance_scale, d.shift), (5.0, 14.5));
         assert!(parse_line("x --q 3").unwrap_err().contains("--q"));
         assert!(parse_line("x --w wide").unwrap_err().contains("--w `wide`"));

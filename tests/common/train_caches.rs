@@ -19,7 +19,12 @@ pub fn write_caches(dir: &Path) {
             .unwrap()
     };
     for (i, (latent, key, frames, stem)) in [
-        ("img_0032x0032_wan.safetensors", "latents_1x4x4_bfloat16", 1, "img"),
+        (
+            "img_0032x0032_wan.safetensors",
+            "latents_1x4x4_bfloat16",
+            1,
+            "img",
+        ),
         (
             "clip_00000-005_0032x0032_wan.safetensors",
             "latents_2x4x4_bfloat16",
