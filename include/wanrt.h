@@ -277,6 +277,14 @@ typedef struct wanrt_lora_list wanrt_lora_list;
 typedef struct wanrt_pipeline wanrt_pipeline;
 
 /**
+ * A training run: the DiT, the cached items, the network being trained and its outputs.
+ * Create it with `wanrt_trainer_new()`, run it with `wanrt_trainer_run()`, free it with
+ * `wanrt_trainer_free()`. One thread at a time may run it (a second concurrent
+ * `wanrt_trainer_run` returns `WANRT_STATUS_INVALID_ARGUMENT`).
+ */
+typedef struct wanrt_trainer wanrt_trainer;
+
+/**
  * The log callback: `level` is a `wanrt_log_level`, `message` one line of UTF-8 without a
  * trailing newline, valid only during the call. It is called from whichever thread logs, the
  * library's worker threads included, possibly from several threads at once: it must be
@@ -683,6 +691,19 @@ typedef struct wanrt_mp4_params {
     const char *openh264_library;
 } wanrt_mp4_params;
 
+/**
+ * The per-step training callback: called after each optimizer step with the steps taken
+ * (`step`, 1 to `total`), the step's loss and its learning rate. Return 0 to continue,
+ * non-zero to cancel: the run then saves the LoRA of the steps taken (and its state with
+ * `--save_state`) as at the end, and `wanrt_trainer_run` returns `WANRT_STATUS_CANCELLED`.
+ * Runs on the thread that called `wanrt_trainer_run`; it must not unwind through the library.
+ */
+typedef int32_t (*wanrt_train_progress_fn)(void *user_data,
+                                           size_t step,
+                                           size_t total,
+                                           double loss,
+                                           float lr);
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -1035,6 +1056,71 @@ enum wanrt_status wanrt_generation_write_png_frames(const struct wanrt_generatio
  * `generation` is NULL or a live result that no other thread is using.
  */
 void wanrt_generation_free(struct wanrt_generation *generation);
+
+/**
+ * Creates a training run in `*out` from the `count` strings at `args`: the arguments of
+ * `wanrt train` (musubi-tuner's flags, e.g. `"--dit"`, `"dit.safetensors"`,
+ * `"--cache_directory"`, `"cache"`, `"--output_dir"`, `"out"`, `"--output_name"`, `"mine"`,
+ * `"--network_dim"`, `"4"`), without the program and subcommand names. Opens the DiT and the
+ * cache folder, and with `--resume DIR` the saved state. The musubi flags wanrt ignores or
+ * maps are reported through the log callback (warnings); an unknown flag is an error.
+ *
+ * Returns `WANRT_STATUS_OK`; `WANRT_STATUS_INVALID_ARGUMENT` for a NULL or non-UTF-8
+ * argument, an unknown flag or an unsupported value; `WANRT_STATUS_NOT_FOUND` or
+ * `WANRT_STATUS_BAD_FILE` for a model, cache or state that cannot be read.
+ *
+ * # Safety
+ * `args` is NULL (only with `count` 0) or points to `count` NUL-terminated strings; `out` is
+ * NULL or valid for writing a pointer.
+ */
+enum wanrt_status wanrt_trainer_new(const char *const *args,
+                                    size_t count,
+                                    struct wanrt_trainer **out);
+
+/**
+ * Takes the remaining steps of `trainer`, writing the LoRAs, states and metrics its arguments
+ * ask for, and calls `progress` (may be NULL) after each step with `user_data`.
+ *
+ * Returns `WANRT_STATUS_OK` when every step was taken and the final LoRA written;
+ * `WANRT_STATUS_CANCELLED` when `progress` cancelled (the LoRA of the steps taken is written:
+ * a later run of the same trainer continues from there); `WANRT_STATUS_INVALID_ARGUMENT` for
+ * a NULL trainer, one running on another thread, or one already done;
+ * `WANRT_STATUS_BAD_FILE` when a cache cannot be read or an output cannot be written (for
+ * example on a full disk: the files written before are left intact).
+ *
+ * # Safety
+ * `trainer` is NULL or a live trainer; `progress` is NULL or a function that may be called
+ * with `user_data`.
+ */
+enum wanrt_status wanrt_trainer_run(struct wanrt_trainer *trainer,
+                                    wanrt_train_progress_fn progress,
+                                    void *user_data);
+
+/**
+ * The optimizer steps `trainer` has taken (with those of the state it resumed from); 0 when
+ * `trainer` is NULL or running on another thread (`wanrt_last_error()` then says so).
+ *
+ * # Safety
+ * `trainer` is NULL or a live trainer.
+ */
+size_t wanrt_trainer_steps_taken(const struct wanrt_trainer *trainer);
+
+/**
+ * The optimizer steps of the whole run (`--max_train_steps`, or `--max_train_epochs` times the
+ * items); 0 when `trainer` is NULL or running on another thread.
+ *
+ * # Safety
+ * `trainer` is NULL or a live trainer.
+ */
+size_t wanrt_trainer_total_steps(const struct wanrt_trainer *trainer);
+
+/**
+ * Frees `trainer`. NULL is a no-op. Freeing it while it runs, or twice, is undefined.
+ *
+ * # Safety
+ * `trainer` is NULL or a live trainer that no other thread is using.
+ */
+void wanrt_trainer_free(struct wanrt_trainer *trainer);
 
 #ifdef __cplusplus
 }  // extern "C"

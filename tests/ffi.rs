@@ -397,3 +397,47 @@ fn log_callback_receives_records_until_it_is_unset() {
         "silent after NULL"
     );
 }
+
+/// Training through the C ABI (tests/c/train.c): a trainer from a `wanrt train` argument
+/// list, cancelled from its progress callback after step 2, leaves a LoRA of those 2 steps that
+/// loads; the trainer's misuse returns the documented statuses.
+#[test]
+fn c_training_cancelled_from_the_callback_leaves_a_valid_lora() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("train");
+    compile("cc", "c99", &["tests/c/train.c"], &exe);
+    let cache = dir.path().join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    common::train_caches::write_caches(&cache);
+    let out = dir.path().join("out");
+    let mut args = Vec::new();
+    for (flag, value) in [
+        ("--dit", common::model("tiny-dit/dit_bf16.safetensors")),
+        ("--dit-config", common::model("tiny-dit/config.json")),
+        ("--cache_directory", cache),
+        ("--output_dir", out.clone()),
+    ] {
+        args.extend([flag.to_string(), value.display().to_string()]);
+    }
+    for a in [
+        "--output_name",
+        "mine",
+        "--network_dim",
+        "2",
+        "--max_train_steps",
+        "5",
+        "--learning_rate",
+        "1e-3",
+    ] {
+        args.push(a.to_string());
+    }
+    let output = run(&exe, &args);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("step 2/5") && !stdout.contains("step 3/5"),
+        "{stdout}"
+    );
+    let lora = wanrt::lora::Lora::open(out.join("mine.safetensors")).unwrap();
+    assert_eq!(lora.metadata["ss_steps"], "2");
+    assert_eq!(lora.modules.len(), 20);
+}

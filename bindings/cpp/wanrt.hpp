@@ -1,6 +1,7 @@
 // wanrt.hpp: a header-only C++17 wrapper over the wanrt C API (include/wanrt.h).
 //
-// - Handles are move-only RAII objects (wanrt::Pipeline, wanrt::Generation); nothing to free.
+// - Handles are move-only RAII objects (wanrt::Pipeline, wanrt::Generation, wanrt::Trainer);
+//   nothing to free.
 // - Every failing call throws wanrt::Error, which carries the wanrt_status and the library's
 //   message (wanrt_last_error()).
 // - Progress is a lambda returning wanrt::Flow::Continue or wanrt::Flow::Cancel (generate() then
@@ -513,6 +514,64 @@ private:
     wanrt_pipeline *live() const { return detail::live(get(), "Pipeline"); }
     std::unique_ptr<wanrt_pipeline, detail::Deleter<wanrt_pipeline, wanrt_pipeline_free>>
         handle_;
+};
+
+/// The per-step training callback: (step, total, loss, lr) -> Flow, after each optimizer step.
+using TrainProgress = std::function<Flow(std::size_t step, std::size_t total, double loss, float lr)>;
+
+/// A LoRA training run (wanrt_trainer) from `wanrt train`'s arguments (musubi-tuner's flags).
+/// Move-only.
+///     auto trainer = wanrt::Trainer({"--dit", "dit.safetensors", "--cache_directory", "cache",
+///                                    "--output_dir", "out", "--output_name", "mine"});
+///     bool finished = trainer.run([](std::size_t step, std::size_t, double loss, float) {
+///         return step == 100 ? wanrt::Flow::Cancel : wanrt::Flow::Continue; });
+class Trainer {
+public:
+    /// Opens the DiT and caches the arguments name (an unknown flag throws).
+    explicit Trainer(const std::vector<std::string> &args) {
+        std::vector<const char *> argv;
+        for (const auto &a : args) argv.push_back(a.c_str());
+        wanrt_trainer *h = nullptr;
+        check(wanrt_trainer_new(argv.data(), argv.size(), &h));
+        handle_.reset(h);
+    }
+    /// Takes the remaining steps; true when all were taken, false when `progress` cancelled
+    /// (the LoRA of the steps taken is saved; a later run() continues). An exception thrown by
+    /// `progress` cancels and is rethrown here.
+    bool run(const TrainProgress &progress = nullptr) {
+        struct Context {
+            const TrainProgress *progress;
+            std::exception_ptr error;
+        } context{&progress, nullptr};
+        wanrt_train_progress_fn fn = nullptr;
+        if (progress) {
+            fn = [](void *user, std::size_t step, std::size_t total, double loss,
+                    float lr) -> int32_t {
+                auto *c = static_cast<Context *>(user);
+                try {
+                    return (*c->progress)(step, total, loss, lr) == Flow::Cancel ? 1 : 0;
+                } catch (...) {
+                    c->error = std::current_exception();
+                    return 1;
+                }
+            };
+        }
+        wanrt_status status = wanrt_trainer_run(live(), fn, &context);
+        if (context.error) std::rethrow_exception(context.error);
+        if (status == WANRT_STATUS_CANCELLED) return false;
+        check(status);
+        return true;
+    }
+    /// Optimizer steps taken (with those of a resumed state).
+    std::size_t steps_taken() const { return wanrt_trainer_steps_taken(live()); }
+    /// Optimizer steps of the whole run.
+    std::size_t total_steps() const { return wanrt_trainer_total_steps(live()); }
+    /// The C handle, still owned by this object.
+    wanrt_trainer *get() const noexcept { return handle_.get(); }
+
+private:
+    wanrt_trainer *live() const { return detail::live(get(), "Trainer"); }
+    std::unique_ptr<wanrt_trainer, detail::Deleter<wanrt_trainer, wanrt_trainer_free>> handle_;
 };
 
 }  // namespace wanrt

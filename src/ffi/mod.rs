@@ -33,6 +33,7 @@ mod query;
 mod generation;
 
 mod devices;
+mod train;
 
 use std::ffi::c_char;
 
@@ -59,6 +60,10 @@ pub use query::{
     wanrt_memory_estimate, wanrt_model_info, wanrt_pipeline_estimate, wanrt_pipeline_info,
 };
 pub use status::{wanrt_last_error, wanrt_status, wanrt_status_str};
+pub use train::{
+    wanrt_train_progress_fn, wanrt_trainer, wanrt_trainer_free, wanrt_trainer_new,
+    wanrt_trainer_run, wanrt_trainer_steps_taken, wanrt_trainer_total_steps,
+};
 
 /// The ABI version of this header. `wanrt_abi_version()` returns the version of the library
 /// actually loaded; a program should refuse to run when the two differ. It changes only when a
@@ -85,4 +90,5 @@ const _: fn() = || {
     send_sync::<wanrt_pipeline>();
     send_sync::<wanrt_generation>();
     send_sync::<wanrt_lora_list>();
+    send_sync::<wanrt_trainer>();
 };

@@ -7,23 +7,50 @@
 //! ([`crate::model::dit::WanDit::train_forward`] / `train_backward`, gradient checkpointing per
 //! block, base weights frozen in their stored dtype); [`optim`] holds AdamW, clipping and the
 //! schedules; [`Trainer`] is the seeded loop over musubi cache files ([`cache`]) with LoRA
-//! saving and a resumable state. [`dataset`] reads musubi's dataset TOML (frame windows,
-//! aspect-ratio buckets) and its media; [`caching`] writes the caches from it.
+//! saving and a resumable state; [`TrainingRun`] drives it with musubi's intermediate saves,
+//! the [`metrics`] file and a save on cancel; [`TrainOptions`] is musubi's command line.
+//! [`dataset`] reads musubi's dataset TOML (frame windows, aspect-ratio buckets) and its media;
+//! [`caching`] writes the caches from it.
+//!
+//! A run from musubi's flags, cancelled after 100 steps (the LoRA of those steps is saved):
+//!
+//! ```no_run
+//! use wanrt::sampler::Flow;
+//! use wanrt::train::{Event, TrainOptions};
+//!
+//! let options = TrainOptions::parse([
+//!     "--dit", "dit.safetensors", "--cache_directory", "cache",
+//!     "--output_dir", "out", "--output_name", "mine", "--network_dim", "16",
+//! ])?;
+//! let mut run = options.start()?;
+//! let ending = run.run(&mut |event| match event {
+//!     Event::Step(r) if r.step == 100 => Flow::Cancel,
+//!     _ => Flow::Continue,
+//! })?;
+//! println!("{ending:?}");
+//! # Ok::<(), wanrt::Error>(())
+//! ```
 
 pub mod cache;
 pub mod caching;
 pub mod dataset;
 pub mod loss;
+pub mod metrics;
 mod network;
 pub mod optim;
+mod options;
 mod rng;
+mod run;
+pub mod samples;
 mod trainer;
 
 use std::collections::BTreeMap;
 
 pub use loss::{NoiseLevel, TimestepSampling, Timesteps};
 pub use network::{musubi_name, LoraNetwork, LoraPair};
+pub use options::TrainOptions;
 pub use rng::TrainRng;
+pub use run::{Ending, Event, Outputs, TrainingRun};
 pub use trainer::{StepReport, TrainConfig, Trainer};
 
 use crate::error::Result;

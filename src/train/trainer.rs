@@ -43,6 +43,9 @@ pub struct TrainConfig {
     pub timesteps: Timesteps,
     /// AdamW's hyper-parameters.
     pub adamw: AdamWParams,
+    /// More metadata for the saved LoRAs (`ss_output_name`, `modelspec.*`, the trigger
+    /// phrase), written next to the `ss_*` keys the run itself fills in.
+    pub metadata: BTreeMap<String, String>,
 }
 
 impl Default for TrainConfig {
@@ -59,6 +62,7 @@ impl Default for TrainConfig {
             seed: 42,
             timesteps: Timesteps::default(),
             adamw: AdamWParams::default(),
+            metadata: BTreeMap::new(),
         }
     }
 }
@@ -178,6 +182,11 @@ impl Trainer {
         self.step
     }
 
+    /// Epochs completed.
+    pub fn epochs_done(&self) -> usize {
+        self.epoch
+    }
+
     /// One optimizer step on the next item: noise and timestep drawn from the run's stream,
     /// loss and gradients, clipping, AdamW at the scheduled learning rate.
     pub fn step(&mut self) -> Result<StepReport> {
@@ -230,7 +239,8 @@ impl Trainer {
 
     /// musubi's `ss_*` metadata of the network.
     fn metadata(&self) -> BTreeMap<String, String> {
-        BTreeMap::from([
+        let mut meta = self.cfg.metadata.clone();
+        meta.extend([
             ("ss_base_model_version".into(), "wan2.1".into()),
             (
                 "ss_learning_rate".into(),
@@ -246,7 +256,47 @@ impl Trainer {
             ("ss_epoch".into(), self.epoch.to_string()),
             ("ss_num_train_items".into(), self.items.len().to_string()),
             ("ss_training_comment".into(), "trained with wanrt".into()),
-        ])
+            ("ss_network_dropout".into(), "None".into()),
+            ("ss_gradient_checkpointing".into(), "True".into()),
+            ("ss_gradient_accumulation_steps".into(), "1".into()),
+            (
+                "ss_lr_warmup_steps".into(),
+                self.cfg.lr_warmup_steps.to_string(),
+            ),
+            (
+                "ss_max_grad_norm".into(),
+                format!("{:?}", self.cfg.max_grad_norm),
+            ),
+            (
+                "ss_optimizer".into(),
+                format!(
+                    "torch.optim.adamw.AdamW(weight_decay={:?},betas=({:?}, {:?}),eps={:?})",
+                    self.cfg.adamw.weight_decay,
+                    self.cfg.adamw.beta1,
+                    self.cfg.adamw.beta2,
+                    self.cfg.adamw.eps
+                ),
+            ),
+            (
+                "ss_timestep_sampling".into(),
+                format!("{:?}", self.cfg.timesteps.sampling).to_lowercase(),
+            ),
+            (
+                "ss_discrete_flow_shift".into(),
+                format!("{:?}", self.cfg.timesteps.discrete_flow_shift),
+            ),
+            (
+                "ss_sigmoid_scale".into(),
+                format!("{:?}", self.cfg.timesteps.sigmoid_scale),
+            ),
+            ("modelspec.sai_model_spec".into(), "1.0.0".into()),
+            ("modelspec.architecture".into(), "wan2.1/lora".into()),
+            (
+                "modelspec.implementation".into(),
+                "https://github.com/Wan-Video/Wan2.1".into(),
+            ),
+        ]);
+        meta
     }
 
     /// Writes the LoRA in musubi's format (`lora_unet_…` keys, `.alpha`, `ss_*` metadata)

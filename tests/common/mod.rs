@@ -6,6 +6,7 @@
 
 #[cfg(feature = "openh264-source")]
 pub mod readback;
+pub mod train_caches;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

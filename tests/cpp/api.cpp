@@ -62,6 +62,8 @@ int main() {
     // listed is described.
     for (const auto &d : wanrt::list_devices())
         CHECK(!d.name.empty() && d.compute_major > 0 && d.total_memory > 0);
+    // A trainer from a flag musubi does not have either throws naming it.
+    expect_error([] { wanrt::Trainer({"--bogus"}); }, WANRT_STATUS_INVALID_ARGUMENT, "--bogus");
     auto pipe = wanrt::Pipeline::load(wanrt::PipelineParams().demo(true).threads(2));
 
     // The log callback receives the plan and the timings, also from the pipeline's threads;

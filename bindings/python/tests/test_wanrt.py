@@ -471,3 +471,64 @@ def test_functions_mirror_the_header():
         ]
         found[name] = (c_type(ret), params)
     assert found == {k: (r, list(a)) for k, (r, a) in _lib.SIGNATURES.items()}
+
+
+def write_safetensors(path: Path, tensors: dict, metadata: dict) -> None:
+    """Writes float32 tensors {name: (shape, list of floats)} with string metadata."""
+    header: dict = {"__metadata__": metadata}
+    blob = b""
+    for name, (shape, values) in tensors.items():
+        data = struct.pack(f"<{len(values)}f", *values)
+        header[name] = {"dtype": "F32", "shape": shape,
+                        "data_offsets": [len(blob), len(blob) + len(data)]}
+        blob += data
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + blob)
+
+
+def write_train_caches(folder: Path) -> None:
+    """One musubi cache item for the tiny DiT: a latent [16, 1, 4, 4] and a text [5, 32]."""
+    meta = {"architecture": "wan"}
+    wave = lambda n, k: [math.sin(0.7 * i + k) for i in range(n)]  # noqa: E731
+    write_safetensors(folder / "img_0032x0032_wan.safetensors",
+                      {"latents_1x4x4_float32": ([16, 1, 4, 4], wave(256, 0))}, meta)
+    write_safetensors(folder / "img_wan_te.safetensors",
+                      {"varlen_t5_float32": ([5, 32], wave(160, 1))}, meta)
+
+
+def test_training_cancelled_from_the_callback_leaves_a_lora_that_loads(tmp_path, case):
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    cache.mkdir()
+    write_train_caches(cache)
+    paths = case["paths"]
+    seen = []
+
+    def on_step(step, total, loss, lr):
+        seen.append((step, total, loss, lr))
+        return step == 2
+
+    with wanrt.Trainer(dit=paths["dit"], dit_config=paths["dit_config"], cache_directory=cache,
+                       output_dir=out, output_name="mine", network_dim=2, learning_rate=1e-2,
+                       max_train_steps=5, sdpa=True) as t:
+        assert t.total_steps == 5
+        assert t.run(on_step=on_step) is False
+        assert t.steps_taken == 2
+        assert [s[:2] for s in seen] == [(1, 5), (2, 5)]
+        assert all(loss > 0 and lr == pytest.approx(1e-2) for _, _, loss, lr in seen)
+    lora = out / "mine.safetensors"
+    raw = lora.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    assert json.loads(raw[8 : 8 + n])["__metadata__"]["ss_steps"] == "2"
+    assert len(read_safetensors(lora)) == 60
+
+    # The LoRA loads into a pipeline and changes its output.
+    with wanrt.Pipeline(**paths) as plain, wanrt.Pipeline(**paths, loras=[(lora, 1.0)]) as tuned:
+        a = plain.generate("a hill", **small()).frames(as_numpy=False)
+        b = tuned.generate("a hill", **small()).frames(as_numpy=False)
+    assert a != b
+
+    with pytest.raises(wanrt.WanrtError) as e:
+        wanrt.Trainer(dit=paths["dit"], cache_directory=cache, output_dir=out,
+                      output_name="mine", not_a_flag=1)
+    assert e.value.status == wanrt.Status.INVALID_ARGUMENT
+    assert "--not_a_flag" in str(e.value)

@@ -27,6 +27,7 @@ from ._lib import (
     LOG_FN,
     PROGRESS_FN,
     STAGE_FN,
+    TRAIN_PROGRESS_FN,
     Device,
     DeviceInfo,
     GenerateParams,
@@ -42,6 +43,7 @@ from ._lib import (
     Solver,
     Stage,
     Status,
+    TrainerHandle,
     VaeTiling,
     WanrtError,
     Attention,
@@ -66,6 +68,7 @@ __all__ = [
     "Stage",
     "Attention",
     "Status",
+    "Trainer",
     "VaeTiling",
     "WanrtError",
     "abi_version",
@@ -482,14 +485,7 @@ class Pipeline:
         raised: list = []
 
         def guarded(fn: Callable[..., Any]) -> Callable[..., int]:
-            def call(_user: Any, *args: Any) -> int:
-                try:
-                    return 1 if fn(*args) else 0
-                except BaseException as e:  # re-raised after the C call returns
-                    raised.append(e)
-                    return 1
-
-            return call
+            return _guarded(fn, raised)
 
         # The ctypes callback objects must stay alive for the whole call.
         step_cb = PROGRESS_FN(guarded(on_step)) if on_step else PROGRESS_FN()
@@ -569,6 +565,103 @@ class Pipeline:
             lib.wanrt_pipeline_free(handle)
 
     def __enter__(self) -> "Pipeline":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def _guarded(fn: Callable[..., Any], raised: list) -> Callable[..., int]:
+    """A C callback calling ``fn`` without ``user_data``: 1 (cancel) when ``fn`` returns a true
+    value or raises (the exception is appended to ``raised``, to be re-raised after the C call
+    returns), 0 otherwise."""
+
+    def call(_user: Any, *args: Any) -> int:
+        try:
+            return 1 if fn(*args) else 0
+        except BaseException as e:  # re-raised after the C call returns
+            raised.append(e)
+            return 1
+
+    return call
+
+
+def _flag_args(args: Sequence[Any], options: dict) -> list:
+    """``args`` then ``options`` as ``wanrt train`` flags (``network_dim=4`` -> ``--network_dim
+    4``; ``True`` -> the bare flag; ``False`` and ``None`` -> nothing), UTF-8 encoded."""
+    out = [os.fsencode(a) for a in args]
+    for name, value in options.items():
+        if value is None or value is False:
+            continue
+        out.append(os.fsencode(f"--{name}"))
+        if value is not True:
+            out.append(os.fsencode(value if isinstance(value, os.PathLike) else str(value)))
+    return out
+
+
+class Trainer:
+    """A LoRA training run of the DiT on musubi-tuner cache files (``wanrt_trainer``), with
+    ``wanrt train``'s flags, which are musubi-tuner's::
+
+        with wanrt.Trainer(dit="dit.safetensors", cache_directory="cache",
+                           output_dir="out", output_name="mine", network_dim=16,
+                           max_train_steps=500, save_every_n_steps=100) as t:
+            t.run(on_step=lambda step, total, loss, lr: print(step, loss))
+
+    Flags come as keyword arguments (``network_dim=16``, ``save_state=True``) or as strings in
+    ``args`` (``"--network-dim", "16"``); an unknown flag raises :class:`WanrtError`
+    (``Status.INVALID_ARGUMENT``). The musubi flags wanrt ignores are reported through
+    :func:`set_log_callback` (warnings).
+    """
+
+    def __init__(self, *args: Union[str, "os.PathLike[str]"], **options: Any) -> None:
+        self._handle = None
+        flags = _flag_args(args, options)
+        array = (ctypes.c_char_p * len(flags))(*flags)
+        out = ctypes.POINTER(TrainerHandle)()
+        check(lib.wanrt_trainer_new(array, len(flags), ctypes.byref(out)))
+        self._handle = out
+
+    def run(self, on_step: Optional[Callable[[int, int, float, float], Any]] = None) -> bool:
+        """Takes the remaining steps, saving what the flags ask for; True when every step was
+        taken. ``on_step(step, total, loss, lr)`` is called after each step: a true value (or an
+        exception, re-raised here) cancels, the LoRA of the steps taken is saved as at the end
+        and ``run`` returns False; a later ``run`` continues from there."""
+        raised: list = []
+        cb = TRAIN_PROGRESS_FN(_guarded(on_step, raised)) if on_step else TRAIN_PROGRESS_FN()
+        status = lib.wanrt_trainer_run(self._h(), cb, None)
+        if raised:
+            raise raised[0]
+        if status == Status.CANCELLED:
+            return False
+        check(status)
+        return True
+
+    @property
+    def steps_taken(self) -> int:
+        """Optimizer steps taken (with those of a resumed state)."""
+        return lib.wanrt_trainer_steps_taken(self._h())
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps of the whole run."""
+        return lib.wanrt_trainer_total_steps(self._h())
+
+    def _h(self) -> "ctypes._Pointer[TrainerHandle]":
+        if self._handle is None:
+            raise ValueError("this Trainer was closed")
+        return self._handle
+
+    def close(self) -> None:
+        """Frees the run (idempotent). Not while it runs."""
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            lib.wanrt_trainer_free(handle)
+
+    def __enter__(self) -> "Trainer":
         return self
 
     def __exit__(self, *exc: object) -> None:

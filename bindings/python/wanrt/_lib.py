@@ -120,8 +120,13 @@ class GenerationHandle(ctypes.Structure):
     """Opaque ``wanrt_generation``."""
 
 
+class TrainerHandle(ctypes.Structure):
+    """Opaque ``wanrt_trainer``."""
+
+
 PROGRESS_FN = CFUNCTYPE(c_int32, c_void_p, c_uint32, c_uint32, c_float)
 STAGE_FN = CFUNCTYPE(c_int32, c_void_p, c_int32, c_uint32, c_uint32)
+TRAIN_PROGRESS_FN = CFUNCTYPE(c_int32, c_void_p, c_size_t, c_size_t, c_double, c_float)
 LOG_FN = CFUNCTYPE(None, c_void_p, c_int32, c_char_p)
 FRAME_FN = CFUNCTYPE(c_int32, c_void_p, c_uint32, c_uint32, POINTER(c_uint8), c_uint32, c_uint32)
 
@@ -321,6 +326,15 @@ SIGNATURES = {
     "wanrt_generation_free": (None, [POINTER(GenerationHandle)]),
     # devices
     "wanrt_list_devices": (_STATUS, [POINTER(DeviceInfo), c_size_t, POINTER(c_size_t)]),
+    # training
+    "wanrt_trainer_new": (
+        _STATUS,
+        [POINTER(c_char_p), c_size_t, POINTER(POINTER(TrainerHandle))],
+    ),
+    "wanrt_trainer_run": (_STATUS, [POINTER(TrainerHandle), TRAIN_PROGRESS_FN, c_void_p]),
+    "wanrt_trainer_steps_taken": (c_size_t, [POINTER(TrainerHandle)]),
+    "wanrt_trainer_total_steps": (c_size_t, [POINTER(TrainerHandle)]),
+    "wanrt_trainer_free": (None, [POINTER(TrainerHandle)]),
 }
 
 

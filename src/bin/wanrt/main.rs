@@ -44,7 +44,7 @@ enum Command {
         command: lora::LoraCommand,
     },
     /// Train a LoRA of the DiT on musubi cache files (musubi's flag names).
-    Train(Box<train::TrainArgs>),
+    Train(Box<wanrt::train::TrainOptions>),
     /// Write musubi cache files from a dataset TOML (`wanrt cache latents`, `wanrt cache text`).
     Cache {
         #[command(subcommand)]
