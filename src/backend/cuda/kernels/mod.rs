@@ -13,12 +13,16 @@
 #![allow(dead_code)]
 
 pub(crate) mod attention;
+pub(crate) mod channel_norm;
+pub(crate) mod conv3d;
 pub(crate) mod convert;
 pub(crate) mod elementwise;
+pub(crate) mod embedding;
 pub(crate) mod norm;
 pub(crate) mod patchify;
 pub(crate) mod qk_norm_rope;
 pub(crate) mod time_embedding;
+pub(crate) mod upsample;
 
 #[cfg(test)]
 mod tests;
@@ -34,10 +38,18 @@ use cudarc::nvrtc::Ptx;
 use crate::error::{Error, Result};
 
 /// The fatbin of each kernel file, as `build.rs` left them in `OUT_DIR`.
-const FATBINS: [(&str, &[u8]); 7] = [
+const FATBINS: [(&str, &[u8]); 11] = [
     (
         "attention",
         include_bytes!(concat!(env!("OUT_DIR"), "/attention.fatbin")),
+    ),
+    (
+        "channel_norm",
+        include_bytes!(concat!(env!("OUT_DIR"), "/channel_norm.fatbin")),
+    ),
+    (
+        "conv3d",
+        include_bytes!(concat!(env!("OUT_DIR"), "/conv3d.fatbin")),
     ),
     (
         "convert",
@@ -46,6 +58,10 @@ const FATBINS: [(&str, &[u8]); 7] = [
     (
         "elementwise",
         include_bytes!(concat!(env!("OUT_DIR"), "/elementwise.fatbin")),
+    ),
+    (
+        "embedding",
+        include_bytes!(concat!(env!("OUT_DIR"), "/embedding.fatbin")),
     ),
     (
         "norm",
@@ -62,6 +78,10 @@ const FATBINS: [(&str, &[u8]); 7] = [
     (
         "time_embedding",
         include_bytes!(concat!(env!("OUT_DIR"), "/time_embedding.fatbin")),
+    ),
+    (
+        "upsample",
+        include_bytes!(concat!(env!("OUT_DIR"), "/upsample.fatbin")),
     ),
 ];
 
@@ -80,6 +100,10 @@ pub(crate) struct Kernels {
     unpatchify: CudaFunction,
     rms_norm_rope: CudaFunction,
     sinusoidal_embedding: CudaFunction,
+    channel_rms_norm: CudaFunction,
+    conv3d: CudaFunction,
+    embedding: CudaFunction,
+    upsample_nearest2x: CudaFunction,
 }
 
 impl Kernels {
@@ -116,6 +140,10 @@ impl Kernels {
             unpatchify: function("patchify", "unpatchify_f32")?,
             rms_norm_rope: function("qk_norm_rope", "rms_norm_rope_bf16")?,
             sinusoidal_embedding: function("time_embedding", "sinusoidal_embedding_f32")?,
+            channel_rms_norm: function("channel_norm", "channel_rms_norm_bf16")?,
+            conv3d: function("conv3d", "conv3d_implicit_gemm_bf16")?,
+            embedding: function("embedding", "embedding_bf16")?,
+            upsample_nearest2x: function("upsample", "upsample_nearest2x_bf16")?,
         })
     }
 }
@@ -171,6 +199,17 @@ fn elementwise_config(n: usize) -> LaunchConfig {
     let per_block = ELEMENTWISE_THREADS as usize * ELEMENTWISE_VECTOR;
     // Grid-stride loops cover any n; 65535 blocks keep every launch legal.
     let blocks = n.div_ceil(per_block).clamp(1, 65_535) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (ELEMENTWISE_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// The launch shape of a grid-stride kernel with one thread per item, `n` items (at least one
+/// block, at most 65535: the loop covers the rest).
+fn grid_stride_config(n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil(ELEMENTWISE_THREADS as usize).clamp(1, 65_535) as u32;
     LaunchConfig {
         grid_dim: (blocks, 1, 1),
         block_dim: (ELEMENTWISE_THREADS, 1, 1),
