@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 /// a CUDA device in this build, so the dispatch never reaches these; each returns
 /// [`Error::CudaNotCompiled`].
 pub mod ops {
+    use crate::backend::cpu::conv::Conv3dGeom;
     use crate::backend::cpu::elementwise::{BinaryOp, UnaryOp};
     use crate::backend::cpu::reduce::ReduceOp;
     use crate::error::{Error, Result};
@@ -37,7 +38,7 @@ pub mod ops {
         fn matmul(&Tensor, &Tensor, &Shape);
         fn linear(&Tensor, &Weight, Option<&Weight>, bool, &Shape);
         fn attention(&Tensor, &Tensor, &Tensor, &AttentionParams<'_>);
-        fn conv3d(&Tensor, &Weight, Option<&Weight>, [usize; 3], [usize; 3], &Shape);
+        fn conv3d(&Tensor, &Weight, Option<&Weight>, &Conv3dGeom, &Shape);
         fn upsample_nearest2x(&Tensor, &Shape);
         fn permute(&Tensor, &[usize], &Shape);
         fn narrow(&Tensor, usize, usize, &Shape);

@@ -393,33 +393,21 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams<'_>) ->
     Ok(Tensor::from_cuda(out, DType::BF16, q.shape().clone()))
 }
 
-/// 3-D convolution of bf16 `x` into `out` (`[B, Cout, T', H', W']`; shapes checked by the
-/// caller) through the implicit-GEMM kernel: input, weight and bias in bf16 ([`weight_values`];
-/// a missing bias is zero), products summed in f32, the output rounded to bf16 once (the
-/// rounding points `WANRT_COMPUTE=bf16` emulates on the CPU).
+/// 3-D convolution of bf16 `x` (`[B, Cin, T, H, W]`) of geometry `g` into `out`
+/// (`[B, Cout, T', H', W']`; shapes checked by the caller) through the implicit-GEMM kernel:
+/// input, weight and bias in bf16 ([`weight_values`]; a missing bias is zero), products summed
+/// in f32, the output rounded to bf16 once (the rounding points `WANRT_COMPUTE=bf16` emulates
+/// on the CPU).
 pub fn conv3d(
     x: &Tensor,
     w: &Weight,
     bias: Option<&Weight>,
-    stride: [usize; 3],
-    padding: [usize; 3],
+    g: &Conv3dGeom,
     out: &Shape,
 ) -> Result<Tensor> {
     const OP: &str = "conv3d";
     let (dev, sx) = input(OP, x, DType::BF16)?;
-    let (&[b, cin, t, h, wd], &[cout, _, kt, kh, kw]) = (x.dims(), w.dims()) else {
-        return Err(Error::InvalidArgument(format!(
-            "{OP}: input [B, Cin, T, H, W] and weight [Cout, Cin, kt, kh, kw]"
-        )));
-    };
-    let g = Conv3dGeom {
-        cin,
-        input: [t, h, wd],
-        cout,
-        kernel: [kt, kh, kw],
-        stride,
-        padding,
-    };
+    let (b, cout) = (x.dims()[0], g.cout);
     let weight = weight_values(OP, w, DType::BF16)?;
     let bias = match bias {
         Some(bw) => weight_values(OP, bw, DType::BF16)?,
@@ -435,7 +423,7 @@ pub fn conv3d(
         &bias.cuda_storage(OP)?.view::<bf16>(cout)?,
         &mut o.view_mut::<bf16>(out.elem_count())?,
         b,
-        &g,
+        g,
     )?;
     Ok(Tensor::from_cuda(o, DType::BF16, out.clone()))
 }

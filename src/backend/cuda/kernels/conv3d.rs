@@ -27,6 +27,7 @@ impl Kernels {
     /// weight `w` `[cout, cin·kt·kh·kw]` bf16, `bias` `[cout]` bf16 and `out`
     /// `[batch, cout, ot, oh, ow]` bf16: products summed in f32 on the tensor cores, the bias
     /// added in f32, the sum rounded to bf16 once.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn conv3d(
         &self,
         stream: &Arc<CudaStream>,
