@@ -7,7 +7,7 @@
 use wanrt::backend::gemm_plan::{self, gemm_path, ActivationScaling, GemmPath, LinearDims};
 use wanrt::backend::staging::STAGING_BUFFER_BYTES;
 use wanrt::backend::{cuda, Device};
-use wanrt::tensor::ops::{attention, AttentionParams};
+use wanrt::tensor::ops::{attention, embedding, AttentionParams};
 use wanrt::tensor::{DType, Tensor, Weight};
 use wanrt::Error;
 
@@ -728,4 +728,141 @@ fn staged_uploads_round_trip() {
         let back = t.to_device(dev).unwrap().to_device(Device::Cpu).unwrap();
         assert!(back.raw_bytes().unwrap() == bytes.as_slice(), "{n} bytes");
     }
+}
+
+/// `w` as a bf16 weight on `dev` (the CPU reference takes the same values in f32).
+fn weight_on(dev: Device, w: &Tensor) -> Weight {
+    Weight::new(on(dev, w))
+}
+
+#[test]
+fn conv3d_matches_the_cpu_on_vae_shapes_and_odd_sizes() {
+    let Some(dev) = gpu("conv3d_matches_the_cpu_on_vae_shapes_and_odd_sizes") else {
+        return;
+    };
+    // (input [B, Cin, T, H, W], weight [Cout, Cin, kt, kh, kw], stride, padding)
+    type ConvCase = ([usize; 5], [usize; 5], [usize; 3], [usize; 3]);
+    let cases: [ConvCase; 8] = [
+        // A residual block's causal conv (time padded by the caller), 3×3×3.
+        ([1, 32, 3, 9, 11], [32, 32, 3, 3, 3], [1; 3], [0, 1, 1]),
+        // Odd everything: Cin 5, Cout 67 (past one 64-row tile), 7×13 frames.
+        ([2, 5, 4, 7, 13], [67, 5, 3, 3, 3], [1; 3], [0, 1, 1]),
+        // 1×1×1 shortcut / qkv, 65 positions.
+        ([1, 48, 1, 5, 13], [96, 48, 1, 1, 1], [1; 3], [0; 3]),
+        // The spatial downsampling conv: stride 2, no padding.
+        ([1, 16, 2, 9, 9], [16, 16, 1, 3, 3], [1, 2, 2], [0; 3]),
+        // The temporal downsampling conv: kernel (3, 1, 1), stride 2 in time.
+        ([1, 24, 5, 6, 7], [24, 24, 3, 1, 1], [2, 1, 1], [0; 3]),
+        // The head: 3 output channels.
+        ([1, 40, 3, 16, 16], [3, 40, 3, 3, 3], [1; 3], [0, 1, 1]),
+        // A single output position.
+        ([1, 3, 1, 1, 1], [1, 3, 1, 1, 1], [1; 3], [0; 3]),
+        // Depth 130·27 (many K steps, a partial last one).
+        ([1, 130, 3, 4, 5], [130, 130, 3, 3, 3], [1; 3], [0, 1, 1]),
+    ];
+    for (i, &(xd, wd, stride, padding)) in cases.iter().enumerate() {
+        let seed = 800 + 10 * i as u32;
+        let x = host(&xd, seed, 1.0);
+        let fan_in = (wd[1] * wd[2] * wd[3] * wd[4]) as f32;
+        let w = host(&wd, seed + 1, 1.0 / fan_in.sqrt());
+        let b = host(&[wd[0]], seed + 2, 0.5);
+        for with_bias in [true, false] {
+            let (wc, bc) = (Weight::new(w.clone()), Weight::new(b.clone()));
+            let want = x
+                .conv3d(&wc, with_bias.then_some(&bc), stride, padding)
+                .unwrap();
+            let (wg, bg) = (weight_on(dev, &w), weight_on(dev, &b));
+            poison(dev, want.elem_count() * 2);
+            let got = on(dev, &x)
+                .conv3d(&wg, with_bias.then_some(&bg), stride, padding)
+                .unwrap();
+            assert_eq!((got.dims(), got.dtype()), (want.dims(), DType::BF16));
+            assert_close(
+                &format!("conv3d case {i} {xd:?} * {wd:?} bias={with_bias}"),
+                &fetch(&got),
+                &want.to_f32_vec().unwrap(),
+                BF16_TOL,
+            );
+        }
+    }
+}
+
+#[test]
+fn channel_rms_norm_and_upsample_match_the_cpu() {
+    let Some(dev) = gpu("channel_rms_norm_and_upsample_match_the_cpu") else {
+        return;
+    };
+    for (i, dims) in [
+        &[1, 1, 1][..],
+        &[1, 3, 2, 5, 7],
+        &[2, 96, 1, 9, 13],
+        &[1, 384, 1, 4, 4],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let seed = 900 + 10 * i as u32;
+        let x = host(dims, seed, 2.0);
+        let gamma = host(&[dims[1]], seed + 1, 1.0);
+        let want = x
+            .channel_rms_norm(&Weight::new(gamma.clone()))
+            .unwrap()
+            .to_f32_vec()
+            .unwrap();
+        poison(dev, x.elem_count() * 2);
+        // gamma stored as [C, 1, 1] in f32, as the checkpoints hold it.
+        let g = Weight::new(
+            gamma
+                .reshape([dims[1], 1, 1])
+                .unwrap()
+                .to_device(dev)
+                .unwrap(),
+        );
+        let got = on(dev, &x).channel_rms_norm(&g).unwrap();
+        assert_close(
+            &format!("channel_rms_norm {dims:?}"),
+            &fetch(&got),
+            &want,
+            BF16_TOL,
+        );
+        let want = x.upsample_nearest2x().unwrap();
+        poison(dev, want.elem_count() * 2);
+        let got = on(dev, &x).upsample_nearest2x().unwrap();
+        assert_eq!(got.dims(), want.dims());
+        // A copy of bf16 values: exact.
+        assert_eq!(fetch(&got), want.to_f32_vec().unwrap(), "upsample {dims:?}");
+    }
+}
+
+#[test]
+fn embedding_matches_the_cpu_exactly_and_refuses_bad_ids() {
+    let Some(dev) = gpu("embedding_matches_the_cpu_exactly_and_refuses_bad_ids") else {
+        return;
+    };
+    // (vocab, width, ids): a T5-like row of 8k-aligned width, the position table's narrow rows.
+    let cases: [(usize, usize, &[u32]); 3] = [
+        (50, 64, &[0, 49, 7, 7, 3]),
+        (32, 3, &[31, 0, 16, 16, 1, 2, 30]),
+        (9, 13, &[8]),
+    ];
+    for (i, &(vocab, d, ids)) in cases.iter().enumerate() {
+        let table = host(&[vocab, d], 1000 + i as u32, 1.0);
+        let want = embedding(ids, &Weight::new(table.clone())).unwrap();
+        poison(dev, want.elem_count() * 2);
+        for stored in [DType::BF16, DType::F32] {
+            let t = Weight::new(table.to_dtype(stored).unwrap().to_device(dev).unwrap());
+            let got = embedding(ids, &t).unwrap();
+            assert_eq!(got.dims(), [ids.len(), d]);
+            assert_eq!(
+                fetch(&got),
+                want.to_f32_vec().unwrap(),
+                "embedding case {i} {stored:?}"
+            );
+        }
+    }
+    let t = weight_on(dev, &host(&[4, 8], 1, 1.0));
+    assert!(matches!(
+        embedding(&[4], &t),
+        Err(Error::InvalidArgument(_))
+    ));
 }

@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 /// [`Error::CudaNotCompiled`].
 pub mod ops {
     use crate::backend::cpu::attention_q8::Q8Scheme;
+    use crate::backend::cpu::conv::Conv3dGeom;
     use crate::backend::cpu::elementwise::{BinaryOp, UnaryOp};
     use crate::backend::cpu::reduce::ReduceOp;
     use crate::backend::gemm_plan::Epilogue;
@@ -40,7 +41,7 @@ pub mod ops {
         fn linear(&Tensor, &Weight, Option<&Weight>, bool, Epilogue, &Shape);
         fn attention(&Tensor, &Tensor, &Tensor, &AttentionParams<'_>);
         fn attention_q8(&Tensor, &Tensor, &Tensor, f32, &Q8Scheme);
-        fn conv3d(&Tensor, &Weight, Option<&Weight>, [usize; 3], [usize; 3], &Shape);
+        fn conv3d(&Tensor, &Weight, Option<&Weight>, &Conv3dGeom, &Shape);
         fn upsample_nearest2x(&Tensor, &Shape);
         fn permute(&Tensor, &[usize], &Shape);
         fn narrow(&Tensor, usize, usize, &Shape);

@@ -236,6 +236,7 @@ pub unsafe extern "C" fn wanrt_pipeline_load(
             device,
             lora_mode,
             threads: (p.threads != 0).then_some(p.threads as usize),
+            ..LoadOptions::default()
         };
         let pipeline = match p.demo {
             0 => Pipeline::load(&source.resolve()?, &loras, &options)?,

@@ -168,6 +168,9 @@ pub struct LoadOptions {
     /// Worker threads of the pipeline's own pool ([`Pipeline::set_threads`]); `None`: rayon's
     /// global pool.
     pub threads: Option<usize>,
+    /// Where the UMT5 text encoder runs, independently of `device` (e.g. on the CPU while the
+    /// DiT has the GPU to itself, or on CUDA in bf16); its contexts come back to the host.
+    pub t5_device: crate::backend::Device,
 }
 
 impl Default for LoadOptions {
@@ -177,6 +180,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             lora_mode: Mode::Merged,
             threads: None,
+            t5_device: crate::backend::Device::Cpu,
         }
     }
 }
@@ -422,7 +426,7 @@ impl Pipeline {
         options.device.ensure_supported()?;
         let pool = thread_pool(options.threads)?;
         let mut p = in_pool(pool.as_ref(), || {
-            load_models(files, loras, options.lora_mode)
+            load_models(files, loras, options.lora_mode, options.t5_device)
         })?;
         p.pool = pool;
         p.info.load_seconds = start.elapsed().as_secs_f64();
@@ -888,12 +892,18 @@ impl Pipeline {
 }
 
 /// The models of [`Pipeline::load`], loaded in the calling thread's pool.
-fn load_models(files: &ModelFiles, loras: &[LoraSpec], mode: Mode) -> Result<Pipeline> {
+fn load_models(
+    files: &ModelFiles,
+    loras: &[LoraSpec],
+    mode: Mode,
+    t5_device: crate::backend::Device,
+) -> Result<Pipeline> {
     let opened = loras
         .iter()
         .map(|l| Lora::open(&l.path).map(|lora| (lora, l.strength)))
         .collect::<Result<Vec<_>>>()?;
-    let text = TextEncoder::open(&files.t5, files.t5_config.as_deref(), &files.tokenizer)?;
+    let text = TextEncoder::open(&files.t5, files.t5_config.as_deref(), &files.tokenizer)?
+        .to_device(t5_device)?;
     let vae = WanVae::open(&files.vae, files.vae_config.as_deref())?;
     let refs: Vec<(&Lora, f32)> = opened.iter().map(|(l, s)| (l, *s)).collect();
     let (base, cfg) = WanDit::read_weights(&files.dit, files.dit_config.as_deref())?;

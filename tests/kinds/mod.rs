@@ -7,9 +7,9 @@ mod dit;
 mod lora;
 mod pipeline;
 mod sampler;
-mod t5;
+pub mod t5;
 mod train;
-mod vae;
+pub mod vae;
 
 use wanrt::model::dit::{AttentionChoice, SelfAttention};
 use wanrt::DType;

@@ -8,6 +8,7 @@
 //! exactly (reported as rel_l2 0), otherwise the case fails naming the first differing prompt.
 
 use serde_json::Value;
+use wanrt::backend::Device;
 use wanrt::model::t5::{clean_prompt, Umt5Encoder, Umt5Tokenizer};
 
 use super::{compare, Check, Output, Stop};
@@ -15,13 +16,14 @@ use crate::common::{tensor, Case};
 
 pub fn run(case: &Case) -> Result<Vec<Check>, Stop> {
     match case.kind.as_str() {
-        "t5_encode" => encode(case),
+        "t5_encode" => encode(case, Device::Cpu),
         _ => tokenize(case),
     }
 }
 
-fn encode(case: &Case) -> Result<Vec<Check>, Stop> {
-    let t5 = Umt5Encoder::open(case.path("t5")?, Some(&case.path("config")?))?;
+/// Runs a `t5_encode` case with the encoder on `device`.
+pub fn encode(case: &Case, device: Device) -> Result<Vec<Check>, Stop> {
+    let t5 = Umt5Encoder::open(case.path("t5")?, Some(&case.path("config")?))?.to_device(device)?;
     let inputs = case.tensors("inputs")?;
     let ids = tensor(&inputs, "ids")?;
     let mask = tensor(&inputs, "mask")?.to_f32_vec()?;
@@ -46,7 +48,7 @@ fn encode(case: &Case) -> Result<Vec<Check>, Stop> {
         prompts.push(seq);
     }
     let refs: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
-    let hidden = t5.forward(&refs)?;
+    let hidden = t5.forward(&refs)?.to_device(Device::Cpu)?;
     let output = Output {
         name: "hidden".into(),
         dims: hidden.dims().to_vec(),

@@ -46,7 +46,7 @@ impl Conv3dGeom {
     }
 
     /// The GEMM depth `Cin·kt·kh·kw`.
-    fn depth(&self) -> usize {
+    pub(crate) fn depth(&self) -> usize {
         self.cin * self.kernel.iter().product::<usize>()
     }
 }

@@ -24,6 +24,7 @@ use super::kernels::strided_copy::CopyPlan;
 use super::{not_on_cuda, CudaDevice, CudaStorage};
 use crate::backend::cpu::attention::AttnDims;
 use crate::backend::cpu::attention_q8::{Q8Path, Q8Scheme};
+use crate::backend::cpu::conv::Conv3dGeom;
 use crate::backend::cpu::elementwise::{BinaryOp, UnaryOp};
 use crate::backend::cpu::reduce::ReduceOp;
 use crate::backend::gemm_plan::{gemm_path, Epilogue, GemmPath};
@@ -321,9 +322,27 @@ pub fn rms_norm(x: &Tensor, w: Option<&Weight>, eps: f32) -> Result<Tensor> {
     Ok(Tensor::from_cuda(out, DType::BF16, x.shape().clone()))
 }
 
-/// The Wan VAE's channel RMS norm of `[B, C, ...]`.
-pub fn channel_rms_norm(_x: &Tensor, _gamma: &Weight) -> Result<Tensor> {
-    Err(not_on_cuda("channel_rms_norm"))
+/// The Wan VAE's channel RMS norm of bf16 `[B, C, ...]` (shapes checked by the caller): the
+/// per-position norm and the scaling in f32 with `gamma` widened to f32, the output rounded to
+/// bf16 once.
+pub fn channel_rms_norm(x: &Tensor, gamma: &Weight) -> Result<Tensor> {
+    const OP: &str = "channel_rms_norm";
+    let (dev, src) = input(OP, x, DType::BF16)?;
+    let (b, c) = (x.dims()[0], x.dims()[1]);
+    let positions = x.dims()[2..].iter().product();
+    let g = weight_f32(OP, dev, Some(gamma), c, 1.0)?;
+    let n = x.elem_count();
+    let mut out = output(dev, DType::BF16, n)?;
+    dev.kernels()?.channel_rms_norm(
+        dev.stream(),
+        &src.view::<bf16>(n)?,
+        &g.cuda_storage(OP)?.view::<f32>(c)?,
+        &mut out.view_mut::<bf16>(n)?,
+        b,
+        c,
+        positions,
+    )?;
+    Ok(Tensor::from_cuda(out, DType::BF16, x.shape().clone()))
 }
 
 /// Rotary embedding on interleaved pairs of bf16 or f32 `[B, S, H, D]` with f32 `[S, D/2]`
@@ -356,9 +375,29 @@ pub fn rope_interleaved(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor
     Ok(Tensor::from_cuda(out, dtype, x.shape().clone()))
 }
 
-/// Rows `ids` of the table `[V, D]` (ids checked against `V`).
-pub fn embedding(_ids: &[u32], _table: &Weight) -> Result<Tensor> {
-    Err(not_on_cuda("embedding"))
+/// Rows `ids` of the table `[V, D]` (ids checked against `V` by the caller) as bf16 `[n, D]`:
+/// the ids are uploaded (host data, like a prompt's tokens), the table used in bf16
+/// ([`weight_values`]: as stored when bf16, converted per call otherwise).
+pub fn embedding(ids: &[u32], table: &Weight) -> Result<Tensor> {
+    const OP: &str = "embedding";
+    let &[vocab, d] = table.dims() else {
+        return Err(Error::InvalidArgument(format!("{OP}: a table [V, D]")));
+    };
+    let values = weight_values(OP, table, DType::BF16)?;
+    let src = values.cuda_storage(OP)?;
+    let dev = src.device();
+    let ids_dev = CudaStorage::upload(dev.ordinal(), bytemuck::cast_slice(ids))?;
+    let n = ids.len();
+    let mut out = output(dev, DType::BF16, n * d)?;
+    dev.kernels()?.embedding(
+        dev.stream(),
+        &ids_dev.view::<u32>(n)?,
+        &src.view::<bf16>(vocab * d)?,
+        &mut out.view_mut::<bf16>(n * d)?,
+        vocab,
+        d,
+    )?;
+    Ok(Tensor::from_cuda(out, DType::BF16, Shape::new([n, d])?))
 }
 
 /// Batched matrix product of bf16 `a` `[.., m, k]` and `b` (`[k, n]` shared, or `[.., k, n]`)
@@ -631,21 +670,59 @@ pub fn attention_q8(
     Ok(Tensor::from_cuda(out, DType::BF16, q.shape().clone()))
 }
 
-/// 3-D convolution into `out` (`[B, Cout, T', H', W']`).
+/// 3-D convolution of bf16 `x` (`[B, Cin, T, H, W]`) of geometry `g` into `out`
+/// (`[B, Cout, T', H', W']`; shapes checked by the caller) through the implicit-GEMM kernel:
+/// input, weight and bias in bf16 ([`weight_values`]; a missing bias is zero), products summed
+/// in f32, the output rounded to bf16 once (the rounding points `WANRT_COMPUTE=bf16` emulates
+/// on the CPU).
 pub fn conv3d(
-    _x: &Tensor,
-    _w: &Weight,
-    _bias: Option<&Weight>,
-    _stride: [usize; 3],
-    _padding: [usize; 3],
-    _out: &Shape,
+    x: &Tensor,
+    w: &Weight,
+    bias: Option<&Weight>,
+    g: &Conv3dGeom,
+    out: &Shape,
 ) -> Result<Tensor> {
-    Err(not_on_cuda("conv3d"))
+    const OP: &str = "conv3d";
+    let (dev, sx) = input(OP, x, DType::BF16)?;
+    let (b, cout) = (x.dims()[0], g.cout);
+    let weight = weight_values(OP, w, DType::BF16)?;
+    let bias = match bias {
+        Some(bw) => weight_values(OP, bw, DType::BF16)?,
+        None => Tensor::zeros([cout], DType::BF16).to_device(x.device())?,
+    };
+    let mut o = output(dev, DType::BF16, out.elem_count())?;
+    dev.kernels()?.conv3d(
+        dev.stream(),
+        &sx.view::<bf16>(x.elem_count())?,
+        &weight
+            .cuda_storage(OP)?
+            .view::<bf16>(w.tensor.elem_count())?,
+        &bias.cuda_storage(OP)?.view::<bf16>(cout)?,
+        &mut o.view_mut::<bf16>(out.elem_count())?,
+        b,
+        g,
+    )?;
+    Ok(Tensor::from_cuda(o, DType::BF16, out.clone()))
 }
 
-/// Nearest ×2 upsampling of the last two dims into `out`.
-pub fn upsample_nearest2x(_x: &Tensor, _out: &Shape) -> Result<Tensor> {
-    Err(not_on_cuda("upsample_nearest2x"))
+/// Nearest ×2 upsampling of the last two dims of bf16 `x` into `out` (exact copies).
+pub fn upsample_nearest2x(x: &Tensor, out: &Shape) -> Result<Tensor> {
+    const OP: &str = "upsample_nearest2x";
+    let (dev, src) = input(OP, x, DType::BF16)?;
+    let d = x.dims();
+    let (h, w) = (d[d.len() - 2], d[d.len() - 1]);
+    let planes = d[..d.len() - 2].iter().product();
+    let n = x.elem_count();
+    let mut o = output(dev, DType::BF16, out.elem_count())?;
+    dev.kernels()?.upsample_nearest2x(
+        dev.stream(),
+        &src.view::<bf16>(n)?,
+        &mut o.view_mut::<bf16>(out.elem_count())?,
+        planes,
+        h,
+        w,
+    )?;
+    Ok(Tensor::from_cuda(o, DType::BF16, out.clone()))
 }
 
 /// Runs a copy plan from `x` into `out`, a buffer of `out_elems` elements of `x`'s dtype.

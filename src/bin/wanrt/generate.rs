@@ -168,6 +168,10 @@ pub struct GenerateArgs {
     /// cpu or cuda.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Where the UMT5 text encoder runs: cpu (the default; leaves the GPU to the DiT), cuda
+    /// or cuda:N (bf16).
+    #[arg(long, value_name = "DEVICE", default_value = "cpu", value_parser = parse_t5_device)]
+    t5_device: wanrt::backend::Device,
     /// DiT self-attention: auto (the 8-bit kernel where the device has one), q8 or bf16. On
     /// the CPU, q8 runs the 8-bit scheme's emulation (slow, for checking); auto and bf16 exact
     /// f32.
@@ -196,6 +200,19 @@ fn parse_seed(s: &str) -> std::result::Result<u64, String> {
         Ok(v) if (0..=MAX_SEED as i128).contains(&v) => Ok(v as u64),
         Ok(_) => Err(format!("seed out of range: it must be 0 to {MAX_SEED}")),
         Err(_) => Err(format!("not a whole number (seeds are 0 to {MAX_SEED})")),
+    }
+}
+
+fn parse_t5_device(s: &str) -> std::result::Result<wanrt::backend::Device, String> {
+    use wanrt::backend::Device as D;
+    match s {
+        "cpu" => Ok(D::Cpu),
+        "cuda" => Ok(D::Cuda(0)),
+        _ => s
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .map(D::Cuda)
+            .ok_or_else(|| format!("`{s}`: expected cpu, cuda or cuda:N")),
     }
 }
 
@@ -399,6 +416,7 @@ fn generate(a: &GenerateArgs) -> Result<()> {
             device,
             lora_mode: a.lora_mode,
             threads: None,
+            t5_device: a.t5_device,
         };
         let pipe = Pipeline::load(&files, &loras, &options);
         spinner.finish_and_clear();

@@ -1,8 +1,9 @@
 //! One UMT5 encoder block and the bidirectional relative-position bias
 //! (wan-architecture.md §3.2).
 
+use crate::backend::Device;
 use crate::error::{Error, Result};
-use crate::tensor::ops::{attention, AttentionParams};
+use crate::tensor::ops::{attention, embedding, AttentionParams};
 use crate::tensor::{Tensor, Weight};
 
 /// The RMS norms' epsilon (T5 `LayerNorm`, no mean, no bias).
@@ -19,9 +20,9 @@ pub(super) struct Block {
     pub k: Weight,
     pub v: Weight,
     pub o: Weight,
-    /// This block's relative-position table `[num_buckets, heads]` widened to f32 (tiny), or
-    /// `None` when the encoder shares one table across blocks.
-    pub pos: Option<Tensor>,
+    /// This block's relative-position table `[num_buckets, heads]`, or `None` when the encoder
+    /// shares one table across blocks.
+    pub pos: Option<Weight>,
     pub norm2: Weight,
     /// The GELU branch of the gated feed-forward (`ffn.gate.0`, HF `wi_0`).
     pub gate: Weight,
@@ -35,13 +36,30 @@ pub(super) struct Shared<'a> {
     /// Real tokens per batch entry: keys past them are masked.
     pub lens: &'a [usize],
     /// `bucket(k − q)` for every query/key pair, `[L, L]` row-major.
-    pub buckets: &'a [u8],
+    pub buckets: &'a [u32],
     /// The bias of a shared table, built once (`None` with per-block tables).
     pub shared_bias: Option<&'a Tensor>,
     pub heads: usize,
 }
 
 impl Block {
+    /// The block with its weights on `d` (stored dtypes kept).
+    pub fn to_device(&self, d: Device) -> Result<Block> {
+        let m = |w: &Weight| w.to_device(d);
+        Ok(Block {
+            norm1: m(&self.norm1)?,
+            q: m(&self.q)?,
+            k: m(&self.k)?,
+            v: m(&self.v)?,
+            o: m(&self.o)?,
+            pos: self.pos.as_ref().map(m).transpose()?,
+            norm2: m(&self.norm2)?,
+            gate: m(&self.gate)?,
+            fc1: m(&self.fc1)?,
+            fc2: m(&self.fc2)?,
+        })
+    }
+
     /// `x [B, L, dim]` → `[B, L, dim]`:
     /// `x += O·Attn(RMS1 x)`, then `x += FC2(FC1(RMS2 x) ⊙ gelu_tanh(GATE(RMS2 x)))`.
     pub fn forward(&self, x: &Tensor, s: &Shared<'_>) -> Result<Tensor> {
@@ -107,8 +125,9 @@ pub(super) fn relative_bucket(rel: i64, num_buckets: usize) -> usize {
     base + large.min(half - 1)
 }
 
-/// `bucket(k − q)` for a `len × len` attention, row-major by query.
-pub(super) fn bucket_matrix(len: usize, num_buckets: usize) -> Result<Vec<u8>> {
+/// `bucket(k − q)` for a `len × len` attention, row-major by query: the ids the position
+/// bias looks up (host data, like token ids).
+pub(super) fn bucket_matrix(len: usize, num_buckets: usize) -> Result<Vec<u32>> {
     if num_buckets == 0 || num_buckets > 256 {
         return Err(Error::InvalidConfig(format!(
             "T5: {num_buckets} relative-position buckets (1 to 256 supported)"
@@ -116,35 +135,31 @@ pub(super) fn bucket_matrix(len: usize, num_buckets: usize) -> Result<Vec<u8>> {
     }
     let mut out = Vec::with_capacity(len * len);
     for q in 0..len as i64 {
-        out.extend((0..len as i64).map(|k| relative_bucket(k - q, num_buckets) as u8));
+        out.extend((0..len as i64).map(|k| relative_bucket(k - q, num_buckets) as u32));
     }
     Ok(out)
 }
 
 /// The attention bias `[H, L, L]` of a table `[num_buckets, H]`:
-/// `bias[h, q, k] = table[bucket(k − q), h]`.
-pub(super) fn position_bias(table: &Tensor, buckets: &[u8], len: usize) -> Result<Tensor> {
-    let &[nb, heads] = table.dims() else {
+/// `bias[h, q, k] = table[bucket(k − q), h]`, as tensor ops (an [`embedding`] lookup of the
+/// bucket ids, then a permute), on the table's device.
+pub(super) fn position_bias(table: &Weight, buckets: &[u32], len: usize) -> Result<Tensor> {
+    let &[_, heads] = table.dims() else {
         return Err(Error::ShapeMismatch {
             op: "T5 position bias",
             expected: "a table [num_buckets, heads]".into(),
-            got: table.shape().clone(),
+            got: table.tensor.shape().clone(),
         });
     };
-    let t = table.f32_data()?;
-    if buckets.len() != len * len || buckets.iter().any(|&b| b as usize >= nb) {
+    if buckets.len() != len * len {
         return Err(Error::InvalidArgument(format!(
-            "T5 position bias: bucket matrix does not fit {len} tokens and {nb} buckets"
+            "T5 position bias: {} bucket ids for {len} tokens",
+            buckets.len()
         )));
     }
-    let mut out = vec![0.0f32; heads * len * len];
-    for (h, plane) in out.chunks_exact_mut((len * len).max(1)).enumerate() {
-        plane
-            .iter_mut()
-            .zip(buckets)
-            .for_each(|(o, &b)| *o = t[b as usize * heads + h]);
-    }
-    Tensor::from_f32(out, [heads, len, len])
+    embedding(buckets, table)?
+        .reshape([len, len, heads])?
+        .permute(&[2, 0, 1])
 }
 
 #[cfg(test)]
@@ -207,7 +222,7 @@ mod tests {
         let nb = 32;
         let heads = 3;
         let table: Vec<f32> = (0..nb * heads).map(|i| i as f32).collect();
-        let table = Tensor::from_f32(table, [nb, heads]).unwrap();
+        let table = Weight::new(Tensor::from_f32(table, [nb, heads]).unwrap());
         let len = 5;
         let buckets = bucket_matrix(len, nb).unwrap();
         let bias = position_bias(&table, &buckets, len).unwrap();

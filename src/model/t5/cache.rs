@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::{Tokenized, Umt5Encoder, Umt5Tokenizer};
+use crate::backend::Device;
 use crate::error::{Error, Result};
+use crate::tensor::ops::activation_dtype;
 use crate::tensor::{DType, Tensor};
 
 /// Contexts kept in memory by default (each at most `text_len × dim` f32: 8 MiB for umt5-xxl).
@@ -99,6 +101,8 @@ pub struct TextEncoder {
     tokenizer: Umt5Tokenizer,
     encoder: Umt5Encoder,
     identity: Option<String>,
+    /// Where the encoder runs.
+    device: Device,
     disk: Option<PathBuf>,
     memory: Mutex<Memory>,
     stats: Mutex<CacheStats>,
@@ -122,6 +126,7 @@ impl TextEncoder {
             tokenizer,
             encoder,
             identity: None,
+            device: Device::Cpu,
             disk: None,
             memory: Mutex::new(Memory {
                 capacity: DEFAULT_MEMORY_ENTRIES,
@@ -143,6 +148,17 @@ impl TextEncoder {
         let encoder = Umt5Encoder::open(t5, config_json)?;
         let tokenizer = Umt5Tokenizer::from_file(tokenizer_json)?;
         Ok(TextEncoder::new(tokenizer, encoder)?.with_identity(file_identity(t5)?))
+    }
+
+    /// Runs the encoder on `device` (its weights moved there in their stored dtypes; e.g. CUDA
+    /// for T5 in bf16 while the DiT runs elsewhere). Contexts still come back as host f32
+    /// `[L, dim]` (one device-to-host copy per newly encoded prompt, which the caches then
+    /// hold), and the disk cache keys on the device's activation dtype too, so bf16 contexts
+    /// and f32 ones are never mixed.
+    pub fn to_device(mut self, device: Device) -> Result<TextEncoder> {
+        self.encoder = self.encoder.to_device(device)?;
+        self.device = device;
+        Ok(self)
     }
 
     /// Names the encoder's weights for the disk cache (any string that changes when the
@@ -217,7 +233,9 @@ impl TextEncoder {
             .encoder
             .encode(&[ids])?
             .pop()
-            .expect("one context per prompt");
+            .expect("one context per prompt")
+            .to_device(Device::Cpu)?
+            .to_dtype(DType::F32)?;
         self.update(|s| s.encoded += 1);
         if let Some(f) = &file {
             if let Err(e) = self.write_disk(f, ids, &t) {
@@ -242,14 +260,25 @@ impl TextEncoder {
     /// The metadata a cache file of `ids` must carry.
     fn disk_metadata(&self, ids: &[u32]) -> BTreeMap<String, String> {
         let ids_text = ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
-        BTreeMap::from([
+        let mut meta = BTreeMap::from([
             ("cache".to_string(), CACHE_TAG.to_string()),
             (
                 "encoder".to_string(),
                 self.identity.clone().unwrap_or_default(),
             ),
             ("ids".to_string(), ids_text),
-        ])
+        ]);
+        if let Some(compute) = self.compute_tag() {
+            meta.insert("compute".to_string(), compute);
+        }
+        meta
+    }
+
+    /// The encoder's activation dtype when it is not f32 (absent for the CPU, so the files of
+    /// CPU encodes keep their names and metadata).
+    fn compute_tag(&self) -> Option<String> {
+        let dtype = activation_dtype(self.device);
+        (dtype != DType::F32).then(|| format!("{dtype:?}"))
     }
 
     fn disk_file(&self, ids: &[u32]) -> Option<PathBuf> {
@@ -259,6 +288,10 @@ impl TextEncoder {
         h.write(&[0xff]);
         h.write(identity.as_bytes());
         h.write(&[0xff]);
+        if let Some(compute) = self.compute_tag() {
+            h.write(compute.as_bytes());
+            h.write(&[0xff]);
+        }
         ids.iter().for_each(|id| h.write(&id.to_le_bytes()));
         Some(dir.join(format!("t5-{:016x}.safetensors", h.finish())))
     }

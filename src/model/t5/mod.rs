@@ -1,7 +1,8 @@
 //! The UMT5-XXL text encoder Wan2.1 conditions on (wan-architecture.md §3), its tokenizer with
 //! Wan's prompt cleaning, and a text-embedding cache.
 //!
-//! - [`Umt5Encoder`]: the encoder, written against the tensor ops. Built from canonical weights
+//! - [`Umt5Encoder`]: the encoder, written against the tensor ops only (token and bucket ids are
+//!   host data; everything after the lookups runs on the weights' device). Built from canonical weights
 //!   (original Wan `.pth` names; [`crate::io::layout::canonical_weights`] renames the
 //!   transformers/ComfyUI layouts) kept in their stored dtype and widened panel by panel by the
 //!   linear ops, plus a [`T5Config`].
@@ -27,9 +28,10 @@ pub use tokenizer::{Tokenized, Umt5Tokenizer};
 
 use block::{bucket_matrix, position_bias, Block, Shared, EPS};
 
+use crate::backend::Device;
 use crate::error::{Error, Result};
 use crate::io::layout::{self, Component};
-use crate::tensor::ops::embedding;
+use crate::tensor::ops::{cat, embedding};
 use crate::tensor::{Tensor, Weight};
 
 /// The UMT5 encoder (Wan's `T5Encoder`, encoder only): token embedding without scaling, blocks
@@ -40,8 +42,8 @@ pub struct Umt5Encoder {
     cfg: T5Config,
     token_embedding: Weight,
     blocks: Vec<Block>,
-    /// The one table of a `shared_pos` encoder, `[num_buckets, heads]` f32.
-    shared_pos: Option<Tensor>,
+    /// The one table of a `shared_pos` encoder, `[num_buckets, heads]`.
+    shared_pos: Option<Weight>,
     norm: Weight,
 }
 
@@ -57,10 +59,7 @@ impl Umt5Encoder {
         let table = [cfg.num_buckets, cfg.num_heads];
         let token_embedding = t.weight("token_embedding.weight", &[cfg.vocab, dim])?;
         let shared_pos = if cfg.shared_pos {
-            Some(
-                t.weight("pos_embedding.embedding.weight", &table)?
-                    .to_f32()?,
-            )
+            Some(t.weight("pos_embedding.embedding.weight", &table)?)
         } else {
             None
         };
@@ -77,7 +76,7 @@ impl Umt5Encoder {
                     pos: if cfg.shared_pos {
                         None
                     } else {
-                        Some(w("pos_embedding.embedding.weight", &table)?.to_f32()?)
+                        Some(w("pos_embedding.embedding.weight", &table)?)
                     },
                     norm2: w("norm2.weight", &[dim])?,
                     gate: w("ffn.gate.0.weight", &[ffn, dim])?,
@@ -125,6 +124,26 @@ impl Umt5Encoder {
         Umt5Encoder::new(weights, cfg)
     }
 
+    /// The encoder with its weights on `device` in their stored dtypes: it then encodes on that
+    /// device (token ids stay host data; the hidden states it returns live on `device`).
+    pub fn to_device(&self, device: Device) -> Result<Umt5Encoder> {
+        Ok(Umt5Encoder {
+            cfg: self.cfg.clone(),
+            token_embedding: self.token_embedding.to_device(device)?,
+            blocks: self
+                .blocks
+                .iter()
+                .map(|b| b.to_device(device))
+                .collect::<Result<_>>()?,
+            shared_pos: self
+                .shared_pos
+                .as_ref()
+                .map(|t| t.to_device(device))
+                .transpose()?,
+            norm: self.norm.to_device(device)?,
+        })
+    }
+
     /// The config.
     pub fn config(&self) -> &T5Config {
         &self.cfg
@@ -135,11 +154,14 @@ impl Umt5Encoder {
     /// length, `[L_b, dim]`: the contexts [`crate::model::dit::WanDit`] takes.
     pub fn encode(&self, ids: &[&[u32]]) -> Result<Vec<Tensor>> {
         let (hidden, lens) = self.hidden(ids)?;
-        let [_, l, dim] = [hidden.dims()[0], hidden.dims()[1], hidden.dims()[2]];
-        let data = hidden.f32_data()?;
         lens.iter()
             .enumerate()
-            .map(|(b, &n)| Tensor::from_f32(data[b * l * dim..][..n * dim].to_vec(), [n, dim]))
+            .map(|(b, &n)| {
+                hidden
+                    .narrow(0, b, 1)?
+                    .narrow(1, 0, n)?
+                    .reshape([n, self.cfg.dim])
+            })
             .collect()
     }
 
@@ -192,11 +214,17 @@ impl Umt5Encoder {
             x = block.forward(&x, &shared)?;
         }
         let x = x.rms_norm(Some(&self.norm), EPS)?;
-        let mut data = x.to_f32_vec()?;
-        for (row, &n) in data.chunks_exact_mut(l * c.dim).zip(&lens) {
-            row[n * c.dim..].fill(0.0);
-        }
-        Ok((Tensor::from_f32(data, [ids.len(), l, c.dim])?, lens))
+        // Rows past each prompt's length are zero: its real rows, padded back to `l`.
+        let rows = lens
+            .iter()
+            .enumerate()
+            .map(|(b, &n)| {
+                x.narrow(0, b, 1)?
+                    .narrow(1, 0, n)?
+                    .pad_zeros(&[(0, 0), (0, l - n), (0, 0)])
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((cat(&rows.iter().collect::<Vec<_>>(), 0)?, lens))
     }
 }
 

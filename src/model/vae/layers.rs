@@ -8,6 +8,7 @@
 //! sequence into chunks (one frame at a time, upstream's 1, 4, 4, … or all at once) gives the
 //! same result.
 
+use crate::backend::Device;
 use crate::error::{Error, Result};
 use crate::tensor::ops::{attention, cat, AttentionParams};
 use crate::tensor::{Tensor, Weight};
@@ -20,6 +21,13 @@ pub(super) struct Conv {
 }
 
 impl Conv {
+    fn to_device(&self, d: Device) -> Result<Conv> {
+        Ok(Conv {
+            w: self.w.to_device(d)?,
+            b: self.b.to_device(d)?,
+        })
+    }
+
     fn apply(&self, x: &Tensor, stride: [usize; 3], padding: [usize; 3]) -> Result<Tensor> {
         x.conv3d(&self.w, Some(&self.b), stride, padding)
     }
@@ -56,6 +64,10 @@ pub(super) struct LayerState {
 pub(super) struct CausalConv3d(pub Conv);
 
 impl CausalConv3d {
+    fn to_device(&self, d: Device) -> Result<CausalConv3d> {
+        Ok(CausalConv3d(self.0.to_device(d)?))
+    }
+
     /// The conv of chunk `x` (taken by value so that it is freed once copied into the padded
     /// input); `cache` holds the last `kt - 1` input frames before it (`None`: the start of the
     /// sequence, i.e. zeros).
@@ -89,6 +101,16 @@ pub(super) struct ResBlock {
 }
 
 impl ResBlock {
+    fn to_device(&self, d: Device) -> Result<ResBlock> {
+        Ok(ResBlock {
+            norm1: self.norm1.to_device(d)?,
+            conv1: self.conv1.to_device(d)?,
+            norm2: self.norm2.to_device(d)?,
+            conv2: self.conv2.to_device(d)?,
+            shortcut: self.shortcut.as_ref().map(|s| s.to_device(d)).transpose()?,
+        })
+    }
+
     fn step(&self, x: &Tensor, caches: &mut [Option<Tensor>; 2]) -> Result<Tensor> {
         // Each intermediate is dropped as soon as the next exists: at full resolution one
         // frame of 96 channels is 150 MB.
@@ -115,6 +137,14 @@ pub(super) struct AttnBlock {
 }
 
 impl AttnBlock {
+    fn to_device(&self, d: Device) -> Result<AttnBlock> {
+        Ok(AttnBlock {
+            norm: self.norm.to_device(d)?,
+            qkv: self.qkv.to_device(d)?,
+            proj: self.proj.to_device(d)?,
+        })
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let [b, c, t, h, w] = dims5(x)?;
         let qkv = self
@@ -161,6 +191,20 @@ pub(super) enum Layer {
 }
 
 impl Layer {
+    /// The layer with its weights on `d` (stored dtypes kept).
+    pub(super) fn to_device(&self, d: Device) -> Result<Layer> {
+        Ok(match self {
+            Layer::Conv(c) => Layer::Conv(c.to_device(d)?),
+            Layer::Res(r) => Layer::Res(r.to_device(d)?),
+            Layer::Attn(a) => Layer::Attn(a.to_device(d)?),
+            Layer::NormSilu(g) => Layer::NormSilu(g.to_device(d)?),
+            Layer::SpatialUp(c) => Layer::SpatialUp(c.to_device(d)?),
+            Layer::TimeUp(c) => Layer::TimeUp(c.to_device(d)?),
+            Layer::SpatialDown(c) => Layer::SpatialDown(c.to_device(d)?),
+            Layer::TimeDown(c) => Layer::TimeDown(c.to_device(d)?),
+        })
+    }
+
     /// The output for the next chunk `x`, or `None` when the chunk completes no output frame
     /// (only `TimeDown`, which waits for a full stride-2 window).
     pub(super) fn step(&self, x: Tensor, s: &mut LayerState) -> Result<Option<Tensor>> {

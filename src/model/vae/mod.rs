@@ -14,7 +14,9 @@
 //! little memory. Encoding streams frame by frame the same way.
 //!
 //! Weights stay in their stored dtype (f32, bf16, …) and are widened per conv call; activations
-//! are f32.
+//! are in the backend's activation dtype ([`activation_dtype`]: f32 on the CPU, bf16 on CUDA).
+//! Everything between the input tensor and the output tensor is a tensor op, so the VAE runs on
+//! the device its input lives on (its weights must be there too).
 
 mod layers;
 mod load;
@@ -28,11 +30,13 @@ pub use crate::io::config::VaeConfig;
 pub use tiling::Tiling;
 
 use layers::{dims5, Layer};
-use stream::{place, Stream};
+use stream::Stream;
 use tiling::{ramp, Blend};
 
+use crate::backend::Device;
 use crate::error::{Error, Result};
 use crate::io::layout::{self, Component};
+use crate::tensor::ops::{activation_dtype, cat};
 use crate::tensor::{DType, Tensor, Weight};
 
 /// Options of [`WanVae::decode`] and [`WanVae::decode_frames`].
@@ -87,6 +91,19 @@ impl WanVae {
         WanVae::new(weights, cfg)
     }
 
+    /// The VAE with its weights on `device` in their stored dtypes: it then decodes and encodes
+    /// tensors on that device (inputs elsewhere are an [`Error::DeviceMismatch`]).
+    pub fn to_device(&self, device: Device) -> Result<WanVae> {
+        let moved = |layers: &[Layer]| -> Result<Vec<Layer>> {
+            layers.iter().map(|l| l.to_device(device)).collect()
+        };
+        Ok(WanVae {
+            cfg: self.cfg.clone(),
+            encoder: moved(&self.encoder)?,
+            decoder: moved(&self.decoder)?,
+        })
+    }
+
     /// The config.
     pub fn config(&self) -> &VaeConfig {
         &self.cfg
@@ -108,19 +125,16 @@ impl WanVae {
     }
 
     /// Decodes a normalized latent `[B, z_dim, T, h, w]` (as the DiT produces it) to video
-    /// `[B, 3, 1 + 4·(T−1), 8h, 8w]` in `[-1, 1]`. Holds the whole video; use
-    /// [`WanVae::decode_frames`] to consume frames as they are produced.
+    /// `[B, 3, 1 + 4·(T−1), 8h, 8w]` in `[-1, 1]`. Holds the whole video (the frames, then
+    /// their concatenation); use [`WanVae::decode_frames`] to consume frames as they are
+    /// produced.
     pub fn decode(&self, z: &Tensor, opts: &DecodeOptions) -> Result<Tensor> {
-        let [b, _, t, h, w] = self.check_latent(z)?;
-        let (f, s) = (self.video_frames(t), self.space_stride());
-        let mut video = vec![0.0; b * 3 * f * h * s * w * s];
-        let mut next = 0;
+        let mut frames = Vec::new();
         self.decode_frames(z, opts, &mut |chunk| {
-            place(&mut video, f, &chunk, next)?;
-            next += chunk.dims()[2];
+            frames.push(chunk);
             Ok(())
         })?;
-        Tensor::from_f32(video, [b, 3, f, h * s, w * s])
+        cat(&frames.iter().collect::<Vec<_>>(), 2)
     }
 
     /// Decodes like [`WanVae::decode`] but hands the video to `sink` one frame at a time, in
@@ -151,18 +165,18 @@ impl WanVae {
             for &(x0, tw) in &cols {
                 let wy = ramp(th * s, edge, y0 > 0, y0 + th < h);
                 let wx = ramp(tw * s, edge, x0 > 0, x0 + tw < w);
-                blend.add_weights(y0 * s, x0 * s, &wy, &wx);
+                let weights = blend.add_weights((y0 * s, x0 * s), &wy, &wx, x.device())?;
                 let tile = x.narrow(3, y0, th)?.narrow(4, x0, tw)?;
                 let mut next = 0;
                 self.stream_decode(&tile, &mut |chunk| {
-                    blend.add(&chunk, next, (y0 * s, x0 * s), (&wy, &wx))?;
+                    blend.add(&chunk, next, (y0 * s, x0 * s), &weights)?;
                     next += chunk.dims()[2];
                     Ok(())
                 })?;
             }
         }
-        for f in 0..self.video_frames(t) {
-            clamped(blend.frame(f)?)?;
+        for frame in blend.into_frames() {
+            clamped(frame?)?;
         }
         Ok(())
     }
@@ -186,7 +200,7 @@ impl WanVae {
     /// to the normalized posterior mean `[B, z_dim, 1 + k, H/8, W/8]`: `(mu − mean) / std`.
     pub fn encode(&self, video: &Tensor) -> Result<Tensor> {
         let [_, _, f, _, _] = self.check_video(video)?;
-        let video = video.to_dtype(DType::F32)?;
+        let video = video.to_dtype(activation_dtype(video.device()))?;
         let mut stream = Stream::new(&self.encoder, 1);
         let mut chunks = Vec::new();
         for i in 0..f {
@@ -195,11 +209,10 @@ impl WanVae {
                 Ok(())
             })?;
         }
-        let refs: Vec<&Tensor> = chunks.iter().collect();
-        let moments = crate::tensor::ops::cat(&refs, 2)?;
+        let moments = cat(&chunks.iter().collect::<Vec<_>>(), 2)?;
         let mu = moments.narrow(1, 0, self.cfg.z_dim)?;
-        let (mean, std) = (&self.cfg.latents_mean, &self.cfg.latents_std);
-        per_channel(&mu, |c, v| (v - mean[c]) / std[c])
+        let [mean, std] = self.latent_statistics(&mu)?;
+        mu.sub(&mean)?.div(&std)
     }
 
     /// Runs the decoder one latent frame at a time, one video frame at a time past each
@@ -212,10 +225,25 @@ impl WanVae {
         Ok(())
     }
 
-    /// `z·std + mean` per channel, as f32.
+    /// `z·std + mean` per channel, in the activation dtype of `z`'s device.
     fn denormalize(&self, z: &Tensor) -> Result<Tensor> {
-        let (mean, std) = (&self.cfg.latents_mean, &self.cfg.latents_std);
-        per_channel(&z.to_dtype(DType::F32)?, |c, v| v * std[c] + mean[c])
+        let z = z.to_dtype(activation_dtype(z.device()))?;
+        let [mean, std] = self.latent_statistics(&z)?;
+        z.mul(&std)?.add(&mean)
+    }
+
+    /// The latent mean and std as `[1, z_dim, 1, 1, 1]` tensors in the dtype and on the device
+    /// of `x` (small uploads), to broadcast over `[B, z_dim, T, h, w]`.
+    fn latent_statistics(&self, x: &Tensor) -> Result<[Tensor; 2]> {
+        let column = |v: &Vec<f32>| {
+            Tensor::from_f32(v.clone(), [1, self.cfg.z_dim, 1, 1, 1])?
+                .to_dtype(x.dtype())?
+                .to_device(x.device())
+        };
+        Ok([
+            column(&self.cfg.latents_mean)?,
+            column(&self.cfg.latents_std)?,
+        ])
     }
 
     fn check_latent(&self, z: &Tensor) -> Result<[usize; 5]> {
@@ -261,17 +289,6 @@ impl WanVae {
     }
 }
 
-/// Applies `f(channel, value)` to every element of `[B, C, ...]`.
-fn per_channel(x: &Tensor, f: impl Fn(usize, f32) -> f32) -> Result<Tensor> {
-    let (c, inner) = (x.dims()[1], x.dims()[2..].iter().product::<usize>());
-    let mut data = x.to_f32_vec()?;
-    for (i, plane) in data.chunks_exact_mut(inner.max(1)).enumerate() {
-        let ch = i % c;
-        plane.iter_mut().for_each(|v| *v = f(ch, *v));
-    }
-    Tensor::from_f32(data, x.shape().clone())
-}
-
 /// Checks what the layer lists index by: at least one stage, one temporal flag per resample,
 /// latent statistics for every channel.
 fn check_config(cfg: &VaeConfig) -> Result<()> {
@@ -299,9 +316,10 @@ fn check_config(cfg: &VaeConfig) -> Result<()> {
     Ok(())
 }
 
-/// Converts video `[B, 3, F, H, W]` (f32 in `[-1, 1]`) to 8-bit RGB frames `[B·F, H, W, 3]`
-/// (`[F, H, W, 3]` for one video): `round((x + 1)·127.5)` (ties to even, as torch rounds),
-/// limited to `[0, 255]`.
+/// Converts video `[B, 3, F, H, W]` (any float dtype, in `[-1, 1]`) to 8-bit RGB frames
+/// `[B·F, H, W, 3]` on the host (`[F, H, W, 3]` for one video): `round((x + 1)·127.5)` (ties to
+/// even, as torch rounds), limited to `[0, 255]`. This is where decoded video leaves its
+/// device: a device tensor is copied to the host once, for the frames' encoders.
 pub fn to_rgb8(video: &Tensor) -> Result<Tensor> {
     let [b, c, f, h, w] = dims5(video)?;
     if c != 3 {
@@ -311,7 +329,7 @@ pub fn to_rgb8(video: &Tensor) -> Result<Tensor> {
             got: video.shape().clone(),
         });
     }
-    let x = video.to_f32_vec()?;
+    let x = video.to_device(Device::Cpu)?.to_f32_vec()?;
     let plane = h * w;
     let mut out = vec![0u8; b * f * plane * 3];
     for (i, px) in out.chunks_exact_mut(3).enumerate() {

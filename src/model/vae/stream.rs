@@ -1,7 +1,7 @@
-//! Pushing chunks of frames through a layer list, and placing output chunks into a video.
+//! Pushing chunks of frames through a layer list.
 
 use super::layers::{dims5, Layer, LayerState};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::tensor::Tensor;
 
 /// A layer list with its causal state: chunks of consecutive frames go in, chunks of output
@@ -51,24 +51,4 @@ impl<'a> Stream<'a> {
         }
         sink(x)
     }
-}
-
-/// Copies `chunk` `[B, C, n, H, W]` into frames `f0..f0 + n` of `video` (`[B, C, F, H, W]`
-/// with `frames = F`, `plane = H·W`).
-pub(super) fn place(video: &mut [f32], frames: usize, chunk: &Tensor, f0: usize) -> Result<()> {
-    let [_, _, n, h, w] = dims5(chunk)?;
-    let plane = h * w;
-    if f0 + n > frames || !video.len().is_multiple_of((frames * plane).max(1)) {
-        return Err(Error::InvalidArgument(format!(
-            "VAE: a chunk of {n} frames at frame {f0} does not fit a video of {frames} frames"
-        )));
-    }
-    let src = chunk.f32_data()?;
-    for (dst, src) in video
-        .chunks_exact_mut(frames * plane)
-        .zip(src.chunks_exact(n * plane))
-    {
-        dst[f0 * plane..(f0 + n) * plane].copy_from_slice(src);
-    }
-    Ok(())
 }

@@ -2,14 +2,16 @@
 //!
 //! The latent is cut into overlapping tiles; each tile is decoded on its own through all frames
 //! (with its own causal state, so only tile-sized caches and activations exist at a time), and
-//! the decoded tiles are blended with linear ramps across the overlaps into one f32 video
-//! (`[B, 3, F, H, W]`), which is then emitted frame by frame. Tiles are not exactly the untiled
+//! the decoded tiles are blended with linear ramps across the overlaps into one video
+//! (`[B, 3, F, H, W]`, held as frames on the tiles' device, tensor ops only), which is then
+//! emitted frame by frame. Tiles are not exactly the untiled
 //! decode: the decoder's receptive field (its middle attention sees the whole frame) is cut at
 //! the tile borders, which the blending hides.
 
 use crate::error::{Error, Result};
 
 use super::layers::dims5;
+use crate::backend::Device;
 use crate::tensor::Tensor;
 
 /// Tile size and overlap in latent pixels (×8 in the decoded video).
@@ -79,75 +81,103 @@ pub(super) fn ramp(len: usize, ramp: usize, before: bool, after: bool) -> Vec<f3
         .collect()
 }
 
-/// The weighted sum of the decoded tiles and the sum of their weights.
+/// The weighted sum of the decoded tiles and the sum of their weights, as tensors on the tiles'
+/// device: a tile's contribution is zero-padded to the frame and added, so every sum takes the
+/// tiles in the order they were added (`0 + a + b + …` as a host loop would).
 pub(super) struct Blend {
     /// `[B, C, F, H, W]`.
     dims: [usize; 5],
-    sum: Vec<f32>,
+    /// Per frame, `[B, C, 1, H, W]` (`None` until a tile reaches it).
+    sum: Vec<Option<Tensor>>,
     /// `[H, W]`, the same for every frame and channel.
-    weight: Vec<f32>,
+    weight: Option<Tensor>,
 }
 
 impl Blend {
     pub fn new(dims: [usize; 5]) -> Blend {
         Blend {
             dims,
-            sum: vec![0.0; dims.iter().product()],
-            weight: vec![0.0; dims[3] * dims[4]],
+            sum: vec![None; dims[2]],
+            weight: None,
         }
     }
 
-    /// Adds a tile's weights at pixel offset `(y0, x0)` (once per tile).
-    pub fn add_weights(&mut self, y0: usize, x0: usize, wy: &[f32], wx: &[f32]) {
-        let w = self.dims[4];
-        for (i, &a) in wy.iter().enumerate() {
-            let row = &mut self.weight[(y0 + i) * w + x0..][..wx.len()];
-            for (d, &b) in row.iter_mut().zip(wx) {
-                *d += a * b;
-            }
+    /// Adds a tile's weights `wy[i]·wx[j]` at pixel offset `(y0, x0)` (once per tile) and
+    /// returns them as a `[th, tw]` tensor on `device` in `dtype`, for [`Blend::add`].
+    pub fn add_weights(
+        &mut self,
+        (y0, x0): (usize, usize),
+        wy: &[f32],
+        wx: &[f32],
+        device: Device,
+    ) -> Result<Tensor> {
+        let [_, _, _, h, w] = self.dims;
+        let (th, tw) = (wy.len(), wx.len());
+        if y0 + th > h || x0 + tw > w {
+            return Err(self.outside(&[th, tw], 0, (y0, x0)));
         }
+        let outer = wy.iter().flat_map(|&a| wx.iter().map(move |&b| a * b));
+        let tile = Tensor::from_f32(outer.collect(), [th, tw])?.to_device(device)?;
+        let placed = tile.pad_zeros(&[(y0, h - y0 - th), (x0, w - x0 - tw)])?;
+        self.weight = Some(accumulate(self.weight.take(), placed)?);
+        Ok(tile)
     }
 
-    /// Adds a tile's output chunk `[B, C, n, th, tw]` for frames `f0..f0 + n` at `(y0, x0)`.
+    /// Adds a tile's output chunk `[B, C, n, th, tw]` for frames `f0..f0 + n` at `(y0, x0)`,
+    /// weighted by the tile's `weights` `[th, tw]` (from [`Blend::add_weights`]).
     pub fn add(
         &mut self,
         chunk: &Tensor,
         f0: usize,
         (y0, x0): (usize, usize),
-        (wy, wx): (&[f32], &[f32]),
+        weights: &Tensor,
     ) -> Result<()> {
         let [b, c, n, th, tw] = dims5(chunk)?;
         let [_, _, f, h, w] = self.dims;
-        if [b, c] != self.dims[..2] || f0 + n > f || y0 + th > h || x0 + tw > w {
-            return Err(Error::InvalidArgument(format!(
-                "VAE tiling: tile output {:?} at frame {f0}, ({y0}, {x0}) outside {:?}",
-                chunk.dims(),
-                self.dims
-            )));
+        if [b, c] != self.dims[..2]
+            || f0 + n > f
+            || y0 + th > h
+            || x0 + tw > w
+            || weights.dims() != [th, tw]
+        {
+            return Err(self.outside(chunk.dims(), f0, (y0, x0)));
         }
-        let src = chunk.f32_data()?;
-        for (p, tile_plane) in src.chunks_exact(th * tw).enumerate() {
-            let (bc, t) = (p / n, p % n);
-            let plane = &mut self.sum[(bc * f + f0 + t) * h * w..][..h * w];
-            for (i, src_row) in tile_plane.chunks_exact(tw).enumerate() {
-                let row = &mut plane[(y0 + i) * w + x0..][..tw];
-                for ((d, &v), &b) in row.iter_mut().zip(src_row).zip(wx) {
-                    *d += wy[i] * b * v;
-                }
-            }
+        let weighted = chunk.mul(&weights.to_dtype(chunk.dtype())?)?;
+        let placed =
+            weighted.pad_zeros(&[(0, 0), (0, 0), (0, 0), (y0, h - y0 - th), (x0, w - x0 - tw)])?;
+        for t in 0..n {
+            let frame = placed.narrow(2, t, 1)?;
+            let slot = &mut self.sum[f0 + t];
+            *slot = Some(accumulate(slot.take(), frame)?);
         }
         Ok(())
     }
 
-    /// Frame `t` of the blended video, `[B, C, 1, H, W]`.
-    pub fn frame(&self, t: usize) -> Result<Tensor> {
-        let [b, c, f, h, w] = self.dims;
-        let mut out = Vec::with_capacity(b * c * h * w);
-        for bc in 0..b * c {
-            let plane = &self.sum[(bc * f + t) * h * w..][..h * w];
-            out.extend(plane.iter().zip(&self.weight).map(|(s, wt)| s / wt));
-        }
-        Tensor::from_f32(out, [b, c, 1, h, w])
+    /// The frames of the blended video in order, each `[B, C, 1, H, W]`: the weighted sum over
+    /// the sum of the weights (an error for a frame no tile reached).
+    pub fn into_frames(self) -> impl Iterator<Item = Result<Tensor>> {
+        let weight = self.weight;
+        self.sum.into_iter().map(move |sum| match (sum, &weight) {
+            (Some(s), Some(w)) => s.div(&w.to_dtype(s.dtype())?),
+            _ => Err(Error::InvalidArgument(
+                "VAE tiling: a frame no tile covered".into(),
+            )),
+        })
+    }
+
+    fn outside(&self, got: &[usize], f0: usize, (y0, x0): (usize, usize)) -> Error {
+        Error::InvalidArgument(format!(
+            "VAE tiling: tile output {got:?} at frame {f0}, ({y0}, {x0}) outside {:?}",
+            self.dims
+        ))
+    }
+}
+
+/// `sum + x`, or `x` for the first term (`0 + x` is `x`).
+fn accumulate(sum: Option<Tensor>, x: Tensor) -> Result<Tensor> {
+    match sum {
+        Some(s) => s.add(&x),
+        None => Ok(x),
     }
 }
 
@@ -199,11 +229,13 @@ mod tests {
             for (x0, tw) in [(0, 5), (2, 5)] {
                 let tile = video.narrow(3, y0, th).unwrap().narrow(4, x0, tw).unwrap();
                 let (wy, wx) = (ramp(th, 2, y0 > 0, y0 == 0), ramp(tw, 2, x0 > 0, x0 == 0));
-                blend.add_weights(y0, x0, &wy, &wx);
-                blend.add(&tile, 0, (y0, x0), (&wy, &wx)).unwrap();
+                let weights = blend.add_weights((y0, x0), &wy, &wx, Device::Cpu).unwrap();
+                blend.add(&tile, 0, (y0, x0), &weights).unwrap();
             }
         }
-        let got = blend.frame(0).unwrap().to_f32_vec().unwrap();
+        let frames: Vec<_> = blend.into_frames().collect();
+        assert_eq!(frames.len(), 1);
+        let got = frames[0].as_ref().unwrap().to_f32_vec().unwrap();
         for (g, e) in got.iter().zip(&full) {
             assert!((g - e).abs() < 1e-4, "{g} vs {e}");
         }

@@ -70,7 +70,7 @@ impl Tensor {
         };
         let shape = Shape::new([b, cout, ot, oh, ow])?;
         if on_cuda(OP, &with_weights(self, [Some(w), bias]))? {
-            return cuda::conv3d(self, w, bias, stride, padding, &shape);
+            return cuda::conv3d(self, w, bias, &g, &shape);
         }
         let round = rounds_to_bf16()?;
         let x = bf16_if(round, f32_input(self, OP)?);

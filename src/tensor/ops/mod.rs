@@ -22,7 +22,7 @@ use std::borrow::Cow;
 use crate::backend::cpu::compute::round_to_bf16;
 use crate::backend::Device;
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
 /// True when every input of `op` is on a CUDA device, false when every one is on the CPU;
 /// [`Error::DeviceMismatch`] when they are not all on the same device.
@@ -40,6 +40,16 @@ pub(crate) fn on_cuda(op: &'static str, inputs: &[&Tensor]) -> Result<bool> {
         return Err(Error::DeviceMismatch { op, devices });
     }
     Ok(device != Device::Cpu)
+}
+
+/// The dtype activations have on `device`: f32 on the CPU (also under `WANRT_COMPUTE=bf16`,
+/// which rounds values but keeps them in f32), bf16 on CUDA. Model code converts its inputs with
+/// it, so it runs on either backend without a branch of its own.
+pub fn activation_dtype(device: Device) -> DType {
+    match device {
+        Device::Cpu => DType::F32,
+        Device::Cuda(_) => DType::BF16,
+    }
 }
 
 /// `x` rounded to bf16 when `round` (the CPU's bf16 compute emulation), `x` itself otherwise.

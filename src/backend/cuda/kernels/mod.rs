@@ -15,8 +15,11 @@
 pub(crate) mod attention;
 pub(crate) mod attention_q8;
 pub(crate) mod binary;
+pub(crate) mod channel_norm;
+pub(crate) mod conv3d;
 pub(crate) mod convert;
 pub(crate) mod elementwise;
+pub(crate) mod embedding;
 pub(crate) mod fp8_quant;
 pub(crate) mod layout;
 pub(crate) mod linear_f32;
@@ -29,6 +32,7 @@ pub(crate) mod sampler;
 pub(crate) mod strided_copy;
 pub(crate) mod time_embedding;
 pub(crate) mod unary;
+pub(crate) mod upsample;
 
 #[cfg(test)]
 mod tests;
@@ -46,7 +50,7 @@ use cudarc::nvrtc::Ptx;
 use crate::error::{Error, Result};
 
 /// The fatbin of each kernel file, as `build.rs` left them in `OUT_DIR`.
-const FATBINS: [(&str, &[u8]); 16] = [
+const FATBINS: [(&str, &[u8]); 20] = [
     (
         "attention",
         include_bytes!(concat!(env!("OUT_DIR"), "/attention.fatbin")),
@@ -60,12 +64,24 @@ const FATBINS: [(&str, &[u8]); 16] = [
         include_bytes!(concat!(env!("OUT_DIR"), "/binary.fatbin")),
     ),
     (
+        "channel_norm",
+        include_bytes!(concat!(env!("OUT_DIR"), "/channel_norm.fatbin")),
+    ),
+    (
+        "conv3d",
+        include_bytes!(concat!(env!("OUT_DIR"), "/conv3d.fatbin")),
+    ),
+    (
         "convert",
         include_bytes!(concat!(env!("OUT_DIR"), "/convert.fatbin")),
     ),
     (
         "elementwise",
         include_bytes!(concat!(env!("OUT_DIR"), "/elementwise.fatbin")),
+    ),
+    (
+        "embedding",
+        include_bytes!(concat!(env!("OUT_DIR"), "/embedding.fatbin")),
     ),
     (
         "fp8_quant",
@@ -110,6 +126,10 @@ const FATBINS: [(&str, &[u8]); 16] = [
     (
         "unary",
         include_bytes!(concat!(env!("OUT_DIR"), "/unary.fatbin")),
+    ),
+    (
+        "upsample",
+        include_bytes!(concat!(env!("OUT_DIR"), "/upsample.fatbin")),
     ),
 ];
 
@@ -156,6 +176,10 @@ pub(crate) struct Kernels {
     cfg_zero_star_combine: CudaFunction,
     first_non_finite: CudaFunction,
     philox_normal: CudaFunction,
+    channel_rms_norm: CudaFunction,
+    conv3d: CudaFunction,
+    embedding: CudaFunction,
+    upsample_nearest2x: CudaFunction,
 }
 
 impl Kernels {
@@ -244,6 +268,10 @@ impl Kernels {
             cfg_zero_star_combine: function("sampler", "cfg_zero_star_combine_f32")?,
             first_non_finite: function("sampler", "first_non_finite_f32")?,
             philox_normal: function("sampler", "philox_normal_f32")?,
+            channel_rms_norm: function("channel_norm", "channel_rms_norm_bf16")?,
+            conv3d: function("conv3d", "conv3d_implicit_gemm_bf16")?,
+            embedding: function("embedding", "embedding_bf16")?,
+            upsample_nearest2x: function("upsample", "upsample_nearest2x_bf16")?,
         })
     }
 }
@@ -324,6 +352,17 @@ fn grid_config(threads: usize) -> LaunchConfig {
     let blocks = threads
         .div_ceil(ELEMENTWISE_THREADS as usize)
         .clamp(1, 65_535) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (ELEMENTWISE_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// The launch shape of a grid-stride kernel with one thread per item, `n` items (at least one
+/// block, at most 65535: the loop covers the rest).
+fn grid_stride_config(n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil(ELEMENTWISE_THREADS as usize).clamp(1, 65_535) as u32;
     LaunchConfig {
         grid_dim: (blocks, 1, 1),
         block_dim: (ELEMENTWISE_THREADS, 1, 1),
