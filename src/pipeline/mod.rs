@@ -26,6 +26,7 @@
 //! `RAYON_NUM_THREADS`).
 
 mod demo;
+pub mod device_plan;
 mod files;
 mod memory;
 mod request;

@@ -9,7 +9,10 @@
 mod allocator;
 mod gemm;
 pub(crate) mod kernels;
+mod lora_merge;
 pub mod ops;
+
+pub use lora_merge::DeviceMerge;
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};

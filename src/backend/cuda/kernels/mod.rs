@@ -15,6 +15,7 @@
 pub(crate) mod attention;
 pub(crate) mod convert;
 pub(crate) mod elementwise;
+pub(crate) mod lora_merge;
 pub(crate) mod norm;
 pub(crate) mod patchify;
 pub(crate) mod qk_norm_rope;
@@ -34,7 +35,7 @@ use cudarc::nvrtc::Ptx;
 use crate::error::{Error, Result};
 
 /// The fatbin of each kernel file, as `build.rs` left them in `OUT_DIR`.
-const FATBINS: [(&str, &[u8]); 7] = [
+const FATBINS: [(&str, &[u8]); 8] = [
     (
         "attention",
         include_bytes!(concat!(env!("OUT_DIR"), "/attention.fatbin")),
@@ -46,6 +47,10 @@ const FATBINS: [(&str, &[u8]); 7] = [
     (
         "elementwise",
         include_bytes!(concat!(env!("OUT_DIR"), "/elementwise.fatbin")),
+    ),
+    (
+        "lora_merge",
+        include_bytes!(concat!(env!("OUT_DIR"), "/lora_merge.fatbin")),
     ),
     (
         "norm",
@@ -76,6 +81,8 @@ pub(crate) struct Kernels {
     gated_residual_add: CudaFunction,
     gelu_tanh: CudaFunction,
     layer_norm_modulate: CudaFunction,
+    lora_merge_amax: CudaFunction,
+    lora_merge_store: CudaFunction,
     patchify: CudaFunction,
     unpatchify: CudaFunction,
     rms_norm_rope: CudaFunction,
@@ -112,6 +119,8 @@ impl Kernels {
             gated_residual_add: function("elementwise", "gated_residual_add_bf16")?,
             gelu_tanh: function("elementwise", "gelu_tanh_bf16")?,
             layer_norm_modulate: function("norm", "layer_norm_modulate_bf16")?,
+            lora_merge_amax: function("lora_merge", "lora_merge_amax")?,
+            lora_merge_store: function("lora_merge", "lora_merge_store")?,
             patchify: function("patchify", "patchify_f32_bf16")?,
             unpatchify: function("patchify", "unpatchify_f32")?,
             rms_norm_rope: function("qk_norm_rope", "rms_norm_rope_bf16")?,
