@@ -138,18 +138,10 @@ __device__ __forceinline__ void merged(const MergeJob &job, long long row0, int 
     }
 }
 
-// The job's tiles, ROWS rows of one column each, column-fastest.
-__device__ __forceinline__ long long tiles(const MergeJob &job) {
-    return (job.n / job.cols + ROWS - 1) / ROWS * job.cols;
-}
-
-// Pass 1 for scaled fp8 targets: the bits of max |W'| into *job.amax (a NaN wins: its bits are
-// above every finite one and infinity's).
-extern "C" __global__ void lora_merge_amax(const MergeJob *__restrict__ jobs) {
-    const MergeJob &job = jobs[blockIdx.y];
-    if (job.amax == nullptr || job.n == 0) return;
-    const long long rows = job.n / job.cols, count = tiles(job);
-    unsigned best = 0;
+// Calls `f(row0, valid, col, v)` with the merged values `v` of each of this thread's tiles of the
+// job (ROWS rows of one column each, column-fastest, `valid` of them inside the weight).
+template <typename F> __device__ __forceinline__ void for_each_tile(const MergeJob &job, F f) {
+    const long long rows = job.n / job.cols, count = (rows + ROWS - 1) / ROWS * job.cols;
     for (long long t = blockIdx.x * blockDim.x + threadIdx.x; t < count;
          t += static_cast<long long>(gridDim.x) * blockDim.x) {
         const int col = static_cast<int>(t % job.cols);
@@ -157,10 +149,21 @@ extern "C" __global__ void lora_merge_amax(const MergeJob *__restrict__ jobs) {
         const int valid = static_cast<int>(min(static_cast<long long>(ROWS), rows - row0));
         float v[ROWS];
         merged(job, row0, valid, col, v);
+        f(row0, valid, col, v);
+    }
+}
+
+// Pass 1 for scaled fp8 targets: the bits of max |W'| into *job.amax (a NaN wins: its bits are
+// above every finite one and infinity's).
+extern "C" __global__ void lora_merge_amax(const MergeJob *__restrict__ jobs) {
+    const MergeJob &job = jobs[blockIdx.y];
+    if (job.amax == nullptr || job.n == 0) return;
+    unsigned best = 0;
+    for_each_tile(job, [&](long long, int valid, int, const float *v) {
 #pragma unroll
         for (int r = 0; r < ROWS; ++r)
             if (r < valid) best = max(best, __float_as_uint(fabsf(v[r])));
-    }
+    });
     best = __reduce_max_sync(0xffffffffu, best);
     if ((threadIdx.x & 31) == 0 && best != 0) atomicMax(job.amax, best);
 }
@@ -169,19 +172,12 @@ extern "C" __global__ void lora_merge_amax(const MergeJob *__restrict__ jobs) {
 extern "C" __global__ void lora_merge_store(const MergeJob *__restrict__ jobs) {
     const MergeJob &job = jobs[blockIdx.y];
     if (job.n == 0) return;
-    const long long rows = job.n / job.cols, count = tiles(job);
-    for (long long t = blockIdx.x * blockDim.x + threadIdx.x; t < count;
-         t += static_cast<long long>(gridDim.x) * blockDim.x) {
-        const int col = static_cast<int>(t % job.cols);
-        const long long row0 = t / job.cols * ROWS;
-        const int valid = static_cast<int>(min(static_cast<long long>(ROWS), rows - row0));
-        float v[ROWS];
-        merged(job, row0, valid, col, v);
+    for_each_tile(job, [&](long long row0, int valid, int col, const float *v) {
 #pragma unroll
         for (int r = 0; r < ROWS; ++r) {
             if (r >= valid) continue;
             const float q = job.out_scale > 0.0f ? __fdiv_rn(v[r], job.out_scale) : v[r];
             store_value(job.out, job.out_dtype, (row0 + r) * job.cols + col, q);
         }
-    }
+    });
 }

@@ -136,6 +136,17 @@ pub(crate) mod tests {
         ])
     }
 
+    /// Every stored form the merge keeps: the float dtypes, plain and scaled fp8.
+    pub(crate) const STORED: [(DType, Option<f32>); 7] = [
+        (DType::F32, None),
+        (DType::BF16, None),
+        (DType::F16, None),
+        (DType::F8E4M3, None),
+        (DType::F8E5M2, None),
+        (DType::F8E4M3, Some(0.05 / 448.0)),
+        (DType::F8E5M2, Some(1e-4)),
+    ];
+
     /// The spacing of `dtype`'s values around `|x|` (ignoring its subnormals' fixed spacing,
     /// which only makes it larger).
     fn step(dtype: DType, x: f32) -> f32 {
@@ -179,16 +190,7 @@ pub(crate) mod tests {
     fn the_kernel_arithmetic_equals_the_cpu_merge_within_one_rounding_step() {
         let (out, inp) = (37, 70);
         let (a, b) = (lora(out, inp, 8, 4.0, 11), lora(out, inp, 3, 0.0, 21));
-        let cases = [
-            (DType::F32, None),
-            (DType::BF16, None),
-            (DType::F16, None),
-            (DType::F8E4M3, None),
-            (DType::F8E5M2, None),
-            (DType::F8E4M3, Some(0.05 / 448.0)),
-            (DType::F8E5M2, Some(1e-4)),
-        ];
-        for (dtype, scale) in cases {
+        for (dtype, scale) in STORED {
             let weights = model(out, inp, dtype, scale);
             for strengths in [[1.0f32, 0.6], [-0.7, 2.5]] {
                 let loras = [(&a, strengths[0]), (&b, strengths[1])];

@@ -16,7 +16,7 @@
 
 mod apply;
 #[cfg(test)]
-mod kernel_emulation;
+pub(crate) mod kernel_emulation;
 mod store;
 
 use std::collections::BTreeMap;

@@ -316,6 +316,31 @@ pub fn plan(needs: &DeviceNeeds, req: &PlanRequest) -> Result<DevicePlan> {
     )))
 }
 
+/// A byte count as `--max-device-memory` takes it: a number with an optional suffix K, M, G or
+/// T (powers of 1024, an optional `B` or `iB` after it), e.g. `24G`, `1.5T`, `8000M`.
+pub fn parse_memory_size(s: &str) -> Result<u64> {
+    let bad = || {
+        Error::InvalidArgument(format!(
+            "memory size `{s}`: expected a number with an optional K, M, G or T suffix (24G)"
+        ))
+    };
+    let t = s.trim().to_ascii_uppercase();
+    let t = t
+        .strip_suffix("IB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(&t);
+    let (number, shift) = match t.char_indices().last() {
+        Some((i, c @ ('K' | 'M' | 'G' | 'T'))) => (&t[..i], 10 * (1 + "KMGT".find(c).unwrap_or(0))),
+        _ => (t, 0),
+    };
+    let v: f64 = number.trim().parse().map_err(|_| bad())?;
+    let bytes = v * (1u64 << shift) as f64;
+    if !(1.0..1.8e19).contains(&bytes) {
+        return Err(bad());
+    }
+    Ok(bytes as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -478,6 +503,18 @@ mod tests {
         .unwrap_err();
         assert!(matches!(e, Error::OutOfMemory(_)), "{e}");
         assert!(e.to_string().contains("40 of 40 blocks swapped"), "{e}");
+    }
+
+    #[test]
+    fn memory_sizes_parse_in_powers_of_1024() {
+        assert_eq!(parse_memory_size("24G").unwrap(), 24 * GIB);
+        assert_eq!(parse_memory_size("24GiB").unwrap(), 24 * GIB);
+        assert_eq!(parse_memory_size("1.5t").unwrap(), 3 << 39);
+        assert_eq!(parse_memory_size("512 MB").unwrap(), 512 << 20);
+        assert_eq!(parse_memory_size("1000").unwrap(), 1000);
+        for bad in ["", "G", "-1G", "0", "24X", "nanG", "1e30"] {
+            assert!(parse_memory_size(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

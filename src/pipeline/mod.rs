@@ -169,6 +169,26 @@ pub struct LoadOptions {
     /// Worker threads of the pipeline's own pool ([`Pipeline::set_threads`]); `None`: rayon's
     /// global pool.
     pub threads: Option<usize>,
+    /// Low-VRAM mode on a CUDA device (`--blocks-to-swap`): keep this many of the DiT's last
+    /// blocks in pinned host memory, streamed in for each forward; `None`: the device plan
+    /// chooses ([`device_plan::plan`]). Only with a CUDA device.
+    pub blocks_to_swap: Option<usize>,
+    /// The device memory the pipeline may use (`--max-device-memory`); `None`: what is free.
+    /// Only with a CUDA device.
+    pub max_device_memory: Option<u64>,
+}
+
+impl LoadOptions {
+    /// Fails when the low-VRAM settings are given for the CPU, where they mean nothing.
+    pub fn check_low_vram(&self) -> Result<()> {
+        let given = self.blocks_to_swap.is_some() || self.max_device_memory.is_some();
+        if given && self.device == Device::Cpu {
+            return Err(Error::InvalidArgument(
+                "blocks_to_swap and max_device_memory apply to a CUDA device only".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for LoadOptions {
@@ -178,6 +198,8 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             lora_mode: Mode::Merged,
             threads: None,
+            blocks_to_swap: None,
+            max_device_memory: None,
         }
     }
 }
@@ -420,6 +442,7 @@ impl Pipeline {
     /// changed), the tokenizer and text encoder, the VAE.
     pub fn load(files: &ModelFiles, loras: &[LoraSpec], options: &LoadOptions) -> Result<Pipeline> {
         let start = Instant::now();
+        options.check_low_vram()?;
         options.device.ensure_supported()?;
         let pool = thread_pool(options.threads)?;
         let mut p = in_pool(pool.as_ref(), || {

@@ -243,3 +243,49 @@ fn address_mut(s: &mut CudaStorage) -> Result<u64> {
     let (ptr, _sync) = view.device_ptr_mut(&stream);
     Ok(ptr)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lora::kernel_emulation::merge_as_kernel;
+    use crate::lora::kernel_emulation::tests::{lora, model, STORED};
+
+    /// The device merge equals the emulation bit for bit (the emulation equals the CPU merge
+    /// within one rounding step, `src/lora/kernel_emulation.rs`), for every stored dtype, and
+    /// re-merges at new strengths from the pristine weights. Skips without a device.
+    #[test]
+    fn the_device_merge_equals_its_emulation_bit_for_bit() {
+        if let Err(e) = CudaDevice::get(0) {
+            println!("the_device_merge_equals_its_emulation_bit_for_bit: SKIP: {e}");
+            return;
+        }
+        let (out, inp) = (67, 130);
+        let (a, b) = (lora(out, inp, 16, 8.0, 31), lora(out, inp, 5, 0.0, 41));
+        for (dtype, scale) in STORED {
+            let weights = model(out, inp, dtype, scale);
+            let loras = [(&a, 1.0), (&b, 1.0)];
+            let merge = DeviceMerge::new(&weights, &loras, 0).unwrap();
+            let plan = MergePlan::new(&weights, &loras, StoreAs::Same).unwrap();
+            for strengths in [[1.0f32, 0.6], [-0.7, 2.5], [1.0, 0.6]] {
+                let device = merge.merge(&strengths).unwrap();
+                let emulated = merge_as_kernel(&plan, &weights, &strengths).unwrap();
+                assert_eq!(device.len(), emulated.len());
+                for (name, e) in &emulated {
+                    let d = &device[name];
+                    assert_eq!(d.dtype(), e.dtype(), "{name}");
+                    assert_eq!(d.scale, e.scale, "{name} {dtype:?} {strengths:?}");
+                    let bytes = d.tensor.to_device(Device::Cpu).unwrap();
+                    assert_eq!(
+                        bytes.raw_bytes().unwrap(),
+                        e.tensor.raw_bytes().unwrap(),
+                        "{name} {dtype:?} {strengths:?}"
+                    );
+                }
+            }
+        }
+        let weights = model(out, inp, DType::BF16, None);
+        let merge = DeviceMerge::new(&weights, &[(&a, 1.0)], 0).unwrap();
+        assert!(merge.merge(&[f32::NAN]).is_err());
+        assert!(merge.merge(&[1.0, 1.0]).is_err());
+    }
+}

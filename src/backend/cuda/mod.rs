@@ -7,11 +7,13 @@
 //! that names the library.
 
 mod allocator;
+mod block_swap;
 mod gemm;
 pub(crate) mod kernels;
 mod lora_merge;
 pub mod ops;
 
+pub use block_swap::BlockSwap;
 pub use lora_merge::DeviceMerge;
 
 use std::collections::HashMap;

@@ -168,6 +168,14 @@ pub struct GenerateArgs {
     /// cpu or cuda.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Low-VRAM mode (CUDA): keep the DiT's last N blocks in pinned host memory, each streamed
+    /// in while the previous one computes (default: the device memory plan chooses).
+    #[arg(long, value_name = "N")]
+    blocks_to_swap: Option<usize>,
+    /// The device memory the pipeline may use, e.g. 24G (K, M, G, T: powers of 1024; default:
+    /// what is free).
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory_size)]
+    max_device_memory: Option<u64>,
     /// DiT self-attention: auto (the 8-bit kernel where the device has one), q8 or bf16. On
     /// the CPU, q8 runs the 8-bit scheme's emulation (slow, for checking); auto and bf16 exact
     /// f32.
@@ -197,6 +205,10 @@ fn parse_seed(s: &str) -> std::result::Result<u64, String> {
         Ok(_) => Err(format!("seed out of range: it must be 0 to {MAX_SEED}")),
         Err(_) => Err(format!("not a whole number (seeds are 0 to {MAX_SEED})")),
     }
+}
+
+fn parse_memory_size(s: &str) -> std::result::Result<u64, String> {
+    wanrt::pipeline::device_plan::parse_memory_size(s).map_err(|e| e.to_string())
 }
 
 fn parse_lora_mode(s: &str) -> std::result::Result<Mode, String> {
@@ -399,6 +411,8 @@ fn generate(a: &GenerateArgs) -> Result<()> {
             device,
             lora_mode: a.lora_mode,
             threads: None,
+            blocks_to_swap: a.blocks_to_swap,
+            max_device_memory: a.max_device_memory,
         };
         let pipe = Pipeline::load(&files, &loras, &options);
         spinner.finish_and_clear();

@@ -59,7 +59,7 @@ pub(crate) struct MergeJob {
 unsafe impl DeviceRepr for MergeJob {}
 
 /// The kernel's code for a dtype it reads and writes: f32, bf16, f16, e4m3fn, e5m2.
-pub(crate) fn dtype_code(op: &str, dtype: DType) -> Result<i32> {
+pub(crate) fn dtype_code(op: &'static str, dtype: DType) -> Result<i32> {
     Ok(match dtype {
         DType::F32 => 0,
         DType::BF16 => 1,
@@ -119,13 +119,13 @@ impl Kernels {
         }
         let tiles = host_jobs
             .iter()
-            .map(|j| (j.n / j.cols as i64).div_ceil(ROWS as i64) * j.cols as i64)
+            .map(|j| (j.n as u64 / j.cols as u64).div_ceil(ROWS as u64) * j.cols as u64)
             .max()
             .unwrap_or(0);
         if tiles == 0 {
             return Ok(());
         }
-        let blocks = (tiles as u64).div_ceil(THREADS as u64).clamp(1, 65_535) as u32;
+        let blocks = tiles.div_ceil(THREADS as u64).clamp(1, 65_535) as u32;
         let grid_jobs = to_i32(OP, "jobs", host_jobs.len())?;
         if grid_jobs > 65_535 {
             return Err(Error::InvalidArgument(format!(
