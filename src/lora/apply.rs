@@ -293,11 +293,15 @@ pub(crate) enum Change<'a> {
     Full(&'a Tensor),
 }
 
+/// A target parameter's name and its changes, each with the index of its LoRA.
+#[cfg(any(test, feature = "cuda"))]
+pub(crate) type TargetChanges<'p, 'a> = (&'p str, Vec<(usize, Change<'a>)>);
+
 #[cfg(any(test, feature = "cuda"))]
 impl<'a> MergePlan<'a> {
     /// Per target parameter, its changes in LoRA order, each with the index of its LoRA. Fails
     /// on a DoRA pair: its renormalization per output row is merged on the CPU only.
-    pub(crate) fn changes(&self) -> Result<Vec<(&str, Vec<(usize, Change<'a>)>)>> {
+    pub(crate) fn changes(&self) -> Result<Vec<TargetChanges<'_, 'a>>> {
         self.targets
             .iter()
             .map(|(name, deltas)| {
