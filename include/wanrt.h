@@ -364,6 +364,17 @@ typedef struct wanrt_pipeline_params {
      * Default 0.
      */
     int32_t demo;
+    /**
+     * Low-VRAM mode on a CUDA device: keep this many of the DiT's last blocks in pinned host
+     * memory, streamed in for each forward; -1 (default): the device memory plan chooses.
+     * Other negative values are refused; only with `WANRT_DEVICE_CUDA` when not -1.
+     */
+    int32_t blocks_to_swap;
+    /**
+     * The device memory in bytes the pipeline may use; 0 (default): what is free. Only with
+     * `WANRT_DEVICE_CUDA` when not 0.
+     */
+    uint64_t max_device_memory;
 } wanrt_pipeline_params;
 
 /**

@@ -192,6 +192,17 @@ public:
         demo_ = on;
         return *this;
     }
+    /// Low-VRAM mode (CUDA): keep the DiT's last n blocks in pinned host memory; -1 (default):
+    /// the device memory plan chooses.
+    PipelineParams &blocks_to_swap(int32_t n) {
+        blocks_to_swap_ = n;
+        return *this;
+    }
+    /// The device memory in bytes the pipeline may use; 0 (default): what is free (CUDA).
+    PipelineParams &max_device_memory(uint64_t bytes) {
+        max_device_memory_ = bytes;
+        return *this;
+    }
 
 private:
     friend class Pipeline;
@@ -206,6 +217,8 @@ private:
     wanrt_lora_mode lora_mode_ = WANRT_LORA_MODE_MERGE;
     uint32_t threads_ = 0;
     bool demo_ = false;
+    int32_t blocks_to_swap_ = -1;
+    uint64_t max_device_memory_ = 0;
 };
 
 /// What a progress callback answers.
@@ -410,6 +423,8 @@ public:
         p.lora_mode = params.lora_mode_;
         p.threads = params.threads_;
         p.demo = params.demo_;
+        p.blocks_to_swap = params.blocks_to_swap_;
+        p.max_device_memory = params.max_device_memory_;
         Loras loras;
         if (!params.loras_.empty()) {
             wanrt_lora_list *list = nullptr;

@@ -4,6 +4,7 @@
 //! no `#[cfg]`.
 
 pub mod attention_emulation;
+pub mod block_swap;
 pub mod cpu;
 #[cfg_attr(not(feature = "cuda"), path = "cuda_dummy.rs")]
 pub mod cuda;

@@ -121,6 +121,13 @@ pub struct wanrt_pipeline_params {
     /// testing an integration, its videos are noise). No paths or LoRAs may be given with it.
     /// Default 0.
     pub demo: i32,
+    /// Low-VRAM mode on a CUDA device: keep this many of the DiT's last blocks in pinned host
+    /// memory, streamed in for each forward; -1 (default): the device memory plan chooses.
+    /// Other negative values are refused; only with `WANRT_DEVICE_CUDA` when not -1.
+    pub blocks_to_swap: i32,
+    /// The device memory in bytes the pipeline may use; 0 (default): what is free. Only with
+    /// `WANRT_DEVICE_CUDA` when not 0.
+    pub max_device_memory: u64,
 }
 
 impl Default for wanrt_pipeline_params {
@@ -141,6 +148,8 @@ impl Default for wanrt_pipeline_params {
             lora_mode: wanrt_lora_mode::Merge as i32,
             threads: 0,
             demo: 0,
+            blocks_to_swap: -1,
+            max_device_memory: 0,
         }
     }
 }
@@ -236,8 +245,18 @@ pub unsafe extern "C" fn wanrt_pipeline_load(
             device,
             lora_mode,
             threads: (p.threads != 0).then_some(p.threads as usize),
+            blocks_to_swap: match p.blocks_to_swap {
+                -1 => None,
+                n => Some(usize::try_from(n).map_err(|_| {
+                    Error::InvalidArgument(format!(
+                        "params->blocks_to_swap {n}: a block count, or -1 to let the plan choose"
+                    ))
+                })?),
+            },
+            max_device_memory: (p.max_device_memory != 0).then_some(p.max_device_memory),
             ..LoadOptions::default()
         };
+        options.check_low_vram()?;
         let pipeline = match p.demo {
             0 => Pipeline::load(&source.resolve()?, &loras, &options)?,
             1 => demo(&source, &loras, &options)?,

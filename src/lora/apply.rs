@@ -74,8 +74,9 @@ enum Delta<'a> {
     Full(&'a Tensor, f32),
 }
 
-/// Per target parameter (canonical name), its changes in LoRA order.
-type Targets<'a> = BTreeMap<String, Vec<Delta<'a>>>;
+/// Per target parameter (canonical name), its changes in LoRA order, each with the index of its
+/// LoRA.
+type Targets<'a> = BTreeMap<String, Vec<(usize, Delta<'a>)>>;
 
 /// Matches every LoRA against `weights`: a change to a parameter the model lacks is reported,
 /// one whose shape disagrees with the parameter is an error naming its key, and so is a LoRA
@@ -86,8 +87,8 @@ fn plan<'a>(
 ) -> Result<(Targets<'a>, Report)> {
     let mut targets: Targets = BTreeMap::new();
     let mut report = Report::default();
-    for &(lora, strength) in loras {
-        check_strength(lora, strength)?;
+    for (index, &(lora, strength)) in loras.iter().enumerate() {
+        check_strength(&lora.path, strength)?;
         let mut r = LoraReport {
             path: lora.path.clone(),
             strength,
@@ -145,7 +146,7 @@ fn plan<'a>(
                     Delta::LowRank(..) | Delta::Dora(..) => r.low_rank += 1,
                     Delta::Full(..) => r.full_deltas += 1,
                 }
-                targets.entry(target).or_default().push(delta);
+                targets.entry(target).or_default().push((index, delta));
             }
         }
         if r.low_rank + r.full_deltas == 0 {
@@ -273,11 +274,56 @@ impl<'a> MergePlan<'a> {
         match self.targets.get(name) {
             Some(deltas) => {
                 let mut v = widen(old)?;
-                add_deltas(&mut v, deltas)?;
+                add_deltas(&mut v, deltas.iter().map(|(_, d)| d))?;
                 self.store.store(name, v, old).map(Some)
             }
             None => self.store.convert(name, old),
         }
+    }
+}
+
+/// One change of a merge done elsewhere than [`add_deltas`] (the CUDA merge), from
+/// [`MergePlan::changes`].
+#[cfg(any(test, feature = "cuda"))]
+#[derive(Clone, Copy)]
+pub(crate) enum Change<'a> {
+    /// `+= scale · up @ down` with the pair's [`LowRank::scale`] at the LoRA's strength.
+    Pair(&'a LowRank),
+    /// `+= strength · delta`.
+    Full(&'a Tensor),
+}
+
+/// A target parameter's name and its changes, each with the index of its LoRA.
+#[cfg(any(test, feature = "cuda"))]
+pub(crate) type TargetChanges<'p, 'a> = (&'p str, Vec<(usize, Change<'a>)>);
+
+#[cfg(any(test, feature = "cuda"))]
+impl<'a> MergePlan<'a> {
+    /// Per target parameter, its changes in LoRA order, each with the index of its LoRA. Fails
+    /// on a DoRA pair: its renormalization per output row is merged on the CPU only.
+    pub(crate) fn changes(&self) -> Result<Vec<TargetChanges<'_, 'a>>> {
+        self.targets
+            .iter()
+            .map(|(name, deltas)| {
+                let changes = deltas
+                    .iter()
+                    .map(|&(lora, ref d)| match *d {
+                        Delta::LowRank(p, _) => Ok((lora, Change::Pair(p))),
+                        Delta::Full(t, _) => Ok((lora, Change::Full(t))),
+                        Delta::Dora(..) => Err(Error::InvalidArgument(format!(
+                            "`{name}` is changed by a DoRA pair, which only the CPU merge applies"
+                        ))),
+                    })
+                    .collect::<Result<_>>()?;
+                Ok((name.as_str(), changes))
+            })
+            .collect()
+    }
+
+    /// How the merged parameters are stored.
+    #[cfg(test)]
+    pub(crate) fn store_as(&self) -> StoreAs {
+        self.store
     }
 }
 
@@ -301,9 +347,10 @@ pub fn unmerged(mut weights: BTreeMap<String, Weight>, loras: &[(&Lora, f32)]) -
     let (targets, report) = plan(&weights, loras)?;
     let mut deltas = BTreeMap::new();
     for (name, changes) in &targets {
-        let dora = changes.iter().any(|d| matches!(d, Delta::Dora(..)));
+        let dora = changes.iter().any(|(_, d)| matches!(d, Delta::Dora(..)));
         let copied: Vec<&Delta> = changes
             .iter()
+            .map(|(_, d)| d)
             .filter(|d| dora || matches!(d, Delta::Full(..)))
             .collect();
         if !copied.is_empty() {
@@ -315,7 +362,7 @@ pub fn unmerged(mut weights: BTreeMap<String, Weight>, loras: &[(&Lora, f32)]) -
         }
         let pairs: Vec<(&LowRank, f32)> = changes
             .iter()
-            .filter_map(|d| match *d {
+            .filter_map(|(_, d)| match *d {
                 Delta::LowRank(p, s) if !dora => Some((p, s)),
                 _ => None,
             })

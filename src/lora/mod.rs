@@ -15,12 +15,21 @@
 //! keys that matched no module of the model ([`Report`]).
 
 mod apply;
+#[cfg(test)]
+pub(crate) mod kernel_emulation;
 mod store;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// The merge on a CUDA device (`cuda` feature).
+#[cfg(feature = "cuda")]
+pub use crate::backend::cuda::DeviceMerge;
+#[cfg(any(test, feature = "cuda"))]
+pub(crate) use apply::Change;
 pub use apply::{merge, open_dit, unmerged, LoraReport, MergePlan, Mode, Report, Unmerged};
+#[cfg(feature = "cuda")]
+pub(crate) use store::fp8_scale;
 pub use store::StoreAs;
 
 use crate::error::{Error, Result};
@@ -53,10 +62,15 @@ impl LowRank {
     /// `strength · alpha / rank`; `strength` without an alpha. An alpha of 0 means "alpha =
     /// rank" as in kohya/musubi, which write it so for networks trained without an alpha.
     pub fn scale(&self, strength: f32) -> f32 {
-        match self.alpha {
-            Some(a) if a != 0.0 => strength * a / self.rank() as f32,
-            _ => strength,
-        }
+        pair_scale(self.alpha, self.rank(), strength)
+    }
+}
+
+/// [`LowRank::scale`] of a pair with this alpha and rank.
+pub(crate) fn pair_scale(alpha: Option<f32>, rank: usize, strength: f32) -> f32 {
+    match alpha {
+        Some(a) if a != 0.0 => strength * a / rank as f32,
+        _ => strength,
     }
 }
 
@@ -266,14 +280,15 @@ fn foreign_architecture(keys: &[String]) -> Option<(&'static str, &str)> {
     })
 }
 
-/// Checks a strength: any finite number (negative strengths subtract a LoRA).
-fn check_strength(lora: &Lora, strength: f32) -> Result<()> {
+/// Checks a strength of the LoRA read from `path`: any finite number (negative strengths
+/// subtract a LoRA).
+pub(crate) fn check_strength(path: &Path, strength: f32) -> Result<()> {
     if strength.is_finite() {
         Ok(())
     } else {
         Err(Error::InvalidArgument(format!(
             "strength {strength} for LoRA {}: it must be a finite number",
-            lora.path.display()
+            path.display()
         )))
     }
 }

@@ -83,10 +83,6 @@ impl StoreAs {
                 shape,
             )?)),
             Target::Scaled(d) => {
-                let max = fp8_max(d).ok_or(Error::UnsupportedDType {
-                    op: "scaled fp8 store",
-                    dtype: d,
-                })?;
                 // A maximum is exact in any order: the same bits for every thread count. A NaN
                 // is kept (`f32::max` would drop it).
                 let amax = values.par_iter().map(|v| v.abs()).reduce(
@@ -99,13 +95,7 @@ impl StoreAs {
                         }
                     },
                 );
-                if !amax.is_finite() {
-                    return Err(Error::InvalidArgument(format!(
-                        "the merged `{name}` holds values of magnitude {amax}: it cannot be \
-                         stored as scaled {d} (a LoRA strength too large?)"
-                    )));
-                }
-                let scale = (amax / max).max(1e-12);
+                let scale = fp8_scale(name, d, amax)?;
                 let q: Vec<f32> = values.par_iter().map(|v| v / scale).collect();
                 let tensor = Tensor::from_bytes(narrow(&q, d), d, shape)?;
                 Ok(Weight {
@@ -127,6 +117,23 @@ impl StoreAs {
         }
         self.store(name, widen(w)?, w).map(Some)
     }
+}
+
+/// The per-tensor scale of a scaled fp8 (`d`) parameter `name` whose merged values reach
+/// `max |W'| = amax`: `amax / fp8 max`, at least 1e-12. Fails when `amax` is not finite or `d`
+/// is no fp8 dtype.
+pub(crate) fn fp8_scale(name: &str, d: DType, amax: f32) -> Result<f32> {
+    let max = fp8_max(d).ok_or(Error::UnsupportedDType {
+        op: "scaled fp8 store",
+        dtype: d,
+    })?;
+    if !amax.is_finite() {
+        return Err(Error::InvalidArgument(format!(
+            "the merged `{name}` holds values of magnitude {amax}: it cannot be stored as \
+             scaled {d} (a LoRA strength too large?)"
+        )));
+    }
+    Ok((amax / max).max(1e-12))
 }
 
 /// A parameter's stored form.

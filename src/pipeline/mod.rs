@@ -26,6 +26,7 @@
 //! `RAYON_NUM_THREADS`).
 
 mod demo;
+pub mod device_plan;
 mod files;
 mod memory;
 mod request;
@@ -171,6 +172,26 @@ pub struct LoadOptions {
     /// Where the UMT5 text encoder runs, independently of `device` (e.g. on the CPU while the
     /// DiT has the GPU to itself, or on CUDA in bf16); its contexts come back to the host.
     pub t5_device: crate::backend::Device,
+    /// Low-VRAM mode on a CUDA device (`--blocks-to-swap`): keep this many of the DiT's last
+    /// blocks in pinned host memory, streamed in for each forward; `None`: the device plan
+    /// chooses ([`device_plan::plan`]). Only with a CUDA device.
+    pub blocks_to_swap: Option<usize>,
+    /// The device memory the pipeline may use (`--max-device-memory`); `None`: what is free.
+    /// Only with a CUDA device.
+    pub max_device_memory: Option<u64>,
+}
+
+impl LoadOptions {
+    /// Fails when the low-VRAM settings are given for the CPU, where they mean nothing.
+    pub fn check_low_vram(&self) -> Result<()> {
+        let given = self.blocks_to_swap.is_some() || self.max_device_memory.is_some();
+        if given && self.device == Device::Cpu {
+            return Err(Error::InvalidArgument(
+                "blocks_to_swap and max_device_memory apply to a CUDA device only".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for LoadOptions {
@@ -181,6 +202,8 @@ impl Default for LoadOptions {
             lora_mode: Mode::Merged,
             threads: None,
             t5_device: crate::backend::Device::Cpu,
+            blocks_to_swap: None,
+            max_device_memory: None,
         }
     }
 }
@@ -423,6 +446,7 @@ impl Pipeline {
     /// changed), the tokenizer and text encoder, the VAE.
     pub fn load(files: &ModelFiles, loras: &[LoraSpec], options: &LoadOptions) -> Result<Pipeline> {
         let start = Instant::now();
+        options.check_low_vram()?;
         options.device.ensure_supported()?;
         let pool = thread_pool(options.threads)?;
         let mut p = in_pool(pool.as_ref(), || {

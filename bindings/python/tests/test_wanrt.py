@@ -179,6 +179,11 @@ def test_errors_carry_status_and_message(case: dict, pipeline: wanrt.Pipeline):
         pipeline.generate("a cat", **small(attention=7))
     assert "params->attention 7 is not a wanrt_attention" in str(e.value)
 
+    with pytest.raises(wanrt.WanrtError) as e:
+        wanrt.Pipeline(demo=True, blocks_to_swap=2, max_device_memory=24 << 30)
+    assert e.value.status == wanrt.Status.INVALID_ARGUMENT
+    assert "apply to a CUDA device only" in str(e.value)
+
 
 def test_attention_choice_is_recorded(pipeline: wanrt.Pipeline):
     g = pipeline.generate("a cat", **small(attention=wanrt.Attention.Q8))

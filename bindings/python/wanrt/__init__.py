@@ -387,6 +387,8 @@ class Pipeline:
     default) or on the fly (``"runtime"``: strengths can then change with
     :meth:`set_lora_strength`). ``threads``: the pipeline's own worker threads (default: the
     process-wide pool, one thread per core); callbacks then run on one of them.
+    ``blocks_to_swap`` and ``max_device_memory`` (bytes) set the low-VRAM mode of a CUDA
+    device (default: the device memory plan chooses, within all free memory).
     """
 
     def __init__(
@@ -405,6 +407,8 @@ class Pipeline:
         lora_mode: Union[LoraMode, str] = LoraMode.MERGE,
         threads: Optional[int] = None,
         demo: bool = False,
+        blocks_to_swap: Optional[int] = None,
+        max_device_memory: Optional[int] = None,
     ) -> None:
         self._handle: Optional["ctypes._Pointer[PipelineHandle]"] = None
         params = init(PipelineParams, "wanrt_pipeline_params_init")
@@ -428,6 +432,10 @@ class Pipeline:
         if threads is not None:
             params.threads = _int("threads", threads, 1, U32_MAX)
         params.demo = 1 if demo else 0
+        if blocks_to_swap is not None:
+            params.blocks_to_swap = _int("blocks_to_swap", blocks_to_swap, 0, 2**31 - 1)
+        if max_device_memory is not None:
+            params.max_device_memory = _int("max_device_memory", max_device_memory, 1, 2**64 - 1)
         lora_list = ctypes.POINTER(LoraList)()
         try:
             if loras:

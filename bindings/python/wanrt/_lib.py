@@ -149,6 +149,8 @@ class PipelineParams(Structure):
         ("lora_mode", c_int32),
         ("threads", c_uint32),
         ("demo", c_int32),
+        ("blocks_to_swap", c_int32),
+        ("max_device_memory", c_uint64),
     ]
 
 

@@ -8,12 +8,17 @@
 //! that names the library.
 
 mod allocator;
+mod block_swap;
 mod gemm;
 mod gemm_fp8;
 pub(crate) mod kernels;
+mod lora_merge;
 pub mod ops;
 pub mod sampler_ops;
 mod staging;
+
+pub use block_swap::BlockSwap;
+pub use lora_merge::DeviceMerge;
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -172,6 +172,14 @@ pub struct GenerateArgs {
     /// or cuda:N (bf16).
     #[arg(long, value_name = "DEVICE", default_value = "cpu", value_parser = parse_t5_device)]
     t5_device: wanrt::backend::Device,
+    /// Low-VRAM mode (CUDA): keep the DiT's last N blocks in pinned host memory, each streamed
+    /// in while the previous one computes (default: the device memory plan chooses).
+    #[arg(long, value_name = "N")]
+    blocks_to_swap: Option<usize>,
+    /// The device memory the pipeline may use, e.g. 24G (K, M, G, T: powers of 1024; default:
+    /// what is free).
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory_size)]
+    max_device_memory: Option<u64>,
     /// DiT self-attention: auto (the 8-bit kernel where the device has one), q8 or bf16. On
     /// the CPU, q8 runs the 8-bit scheme's emulation (slow, for checking); auto and bf16 exact
     /// f32.
@@ -214,6 +222,10 @@ fn parse_t5_device(s: &str) -> std::result::Result<wanrt::backend::Device, Strin
             .map(D::Cuda)
             .ok_or_else(|| format!("`{s}`: expected cpu, cuda or cuda:N")),
     }
+}
+
+fn parse_memory_size(s: &str) -> std::result::Result<u64, String> {
+    wanrt::pipeline::device_plan::parse_memory_size(s).map_err(|e| e.to_string())
 }
 
 fn parse_lora_mode(s: &str) -> std::result::Result<Mode, String> {
@@ -417,6 +429,8 @@ fn generate(a: &GenerateArgs) -> Result<()> {
             lora_mode: a.lora_mode,
             threads: None,
             t5_device: a.t5_device,
+            blocks_to_swap: a.blocks_to_swap,
+            max_device_memory: a.max_device_memory,
         };
         let pipe = Pipeline::load(&files, &loras, &options);
         spinner.finish_and_clear();

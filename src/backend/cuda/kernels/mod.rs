@@ -23,6 +23,7 @@ pub(crate) mod embedding;
 pub(crate) mod fp8_quant;
 pub(crate) mod layout;
 pub(crate) mod linear_f32;
+pub(crate) mod lora_merge;
 pub(crate) mod norm;
 pub(crate) mod patchify;
 pub(crate) mod qk_norm_rope;
@@ -50,7 +51,7 @@ use cudarc::nvrtc::Ptx;
 use crate::error::{Error, Result};
 
 /// The fatbin of each kernel file, as `build.rs` left them in `OUT_DIR`.
-const FATBINS: [(&str, &[u8]); 20] = [
+const FATBINS: [(&str, &[u8]); 21] = [
     (
         "attention",
         include_bytes!(concat!(env!("OUT_DIR"), "/attention.fatbin")),
@@ -90,6 +91,10 @@ const FATBINS: [(&str, &[u8]); 20] = [
     (
         "linear_f32",
         include_bytes!(concat!(env!("OUT_DIR"), "/linear_f32.fatbin")),
+    ),
+    (
+        "lora_merge",
+        include_bytes!(concat!(env!("OUT_DIR"), "/lora_merge.fatbin")),
     ),
     (
         "norm",
@@ -152,6 +157,10 @@ pub(crate) struct Kernels {
     gated_residual_add: CudaFunction,
     /// Per [`Activation::IS_F32`]: bf16, then f32 rows.
     layer_norm_modulate: [CudaFunction; 2],
+    gelu_tanh: CudaFunction,
+    layer_norm_modulate: CudaFunction,
+    lora_merge_amax: CudaFunction,
+    lora_merge_store: CudaFunction,
     patchify: CudaFunction,
     unpatchify: CudaFunction,
     rms_norm_rope: CudaFunction,
@@ -222,6 +231,10 @@ impl Kernels {
                 function("norm", "layer_norm_modulate_bf16")?,
                 function("norm", "layer_norm_modulate_f32")?,
             ],
+            gelu_tanh: function("elementwise", "gelu_tanh_bf16")?,
+            layer_norm_modulate: function("norm", "layer_norm_modulate_bf16")?,
+            lora_merge_amax: function("lora_merge", "lora_merge_amax")?,
+            lora_merge_store: function("lora_merge", "lora_merge_store")?,
             patchify: function("patchify", "patchify_f32_bf16")?,
             unpatchify: function("patchify", "unpatchify_f32")?,
             rms_norm_rope: function("qk_norm_rope", "rms_norm_rope_bf16")?,
