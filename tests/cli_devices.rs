@@ -23,7 +23,9 @@ fn json_lists_every_device() {
         assert_eq!(d["index"], i);
         assert!(d["name"].as_str().is_some_and(|n| !n.is_empty()), "{d}");
         assert!(d["total_memory"].as_u64().is_some_and(|m| m > 0), "{d}");
-        assert!(d["compute_capability"].as_str().is_some_and(|c| c.contains('.')));
+        assert!(d["compute_capability"]
+            .as_str()
+            .is_some_and(|c| c.contains('.')));
     }
     let (ok, lines) = devices(&[]);
     assert!(ok);
