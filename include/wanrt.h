@@ -61,6 +61,11 @@
 #define WANRT_ABI_VERSION 1
 
 /**
+ * Bytes of [`wanrt_device_info`]'s `name`, its terminating NUL included.
+ */
+#define WANRT_DEVICE_NAME_SIZE 128
+
+/**
  * What a wanrt function returns: `WANRT_STATUS_OK` (0) on success, otherwise the kind of
  * failure. `wanrt_last_error()` then describes the failure in words.
  *
@@ -703,6 +708,33 @@ typedef struct wanrt_mp4_params {
 } wanrt_mp4_params;
 
 /**
+ * One CUDA device as the driver reports it. A fixed-size struct (no `struct_size`): a later
+ * version adds a new function rather than fields.
+ */
+typedef struct wanrt_device_info {
+    /**
+     * The index to pass as the device index (the driver's ordinal).
+     */
+    uint32_t index;
+    /**
+     * Compute capability, major part (9 for an H100).
+     */
+    int32_t compute_major;
+    /**
+     * Compute capability, minor part.
+     */
+    int32_t compute_minor;
+    /**
+     * Total device memory in bytes.
+     */
+    uint64_t total_memory;
+    /**
+     * The product name, NUL-terminated (cut to fit).
+     */
+    char name[WANRT_DEVICE_NAME_SIZE];
+} wanrt_device_info;
+
+/**
  * The per-step training callback: called after each optimizer step with the steps taken
  * (`step`, 1 to `total`), the step's loss and its learning rate. Return 0 to continue,
  * non-zero to cancel: the run then saves the LoRA of the steps taken (and its state with
@@ -1067,6 +1099,19 @@ enum wanrt_status wanrt_generation_write_png_frames(const struct wanrt_generatio
  * `generation` is NULL or a live result that no other thread is using.
  */
 void wanrt_generation_free(struct wanrt_generation *generation);
+
+/**
+ * Lists the CUDA devices: writes their number to `*count` and the first `min(capacity,
+ * *count)` of them to `out` (which may be NULL when `capacity` is 0, to ask for the count
+ * first). A library built without CUDA, or a machine without the NVIDIA driver, has no devices:
+ * `WANRT_STATUS_OK` with `*count` 0. A driver that fails to answer gives its error status.
+ * Fails with `WANRT_STATUS_INVALID_ARGUMENT` for a NULL `count`, or a NULL `out` with a
+ * non-zero `capacity`.
+ *
+ * # Safety
+ * `count` is NULL or writable; `out` is NULL or points to `capacity` writable structs.
+ */
+enum wanrt_status wanrt_list_devices(struct wanrt_device_info *out, size_t capacity, size_t *count);
 
 /**
  * Creates a training run in `*out` from the `count` strings at `args`: the arguments of
