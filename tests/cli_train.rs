@@ -23,6 +23,11 @@ fn train(args: &[String]) -> Output {
 
 /// The model, cache and output flags of a run writing `{out}/mine*`, plus `more`.
 fn args(cache: &Path, out: &Path, more: &[&str]) -> Vec<String> {
+    args_from("--cache_directory", cache, out, more)
+}
+
+/// [`args`] with the items named by `source` (`--cache_directory` or `--dataset_config`).
+fn args_from(source: &str, items: &Path, out: &Path, more: &[&str]) -> Vec<String> {
     let dit = common::model("tiny-dit/dit_bf16.safetensors");
     let config = common::model("tiny-dit/config.json");
     let mut a: Vec<String> = vec![
@@ -30,8 +35,8 @@ fn args(cache: &Path, out: &Path, more: &[&str]) -> Vec<String> {
         dit.display().to_string(),
         "--dit-config".into(),
         config.display().to_string(),
-        "--cache_directory".into(),
-        cache.display().to_string(),
+        source.into(),
+        items.display().to_string(),
         "--output_dir".into(),
         out.display().to_string(),
         "--output_name".into(),
@@ -163,6 +168,71 @@ fn trains_saves_and_resumes_with_musubi_flags() {
         let err = String::from_utf8_lossy(&bad.stderr);
         assert!(err.contains("error: ") && err.contains(says), "{err}");
     }
+}
+
+/// A dataset TOML of an image and a video dataset over `caches` (the video one repeated twice,
+/// `batch_size` 2 from `[general]`), written under `root`.
+fn dataset_toml(root: &Path, caches: [&Path; 2]) -> PathBuf {
+    let toml = root.join("dataset.toml");
+    let text = format!(
+        "[general]\ncaption_extension = \".txt\"\nbatch_size = 2\n\n\
+         [[datasets]]\nimage_directory = {:?}\ncache_directory = {:?}\n\n\
+         [[datasets]]\nvideo_directory = {:?}\ncache_directory = {:?}\nnum_repeats = 2\n",
+        root.join("images"),
+        caches[0],
+        root.join("videos"),
+        caches[1],
+    );
+    std::fs::write(&toml, text).unwrap();
+    toml
+}
+
+/// `--dataset_config`: the items of every dataset's cache folder, each `num_repeats` times an
+/// epoch; `batch_size` is noted as unused; both item sources, or a dataset not cached yet, fail
+/// with a message saying what to do.
+#[test]
+fn a_dataset_config_trains_on_the_caches_of_every_dataset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let caches = ["cache/a", "cache/b"].map(|c| tmp.path().join(c));
+    for dir in &caches {
+        std::fs::create_dir_all(dir).unwrap();
+        write_caches(dir);
+    }
+    let toml = dataset_toml(tmp.path(), [&caches[0], &caches[1]]);
+    let out = tmp.path().join("out");
+    let one_epoch = ["--network_dim", "2", "--max_train_epochs", "1"];
+    let run = train(&args_from("--dataset_config", &toml, &out, &one_epoch));
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{err}");
+    // 2 items of the first dataset + 2 × 2 of the second.
+    assert!(err.contains("step 6/6") && !err.contains("step 7"), "{err}");
+    assert!(err.contains("note: batch_size"), "{err}");
+    let lora = Lora::open(out.join("mine.safetensors")).unwrap();
+    assert_eq!(lora.metadata["ss_num_train_items"], "6");
+    assert_eq!(losses(&out).len(), 6);
+
+    let mut both = args_from("--dataset_config", &toml, &out, &one_epoch);
+    both.extend(["--cache_directory".into(), caches[0].display().to_string()]);
+    let bad = train(&both);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success());
+    assert!(
+        err.contains("--cache_directory") && err.contains("--dataset_config"),
+        "{err}"
+    );
+
+    let uncached = tmp.path().join("uncached");
+    std::fs::create_dir(&uncached).unwrap();
+    let toml = dataset_toml(&uncached, [&caches[0], &uncached.join("cache")]);
+    let bad = train(&args_from("--dataset_config", &toml, &out, &one_epoch));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("dataset 2 is not cached yet")
+            && err.contains("wanrt cache latents --dataset_config")
+            && err.contains("wanrt cache text --dataset_config"),
+        "{err}"
+    );
 }
 
 /// A run killed with SIGKILL after a save and resumed from that save takes the steps an

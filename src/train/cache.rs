@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::dataset::DatasetConfig;
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
 
@@ -59,7 +60,7 @@ pub fn list_items(dir: &Path) -> Result<Vec<CacheItem>> {
         let text = dir.join(format!("{stem}_wan_te.safetensors"));
         if !text.is_file() {
             return Err(Error::InvalidArgument(format!(
-                "latent cache {} has no text-encoder cache {}",
+                "latent cache {} has no text-encoder cache {} (make it with `wanrt cache text`)",
                 entry.path().display(),
                 text.display()
             )));
@@ -72,11 +73,38 @@ pub fn list_items(dir: &Path) -> Result<Vec<CacheItem>> {
     items.sort_by(|a, b| a.latents.cmp(&b.latents));
     if items.is_empty() {
         return Err(Error::InvalidArgument(format!(
-            "no latent cache (`*_wan.safetensors`) in {}",
+            "no latent cache (`*_wan.safetensors`) in {} (make them with `wanrt cache latents`)",
             dir.display()
         )));
     }
     Ok(items)
+}
+
+/// Every item of a dataset config as musubi-tuner's training sees them: the items cached in
+/// each dataset's `cache_directory` (as [`list_items`] pairs them), in dataset order, each
+/// repeated `num_repeats` times, so that an epoch visits every repeat once. `batch_size` is not
+/// used: the trainer takes one item per step, so an epoch is `items × num_repeats` steps
+/// whatever the batch size. A dataset whose cache directory is missing or holds no latent
+/// cache is an error naming the `wanrt cache` commands to run with `toml` (the config's path).
+pub fn dataset_items(config: &DatasetConfig, toml: &Path) -> Result<Vec<CacheItem>> {
+    let mut all = Vec::new();
+    for (i, dataset) in config.datasets.iter().enumerate() {
+        let dir = &dataset.cache_directory;
+        if !dir.is_dir() {
+            return Err(Error::InvalidArgument(format!(
+                "dataset {} is not cached yet: no cache directory {} (run `wanrt cache latents \
+                 --dataset_config {toml}` and `wanrt cache text --dataset_config {toml}` first)",
+                i + 1,
+                dir.display(),
+                toml = toml.display(),
+            )));
+        }
+        let items = list_items(dir)?;
+        for _ in 0..dataset.num_repeats {
+            all.extend(items.iter().cloned());
+        }
+    }
+    Ok(all)
 }
 
 /// The one tensor of `path` whose key starts with `prefix`, widened to f32, from a cache whose

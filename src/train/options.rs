@@ -9,7 +9,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser};
 
-use super::cache::list_items;
+use super::cache::{dataset_items, list_items, CacheItem};
+use super::dataset::DatasetConfig;
 use super::network::LoraNetwork;
 use super::optim::Scheduler;
 use super::run::{Outputs, TrainingRun};
@@ -59,9 +60,19 @@ pub struct TrainOptions {
     #[arg(long = "dit-config", alias = "dit_config")]
     pub dit_config: Option<PathBuf>,
     /// The folder of musubi latent and text-encoder caches (`*_wan.safetensors`,
-    /// `*_wan_te.safetensors`).
+    /// `*_wan_te.safetensors`); or give --dataset_config instead.
     #[arg(long = "cache_directory", alias = "cache-directory")]
-    pub cache_directory: PathBuf,
+    pub cache_directory: Option<PathBuf>,
+    /// musubi's dataset TOML: the items are those cached in every dataset's `cache_directory`,
+    /// each `num_repeats` times per epoch (`batch_size` is not used: one item per step).
+    /// Excludes --cache_directory.
+    #[arg(
+        long = "dataset_config",
+        alias = "dataset-config",
+        conflicts_with = "cache_directory",
+        required_unless_present = "cache_directory"
+    )]
+    pub dataset_config: Option<PathBuf>,
     /// Where the LoRAs, states and metrics are written.
     #[arg(long = "output_dir", alias = "output-dir")]
     pub output_dir: PathBuf,
@@ -274,6 +285,11 @@ impl TrainOptions {
             self.max_data_loader_n_workers.is_some() || self.persistent_data_loader_workers;
         let logging = self.log_with.is_some() || self.logging_dir.is_some();
         let optimizer = self.optimizer_type.as_deref().map(str::to_lowercase);
+        let batched = self
+            .dataset_config
+            .as_deref()
+            .and_then(|toml| DatasetConfig::load(toml).ok())
+            .is_some_and(|c| c.datasets.iter().any(|d| d.batch_size > 1));
         [
             (attention, "--sdpa/--flash_attn/--sage_attn/--xformers is ignored (wanrt's own attention)".to_string()),
             (self.split_attn, "--split_attn is ignored (wanrt's own attention)".into()),
@@ -285,6 +301,7 @@ impl TrainOptions {
             (logging, format!("--log_with/--logging_dir are ignored (metrics: {})", self.outputs().metrics_path().display())),
             (self.blocks_to_swap.is_some(), "--blocks_to_swap is ignored (every block stays in memory)".into()),
             (optimizer.as_deref() == Some("adamw8bit"), "--optimizer_type AdamW8bit is mapped to AdamW with f32 states".into()),
+            (batched, "batch_size in --dataset_config is not used (one item per step: an epoch is items × num_repeats steps)".into()),
         ]
         .into_iter()
         .filter(|(set, _)| *set)
@@ -399,7 +416,7 @@ impl TrainOptions {
             None => source.resolve()?.dit,
         };
         let dit = WanDit::open(&dit_path, self.dit_config.as_deref())?;
-        let items = list_items(&self.cache_directory)?;
+        let items = self.items()?;
         let trainer = match (&self.resume, &self.network_weights) {
             (Some(_), Some(_)) => return Err(Error::InvalidArgument(
                 "--resume and --network_weights exclude each other (the state holds the network)"
@@ -417,6 +434,18 @@ impl TrainOptions {
             Some(s) => run.with_samples(s),
             None => run,
         })
+    }
+
+    /// The training items: those of every dataset of `--dataset_config` (see
+    /// [`dataset_items`]) or those of `--cache_directory`.
+    pub fn items(&self) -> Result<Vec<CacheItem>> {
+        match (&self.dataset_config, &self.cache_directory) {
+            (Some(toml), None) => dataset_items(&DatasetConfig::load(toml)?, toml),
+            (None, Some(dir)) => list_items(dir),
+            _ => Err(Error::InvalidArgument(
+                "give either --dataset_config or --cache_directory (one, not both)".into(),
+            )),
+        }
     }
 
     /// The sample settings, when `--sample_prompts` is given (with every model file).
@@ -488,6 +517,25 @@ mod tests {
         let cfg = o.config().unwrap();
         assert_eq!(cfg.metadata["modelspec.trigger_phrase"], "ghibli style");
         assert_eq!(cfg.metadata["ss_output_name"], "n");
+    }
+
+    #[test]
+    fn the_items_come_from_one_source() {
+        let mut both = base();
+        both.extend(["--dataset_config", "d.toml"]);
+        let err = TrainOptions::parse(both).unwrap_err().to_string();
+        assert!(err.contains("--dataset_config"), "{err}");
+        let neither: Vec<_> = base()
+            .into_iter()
+            .filter(|a| *a != "--cache_directory" && *a != "c")
+            .collect();
+        let err = TrainOptions::parse(neither).unwrap_err().to_string();
+        assert!(err.contains("--dataset_config"), "{err}");
+        let mut toml = base();
+        toml.splice(2..4, ["--dataset-config", "d.toml"]);
+        let o = TrainOptions::parse(toml).unwrap();
+        assert_eq!(o.dataset_config, Some(PathBuf::from("d.toml")));
+        assert_eq!(o.cache_directory, None);
     }
 
     #[test]

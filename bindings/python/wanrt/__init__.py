@@ -621,8 +621,9 @@ class Trainer:
 
     Flags come as keyword arguments (``network_dim=16``, ``save_state=True``) or as strings in
     ``args`` (``"--network-dim", "16"``); an unknown flag raises :class:`WanrtError`
-    (``Status.INVALID_ARGUMENT``). The musubi flags wanrt ignores are reported through
-    :func:`set_log_callback` (warnings).
+    (``Status.INVALID_ARGUMENT``). ``dataset_config="dataset.toml"`` in place of
+    ``cache_directory`` trains on the caches of every dataset of musubi's TOML. The musubi
+    flags wanrt ignores are reported through :func:`set_log_callback` (warnings).
     """
 
     def __init__(self, *args: Union[str, "os.PathLike[str]"], **options: Any) -> None:
