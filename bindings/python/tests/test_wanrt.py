@@ -7,6 +7,7 @@ Needs the library (``WANRT_LIBRARY``) and the fixture models (``WANRT_FIXTURES``
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import os
@@ -415,6 +416,8 @@ def c_type(decl: str):
         "wanrt_mp4_params": _lib.Mp4Params,
         "wanrt_model_info": _lib.ModelInfo,
         "wanrt_memory_estimate": _lib.MemoryEstimate,
+        "wanrt_device_info": _lib.DeviceInfo,
+        "wanrt_trainer": _lib.TrainerHandle,
     }
     scalars = {
         "size_t": c_size_t, "int32_t": c_int32, "uint32_t": c_uint32, "int64_t": c_int64,
@@ -422,7 +425,7 @@ def c_type(decl: str):
         "void": None,
         "enum wanrt_status": c_int32, "wanrt_progress_fn": _lib.PROGRESS_FN,
         "wanrt_stage_fn": _lib.STAGE_FN, "wanrt_log_fn": _lib.LOG_FN,
-        "wanrt_frame_fn": _lib.FRAME_FN,
+        "wanrt_frame_fn": _lib.FRAME_FN, "wanrt_train_progress_fn": _lib.TRAIN_PROGRESS_FN,
     }
     stars = decl.count("*")
     base = decl.replace("*", "").replace("const ", "").replace("struct ", "").strip()
@@ -450,12 +453,19 @@ def test_structs_mirror_the_header():
     structs = dict(re.findall(r"typedef struct (\w+) \{(.*?)\} \w+;", header_text(), re.S))
     ours = {"wanrt_pipeline_params": _lib.PipelineParams,
             "wanrt_generate_params": _lib.GenerateParams, "wanrt_mp4_params": _lib.Mp4Params,
-            "wanrt_model_info": _lib.ModelInfo, "wanrt_memory_estimate": _lib.MemoryEstimate}
+            "wanrt_model_info": _lib.ModelInfo, "wanrt_memory_estimate": _lib.MemoryEstimate,
+            "wanrt_device_info": _lib.DeviceInfo}
     assert set(structs) == set(ours)
     for name, body in structs.items():
         fields = []
         for line in filter(None, (l.strip() for l in body.split(";"))):
             decl, field = line.rsplit(None, 1)
+            array = re.fullmatch(r"(\w+)\[(\w+)\]", field)
+            if array:  # a fixed-size char array, e.g. `char name[WANRT_DEVICE_NAME_SIZE]`
+                assert decl == "char", line
+                size = getattr(_lib, array[2].removeprefix("WANRT_"))
+                fields.append((array[1], ctypes.c_char * size))
+                continue
             stars = len(field) - len(field.lstrip("*"))
             fields.append((field.lstrip("*"), c_type(decl + "*" * stars)))
         assert fields == list(ours[name]._fields_), name
