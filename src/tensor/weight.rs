@@ -28,14 +28,6 @@ impl Weight {
         }
     }
 
-    /// The weight on `device`, in its stored dtype with its scale ([`Tensor::to_device`]).
-    pub fn to_device(&self, device: crate::backend::Device) -> Result<Weight> {
-        Ok(Weight {
-            tensor: self.tensor.to_device(device)?,
-            scale: self.scale,
-        })
-    }
-
     /// The dimensions of the stored tensor.
     pub fn dims(&self) -> &[usize] {
         self.tensor.dims()
