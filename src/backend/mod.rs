@@ -29,6 +29,48 @@ impl std::fmt::Display for Device {
     }
 }
 
+impl std::str::FromStr for Device {
+    type Err = crate::Error;
+    /// `cpu`, `cuda` (ordinal 0) or `cuda:N`, in any case; `gpu` and `gpu:N` are aliases of
+    /// `cuda`. The one parser of every device flag and binding.
+    fn from_str(s: &str) -> crate::Result<Device> {
+        let lower = s.to_ascii_lowercase();
+        let (name, ordinal) = match lower.split_once(':') {
+            Some((name, n)) => (name, n.parse().ok()),
+            None => (lower.as_str(), Some(0)),
+        };
+        match (name, ordinal) {
+            ("cpu", _) if !lower.contains(':') => Ok(Device::Cpu),
+            ("cuda" | "gpu", Some(n)) => Ok(Device::Cuda(n)),
+            _ => Err(crate::Error::InvalidArgument(format!(
+                "unknown device `{s}` (expected cpu, cuda or cuda:N)"
+            ))),
+        }
+    }
+}
+
+impl Device {
+    /// Fails for a device this build or machine cannot run on: CUDA in a build without the
+    /// `cuda` feature ([`crate::Error::CudaNotCompiled`]), without the NVIDIA driver library, or
+    /// with an ordinal past the devices the driver reports ([`crate::Error::Device`]).
+    pub fn ensure_supported(self) -> crate::Result<()> {
+        match self {
+            Device::Cpu => Ok(()),
+            Device::Cuda(ordinal) => {
+                cuda::device_available()?;
+                let count = cuda::list_devices()?.len();
+                if ordinal < count {
+                    Ok(())
+                } else {
+                    Err(crate::Error::Device(format!(
+                        "cuda:{ordinal}: the CUDA driver reports {count} device(s)"
+                    )))
+                }
+            }
+        }
+    }
+}
+
 /// One CUDA device as the driver reports it ([`cuda::list_devices`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceInfo {
