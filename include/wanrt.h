@@ -61,6 +61,11 @@
 #define WANRT_ABI_VERSION 1
 
 /**
+ * Bytes of [`wanrt_device_info`]'s `name`, its terminating NUL included.
+ */
+#define WANRT_DEVICE_NAME_SIZE 128
+
+/**
  * What a wanrt function returns: `WANRT_STATUS_OK` (0) on success, otherwise the kind of
  * failure. `wanrt_last_error()` then describes the failure in words.
  *
@@ -133,8 +138,10 @@ typedef enum wanrt_device {
      */
     WANRT_DEVICE_CPU = 0,
     /**
-     * An NVIDIA GPU. The pipeline runs on the CPU only so far: loading returns
-     * `WANRT_STATUS_DEVICE_ERROR` (as it does in a build without the `cuda` feature).
+     * An NVIDIA GPU (`wanrt_pipeline_params.device_index` picks which): the DiT and the
+     * sampling loop run there, the VAE on the CPU. Loading returns
+     * `WANRT_STATUS_DEVICE_ERROR` in a build without the `cuda` feature, without the NVIDIA
+     * driver, or for an index past the devices present.
      */
     WANRT_DEVICE_CUDA = 1,
 } wanrt_device;
@@ -375,6 +382,11 @@ typedef struct wanrt_pipeline_params {
      * `WANRT_DEVICE_CUDA` when not 0.
      */
     uint64_t max_device_memory;
+    /**
+     * With `WANRT_DEVICE_CUDA`: the device's ordinal as `wanrt_list_devices()` reports it.
+     * Ignored for the CPU; negative values are refused. Default 0.
+     */
+    int32_t device_index;
 } wanrt_pipeline_params;
 
 /**
@@ -701,6 +713,33 @@ typedef struct wanrt_mp4_params {
      */
     const char *openh264_library;
 } wanrt_mp4_params;
+
+/**
+ * One CUDA device as the driver reports it. A fixed-size struct (no `struct_size`): a later
+ * version adds a new function rather than fields.
+ */
+typedef struct wanrt_device_info {
+    /**
+     * The index to pass as the device index (the driver's ordinal).
+     */
+    uint32_t index;
+    /**
+     * Compute capability, major part (9 for an H100).
+     */
+    int32_t compute_major;
+    /**
+     * Compute capability, minor part.
+     */
+    int32_t compute_minor;
+    /**
+     * Total device memory in bytes.
+     */
+    uint64_t total_memory;
+    /**
+     * The product name, NUL-terminated (cut to fit).
+     */
+    char name[WANRT_DEVICE_NAME_SIZE];
+} wanrt_device_info;
 
 /**
  * The per-step training callback: called after each optimizer step with the steps taken
@@ -1067,6 +1106,19 @@ enum wanrt_status wanrt_generation_write_png_frames(const struct wanrt_generatio
  * `generation` is NULL or a live result that no other thread is using.
  */
 void wanrt_generation_free(struct wanrt_generation *generation);
+
+/**
+ * Lists the CUDA devices: writes their number to `*count` and the first `min(capacity,
+ * *count)` of them to `out` (which may be NULL when `capacity` is 0, to ask for the count
+ * first). A library built without CUDA, or a machine without the NVIDIA driver, has no devices:
+ * `WANRT_STATUS_OK` with `*count` 0. A driver that fails to answer gives its error status.
+ * Fails with `WANRT_STATUS_INVALID_ARGUMENT` for a NULL `count`, or a NULL `out` with a
+ * non-zero `capacity`.
+ *
+ * # Safety
+ * `count` is NULL or writable; `out` is NULL or points to `capacity` writable structs.
+ */
+enum wanrt_status wanrt_list_devices(struct wanrt_device_info *out, size_t capacity, size_t *count);
 
 /**
  * Creates a training run in `*out` from the `count` strings at `args`: the arguments of

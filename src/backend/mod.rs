@@ -103,3 +103,43 @@ pub fn cuda_devices() -> crate::Result<Vec<DeviceInfo>> {
     }
     cuda::list_devices()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Error;
+
+    #[test]
+    fn device_names_parse_in_one_grammar() {
+        for (name, device) in [
+            ("cpu", Device::Cpu),
+            ("CPU", Device::Cpu),
+            ("cuda", Device::Cuda(0)),
+            ("gpu", Device::Cuda(0)),
+            ("cuda:3", Device::Cuda(3)),
+            ("CUDA:1", Device::Cuda(1)),
+        ] {
+            assert_eq!(name.parse::<Device>().unwrap(), device, "{name}");
+            assert_eq!(device.to_string().parse::<Device>().unwrap(), device);
+        }
+        for bad in ["cuda:x", "gpu:-1", "cuda:", "cpu:0", "tpu", "", "cuda:1:2"] {
+            let e = bad.parse::<Device>().unwrap_err();
+            assert!(matches!(e, Error::InvalidArgument(_)), "{bad}: {e}");
+            assert!(e.to_string().contains("cuda:N"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn an_absent_cuda_device_is_a_typed_device_error() {
+        assert!(Device::Cpu.ensure_supported().is_ok());
+        // No machine has a millionth GPU; without CUDA or a driver the cause is named instead.
+        let e = Device::Cuda(1_000_000).ensure_supported().unwrap_err();
+        assert_eq!(e.status(), crate::Status::DeviceError, "{e}");
+        assert!(
+            matches!(e, Error::CudaNotCompiled)
+                || e.to_string().contains("driver")
+                || e.to_string().contains("cuda:1000000"),
+            "{e}"
+        );
+    }
+}

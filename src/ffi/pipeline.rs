@@ -879,3 +879,39 @@ fn callbacks(p: &wanrt_generate_params, progress: &Progress) -> Flow {
         Flow::Continue
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `wanrt_pipeline_load` of the demo model on `device` with `device_index`.
+    fn load_demo(device: i32, device_index: i32) -> wanrt_status {
+        let params = wanrt_pipeline_params {
+            device,
+            device_index,
+            demo: 1,
+            ..wanrt_pipeline_params::default()
+        };
+        let mut out = std::ptr::null_mut();
+        // SAFETY: `params` is initialised and `out` writable; a pipeline made is freed.
+        unsafe {
+            let status = wanrt_pipeline_load(&params, &mut out);
+            if !out.is_null() {
+                wanrt_pipeline_free(out);
+            }
+            status
+        }
+    }
+
+    #[test]
+    fn the_device_fields_select_and_check_the_device() {
+        assert_eq!(load_demo(0, 0), wanrt_status::Ok);
+        assert_eq!(load_demo(1, -1), wanrt_status::InvalidArgument);
+        assert_eq!(load_demo(2, 0), wanrt_status::InvalidArgument);
+        // Past the devices of any machine, and a device error without CUDA or a driver.
+        assert_eq!(load_demo(1, i32::MAX), wanrt_status::DeviceError);
+        if crate::backend::cuda_devices().is_ok_and(|d| d.is_empty()) {
+            assert_eq!(load_demo(1, 0), wanrt_status::DeviceError);
+        }
+    }
+}
