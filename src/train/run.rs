@@ -132,13 +132,13 @@ impl TrainingRun {
             }
             let epoch = self.trainer.epochs_done();
             let epoch_ended = epoch > epochs_before && !self.trainer.is_done();
-            if epoch_ended && self.out.save_every_n_epochs.is_some_and(|n| epoch % n == 0) {
+            if epoch_ended && self.out.save_every_n_epochs.is_some_and(|n| epoch.is_multiple_of(n)) {
                 self.save(&format!("{}-{:06}", self.out.name, epoch), on_event)?;
             }
             if let Some(s) = &self.samples {
                 let tag = if s.every_n_steps.is_some_and(|n| r.step % n == 0) {
                     Some(format!("{:06}", r.step))
-                } else if epoch_ended && s.every_n_epochs.is_some_and(|n| epoch % n == 0) {
+                } else if epoch_ended && s.every_n_epochs.is_some_and(|n| epoch.is_multiple_of(n)) {
                     Some(format!("e{epoch:06}"))
                 } else {
                     None
