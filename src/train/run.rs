@@ -132,7 +132,12 @@ impl TrainingRun {
             }
             let epoch = self.trainer.epochs_done();
             let epoch_ended = epoch > epochs_before && !self.trainer.is_done();
-            if epoch_ended && self.out.save_every_n_epochs.is_some_and(|n| epoch.is_multiple_of(n)) {
+            if epoch_ended
+                && self
+                    .out
+                    .save_every_n_epochs
+                    .is_some_and(|n| epoch.is_multiple_of(n))
+            {
                 self.save(&format!("{}-{:06}", self.out.name, epoch), on_event)?;
             }
             if let Some(s) = &self.samples {

@@ -158,7 +158,6 @@ pub(crate) struct Kernels {
     /// Per [`Activation::IS_F32`]: bf16, then f32 rows.
     layer_norm_modulate: [CudaFunction; 2],
     gelu_tanh: CudaFunction,
-    layer_norm_modulate: CudaFunction,
     lora_merge_amax: CudaFunction,
     lora_merge_store: CudaFunction,
     patchify: CudaFunction,
@@ -232,7 +231,6 @@ impl Kernels {
                 function("norm", "layer_norm_modulate_f32")?,
             ],
             gelu_tanh: function("elementwise", "gelu_tanh_bf16")?,
-            layer_norm_modulate: function("norm", "layer_norm_modulate_bf16")?,
             lora_merge_amax: function("lora_merge", "lora_merge_amax")?,
             lora_merge_store: function("lora_merge", "lora_merge_store")?,
             patchify: function("patchify", "patchify_f32_bf16")?,
