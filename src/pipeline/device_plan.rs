@@ -11,7 +11,7 @@
 //! The plan is the one with the fewest swapped blocks whose every phase fits (swapping costs
 //! copies on every step, tiling about one more VAE decode once), whole frames preferred at that
 //! count, the text encoder on the device when it fits beside the resident DiT. The working
-//! memory figures are the CPU's f32 estimates ([`super::memory`]), upper bounds for the
+//! memory figures are the CPU's f32 estimates (the pipeline's `memory` module), upper bounds for the
 //! device's bf16 activations; the budget keeps [`DEVICE_RESERVE`] free for the CUDA context's
 //! own allocations (cuBLASLt workspaces, module images) and the allocator's rounding.
 
