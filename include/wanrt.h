@@ -138,8 +138,10 @@ typedef enum wanrt_device {
      */
     WANRT_DEVICE_CPU = 0,
     /**
-     * An NVIDIA GPU. The pipeline runs on the CPU only so far: loading returns
-     * `WANRT_STATUS_DEVICE_ERROR` (as it does in a build without the `cuda` feature).
+     * An NVIDIA GPU (`wanrt_pipeline_params.device_index` picks which): the DiT and the
+     * sampling loop run there, the VAE on the CPU. Loading returns
+     * `WANRT_STATUS_DEVICE_ERROR` in a build without the `cuda` feature, without the NVIDIA
+     * driver, or for an index past the devices present.
      */
     WANRT_DEVICE_CUDA = 1,
 } wanrt_device;
@@ -380,6 +382,11 @@ typedef struct wanrt_pipeline_params {
      * `WANRT_DEVICE_CUDA` when not 0.
      */
     uint64_t max_device_memory;
+    /**
+     * With `WANRT_DEVICE_CUDA`: the device's ordinal as `wanrt_list_devices()` reports it.
+     * Ignored for the CPU; negative values are refused. Default 0.
+     */
+    int32_t device_index;
 } wanrt_pipeline_params;
 
 /**

@@ -579,7 +579,7 @@ fn ctrl_c_cancels_the_cli_and_leaves_no_file() {
 fn bad_input_is_refused_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("x.mp4");
-    let cases: [(&[&str], &str); 10] = [
+    let cases: [(&[&str], &str); 12] = [
         (&["--width", "40"], "multiple of 16"),
         (&["--height", "100"], "use 96 or 112"),
         (&["--frames", "8"], "1 + 4k"),
@@ -589,7 +589,9 @@ fn bad_input_is_refused_before_any_work() {
         (&["--preset", "fast"], "unknown preset"),
         (&["--slg-blocks", "7"], "SLG block 7"),
         (&["--nag-alpha", "2"], "alpha"),
-        (&["--device", "cuda"], "CUDA"),
+        (&["--device", "cuda:99"], "CUDA"),
+        (&["--device", "cuda:x"], "expected cpu, cuda or cuda:N"),
+        (&["--device", "gpu:-1"], "expected cpu, cuda or cuda:N"),
     ];
     for (extra, needle) in cases {
         let mut a = args(&[("--demo", &""), ("--out", &out)]);
@@ -601,6 +603,14 @@ fn bad_input_is_refused_before_any_work() {
         assert!(e.contains(needle), "{extra:?}: {e}");
         assert!(start.elapsed() < Duration::from_secs(20), "{extra:?} ran");
         assert!(!out.exists());
+    }
+    if common::cuda_device("bad_input_is_refused_before_any_work: --device cuda:0").is_none() {
+        let mut a = args(&[("--demo", &""), ("--out", &out)]);
+        a.extend(["--device", "cuda:0"].map(OsString::from));
+        let run = wanrt(&a);
+        let e = text(&run.stderr);
+        assert!(!run.status.success() && e.contains("CUDA"), "{e}");
+        assert!(!e.contains("panicked"), "{e}");
     }
     for (path, needle) in [
         (dir.path().join("missing/x.mp4"), "missing"),
@@ -697,6 +707,8 @@ fn vae_tiling_is_chosen_and_recorded() {
     // Plenty of memory here: auto decodes whole frames, and says so.
     assert_eq!(whole.params.vae_tiling, VaeTiling::Off);
     assert_eq!(whole.metadata(pipe.info())["vae_tiling"], "off");
+    assert_eq!(whole.metadata(pipe.info())["device"], "cpu");
+    assert_eq!(pipe.device(), wanrt::backend::Device::Cpu);
     req.vae_tiling = "4,1".parse().unwrap();
     let tiled = pipe.generate(&req, &mut |_| Flow::Continue).unwrap();
     assert_eq!(tiled.metadata(pipe.info())["vae_tiling"], "4,1");

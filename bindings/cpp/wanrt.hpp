@@ -172,9 +172,25 @@ public:
         loras_.emplace_back(std::move(path), strength);
         return *this;
     }
-    PipelineParams &device(wanrt_device d) {
+    /// Where the DiT and the sampling loop run; `index` picks the CUDA device (its ordinal in
+    /// list_devices()).
+    PipelineParams &device(wanrt_device d, int32_t index = 0) {
         device_ = d;
+        device_index_ = index;
         return *this;
+    }
+    /// The device by name: "cpu", "cuda" or "cuda:N"; throws Error (invalid argument) for any
+    /// other name.
+    PipelineParams &device(const std::string &name) {
+        const auto colon = name.find(':');
+        const std::string kind = name.substr(0, colon);
+        const std::string index = colon == std::string::npos ? "0" : name.substr(colon + 1);
+        const bool digits = !index.empty() && index.size() < 10 &&
+                            index.find_first_not_of("0123456789") == std::string::npos;
+        if (kind == "cpu" && colon == std::string::npos) return device(WANRT_DEVICE_CPU);
+        if (kind == "cuda" && digits) return device(WANRT_DEVICE_CUDA, std::stoi(index));
+        throw Error(WANRT_STATUS_INVALID_ARGUMENT,
+                    "device \"" + name + "\": expected cpu, cuda or cuda:N");
     }
     /// How LoRAs are applied: merged at load (default) or at run time (strengths can change
     /// with Pipeline::set_lora_strength).
@@ -214,6 +230,7 @@ private:
         vae_config_, t5_config_;
     std::vector<std::pair<std::string, float>> loras_;
     wanrt_device device_ = WANRT_DEVICE_CPU;
+    int32_t device_index_ = 0;
     wanrt_lora_mode lora_mode_ = WANRT_LORA_MODE_MERGE;
     uint32_t threads_ = 0;
     bool demo_ = false;
@@ -425,6 +442,7 @@ public:
         p.demo = params.demo_;
         p.blocks_to_swap = params.blocks_to_swap_;
         p.max_device_memory = params.max_device_memory_;
+        p.device_index = params.device_index_;
         Loras loras;
         if (!params.loras_.empty()) {
             wanrt_lora_list *list = nullptr;

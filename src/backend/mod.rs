@@ -29,6 +29,48 @@ impl std::fmt::Display for Device {
     }
 }
 
+impl std::str::FromStr for Device {
+    type Err = crate::Error;
+    /// `cpu`, `cuda` (ordinal 0) or `cuda:N`, in any case; `gpu` and `gpu:N` are aliases of
+    /// `cuda`. The one parser of every device flag and binding.
+    fn from_str(s: &str) -> crate::Result<Device> {
+        let lower = s.to_ascii_lowercase();
+        let (name, ordinal) = match lower.split_once(':') {
+            Some((name, n)) => (name, n.parse().ok()),
+            None => (lower.as_str(), Some(0)),
+        };
+        match (name, ordinal) {
+            ("cpu", _) if !lower.contains(':') => Ok(Device::Cpu),
+            ("cuda" | "gpu", Some(n)) => Ok(Device::Cuda(n)),
+            _ => Err(crate::Error::InvalidArgument(format!(
+                "unknown device `{s}` (expected cpu, cuda or cuda:N)"
+            ))),
+        }
+    }
+}
+
+impl Device {
+    /// Fails for a device this build or machine cannot run on: CUDA in a build without the
+    /// `cuda` feature ([`crate::Error::CudaNotCompiled`]), without the NVIDIA driver library, or
+    /// with an ordinal past the devices the driver reports ([`crate::Error::Device`]).
+    pub fn ensure_supported(self) -> crate::Result<()> {
+        match self {
+            Device::Cpu => Ok(()),
+            Device::Cuda(ordinal) => {
+                cuda::device_available()?;
+                let count = cuda::list_devices()?.len();
+                if ordinal < count {
+                    Ok(())
+                } else {
+                    Err(crate::Error::Device(format!(
+                        "cuda:{ordinal}: the CUDA driver reports {count} device(s)"
+                    )))
+                }
+            }
+        }
+    }
+}
+
 /// One CUDA device as the driver reports it ([`cuda::list_devices`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceInfo {
@@ -60,4 +102,44 @@ pub fn cuda_devices() -> crate::Result<Vec<DeviceInfo>> {
         return Ok(Vec::new());
     }
     cuda::list_devices()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Error;
+
+    #[test]
+    fn device_names_parse_in_one_grammar() {
+        for (name, device) in [
+            ("cpu", Device::Cpu),
+            ("CPU", Device::Cpu),
+            ("cuda", Device::Cuda(0)),
+            ("gpu", Device::Cuda(0)),
+            ("cuda:3", Device::Cuda(3)),
+            ("CUDA:1", Device::Cuda(1)),
+        ] {
+            assert_eq!(name.parse::<Device>().unwrap(), device, "{name}");
+            assert_eq!(device.to_string().parse::<Device>().unwrap(), device);
+        }
+        for bad in ["cuda:x", "gpu:-1", "cuda:", "cpu:0", "tpu", "", "cuda:1:2"] {
+            let e = bad.parse::<Device>().unwrap_err();
+            assert!(matches!(e, Error::InvalidArgument(_)), "{bad}: {e}");
+            assert!(e.to_string().contains("cuda:N"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn an_absent_cuda_device_is_a_typed_device_error() {
+        assert!(Device::Cpu.ensure_supported().is_ok());
+        // No machine has a millionth GPU; without CUDA or a driver the cause is named instead.
+        let e = Device::Cuda(1_000_000).ensure_supported().unwrap_err();
+        assert_eq!(e.status(), crate::Status::DeviceError, "{e}");
+        assert!(
+            matches!(e, Error::CudaNotCompiled)
+                || e.to_string().contains("driver")
+                || e.to_string().contains("cuda:1000000"),
+            "{e}"
+        );
+    }
 }

@@ -7,13 +7,14 @@ use super::generation::wanrt_generation;
 use super::params::{self, handle, opt_path, opt_str, req_str, write_out, Versioned};
 use super::status::{guard, guard_value, null_argument, wanrt_status};
 use super::wanrt_lora_list;
+use crate::backend::Device;
 use crate::error::{Error, Result};
 use crate::lora::Mode;
 use crate::model::dit::AttentionChoice;
 use crate::model::vae::Tiling;
 use crate::pipeline::{
-    DecodedFrame, Device, GenerateRequest, LoadOptions, LoraSpec, ModelSource, NagSettings,
-    Pipeline, Preset, Progress, Stage, VaeTiling,
+    DecodedFrame, GenerateRequest, LoadOptions, LoraSpec, ModelSource, NagSettings, Pipeline,
+    Preset, Progress, Stage, VaeTiling,
 };
 use crate::sampler::{Flow, Slg, SolverKind};
 use crate::tensor::Tensor;
@@ -60,8 +61,10 @@ impl wanrt_pipeline {
 pub enum wanrt_device {
     /// The CPU backend (multi-threaded).
     Cpu = 0,
-    /// An NVIDIA GPU. The pipeline runs on the CPU only so far: loading returns
-    /// `WANRT_STATUS_DEVICE_ERROR` (as it does in a build without the `cuda` feature).
+    /// An NVIDIA GPU (`wanrt_pipeline_params.device_index` picks which): the DiT and the
+    /// sampling loop run there, the VAE on the CPU. Loading returns
+    /// `WANRT_STATUS_DEVICE_ERROR` in a build without the `cuda` feature, without the NVIDIA
+    /// driver, or for an index past the devices present.
     Cuda = 1,
 }
 
@@ -128,6 +131,9 @@ pub struct wanrt_pipeline_params {
     /// The device memory in bytes the pipeline may use; 0 (default): what is free. Only with
     /// `WANRT_DEVICE_CUDA` when not 0.
     pub max_device_memory: u64,
+    /// With `WANRT_DEVICE_CUDA`: the device's ordinal as `wanrt_list_devices()` reports it.
+    /// Ignored for the CPU; negative values are refused. Default 0.
+    pub device_index: i32,
 }
 
 impl Default for wanrt_pipeline_params {
@@ -150,6 +156,7 @@ impl Default for wanrt_pipeline_params {
             demo: 0,
             blocks_to_swap: -1,
             max_device_memory: 0,
+            device_index: 0,
         }
     }
 }
@@ -202,9 +209,15 @@ pub unsafe extern "C" fn wanrt_pipeline_load(
         if out.is_null() {
             return Err(null_argument("out"));
         }
+        let index = usize::try_from(p.device_index).map_err(|_| {
+            Error::InvalidArgument(format!(
+                "params->device_index {}: a CUDA device ordinal, 0 or more",
+                p.device_index
+            ))
+        })?;
         let device = match p.device {
             0 => Device::Cpu,
-            1 => Device::Cuda,
+            1 => Device::Cuda(index),
             d => {
                 return Err(Error::InvalidArgument(format!(
                     "params->device {d} is not a wanrt_device (0: CPU, 1: CUDA)"
@@ -280,8 +293,7 @@ fn demo(source: &ModelSource, loras: &[LoraSpec], options: &LoadOptions) -> Resu
             "params->demo builds its own tiny model: set no model paths or LoRAs with it".into(),
         ));
     }
-    options.device.ensure_supported()?;
-    let mut pipeline = Pipeline::demo(0)?;
+    let mut pipeline = Pipeline::demo(0)?.to_device(options.device)?;
     pipeline.set_threads(options.threads)?;
     Ok(pipeline)
 }
@@ -865,5 +877,41 @@ fn callbacks(p: &wanrt_generate_params, progress: &Progress) -> Flow {
         Flow::Cancel
     } else {
         Flow::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `wanrt_pipeline_load` of the demo model on `device` with `device_index`.
+    fn load_demo(device: i32, device_index: i32) -> wanrt_status {
+        let params = wanrt_pipeline_params {
+            device,
+            device_index,
+            demo: 1,
+            ..wanrt_pipeline_params::default()
+        };
+        let mut out = std::ptr::null_mut();
+        // SAFETY: `params` is initialised and `out` writable; a pipeline made is freed.
+        unsafe {
+            let status = wanrt_pipeline_load(&params, &mut out);
+            if !out.is_null() {
+                wanrt_pipeline_free(out);
+            }
+            status
+        }
+    }
+
+    #[test]
+    fn the_device_fields_select_and_check_the_device() {
+        assert_eq!(load_demo(0, 0), wanrt_status::Ok);
+        assert_eq!(load_demo(1, -1), wanrt_status::InvalidArgument);
+        assert_eq!(load_demo(2, 0), wanrt_status::InvalidArgument);
+        // Past the devices of any machine, and a device error without CUDA or a driver.
+        assert_eq!(load_demo(1, i32::MAX), wanrt_status::DeviceError);
+        if crate::backend::cuda_devices().is_ok_and(|d| d.is_empty()) {
+            assert_eq!(load_demo(1, 0), wanrt_status::DeviceError);
+        }
     }
 }

@@ -48,6 +48,7 @@ pub use trigger::{trigger_phrase, with_triggers};
 
 pub use crate::sampler::Flow;
 
+use crate::backend::Device;
 use crate::error::{Error, Result};
 use crate::io::config::DitConfig;
 use crate::lora::{self, Lora, Mode, StoreAs};
@@ -93,46 +94,6 @@ impl std::str::FromStr for LoraSpec {
     }
 }
 
-/// Where the pipeline runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Device {
-    /// The CPU backend.
-    Cpu,
-    /// An NVIDIA GPU (the `cuda` feature).
-    Cuda,
-}
-
-impl std::str::FromStr for Device {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Device> {
-        match s.to_ascii_lowercase().as_str() {
-            "cpu" => Ok(Device::Cpu),
-            "cuda" | "gpu" => Ok(Device::Cuda),
-            _ => Err(Error::InvalidArgument(format!(
-                "unknown device `{s}` (expected cpu or cuda)"
-            ))),
-        }
-    }
-}
-
-impl Device {
-    /// Fails for a device the pipeline cannot run on: CUDA in a build without the `cuda`
-    /// feature ([`Error::CudaNotCompiled`]), and for now CUDA in any build, since the models
-    /// run on the CPU backend only so far.
-    pub fn ensure_supported(self) -> Result<()> {
-        match self {
-            Device::Cpu => Ok(()),
-            Device::Cuda => {
-                crate::backend::cuda::device_available()?;
-                Err(Error::Device(
-                    "CUDA: the pipeline runs on the CPU backend only so far; use --device cpu"
-                        .into(),
-                ))
-            }
-        }
-    }
-}
-
 impl std::str::FromStr for Mode {
     type Err = Error;
     /// `merge` ([`Mode::Merged`]) or `runtime` ([`Mode::Unmerged`]), the names of
@@ -159,7 +120,7 @@ pub fn lora_mode_name(mode: Mode) -> &'static str {
 /// How [`Pipeline::load`] loads the models.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoadOptions {
-    /// Where the pipeline runs.
+    /// Where the DiT and the sampling loop run (the VAE stays on the CPU).
     pub device: Device,
     /// How LoRAs are applied: [`Mode::Merged`] (the default) bakes them into the weights at
     /// load (no cost per step; strengths fixed), [`Mode::Unmerged`] applies them on the fly
@@ -171,7 +132,7 @@ pub struct LoadOptions {
     pub threads: Option<usize>,
     /// Where the UMT5 text encoder runs, independently of `device` (e.g. on the CPU while the
     /// DiT has the GPU to itself, or on CUDA in bf16); its contexts come back to the host.
-    pub t5_device: crate::backend::Device,
+    pub t5_device: Device,
     /// Low-VRAM mode on a CUDA device (`--blocks-to-swap`): keep this many of the DiT's last
     /// blocks in pinned host memory, streamed in for each forward; `None`: the device plan
     /// chooses ([`device_plan::plan`]). Only with a CUDA device.
@@ -201,7 +162,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             lora_mode: Mode::Merged,
             threads: None,
-            t5_device: crate::backend::Device::Cpu,
+            t5_device: Device::Cpu,
             blocks_to_swap: None,
             max_device_memory: None,
         }
@@ -378,8 +339,11 @@ pub struct Generation {
     pub height: usize,
     /// Number of frames.
     pub frame_count: usize,
-    /// The denoised latent `[1, 16, T, H/8, W/8]` (normalized, as the DiT produces it).
+    /// The denoised latent `[1, 16, T, H/8, W/8]` (normalized, as the DiT produces it), on the
+    /// host whatever device sampled it.
     pub latent: Tensor,
+    /// Where the DiT and the sampling loop ran.
+    pub device: Device,
     /// The decoded video `[1, 3, F, H, W]` in `[-1, 1]`, when the request asked to keep it.
     pub video: Option<Tensor>,
     /// The request as run: the seed drawn if none was given, the negative prompt filled in,
@@ -404,6 +368,7 @@ impl Generation {
                 "vae_tiling".into(),
                 json!(self.params.vae_tiling.to_string()),
             );
+            m.insert("device".into(), json!(self.device.to_string()));
         }
         v
     }
@@ -450,7 +415,8 @@ impl Pipeline {
         options.device.ensure_supported()?;
         let pool = thread_pool(options.threads)?;
         let mut p = in_pool(pool.as_ref(), || {
-            load_models(files, loras, options.lora_mode, options.t5_device)
+            load_models(files, loras, options.lora_mode, options.t5_device)?
+                .to_device(options.device)
         })?;
         p.pool = pool;
         p.info.load_seconds = start.elapsed().as_secs_f64();
@@ -500,6 +466,23 @@ impl Pipeline {
         Ok(())
     }
 
+    /// The pipeline with its DiT on `device` (checked first with [`Device::ensure_supported`]),
+    /// its weights in their stored dtype: generations then run the DiT and the whole sampling
+    /// loop there, the latent staying on the device from the initial noise to the last step.
+    /// The text encoder keeps its own device ([`LoadOptions::t5_device`]; its contexts are
+    /// uploaded once per prompt) and the VAE stays on the CPU: the final latent comes back to
+    /// the host once, before decoding.
+    pub fn to_device(mut self, device: Device) -> Result<Pipeline> {
+        device.ensure_supported()?;
+        self.dit = on_device(self.dit, device)?;
+        Ok(self)
+    }
+
+    /// Where the DiT and the sampling loop run ([`Pipeline::to_device`]).
+    pub fn device(&self) -> Device {
+        self.dit.device()
+    }
+
     /// The worker threads a generation uses.
     pub fn threads(&self) -> usize {
         self.pool.as_ref().map_or_else(
@@ -543,7 +526,7 @@ impl Pipeline {
         let (dit, _, weights) = in_pool(self.pool.as_ref(), || {
             build_dit(u.base.clone(), u.cfg.clone(), &refs, Mode::Unmerged)
         })?;
-        self.dit = dit;
+        self.dit = on_device(dit, self.device())?;
         self.weights.dit = weights.dit;
         self.weights.loras = weights.loras;
         self.weights.allocated = weights.allocated;
@@ -736,6 +719,7 @@ impl Pipeline {
         let start = Instant::now();
         let plan = self.plan(req)?;
         let req = &plan.req;
+        let device = self.device();
         let mib = |bytes: u64| bytes.div_ceil(1 << 20);
         log::info!(
             "plan: {}x{} (WxH), {} frames, {} steps, seed {}; memory estimate: weights {} MiB, \
@@ -766,8 +750,8 @@ impl Pipeline {
             stage,
         )?;
         for (i, (_, text)) in prompts.iter().enumerate() {
-            let emb = self.text.encode(text)?;
-            contexts.push(self.dit.encode_text(&[emb.context], true)?);
+            let context = self.text.encode(text)?.context.to_device(device)?;
+            contexts.push(self.dit.encode_text(&[context], true)?);
             report(
                 on_progress,
                 Stage::TextEncoding,
@@ -788,8 +772,12 @@ impl Pipeline {
 
         // Denoising.
         let [_, c, t, h, w] = plan.latent_dims;
-        let mut model = WanVelocity::new(&self.dit, &[c, t, h, w], cond, uncond)?
-            .with_attention(req.attention.on_cpu());
+        let mut model = WanVelocity::new(&self.dit, &[c, t, h, w], cond, uncond)?.with_attention(
+            match device {
+                Device::Cpu => req.attention.on_cpu(),
+                Device::Cuda(_) => req.attention.on_cuda(),
+            },
+        );
         if let (Some(n), Some(ctx)) = (&req.nag, nag_context) {
             model = model.with_nag(NagParams {
                 scale: n.scale,
@@ -804,7 +792,8 @@ impl Pipeline {
         let mut latent = match &req.latent_init {
             Some(x) => Tensor::from_f32(x.to_f32_vec()?, plan.latent_dims)?,
             None => crate::sampler::noise(plan.seed, &plan.latent_dims)?,
-        };
+        }
+        .to_device(device)?;
         let schedule = req.solver.schedule(req.steps, req.shift)?;
         let sigma0 = schedule.sigmas[0];
         let guidance = if req.cfg_zero_star {
@@ -848,7 +837,8 @@ impl Pipeline {
         drop(model);
         run?;
         timings.denoising = stage.elapsed().as_secs_f64();
-        let latent = latent.to_device(crate::backend::Device::Cpu)?;
+        // The one copy back of the sampling loop: the VAE decodes on the host.
+        let latent = latent.to_device(Device::Cpu)?;
 
         // Decoding, frame by frame.
         let stage = Instant::now();
@@ -908,10 +898,19 @@ impl Pipeline {
             height: video_h,
             frame_count,
             latent,
+            device,
             video,
             params: plan.req,
             timings,
         })
+    }
+}
+
+/// `dit` on `device`: itself when it is there already, else a copy there.
+fn on_device(dit: WanDit, device: Device) -> Result<WanDit> {
+    match dit.device() == device {
+        true => Ok(dit),
+        false => dit.to_device(device),
     }
 }
 
@@ -920,7 +919,7 @@ fn load_models(
     files: &ModelFiles,
     loras: &[LoraSpec],
     mode: Mode,
-    t5_device: crate::backend::Device,
+    t5_device: Device,
 ) -> Result<Pipeline> {
     let opened = loras
         .iter()

@@ -547,3 +547,16 @@ def test_training_cancelled_from_the_callback_leaves_a_lora_that_loads(tmp_path,
                       output_name="mine", not_a_flag=1)
     assert e.value.status == wanrt.Status.INVALID_ARGUMENT
     assert "--not_a_flag" in str(e.value)
+
+
+def test_device_names_and_index():
+    for bad in ("cuda:x", "gpu:-1", "cpu:0", "tpu"):
+        with pytest.raises(ValueError):
+            wanrt.Pipeline(demo=True, device=bad)
+    with pytest.raises(ValueError):
+        wanrt.Pipeline(demo=True, device=wanrt.Device.CPU, device_index=1)
+    # No machine has a hundredth GPU; without CUDA or a driver the cause is named instead.
+    for kwargs in ({"device": "cuda:99"}, {"device": wanrt.Device.CUDA, "device_index": 99}):
+        with pytest.raises(wanrt.WanrtError) as e:
+            wanrt.Pipeline(demo=True, **kwargs)
+        assert e.value.status == wanrt.Status.DEVICE_ERROR

@@ -377,6 +377,25 @@ def _generate_params(
     return p
 
 
+def _device(device: Union[Device, str], index: Optional[int]) -> Tuple[int, int]:
+    """``(wanrt_device, device_index)`` for ``device=`` and ``device_index=``."""
+    if isinstance(device, str):
+        name, sep, ordinal = device.lower().partition(":")
+        if name not in ("cpu", "cuda", "gpu") or (sep and (name == "cpu" or not ordinal.isdigit())):
+            raise ValueError(f"device={device!r}: expected 'cpu', 'cuda' or 'cuda:N'")
+        if sep and index is not None:
+            raise ValueError(f"device={device!r} names its index: give no device_index")
+        device = Device.CPU if name == "cpu" else Device.CUDA
+        if sep:
+            index = int(ordinal)
+    device = Device(device)
+    if index is None:
+        return int(device), 0
+    if device != Device.CUDA:
+        raise ValueError("device_index applies to Device.CUDA only")
+    return int(device), _int("device_index", index, 0, 2**31 - 1)
+
+
 class Pipeline:
     """The models of text-to-video generation, loaded once.
 
@@ -388,7 +407,9 @@ class Pipeline:
     :meth:`set_lora_strength`). ``threads``: the pipeline's own worker threads (default: the
     process-wide pool, one thread per core); callbacks then run on one of them.
     ``blocks_to_swap`` and ``max_device_memory`` (bytes) set the low-VRAM mode of a CUDA
-    device (default: the device memory plan chooses, within all free memory).
+    device (default: the device memory plan chooses, within all free memory). ``device`` is a
+    :class:`Device` or a name, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; ``device_index`` picks
+    the CUDA device for ``Device.CUDA`` (a ``"cuda:N"`` name carries its own).
     """
 
     def __init__(
@@ -403,7 +424,8 @@ class Pipeline:
         vae_config: Optional[PathLike] = None,
         t5_config: Optional[PathLike] = None,
         loras: Sequence[Tuple[PathLike, float]] = (),
-        device: Device = Device.CPU,
+        device: Union[Device, str] = Device.CPU,
+        device_index: Optional[int] = None,
         lora_mode: Union[LoraMode, str] = LoraMode.MERGE,
         threads: Optional[int] = None,
         demo: bool = False,
@@ -420,7 +442,7 @@ class Pipeline:
         params.dit_config = _path(dit_config)
         params.vae_config = _path(vae_config)
         params.t5_config = _path(t5_config)
-        params.device = int(device)
+        params.device, params.device_index = _device(device, device_index)
         if isinstance(lora_mode, str):
             try:
                 lora_mode = LoraMode[lora_mode.upper()]

@@ -152,6 +152,7 @@ class PipelineParams(Structure):
         ("demo", c_int32),
         ("blocks_to_swap", c_int32),
         ("max_device_memory", c_uint64),
+        ("device_index", c_int32),
     ]
 
 

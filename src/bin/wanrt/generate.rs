@@ -14,10 +14,11 @@ use std::time::Duration;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use wanrt::backend::Device;
 use wanrt::io::atomic::check_writable;
 use wanrt::lora::Mode;
 use wanrt::pipeline::{
-    read_latent, Device, Flow, GenerateRequest, Generation, LoadOptions, LoraSpec, ModelSource,
+    read_latent, Flow, GenerateRequest, Generation, LoadOptions, LoraSpec, ModelSource,
     NagSettings, Pipeline, Preset, Progress, Stage, VaeTiling, FPS, MAX_SEED,
 };
 use wanrt::sampler::Slg;
@@ -165,13 +166,14 @@ pub struct GenerateArgs {
     /// The initial latent: a safetensors file with `x_T` [1, 16, T, H/8, W/8].
     #[arg(long, value_name = "FILE")]
     latent_init: Option<PathBuf>,
-    /// cpu or cuda.
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    /// Where the DiT and the sampling loop run: cpu, cuda or cuda:N (the VAE decodes on the
+    /// CPU).
+    #[arg(long, value_name = "DEVICE", default_value = "cpu", value_parser = parse_device)]
+    device: Device,
     /// Where the UMT5 text encoder runs: cpu (the default; leaves the GPU to the DiT), cuda
     /// or cuda:N (bf16).
-    #[arg(long, value_name = "DEVICE", default_value = "cpu", value_parser = parse_t5_device)]
-    t5_device: wanrt::backend::Device,
+    #[arg(long, value_name = "DEVICE", default_value = "cpu", value_parser = parse_device)]
+    t5_device: Device,
     /// Low-VRAM mode (CUDA): keep the DiT's last N blocks in pinned host memory, each streamed
     /// in while the previous one computes (default: the device memory plan chooses).
     #[arg(long, value_name = "N")]
@@ -211,17 +213,8 @@ fn parse_seed(s: &str) -> std::result::Result<u64, String> {
     }
 }
 
-fn parse_t5_device(s: &str) -> std::result::Result<wanrt::backend::Device, String> {
-    use wanrt::backend::Device as D;
-    match s {
-        "cpu" => Ok(D::Cpu),
-        "cuda" => Ok(D::Cuda(0)),
-        _ => s
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse().ok())
-            .map(D::Cuda)
-            .ok_or_else(|| format!("`{s}`: expected cpu, cuda or cuda:N")),
-    }
+fn parse_device(s: &str) -> std::result::Result<Device, String> {
+    s.parse().map_err(|e: Error| e.to_string())
 }
 
 fn parse_memory_size(s: &str) -> std::result::Result<u64, String> {
@@ -392,7 +385,7 @@ fn check_outputs(a: &GenerateArgs, req: &GenerateRequest) -> Result<Option<(Path
 fn generate(a: &GenerateArgs) -> Result<()> {
     install_interrupt();
     let mut req = request(a)?;
-    let device: Device = a.device.parse()?;
+    let device = a.device;
     device.ensure_supported()?;
     if let Some(path) = &a.latent_init {
         req.latent_init = Some(read_latent(path)?);
@@ -410,7 +403,7 @@ fn generate(a: &GenerateArgs) -> Result<()> {
                 "--demo builds its own tiny model: it takes no model files or LoRAs".into(),
             ));
         }
-        Pipeline::demo(0)?
+        Pipeline::demo(0)?.to_device(device)?
     } else {
         let source = ModelSource {
             models_dir: a.models.clone(),
