@@ -1,6 +1,7 @@
-//! The DiT on a CUDA device: weights moved in their stored dtype, a transformer block run there
-//! against the CPU backend, with no device-to-host copy during the block. Compiled in every
-//! build; without a CUDA device each test prints why it skipped.
+//! The DiT on a CUDA device: weights moved in their stored dtype, a transformer block and a whole
+//! forward run there against the CPU backend with no device-to-host copy, and every
+//! `dit_forward*` fixture case at its `rel_l2_bf16_compute`. Compiled in every build; without a
+//! CUDA device each test prints why it skipped.
 
 use std::collections::BTreeMap;
 
@@ -8,11 +9,14 @@ use wanrt::backend::{cuda, Device};
 use wanrt::io::config::{DitConfig, ModelType};
 use wanrt::model::dit::{weight_shapes, ForwardOptions, WanDit};
 use wanrt::tensor::random;
-use wanrt::{DType, Error, Tensor};
+use wanrt::{DType, Tensor};
 
 mod common;
+#[allow(dead_code)]
+mod kinds;
 
-use common::{cuda_device as gpu, rel_l2_f32 as rel_l2};
+use common::{cuda_device as gpu, find_cases, fixtures_root, rel_l2_f32 as rel_l2, Case};
+use kinds::Stop;
 
 /// A small config whose heads (64 wide) the CUDA attention kernel takes.
 fn config() -> DitConfig {
@@ -114,11 +118,11 @@ fn blocks_on_cuda_match_the_cpu_without_downloads() {
     }
 }
 
-/// A whole forward on CUDA: today the patch embedding (conv3d, the VAE/T5 lane's CUDA op) is
-/// the one op the DiT uses that has no CUDA kernel, and its refusal is a typed error.
+/// A whole forward on CUDA against the CPU, with no device-to-host copy while it runs (the
+/// model uploads the timestep sinusoid and the RoPE tables; it downloads nothing).
 #[test]
-fn forward_on_cuda_is_a_result_never_a_panic() {
-    let Some(dev) = gpu("forward_on_cuda_is_a_result_never_a_panic") else {
+fn forward_on_cuda_matches_the_cpu_without_downloads() {
+    let Some(dev) = gpu("forward_on_cuda_matches_the_cpu_without_downloads") else {
         return;
     };
     let cfg = config();
@@ -130,21 +134,57 @@ fn forward_on_cuda_is_a_result_never_a_panic() {
         .unwrap();
     let gpu_dit = dit.to_device(dev).unwrap();
     let ctx_dev = [ctx[0].to_device(dev).unwrap()];
-    let got = gpu_dit.forward(
-        &latent.to_device(dev).unwrap(),
-        &[600.0],
-        &ctx_dev,
-        &ForwardOptions::default(),
-    );
-    match got {
-        Ok(v) => {
-            let v = v.to_device(Device::Cpu).unwrap().to_f32_vec().unwrap();
-            let err = rel_l2(&v, &want.to_f32_vec().unwrap());
-            assert!(err < 2e-2, "forward: rel L2 {err:e}");
+    let latent_dev = latent.to_device(dev).unwrap();
+    let before = cuda::download_count();
+    let got = gpu_dit
+        .forward(&latent_dev, &[600.0], &ctx_dev, &ForwardOptions::default())
+        .unwrap();
+    assert_eq!(cuda::download_count(), before, "downloads in a forward");
+    let got = got.to_device(Device::Cpu).unwrap().to_f32_vec().unwrap();
+    let err = rel_l2(&got, &want.to_f32_vec().unwrap());
+    assert!(err < 2e-2, "forward: rel L2 {err:e}");
+}
+
+/// Every `dit_forward*` fixture case (head_dim 64 and 128, NAG included) with the DiT on CUDA,
+/// within the case's `rel_l2_bf16_compute`.
+#[test]
+fn dit_forward_fixture_cases_on_cuda_at_the_bf16_tolerance() {
+    let Some(dev) = gpu("dit_forward_fixture_cases_on_cuda_at_the_bf16_tolerance") else {
+        return;
+    };
+    let dirs = find_cases(&fixtures_root()).expect("the fixture folder");
+    let mut ran = 0;
+    for dir in dirs {
+        let case = Case::load(&dir).unwrap();
+        if !case.str("kind").unwrap().starts_with("dit_forward") {
+            continue;
         }
-        Err(e) => assert!(
-            matches!(e, Error::Device(_)) && e.to_string().contains("conv3d"),
-            "{e}"
-        ),
+        let tol = case
+            .bf16_compute_tolerance()
+            .unwrap()
+            .unwrap_or_else(|| panic!("{}: no rel_l2_bf16_compute", case.name));
+        let checks = match kinds::dit::run_on(&case, dev) {
+            Ok(c) => c,
+            Err(Stop::Skip(why) | Stop::Fail(why)) => panic!("{}: {why}", case.name),
+        };
+        for c in checks {
+            println!(
+                "{} {}: CUDA rel_l2={:.3e} bound={tol:e}",
+                case.name, c.name, c.rel_l2
+            );
+            assert!(
+                c.rel_l2 <= tol,
+                "{} {} on CUDA: {:e}",
+                case.name,
+                c.name,
+                c.rel_l2
+            );
+        }
+        ran += 1;
     }
+    assert!(
+        ran > 0,
+        "no dit_forward case under {}",
+        fixtures_root().display()
+    );
 }

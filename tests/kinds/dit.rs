@@ -2,6 +2,7 @@
 //! layout and dtype) on its latent, timestep and unpadded context; NAG adds the negative context.
 //! The self-attention is the one `WANRT_ATTENTION` asks for ([`super::dit_attention`]).
 
+use wanrt::backend::Device;
 use wanrt::model::dit::{ForwardOptions, NagParams, WanDit};
 use wanrt::{DType, Tensor};
 
@@ -18,24 +19,33 @@ fn unbatch(t: &Tensor) -> Result<Tensor, Stop> {
 }
 
 pub fn run(case: &Case) -> Result<Vec<Check>, Stop> {
-    let dit = WanDit::open(case.path("dit")?, Some(&case.path("config")?))?;
+    run_on(case, Device::Cpu)
+}
+
+/// Runs the case with the DiT and its inputs on `device`; the velocity comes back to the host.
+pub fn run_on(case: &Case, device: Device) -> Result<Vec<Check>, Stop> {
+    let dit = WanDit::open(case.path("dit")?, Some(&case.path("config")?))?.to_device(device)?;
     let inputs = case.tensors("inputs")?;
-    let latent = tensor(&inputs, "latent")?.to_dtype(DType::F32)?;
+    let latent = tensor(&inputs, "latent")?
+        .to_dtype(DType::F32)?
+        .to_device(device)?;
     let timesteps = tensor(&inputs, "timestep")?.to_f32_vec()?;
-    let context = unbatch(tensor(&inputs, "context")?)?;
+    let context = unbatch(tensor(&inputs, "context")?)?.to_device(device)?;
     let mut opts = ForwardOptions {
         attention: dit_attention()?,
         ..Default::default()
     };
     if case.str("kind")? == "dit_forward_nag" {
-        let negative = unbatch(tensor(&inputs, "negative_context")?)?;
+        let negative = unbatch(tensor(&inputs, "negative_context")?)?.to_device(device)?;
         let mut nag = NagParams::new(dit.encode_text(&[negative], false)?);
         nag.scale = case.f64("nag_scale")? as f32;
         nag.tau = case.f64("nag_tau")? as f32;
         nag.alpha = case.f64("nag_alpha")? as f32;
         opts.nag = Some(nag);
     }
-    let velocity = dit.forward(&latent, &timesteps, &[context], &opts)?;
+    let velocity = dit
+        .forward(&latent, &timesteps, &[context], &opts)?
+        .to_device(Device::Cpu)?;
     let output = Output {
         name: "velocity".into(),
         dims: velocity.dims().to_vec(),

@@ -3,7 +3,7 @@
 //! A runner reads its case (`case.json`, the inputs, the models it names), computes the outputs
 //! with wanrt and returns one [`Check`] per expected tensor, usually through [`compare`].
 
-mod dit;
+pub mod dit;
 mod lora;
 mod pipeline;
 mod sampler;

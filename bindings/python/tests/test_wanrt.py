@@ -429,11 +429,10 @@ def c_type(decl: str):
     }
     stars = decl.count("*")
     base = decl.replace("*", "").replace("const ", "").replace("struct ", "").strip()
-    if base == "char" and stars == 1:
-        return c_char_p
-    if base == "void" and stars == 1:
-        return c_void_p
-    t = handles.get(base) or scalars[base]
+    if base in ("char", "void") and stars >= 1:  # a string (or untyped) pointer, maybe an array
+        t, stars = (c_char_p if base == "char" else c_void_p), stars - 1
+    else:
+        t = handles.get(base) or scalars[base]
     for _ in range(stars):
         t = POINTER(t)
     return t
@@ -480,7 +479,8 @@ def test_functions_mirror_the_header():
     for ret, name, args in re.findall(r"^([\w ]+?\**)\s*(wanrt_\w+)\((.*?)\);", header_text(),
                                       re.S | re.M):
         params = [] if args.strip() == "void" else [
-            c_type(a.strip().rsplit(None, 1)[0] + "*" * a.count("*")) if "*" in a.split()[-1]
+            c_type(a.strip().rsplit(None, 1)[0] + "*" * a.split()[-1].count("*"))
+            if "*" in a.split()[-1]
             else c_type(a.strip().rsplit(None, 1)[0])
             for a in args.split(",")
         ]
