@@ -46,8 +46,8 @@ fn noise(dims: &[usize], seed: u32, amp: f32) -> Tensor {
     Tensor::from_f32(v, dims).unwrap()
 }
 
-/// A model with random bf16 weights.
-fn model(cfg: &DitConfig) -> WanDit {
+/// A model with random bf16 weights of amplitude 0.2 (0.1 for the modulation), times `gain`.
+fn model(cfg: &DitConfig, gain: f32) -> WanDit {
     let weights: BTreeMap<_, _> = weight_shapes(cfg)
         .into_iter()
         .enumerate()
@@ -57,7 +57,7 @@ fn model(cfg: &DitConfig) -> WanDit {
             } else {
                 0.2
             };
-            let t = noise(&dims, 7000 + i as u32, amp);
+            let t = noise(&dims, 7000 + i as u32, gain * amp);
             (name, t.to_dtype(DType::BF16).unwrap().into())
         })
         .collect();
@@ -69,7 +69,7 @@ fn weights_move_in_their_stored_dtype() {
     let Some(dev) = gpu("weights_move_in_their_stored_dtype") else {
         return;
     };
-    let dit = model(&config());
+    let dit = model(&config(), 1.0);
     let on = dit.to_device(dev).unwrap();
     assert_eq!((on.device(), on.weight_dtype()), (dev, DType::BF16));
     let back = on.to_device(Device::Cpu).unwrap();
@@ -84,7 +84,7 @@ fn blocks_on_cuda_match_the_cpu_without_downloads() {
         return;
     };
     let cfg = config();
-    let dit = model(&cfg);
+    let dit = model(&cfg, 1.0);
     let gpu_dit = dit.to_device(dev).unwrap();
     for batch in [1, 2] {
         let grid = [2, 3, 5];
@@ -126,7 +126,7 @@ fn forward_on_cuda_matches_the_cpu_without_downloads() {
         return;
     };
     let cfg = config();
-    let dit = model(&cfg);
+    let dit = model(&cfg, 1.0);
     let latent = noise(&[1, cfg.in_dim, 2, 4, 6], 400, 1.0);
     let ctx = [noise(&[5, cfg.text_dim], 401, 1.0)];
     let want = dit
@@ -187,4 +187,60 @@ fn dit_forward_fixture_cases_on_cuda_at_the_bf16_tolerance() {
         "no dit_forward case under {}",
         fixtures_root().display()
     );
+}
+
+/// The 1.3B config cut to 2 layers with random weights at 832×480×81 (32,760 tokens, head_dim
+/// 128) on CUDA against the CPU backend, compared on the first and last frames' tokens.
+#[test]
+fn a_1_3b_config_forward_at_32760_tokens_matches_the_cpu() {
+    let Some(dev) = gpu("a_1_3b_config_forward_at_32760_tokens_matches_the_cpu") else {
+        return;
+    };
+    let cfg = DitConfig {
+        num_layers: 2,
+        ..DitConfig::preset("1.3b").unwrap()
+    };
+    // Weights scaled towards 1/√fan-in so that activations stay O(1) at the real width.
+    let dit = model(&cfg, 0.05);
+    let latent = noise(&[1, cfg.in_dim, 21, 60, 104], 500, 1.0);
+    let ctx = [noise(&[120, cfg.text_dim], 501, 1.0)];
+    let want = dit
+        .forward(&latent, &[700.0], &ctx, &ForwardOptions::default())
+        .unwrap()
+        .to_f32_vec()
+        .unwrap();
+    let got = dit
+        .to_device(dev)
+        .unwrap()
+        .forward(
+            &latent.to_device(dev).unwrap(),
+            &[700.0],
+            &[ctx[0].to_device(dev).unwrap()],
+            &ForwardOptions::default(),
+        )
+        .unwrap()
+        .to_device(Device::Cpu)
+        .unwrap()
+        .to_f32_vec()
+        .unwrap();
+    assert_eq!(got.len(), want.len());
+    // The output is [1, C, T, H, W]: per channel, the first and the last latent frame.
+    let frame = 60 * 104;
+    let per_channel = 21 * frame;
+    let slice = |v: &[f32]| -> Vec<f32> {
+        (0..cfg.out_dim)
+            .flat_map(|c| {
+                let base = c * per_channel;
+                let last = base + 20 * frame;
+                v[base..base + frame]
+                    .iter()
+                    .chain(&v[last..last + frame])
+                    .copied()
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let err = rel_l2(&slice(&got), &slice(&want));
+    println!("1.3B config, 2 layers, 32,760 tokens: CUDA vs CPU rel_l2={err:.3e}");
+    assert!(err < 3e-2, "rel L2 {err:e}");
 }
