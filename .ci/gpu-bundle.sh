@@ -3,7 +3,8 @@
 # release `--features cuda` binaries, stripped (the library's unit tests, which hold the kernel
 # tests `gpu_*`; every integration test named tests/gpu_*.rs or tests/cuda_*.rs; the fixture
 # harness; `wanrt`), the DiT fixtures they read, the runner (run.py, from .ci/gpu_runner.py) and
-# benches/gpu_vs_torch.py. Fails if the folder exceeds 60 MiB (the device tool carries 64 MiB).
+# benches/gpu_vs_torch.py; the executables packed as bin.tar.xz. Fails if the folder exceeds 60 MiB
+# (the device tool carries 64 MiB).
 #
 # Usage: .ci/gpu-bundle.sh [DIR]     (default: gpu-bundle/ here, which .gitignore lists)
 # Then, on the GPU machine: python3 DIR/run.py   (writes DIR/report/ or $OUT/: report.md, .json)
@@ -55,6 +56,9 @@ for line in open(artifacts):
     print(f"bundle: bin/{name}")
 PY
 strip --strip-unneeded "$out"/bin/*
+# The executables travel xz-compressed (about 5x smaller); run.py unpacks them before the first step.
+tar -C "$out" -cf - bin | xz -T0 -6 >"$out/bin.tar.xz"
+rm -rf "$out/bin"
 
 # The DiT fixture cases and the models their case.json files name.
 for case in "$fixtures"/cases/dit_forward*/; do
