@@ -128,6 +128,49 @@ fn attention_and_gemm_json() {
     }
 }
 
+/// `--attention` picks the kernel by choice name: on the CPU, `q8` runs the scheme's emulation
+/// (and says so on stderr); both report TOPS, the same count as the TFLOP/s.
+#[test]
+fn attention_choices_report_tops() {
+    let shape = [
+        "attention",
+        "--tokens",
+        "40",
+        "--heads",
+        "2",
+        "--head-dim",
+        "64",
+    ];
+    for choice in ["bf16", "q8"] {
+        let v = json(&[&shape[..], &["--attention", choice]].concat());
+        assert_eq!(v["shape"]["attention"], choice);
+        let tops = v["tops"].as_f64().unwrap_or_else(|| panic!("tops in {v}"));
+        assert!(tops > 0.0 && (tops - v["tflops"].as_f64().unwrap()).abs() <= 1e-9 * tops);
+    }
+    let out = bench(&[&shape[..], &["--attention", "q8", "--iters", "1"]].concat());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("emulation"));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].contains("| TOPS |"), "{stdout}");
+    assert_eq!(lines[0].matches('|').count(), lines[2].matches('|').count());
+    assert!(lines[2].contains("attention=q8"), "{stdout}");
+    // The DiT forward takes the choice too; no other target reports TOPS.
+    let v = json(&[
+        "dit",
+        "--config",
+        "1.3b",
+        "--layers",
+        "1",
+        "--tokens",
+        "4",
+        "--attention",
+        "q8",
+    ]);
+    assert_eq!(v["shape"]["attention"], "q8");
+    assert!(v.get("tops").is_none(), "{v}");
+}
+
 #[test]
 fn markdown_row() {
     let out = bench(&[
@@ -144,12 +187,16 @@ fn markdown_row() {
 
 #[test]
 fn bad_flags_are_clear_errors() {
-    let cases: [(&[&str], &str); 10] = [
+    let cases: [(&[&str], &str); 11] = [
         (&["gemm", "--device", "cuda"], "no CUDA support"),
         (&["gemm", "--iters", "0"], "--iters must be at least 1"),
         (&["gemm", "--threads", "0"], "--threads must be at least 1"),
         (&["gemm", "--tokens", "0"], "--tokens must be at least 1"),
         (&["gemm", "--dtype", "int4"], "invalid value 'int4'"),
+        (
+            &["attention", "--attention", "int8"],
+            "unknown attention `int8`",
+        ),
         (&["dit-block", "--dim", "30", "--heads", "4"], "dim 30"),
         (
             &["dit", "--config", "7b"],

@@ -3,7 +3,7 @@
 //! The self-attention is the one `WANRT_ATTENTION` asks for ([`super::dit_attention`]).
 
 use wanrt::backend::Device;
-use wanrt::model::dit::{ForwardOptions, NagParams, WanDit};
+use wanrt::model::dit::{ForwardOptions, NagParams, SelfAttention, WanDit};
 use wanrt::{DType, Tensor};
 
 use super::{compare, dit_attention, Check, Output, Stop};
@@ -24,6 +24,11 @@ pub fn run(case: &Case) -> Result<Vec<Check>, Stop> {
 
 /// Runs the case with the DiT and its inputs on `device`; the velocity comes back to the host.
 pub fn run_on(case: &Case, device: Device) -> Result<Vec<Check>, Stop> {
+    run_with(case, device, dit_attention()?)
+}
+
+/// [`run_on`] with the self-attention `attention` instead of `WANRT_ATTENTION`'s.
+pub fn run_with(case: &Case, device: Device, attention: SelfAttention) -> Result<Vec<Check>, Stop> {
     let dit = WanDit::open(case.path("dit")?, Some(&case.path("config")?))?.to_device(device)?;
     let inputs = case.tensors("inputs")?;
     let latent = tensor(&inputs, "latent")?
@@ -32,7 +37,7 @@ pub fn run_on(case: &Case, device: Device) -> Result<Vec<Check>, Stop> {
     let timesteps = tensor(&inputs, "timestep")?.to_f32_vec()?;
     let context = unbatch(tensor(&inputs, "context")?)?.to_device(device)?;
     let mut opts = ForwardOptions {
-        attention: dit_attention()?,
+        attention,
         ..Default::default()
     };
     if case.str("kind")? == "dit_forward_nag" {

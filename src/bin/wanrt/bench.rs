@@ -6,7 +6,9 @@
 //! `--iters` timed runs is one call of the op, whose output is then dropped. The report is a
 //! markdown row (mean ± sd, median, min) or, with `--json`, one JSON object with every sample.
 //! `peak_rss_mb` is the process's peak resident memory (Linux `VmHWM`): weights, inputs and the
-//! op's working memory together.
+//! op's working memory together. `attention` and `dit` take `--attention` (an attention choice
+//! by name, default `bf16`); `attention` also reports TOPS (`4·L_q·L_kv·d` per head per second,
+//! `tops` in the JSON), the 8-bit kernel's quantization pre-pass included in its time.
 //!
 //! With `--device cuda` the weights are uploaded in their stored dtype and the inputs in the
 //! CUDA backend's dtypes (bf16 activations) before timing; each timed run ends with a
@@ -108,6 +110,9 @@ pub struct Prepared {
     dtype: String,
     /// Floating-point operations of one run (matrix products only), for GFLOP/s.
     flop: f64,
+    /// Whether `flop` is an attention's `4·L_q·L_kv·d` per head, which is also reported as
+    /// TOPS (tera-operations per second: integer ones too, on the 8-bit kernel).
+    attention_ops: bool,
     /// One run of the op.
     run: Box<dyn FnMut() -> Result<Tensor>>,
 }
@@ -136,6 +141,10 @@ struct Record {
     gflop: f64,
     gflops: f64,
     tflops: f64,
+    /// Attention TOPS (`4·L_q·L_kv·d` per head, per second at the median), for the `attention`
+    /// target only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tops: Option<f64>,
     peak_rss_mb: f64,
     cpu: String,
     version: &'static str,
@@ -240,6 +249,7 @@ fn record(
         gflop: p.flop / 1e9,
         gflops: p.flop / 1e9 / (median / 1e3),
         tflops: p.flop / 1e12 / (median / 1e3),
+        tops: p.attention_ops.then_some(p.flop / 1e12 / (median / 1e3)),
         peak_rss_mb: peak_rss_mb(),
         cpu: cpu_name(),
         version: env!("CARGO_PKG_VERSION"),
@@ -253,10 +263,15 @@ fn print_markdown(p: &Prepared, r: &Record) {
         .map(|(k, v)| format!("{k}={v}").replace('"', ""))
         .collect::<Vec<_>>()
         .join(" ");
-    println!("| target | shape | dtype | device | threads | iters | mean ± sd (ms) | median (ms) | min (ms) | GFLOP/s | TFLOP/s | peak RSS (MB) |");
-    println!("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let tops = r.tops.map_or(String::new(), |t| format!(" {t:.2} |"));
+    let (tops_head, tops_rule) = match r.tops {
+        Some(_) => (" TOPS |", " ---: |"),
+        None => ("", ""),
+    };
+    println!("| target | shape | dtype | device | threads | iters | mean ± sd (ms) | median (ms) | min (ms) | GFLOP/s | TFLOP/s |{tops_head} peak RSS (MB) |");
+    println!("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |{tops_rule} ---: |");
     println!(
-        "| {} | {shape} | {} | {} | {} | {} | {:.2} ± {:.2} | {:.2} | {:.2} | {:.1} | {:.2} | {:.0} |",
+        "| {} | {shape} | {} | {} | {} | {} | {:.2} ± {:.2} | {:.2} | {:.2} | {:.1} | {:.2} |{tops} {:.0} |",
         r.target,
         r.dtype,
         r.device,

@@ -4,7 +4,10 @@
 use std::str::FromStr;
 
 use crate::backend::cpu::attention_q8::{Q8Path, Q8Scheme};
+use crate::backend::Device;
 use crate::error::{Error, Result};
+use crate::tensor::ops::{attention, attention_q8, AttentionParams};
+use crate::tensor::Tensor;
 
 /// How the blocks compute their self-attention (the text cross-attention, 512 keys and about 1%
 /// of a forward, is always exact).
@@ -74,6 +77,15 @@ impl AttentionChoice {
             AttentionChoice::Bf16 => SelfAttention::Exact,
         }
     }
+
+    /// What the DiT's self-attention runs on `device` for this choice ([`Self::on_cpu`] or
+    /// [`Self::on_cuda`]).
+    pub fn on(self, device: Device) -> SelfAttention {
+        match device {
+            Device::Cpu => self.on_cpu(),
+            Device::Cuda(_) => self.on_cuda(),
+        }
+    }
 }
 
 impl SelfAttention {
@@ -88,6 +100,15 @@ impl SelfAttention {
                     .find(|&p| Q8Scheme::for_path(p) == *s);
                 format!("q8-{}-emulated", path.map_or("custom", Q8Path::name))
             }
+        }
+    }
+
+    /// `softmax(p.scale · q kᵀ) v` through this attention, on q's device: q `[B, Sq, H, D]`,
+    /// k and v `[B, Sk, H, D]` (the 8-bit scheme takes no `kv_lens` or bias; `p`'s are unused).
+    pub fn apply(&self, q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams) -> Result<Tensor> {
+        match self {
+            SelfAttention::Exact => attention(q, k, v, p),
+            SelfAttention::Q8(scheme) => attention_q8(q, k, v, p.scale, scheme),
         }
     }
 }

@@ -8,7 +8,7 @@ use super::weights::{Linear, Take};
 use super::{DitConfig, SelfAttention};
 use crate::backend::Device;
 use crate::error::Result;
-use crate::tensor::ops::{attention, attention_q8, cat, AttentionParams};
+use crate::tensor::ops::{attention, cat, AttentionParams};
 use crate::tensor::{DType, Tensor, Weight};
 
 /// Tokens whose FFN hidden layer (`ffn_dim` wide, 3.5-6× the stream) exists at once: bounds
@@ -236,10 +236,7 @@ impl Block {
         let q = q.rope_interleaved(&rope.cos, &rope.sin)?;
         let k = k.rope_interleaved(&rope.cos, &rope.sin)?;
         let p = self.params(q.dims()[3]);
-        let y = match &inp.attention {
-            SelfAttention::Exact => attention(&q, &k, &v, &p)?,
-            SelfAttention::Q8(scheme) => attention_q8(&q, &k, &v, p.scale, scheme)?,
-        };
+        let y = inp.attention.apply(&q, &k, &v, &p)?;
         a.o.forward(&Self::merge(&y)?)
     }
 

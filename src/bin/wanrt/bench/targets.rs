@@ -7,8 +7,10 @@ use clap::{Args, ValueEnum};
 use serde_json::Value;
 use wanrt::backend::Device;
 use wanrt::io::config::DitConfig;
-use wanrt::model::dit::{weight_shapes, ForwardOptions, TextContext, WanDit};
-use wanrt::tensor::ops::{attention, AttentionParams};
+use wanrt::model::dit::{
+    weight_shapes, AttentionChoice, ForwardOptions, SelfAttention, TextContext, WanDit,
+};
+use wanrt::tensor::ops::AttentionParams;
 use wanrt::tensor::Weight;
 use wanrt::{DType, Error, Result, Tensor};
 
@@ -38,6 +40,24 @@ fn place_weight(w: Weight, device: Device) -> Result<Weight> {
         tensor: w.tensor.to_device(device)?,
         scale: w.scale,
     })
+}
+
+/// `--attention`: an [`AttentionChoice`] by name, as `wanrt generate --attention` takes it.
+fn parse_attention(s: &str) -> std::result::Result<AttentionChoice, String> {
+    s.parse().map_err(|e: Error| e.to_string())
+}
+
+/// The `("attention", name)` shape entry of `choice`. On the CPU an 8-bit choice runs the
+/// scheme's emulation (the kernels' arithmetic in scalar code: slow, for checking), which a note
+/// on stderr says.
+fn attention_entry(choice: AttentionChoice, device: Device) -> (&'static str, Value) {
+    if let (Device::Cpu, SelfAttention::Q8(_)) = (device, choice.on(device)) {
+        eprintln!(
+            "note: --attention {} on the CPU runs the 8-bit scheme's emulation (slow, for checking)",
+            choice.name()
+        );
+    }
+    ("attention", choice.name().into())
 }
 
 /// Weight storage dtypes (activations are always f32).
@@ -138,6 +158,7 @@ impl Prepare for BlockShape {
             ],
             dtype: self.dtype.name(),
             flop: b as f64 * block_flop(&cfg, s),
+            attention_ops: false,
             run: Box::new(move || dit.block_forward(0, &x, &e0, [1, 1, s], &text)),
         })
     }
@@ -178,6 +199,10 @@ pub struct DitShape {
     /// Weight storage dtype.
     #[arg(long, value_enum, default_value_t = WeightDType::Bf16)]
     dtype: WeightDType,
+    /// The blocks' self-attention, by choice name as `generate --attention` takes it (`q8`: the
+    /// 8-bit kernel, on the CPU its slow emulation; `bf16`: the 16-bit kernel, exact f32 on the CPU).
+    #[arg(long, default_value = "bf16", value_parser = parse_attention)]
+    attention: AttentionChoice,
 }
 
 impl Prepare for DitShape {
@@ -243,6 +268,10 @@ impl Prepare for DitShape {
             })
             .collect::<Result<Vec<_>>>()?;
         let steps = vec![500.0; b];
+        let opts = ForwardOptions {
+            attention: self.attention.on(device),
+            ..Default::default()
+        };
         let vol = (pt * ph * pw) as f64;
         let (s, d) = (tokens as f64, cfg.dim as f64);
         let outer = 2.0 * cfg.text_len as f64 * (cfg.text_dim as f64 * d + d * d)
@@ -257,10 +286,12 @@ impl Prepare for DitShape {
                 ("latent", Value::from(latent.to_vec())),
                 ("tokens", tokens.into()),
                 ("batch", b.into()),
+                attention_entry(self.attention, device),
             ],
             dtype: self.dtype.name(),
             flop,
-            run: Box::new(move || dit.forward(&x, &steps, &ctx, &ForwardOptions::default())),
+            attention_ops: false,
+            run: Box::new(move || dit.forward(&x, &steps, &ctx, &opts)),
         })
     }
 }
@@ -280,6 +311,11 @@ pub struct AttentionShape {
     /// Head width.
     #[arg(long, default_value_t = 128)]
     head_dim: usize,
+    /// The kernel, by choice name as `generate --attention` takes it (`q8`: the 8-bit kernel,
+    /// its quantization pre-pass timed with it, on the CPU its slow emulation; `bf16`: the 16-bit
+    /// kernel, exact f32 on the CPU).
+    #[arg(long, default_value = "bf16", value_parser = parse_attention)]
+    attention: AttentionChoice,
 }
 
 impl Prepare for AttentionShape {
@@ -304,6 +340,7 @@ impl Prepare for AttentionShape {
             true,
         )?;
         let scale = 1.0 / (d as f32).sqrt();
+        let kernel = self.attention.on(device);
         Ok(Prepared {
             target: "attention",
             shape: vec![
@@ -311,16 +348,18 @@ impl Prepare for AttentionShape {
                 ("kv_tokens", kv.into()),
                 ("heads", h.into()),
                 ("head_dim", d.into()),
+                attention_entry(self.attention, device),
             ],
             dtype: q.dtype().name().into(),
             flop: 4.0 * (s * kv * h * d) as f64,
+            attention_ops: true,
             run: Box::new(move || {
                 let p = AttentionParams {
                     scale,
                     kv_lens: None,
                     bias: None,
                 };
-                attention(&q, &k, &v, &p)
+                kernel.apply(&q, &k, &v, &p)
             }),
         })
     }
@@ -358,6 +397,7 @@ impl Prepare for GemmShape {
             shape: vec![("tokens", t.into()), ("in", i.into()), ("out", o.into())],
             dtype: self.dtype.name(),
             flop: 2.0 * (t * i * o) as f64,
+            attention_ops: false,
             run: Box::new(move || x.linear(&w, Some(&bias))),
         })
     }
