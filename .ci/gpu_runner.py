@@ -123,14 +123,22 @@ def steps(gpu):
         for args in (["gemm", "--tokens", "32760", "--in", "1536", "--out", "8960"],
                      ["gemm", "--tokens", "32760", "--in", "1536", "--out", "8960",
                       "--dtype", "fp8"],
-                     ["attention", "--tokens", "32760", "--heads", "12", "--head-dim", "128"],
+                     ["attention", "--tokens", "32760", "--heads", "40", "--head-dim", "128",
+                      "--attention", "q8"],
                      ["attention", "--tokens", "32760", "--kv-tokens", "512"],
                      ["dit-block"], ["dit"]):
             out.append({"name": "bench " + " ".join(args), "limit_s": 60,
                         "cmd": [wanrt, "bench", *args, "--device", "cuda", "--json"]})
-        out.append({"name": "gpu_vs_torch", "limit_s": 150,
-                    "cmd": [sys.executable, os.path.join(HERE, "gpu_vs_torch.py"), "--wanrt",
-                            wanrt, "--iters", "5", "--warmup", "2"]})
+        # Beside torch: GEMMs, then attention (bf16 and q8 against SDPA, 4 shapes): about 13
+        # wanrt processes of a few seconds each. Then the 14B DiT at 640x480x81, 10 blocks, q8
+        # against bf16 attention: two processes of about 25 s (3.6 G random weights made on the
+        # CPU and uploaded, one warm-up and two forwards of about 3 s). Last, so that the
+        # deadline cuts it rather than a test.
+        vs_torch = [sys.executable, os.path.join(HERE, "gpu_vs_torch.py"), "--wanrt", wanrt]
+        out.append({"name": "gpu_vs_torch gemm attention", "limit_s": 150,
+                    "cmd": vs_torch + ["gemm", "attention", "--iters", "5", "--warmup", "2"]})
+        out.append({"name": "gpu_vs_torch dit", "limit_s": 150,
+                    "cmd": vs_torch + ["dit", "--layers", "10", "--dit-iters", "2"]})
     return out
 
 
