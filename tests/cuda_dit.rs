@@ -1,7 +1,7 @@
 //! The DiT on a CUDA device: weights moved in their stored dtype, a transformer block and a whole
-//! forward run there against the CPU backend with no device-to-host copy, and every
-//! `dit_forward*` fixture case at its `rel_l2_bf16_compute` with the bf16 and the 8-bit (`q8`)
-//! attention kernels. Compiled in every build; without a CUDA device each test prints why it
+//! forward run there against the CPU backend with no device-to-host copy, and the
+//! `dit_forward*` fixture cases the CUDA attention takes at their `rel_l2_bf16_compute` with the
+//! bf16 and the 8-bit (`q8`) attention kernels. Compiled in every build; without a CUDA device each test prints why it
 //! skipped.
 
 use std::collections::BTreeMap;
@@ -146,8 +146,9 @@ fn forward_on_cuda_matches_the_cpu_without_downloads() {
     assert!(err < 2e-2, "forward: rel L2 {err:e}");
 }
 
-/// Every `dit_forward*` fixture case with a `rel_l2_bf16_compute` (head_dim 64 and 128, NAG
-/// included) with the DiT on CUDA, within that tolerance.
+/// Every `dit_forward*` fixture case with a `rel_l2_bf16_compute` and heads the CUDA attention
+/// takes (64 or 128 wide: the `tiny-dit-hd128` cases, NAG included) with the DiT on CUDA, within
+/// that tolerance.
 #[test]
 fn dit_forward_fixture_cases_on_cuda_at_the_bf16_tolerance() {
     fixture_cases_on_cuda(
@@ -165,8 +166,9 @@ fn dit_forward_fixture_cases_on_cuda_with_q8_attention() {
     );
 }
 
-/// Runs every `dit_forward*` fixture case that states a `rel_l2_bf16_compute` on CUDA with the
-/// self-attention of `choice`, each held to it; skips (printing why) without a device.
+/// Runs every `dit_forward*` fixture case that states a `rel_l2_bf16_compute` and has heads of 64
+/// or 128 on CUDA with the self-attention of `choice`, each held to that tolerance; prints why it
+/// skips any other case, and skips everything (printing why) without a device.
 fn fixture_cases_on_cuda(test: &str, choice: AttentionChoice) {
     let Some(dev) = gpu(test) else {
         return;
@@ -184,6 +186,21 @@ fn fixture_cases_on_cuda(test: &str, choice: AttentionChoice) {
             println!("{}: skipped, no rel_l2_bf16_compute", case.name);
             continue;
         };
+        // The CUDA attention kernels (bf16 and 8-bit) take head_dim 64 and 128; the `tiny-dit`
+        // cases have heads of 16.
+        let cfg = DitConfig::from_json_file(
+            &case.path("config").unwrap(),
+            DitConfig::preset("1.3b").unwrap(),
+        )
+        .unwrap();
+        let head_dim = cfg.dim / cfg.num_heads;
+        if head_dim != 64 && head_dim != 128 {
+            println!(
+                "{}: skipped, head_dim {head_dim} has no CUDA attention kernel",
+                case.name
+            );
+            continue;
+        }
         let checks = match kinds::dit::run_with(&case, dev, choice.on(dev)) {
             Ok(c) => c,
             Err(Stop::Skip(why) | Stop::Fail(why)) => panic!("{}: {why}", case.name),
