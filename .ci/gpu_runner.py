@@ -129,11 +129,11 @@ def steps(gpu):
                      ["dit-block"], ["dit"]):
             out.append({"name": "bench " + " ".join(args), "limit_s": 60,
                         "cmd": [wanrt, "bench", *args, "--device", "cuda", "--json"]})
-        # Beside torch: GEMMs, then attention (bf16 and q8 against SDPA, 4 shapes): about 13
-        # wanrt processes of a few seconds each. Then the 14B DiT at 640x480x81, 10 blocks, q8
-        # against bf16 attention: two processes of about 25 s (3.6 G random weights made on the
-        # CPU and uploaded, one warm-up and two forwards of about 3 s). Last, so that the
-        # deadline cuts it rather than a test.
+        # Beside torch (estimates, not yet timed on a GPU): GEMMs, then attention (bf16 and q8
+        # against SDPA, 4 shapes), 13 wanrt processes of a few seconds each. Then the 14B DiT at
+        # 640x480x81, 10 blocks, bf16 then q8 attention: two processes of about 20-30 s each
+        # (3.6 G random weights made on the CPU and uploaded, one warm-up and two forwards of
+        # 280 TFLOP). Last, so that the 450 s deadline cuts it rather than a test.
         vs_torch = [sys.executable, os.path.join(HERE, "gpu_vs_torch.py"), "--wanrt", wanrt]
         out.append({"name": "gpu_vs_torch gemm attention", "limit_s": 150,
                     "cmd": vs_torch + ["gemm", "attention", "--iters", "5", "--warmup", "2"]})
