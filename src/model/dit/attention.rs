@@ -103,12 +103,19 @@ impl SelfAttention {
         }
     }
 
-    /// `softmax(p.scale · q kᵀ) v` through this attention, on q's device: q `[B, Sq, H, D]`,
-    /// k and v `[B, Sk, H, D]` (the 8-bit scheme takes no `kv_lens` or bias; `p`'s are unused).
-    pub fn apply(&self, q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams) -> Result<Tensor> {
+    /// `softmax(scale · q kᵀ) v` through this attention, on q's device, unmasked and without a
+    /// bias: q `[B, Sq, H, D]`, k and v `[B, Sk, H, D]`.
+    pub fn apply(&self, q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
         match self {
-            SelfAttention::Exact => attention(q, k, v, p),
-            SelfAttention::Q8(scheme) => attention_q8(q, k, v, p.scale, scheme),
+            SelfAttention::Exact => {
+                let p = AttentionParams {
+                    scale,
+                    kv_lens: None,
+                    bias: None,
+                };
+                attention(q, k, v, &p)
+            }
+            SelfAttention::Q8(scheme) => attention_q8(q, k, v, scale, scheme),
         }
     }
 }

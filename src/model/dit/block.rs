@@ -235,8 +235,8 @@ impl Block {
         let v = self.heads(&a.v.forward(u)?)?;
         let q = q.rope_interleaved(&rope.cos, &rope.sin)?;
         let k = k.rope_interleaved(&rope.cos, &rope.sin)?;
-        let p = self.params(q.dims()[3]);
-        let y = inp.attention.apply(&q, &k, &v, &p)?;
+        let scale = self.params(q.dims()[3]).scale;
+        let y = inp.attention.apply(&q, &k, &v, scale)?;
         a.o.forward(&Self::merge(&y)?)
     }
 

@@ -10,7 +10,6 @@ use wanrt::io::config::DitConfig;
 use wanrt::model::dit::{
     weight_shapes, AttentionChoice, ForwardOptions, SelfAttention, TextContext, WanDit,
 };
-use wanrt::tensor::ops::AttentionParams;
 use wanrt::tensor::Weight;
 use wanrt::{DType, Error, Result, Tensor};
 
@@ -353,14 +352,7 @@ impl Prepare for AttentionShape {
             dtype: q.dtype().name().into(),
             flop: 4.0 * (s * kv * h * d) as f64,
             attention_ops: true,
-            run: Box::new(move || {
-                let p = AttentionParams {
-                    scale,
-                    kv_lens: None,
-                    bias: None,
-                };
-                kernel.apply(&q, &k, &v, &p)
-            }),
+            run: Box::new(move || kernel.apply(&q, &k, &v, scale)),
         })
     }
 }
