@@ -29,6 +29,7 @@ mod demo;
 pub mod device_plan;
 mod files;
 mod memory;
+mod on_device;
 mod request;
 mod trigger;
 
@@ -38,6 +39,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
+pub use device_plan::DevicePlan;
 pub use files::{ModelFiles, ModelLayout, ModelSource};
 pub use memory::{available_memory, Fit, MemoryEstimate, VaeTiling, WeightMemory};
 pub use request::{
@@ -48,7 +50,7 @@ pub use trigger::{trigger_phrase, with_triggers};
 
 pub use crate::sampler::Flow;
 
-use crate::backend::Device;
+use crate::backend::{cuda, Device};
 use crate::error::{Error, Result};
 use crate::io::config::DitConfig;
 use crate::lora::{self, Lora, Mode, StoreAs};
@@ -260,6 +262,8 @@ pub struct Pipeline {
     pool: Option<rayon::ThreadPool>,
     /// What changing an unmerged LoRA's strength rebuilds the DiT from.
     unmerged: Option<UnmergedLoras>,
+    /// The device plan and device-merged LoRAs of a pipeline loaded on a CUDA device.
+    on_device: Option<on_device::OnDevice>,
 }
 
 /// The base DiT weights (memory-mapped where the format allows, so holding them costs little) and the LoRAs of a
@@ -351,6 +355,8 @@ pub struct Generation {
     pub params: GenerateRequest,
     /// Where the time went.
     pub timings: Timings,
+    /// The device memory plan it ran with (a pipeline loaded on a CUDA device).
+    pub device_plan: Option<DevicePlan>,
 }
 
 impl Generation {
@@ -369,6 +375,9 @@ impl Generation {
                 json!(self.params.vae_tiling.to_string()),
             );
             m.insert("device".into(), json!(self.device.to_string()));
+            if let Some(p) = &self.device_plan {
+                m.insert("device_plan".into(), json!(p));
+            }
         }
         v
     }
@@ -401,6 +410,7 @@ struct Plan {
     latent_dims: [usize; 5],
     teacache: Option<TeaCache>,
     fit: memory::Fit,
+    device_plan: Option<DevicePlan>,
 }
 
 impl Pipeline {
@@ -415,8 +425,7 @@ impl Pipeline {
         options.device.ensure_supported()?;
         let pool = thread_pool(options.threads)?;
         let mut p = in_pool(pool.as_ref(), || {
-            load_models(files, loras, options.lora_mode, options.t5_device)?
-                .to_device(options.device)
+            load_models(files, loras, options)?.to_device(options.device)
         })?;
         p.pool = pool;
         p.info.load_seconds = start.elapsed().as_secs_f64();
@@ -456,6 +465,7 @@ impl Pipeline {
             weights: WeightMemory::default(),
             pool: None,
             unmerged: None,
+            on_device: None,
         })
     }
 
@@ -513,6 +523,17 @@ impl Pipeline {
             return Err(Error::InvalidArgument(format!(
                 "LoRA strength {strength} must be a finite number"
             )));
+        }
+        if let Some(d) = &mut self.on_device {
+            if let Some(l) = &mut d.loras {
+                let mut strengths = l.strengths.clone();
+                strengths[index] = strength;
+                let swap = d.plan.blocks_to_swap;
+                self.dit = l.rebuild(&strengths, self.dit.device(), swap)?;
+                l.strengths = strengths;
+                self.info.loras[index].strength = strength;
+                return Ok(());
+            }
         }
         let Some(u) = &self.unmerged else {
             return Err(Error::InvalidArgument(
@@ -635,7 +656,7 @@ impl Pipeline {
         if let Some(t) = req.vae_tiling.tiles() {
             t.validate()?;
         }
-        let fit = self.fit_memory(&req, available_memory())?;
+        let (fit, device_plan) = self.fit_device(&req)?;
         req.vae_tiling = fit.tiling;
         Ok(Plan {
             req,
@@ -643,6 +664,7 @@ impl Pipeline {
             latent_dims,
             teacache,
             fit,
+            device_plan,
         })
     }
 
@@ -660,6 +682,27 @@ impl Pipeline {
             out.push(("NAG negative prompt", text));
         }
         out
+    }
+
+    /// The memory plan of `req`: on the CPU against the host's available memory; with the DiT
+    /// on a CUDA device against the device's free memory, with the device plan when the
+    /// pipeline was loaded there (its VAE tiling and batched CFG chosen to fit).
+    fn fit_device(&self, req: &GenerateRequest) -> Result<(memory::Fit, Option<DevicePlan>)> {
+        let Device::Cuda(ordinal) = self.device() else {
+            return Ok((self.fit_memory(req, available_memory())?, None));
+        };
+        let Some(d) = &self.on_device else {
+            // Moved here whole (Pipeline::to_device): its weights hold device memory already.
+            let free = cuda::free_memory(ordinal)? + self.weights.dit;
+            return Ok((self.fit_memory(req, Some(free))?, None));
+        };
+        let batched = req.batch_cfg && req.uses_negative_prompt() && req.teacache.is_none();
+        let configs = (self.text.encoder().config(), self.vae.config());
+        let (plan, batch_cfg) = d.plan_for(req, batched, self.dit.config(), configs)?;
+        let mut fit = self.fit_memory(req, None)?;
+        (fit.batch_cfg, fit.tiling, fit.available) =
+            (batch_cfg, plan.vae_tiling, Some(plan.budget));
+        Ok((fit, Some(plan)))
     }
 
     /// The plan that fits in `available` bytes (see [`memory::fit`]).
@@ -837,8 +880,13 @@ impl Pipeline {
         drop(model);
         run?;
         timings.denoising = stage.elapsed().as_secs_f64();
-        // The one copy back of the sampling loop: the VAE decodes on the host.
-        let latent = latent.to_device(Device::Cpu)?;
+        // The one copy back of the sampling loop; a pipeline loaded on the device decodes there
+        // (its VAE moved at load), others on the host.
+        let host_latent = latent.to_device(Device::Cpu)?;
+        let latent = match self.on_device {
+            Some(_) => latent,
+            None => host_latent.clone(),
+        };
 
         // Decoding, frame by frame.
         let stage = Instant::now();
@@ -854,6 +902,7 @@ impl Pipeline {
                 tiling: plan.fit.tiling.tiles(),
             },
             &mut |chunk| {
+                let chunk = chunk.to_device(Device::Cpu)?;
                 let rgb = to_rgb8(&chunk)?;
                 let bytes = rgb.raw_bytes()?;
                 for (i, frame) in bytes.chunks_exact(video_h * video_w * 3).enumerate() {
@@ -897,11 +946,12 @@ impl Pipeline {
             width: video_w,
             height: video_h,
             frame_count,
-            latent,
+            latent: host_latent,
             device,
             video,
             params: plan.req,
             timings,
+            device_plan: plan.device_plan,
         })
     }
 }
@@ -915,23 +965,35 @@ fn on_device(dit: WanDit, device: Device) -> Result<WanDit> {
 }
 
 /// The models of [`Pipeline::load`], loaded in the calling thread's pool.
-fn load_models(
-    files: &ModelFiles,
-    loras: &[LoraSpec],
-    mode: Mode,
-    t5_device: Device,
-) -> Result<Pipeline> {
+fn load_models(files: &ModelFiles, loras: &[LoraSpec], options: &LoadOptions) -> Result<Pipeline> {
+    let mode = options.lora_mode;
     let opened = loras
         .iter()
         .map(|l| Lora::open(&l.path).map(|lora| (lora, l.strength)))
         .collect::<Result<Vec<_>>>()?;
-    let text = TextEncoder::open(&files.t5, files.t5_config.as_deref(), &files.tokenizer)?
-        .to_device(t5_device)?;
-    let vae = WanVae::open(&files.vae, files.vae_config.as_deref())?;
+    let text = TextEncoder::open(&files.t5, files.t5_config.as_deref(), &files.tokenizer)?;
+    let mut vae = WanVae::open(&files.vae, files.vae_config.as_deref())?;
     let refs: Vec<(&Lora, f32)> = opened.iter().map(|(l, s)| (l, *s)).collect();
     let (base, cfg) = WanDit::read_weights(&files.dit, files.dit_config.as_deref())?;
     let keep = (mode == Mode::Unmerged && !loras.is_empty()).then(|| (base.clone(), cfg.clone()));
-    let (dit, report, mut weights) = build_dit(base, cfg, &refs, mode)?;
+    let (dit, report, mut weights, placed) = match options.device {
+        Device::Cpu => {
+            let (dit, report, weights) = build_dit(base, cfg, &refs, mode)?;
+            (dit, report, weights, None)
+        }
+        Device::Cuda(ordinal) => {
+            let configs = (text.encoder().config(), vae.config());
+            let (dit, report, weights, placed) =
+                on_device::build(base, cfg, &refs, options, ordinal, configs)?;
+            vae = vae.to_device(options.device)?;
+            (dit, report, weights, Some(placed))
+        }
+    };
+    let t5_device = match &placed {
+        Some(d) if d.plan.text_encoder == device_plan::Placement::Device => options.device,
+        _ => options.t5_device,
+    };
+    let text = text.to_device(t5_device)?;
     let loaded = opened
         .iter()
         .zip(report.loras)
@@ -971,6 +1033,7 @@ fn load_models(
         cfg,
         loras: opened,
     });
+    p.on_device = placed;
     p.info = ModelInfo {
         files: Some(files.clone()),
         identities: Some(identities),
