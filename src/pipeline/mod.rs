@@ -1219,6 +1219,47 @@ mod tests {
         assert!("".parse::<LoraSpec>().is_err());
     }
 
+    /// The device plan a generation ran with is in its metadata (and so in `--json` and the
+    /// video file); a generation without one (the CPU) records none.
+    #[test]
+    fn the_metadata_records_the_device_plan() {
+        let plan = DevicePlan {
+            blocks_to_swap: 3,
+            text_encoder: device_plan::Placement::Cpu,
+            vae_tiling: VaeTiling::Tiled(Tiling::default()),
+            budget: 24 << 30,
+            dit_resident: 9 << 30,
+            peaks: [9 << 30, 20 << 30, 12 << 30],
+        };
+        let mut g = Generation {
+            frames: Vec::new(),
+            width: 16,
+            height: 16,
+            frame_count: 1,
+            latent: Tensor::zeros([1, 16, 1, 2, 2], DType::F32),
+            device: Device::Cuda(0),
+            video: None,
+            params: GenerateRequest::new("x"),
+            timings: Timings::default(),
+            device_plan: Some(plan),
+        };
+        let info = ModelInfo::default();
+        let v = g.to_json(&info);
+        let p = &v["device_plan"];
+        assert_eq!(p["blocks_to_swap"], 3, "{v}");
+        assert_eq!(p["text_encoder"], "cpu");
+        assert_eq!(
+            p["vae_tiling"],
+            VaeTiling::Tiled(Tiling::default()).to_string()
+        );
+        assert_eq!(p["budget"], 24u64 << 30);
+        assert_eq!(p["dit_resident"], 9u64 << 30);
+        assert_eq!(p["peaks"][1], 20u64 << 30);
+        assert_eq!(g.metadata(&info)["device_plan"], *p);
+        g.device_plan = None;
+        assert!(g.metadata(&info).get("device_plan").is_none());
+    }
+
     #[test]
     fn random_seeds_are_in_range() {
         assert!((0..100).all(|_| random_seed() <= MAX_SEED));
