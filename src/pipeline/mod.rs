@@ -122,7 +122,9 @@ pub fn lora_mode_name(mode: Mode) -> &'static str {
 /// How [`Pipeline::load`] loads the models.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoadOptions {
-    /// Where the DiT and the sampling loop run (the VAE stays on the CPU).
+    /// Where the DiT and the sampling loop run. On a CUDA device [`Pipeline::load`] plans the
+    /// device memory ([`device_plan::plan`]): the blocks to swap, the text encoder's place,
+    /// the VAE's tiling; the VAE decodes there and LoRAs merge there in [`Mode::Merged`].
     pub device: Device,
     /// How LoRAs are applied: [`Mode::Merged`] (the default) bakes them into the weights at
     /// load (no cost per step; strengths fixed), [`Mode::Unmerged`] applies them on the fly
@@ -133,7 +135,9 @@ pub struct LoadOptions {
     /// global pool.
     pub threads: Option<usize>,
     /// Where the UMT5 text encoder runs, independently of `device` (e.g. on the CPU while the
-    /// DiT has the GPU to itself, or on CUDA in bf16); its contexts come back to the host.
+    /// DiT has the GPU to itself, or on CUDA in bf16); its contexts come back to the host. With
+    /// a CUDA `device` and `Device::Cpu` here, the device plan moves it to the device when it
+    /// fits beside the DiT in every phase.
     pub t5_device: Device,
     /// Low-VRAM mode on a CUDA device (`--blocks-to-swap`): keep this many of the DiT's last
     /// blocks in pinned host memory, streamed in for each forward; `None`: the device plan
@@ -418,7 +422,13 @@ impl Pipeline {
     /// says (merged in its stored dtype, or unmerged), in the pipeline's own pool of
     /// `options.threads` threads when given. The cheap checks run first: the device, every
     /// LoRA file (a LoRA for another architecture or model size fails before any weight is
-    /// changed), the tokenizer and text encoder, the VAE.
+    /// changed), the tokenizer and text encoder, the VAE. On a CUDA device the memory plan is
+    /// chosen from the device's free memory (or `options.max_device_memory`, which then also
+    /// bounds wanrt's device allocations) for the default request's size, honouring
+    /// `options.blocks_to_swap`; it is logged, and each generation plans again at its own size
+    /// with these choices fixed and records that plan ([`Generation::device_plan`]). Merged
+    /// LoRAs are merged on the device from pristine copies kept there, so
+    /// [`Pipeline::set_lora_strength`] re-merges without reading the files.
     pub fn load(files: &ModelFiles, loras: &[LoraSpec], options: &LoadOptions) -> Result<Pipeline> {
         let start = Instant::now();
         options.check_low_vram()?;
@@ -509,9 +519,11 @@ impl Pipeline {
 
     /// Changes the strength of LoRA `index` (in load order) without reloading: the DiT is
     /// rebuilt from the base weights it keeps, with every LoRA's delta at its strength. Needs
-    /// LoRAs loaded unmerged ([`LoadOptions::lora_mode`] [`Mode::Unmerged`]): a merged LoRA is
-    /// baked into the weights. Fails, changing nothing, on a bad index, a non-finite strength
-    /// or merged LoRAs.
+    /// LoRAs loaded unmerged ([`LoadOptions::lora_mode`] [`Mode::Unmerged`]), or merged by a
+    /// load on a CUDA device (re-merged there from the pristine weights, the unchanged ones
+    /// taken again from the host's copy): a LoRA merged on the CPU is baked into the weights.
+    /// Fails, changing nothing, on a bad index, a non-finite strength or LoRAs merged on the
+    /// CPU.
     pub fn set_lora_strength(&mut self, index: usize, strength: f32) -> Result<()> {
         let count = self.info.loras.len();
         if index >= count {

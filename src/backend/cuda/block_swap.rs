@@ -77,9 +77,10 @@ impl BlockSwap {
             .iter()
             .map(|src| {
                 let mut dst = self.device.alloc(src.len())?;
-                let mut view = dst.view_mut::<u8>(src.len())?;
-                driver("block swap copy", || main.memcpy_htod(src, &mut view))?;
-                drop(view);
+                {
+                    let mut view = dst.view_mut::<u8>(src.len())?;
+                    driver("block swap copy", || main.memcpy_htod(src, &mut view))?;
+                }
                 Ok(dst)
             })
             .collect()
