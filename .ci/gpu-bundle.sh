@@ -60,8 +60,10 @@ strip --strip-unneeded "$out"/bin/*
 tar -C "$out" -cf - bin | xz -T0 -6 >"$out/bin.tar.xz"
 rm -rf "$out/bin"
 
-# The DiT fixture cases and the models their case.json files name.
-for case in "$fixtures"/cases/dit_forward*/; do
+# The fixture cases the GPU tests run (the DiT cases; the pipeline, sampler, VAE and UMT5 cases
+# of tests/cuda_pipeline.rs; lora_merge_distill for its LoRA) and the model files they name (only
+# those, to stay under the size limit).
+for case in "$fixtures"/cases/{dit_forward*,pipeline_*,sampler_*,vae_decode_f32,vae_encode_f32,t5_encode_f32,lora_merge_distill}/; do
     cp -r "$case" "$out/fixtures/cases/"
 done
 python3 - "$fixtures" "$out/fixtures" <<'PY'
@@ -71,9 +73,13 @@ models = set()
 for case in glob.glob(f"{dest}/cases/*/case.json"):
     for key, value in json.load(open(case)).items():
         if isinstance(value, str) and "models/" in value:
-            models.add(os.path.normpath(value).split("models/")[1].split("/")[0])
+            models.add(os.path.normpath(value).split("models/")[1])
 for m in sorted(models):
-    shutil.copytree(f"{src}/models/{m}", f"{dest}/models/{m}", dirs_exist_ok=True)
+    if os.path.isdir(f"{src}/models/{m}"):
+        shutil.copytree(f"{src}/models/{m}", f"{dest}/models/{m}", dirs_exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(f"{dest}/models/{m}"), exist_ok=True)
+        shutil.copy(f"{src}/models/{m}", f"{dest}/models/{m}")
     print(f"bundle: fixtures/models/{m}")
 PY
 chmod -R u+w "$out/fixtures"

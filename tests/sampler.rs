@@ -79,7 +79,7 @@ impl VelocityModel for Fake {
             };
             p.velocity = Some(map(x, |x| scale * x + bias)?);
             if p.indicator.is_some() {
-                p.signal = Some(vec![(self.signal)(at.step, p.pass)]);
+                p.signal = Some(Tensor::from_f32(vec![(self.signal)(at.step, p.pass)], [1])?);
             }
         }
         Ok(())

@@ -153,3 +153,75 @@ pub fn download_count() -> u64 {
 pub fn synchronize(_ordinal: usize) -> Result<()> {
     Err(Error::CudaNotCompiled)
 }
+
+/// The device memory wanrt could take on a CUDA device: always an error in this build.
+pub fn free_memory(_ordinal: usize) -> Result<u64> {
+    Err(Error::CudaNotCompiled)
+}
+
+/// Bounds the memory wanrt keeps on a CUDA device: always an error in this build.
+pub fn set_memory_limit(_ordinal: usize, _bytes: u64) -> Result<()> {
+    Err(Error::CudaNotCompiled)
+}
+
+/// Block swapping; never built in this build.
+pub struct BlockSwap {
+    never: std::convert::Infallible,
+}
+
+impl BlockSwap {
+    /// Keeps swapped blocks in pinned memory: always an error in this build.
+    pub fn new(_ordinal: usize, _blocks: usize, _swapped: &[Vec<&[u8]>]) -> Result<BlockSwap> {
+        Err(Error::CudaNotCompiled)
+    }
+
+    /// How many blocks are swapped.
+    pub fn swapped(&self) -> usize {
+        match self.never {}
+    }
+
+    /// One swapped block's parts copied to the device.
+    pub fn fetch(&self, _index: usize) -> Result<Vec<CudaStorage>> {
+        match self.never {}
+    }
+
+    /// One forward through the blocks.
+    pub fn forward(
+        &mut self,
+        _compute: impl FnMut(usize, Option<Vec<CudaStorage>>) -> Result<()>,
+    ) -> Result<()> {
+        match self.never {}
+    }
+}
+
+/// The LoRA merge on a CUDA device; never built in this build.
+pub struct DeviceMerge {
+    never: std::convert::Infallible,
+    /// What the merge applies and ignores.
+    pub report: crate::lora::Report,
+}
+
+impl DeviceMerge {
+    /// Copies the LoRAs and the weights they change to the device: always an error in this
+    /// build.
+    pub fn new(
+        _weights: &std::collections::BTreeMap<String, crate::tensor::Weight>,
+        _loras: &[(&crate::lora::Lora, f32)],
+        _ordinal: usize,
+    ) -> Result<DeviceMerge> {
+        Err(Error::CudaNotCompiled)
+    }
+
+    /// The canonical names of the weights the LoRAs change.
+    pub fn targets(&self) -> std::iter::Empty<&str> {
+        match self.never {}
+    }
+
+    /// Every changed weight merged at `strengths`.
+    pub fn merge(
+        &self,
+        _strengths: &[f32],
+    ) -> Result<std::collections::BTreeMap<String, crate::tensor::Weight>> {
+        match self.never {}
+    }
+}

@@ -7,10 +7,12 @@
 //! A generation runs in three phases that do not overlap: text encoding, denoising, decoding.
 //! The DiT's resident weights (everything but the swapped blocks) and, with swapping, two
 //! device slots of the largest swapped block (one computing, one being filled) stay on the
-//! device throughout; the text encoder is released after encoding, the VAE loaded for decoding.
+//! device throughout, and so does the text encoder when it is placed there (the pipeline keeps
+//! it loaded for the next generation); the VAE's working memory is counted for decoding only.
 //! The plan is the one with the fewest swapped blocks whose every phase fits (swapping costs
-//! copies on every step, tiling about one more VAE decode once), whole frames preferred at that
-//! count, the text encoder on the device when it fits beside the resident DiT. The working
+//! copies on every step, tiling about one more VAE decode once), at that count the text encoder
+//! on the device when it fits beside the DiT in every phase, then whole frames preferred. The
+//! working
 //! memory figures are the CPU's f32 estimates (the `memory` module), upper bounds for the
 //! device's bf16 activations; the budget keeps [`DEVICE_RESERVE`] free for the CUDA context's
 //! own allocations (cuBLASLt workspaces, module images) and the allocator's rounding.
@@ -193,6 +195,8 @@ pub struct PlanRequest {
     pub blocks_to_swap: Option<usize>,
     /// `--vae-tiling`: `Auto` lets the plan choose.
     pub vae_tiling: VaeTiling,
+    /// Where the text encoder runs, when already decided (a loaded pipeline's).
+    pub text_encoder: Option<Placement>,
 }
 
 /// The chosen plan, with its peak per phase.
@@ -275,32 +279,37 @@ pub fn plan(needs: &DeviceNeeds, req: &PlanRequest) -> Result<DevicePlan> {
         VaeTiling::Off | VaeTiling::Auto => needs.decoding_whole,
         VaeTiling::Tiled(_) => needs.decoding_tiled,
     };
+    let placements = match req.text_encoder {
+        Some(p) => vec![p],
+        None => vec![Placement::Device, Placement::Cpu],
+    };
     for &swap in &swaps {
         let dit = dit_resident(&needs.dit, swap);
-        let denoise = dit + needs.denoising;
-        if denoise > budget {
-            continue;
+        for &text_encoder in &placements {
+            let (resident, encode) = match text_encoder {
+                Placement::Device => (
+                    dit + needs.text_encoder,
+                    dit + needs.text_encoder + needs.text_encoding,
+                ),
+                Placement::Cpu => (dit, dit),
+            };
+            let denoise = resident + needs.denoising;
+            let decode = |t: VaeTiling| resident + needs.vae + decoding(t);
+            if encode.max(denoise) > budget {
+                continue;
+            }
+            let Some(&tiling) = tilings.iter().find(|&&t| decode(t) <= budget) else {
+                continue;
+            };
+            return Ok(DevicePlan {
+                blocks_to_swap: swap,
+                text_encoder,
+                vae_tiling: tiling,
+                budget,
+                dit_resident: dit,
+                peaks: [encode, denoise, decode(tiling)],
+            });
         }
-        let Some(&tiling) = tilings
-            .iter()
-            .find(|&&t| dit + needs.vae + decoding(t) <= budget)
-        else {
-            continue;
-        };
-        let on_device = dit + needs.text_encoder + needs.text_encoding;
-        let (text_encoder, encode) = if on_device <= budget {
-            (Placement::Device, on_device)
-        } else {
-            (Placement::Cpu, dit)
-        };
-        return Ok(DevicePlan {
-            blocks_to_swap: swap,
-            text_encoder,
-            vae_tiling: tiling,
-            budget,
-            dit_resident: dit,
-            peaks: [encode, denoise, dit + needs.vae + decoding(tiling)],
-        });
     }
     let most = *swaps.last().expect("at least one swap count");
     let least = dit_resident(&needs.dit, most);

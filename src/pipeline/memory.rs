@@ -201,7 +201,8 @@ pub struct Fit {
     pub tiling: VaeTiling,
     /// The estimate of that plan.
     pub memory: MemoryEstimate,
-    /// The memory available when it was chosen ([`available_memory`]); `None`: unknown, so
+    /// The memory available when it was chosen ([`available_memory`]; with the DiT on a CUDA
+    /// device, the device's free memory or the device plan's budget); `None`: unknown, so
     /// nothing was checked.
     pub available: Option<u64>,
 }

@@ -29,6 +29,7 @@ mod demo;
 pub mod device_plan;
 mod files;
 mod memory;
+mod on_device;
 mod request;
 mod trigger;
 
@@ -38,6 +39,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
+pub use device_plan::DevicePlan;
 pub use files::{ModelFiles, ModelLayout, ModelSource};
 pub use memory::{available_memory, Fit, MemoryEstimate, VaeTiling, WeightMemory};
 pub use request::{
@@ -48,7 +50,7 @@ pub use trigger::{trigger_phrase, with_triggers};
 
 pub use crate::sampler::Flow;
 
-use crate::backend::Device;
+use crate::backend::{cuda, Device};
 use crate::error::{Error, Result};
 use crate::io::config::DitConfig;
 use crate::lora::{self, Lora, Mode, StoreAs};
@@ -120,7 +122,9 @@ pub fn lora_mode_name(mode: Mode) -> &'static str {
 /// How [`Pipeline::load`] loads the models.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoadOptions {
-    /// Where the DiT and the sampling loop run (the VAE stays on the CPU).
+    /// Where the DiT and the sampling loop run. On a CUDA device [`Pipeline::load`] plans the
+    /// device memory ([`device_plan::plan`]): the blocks to swap, the text encoder's place,
+    /// the VAE's tiling; the VAE decodes there and LoRAs merge there in [`Mode::Merged`].
     pub device: Device,
     /// How LoRAs are applied: [`Mode::Merged`] (the default) bakes them into the weights at
     /// load (no cost per step; strengths fixed), [`Mode::Unmerged`] applies them on the fly
@@ -131,7 +135,9 @@ pub struct LoadOptions {
     /// global pool.
     pub threads: Option<usize>,
     /// Where the UMT5 text encoder runs, independently of `device` (e.g. on the CPU while the
-    /// DiT has the GPU to itself, or on CUDA in bf16); its contexts come back to the host.
+    /// DiT has the GPU to itself, or on CUDA in bf16); its contexts come back to the host. With
+    /// a CUDA `device` and `Device::Cpu` here, the device plan moves it to the device when it
+    /// fits beside the DiT in every phase.
     pub t5_device: Device,
     /// Low-VRAM mode on a CUDA device (`--blocks-to-swap`): keep this many of the DiT's last
     /// blocks in pinned host memory, streamed in for each forward; `None`: the device plan
@@ -260,6 +266,8 @@ pub struct Pipeline {
     pool: Option<rayon::ThreadPool>,
     /// What changing an unmerged LoRA's strength rebuilds the DiT from.
     unmerged: Option<UnmergedLoras>,
+    /// The device plan and device-merged LoRAs of a pipeline loaded on a CUDA device.
+    on_device: Option<on_device::OnDevice>,
 }
 
 /// The base DiT weights (memory-mapped where the format allows, so holding them costs little) and the LoRAs of a
@@ -351,6 +359,8 @@ pub struct Generation {
     pub params: GenerateRequest,
     /// Where the time went.
     pub timings: Timings,
+    /// The device memory plan it ran with (a pipeline loaded on a CUDA device).
+    pub device_plan: Option<DevicePlan>,
 }
 
 impl Generation {
@@ -369,6 +379,9 @@ impl Generation {
                 json!(self.params.vae_tiling.to_string()),
             );
             m.insert("device".into(), json!(self.device.to_string()));
+            if let Some(p) = &self.device_plan {
+                m.insert("device_plan".into(), json!(p));
+            }
         }
         v
     }
@@ -401,6 +414,7 @@ struct Plan {
     latent_dims: [usize; 5],
     teacache: Option<TeaCache>,
     fit: memory::Fit,
+    device_plan: Option<DevicePlan>,
 }
 
 impl Pipeline {
@@ -408,15 +422,20 @@ impl Pipeline {
     /// says (merged in its stored dtype, or unmerged), in the pipeline's own pool of
     /// `options.threads` threads when given. The cheap checks run first: the device, every
     /// LoRA file (a LoRA for another architecture or model size fails before any weight is
-    /// changed), the tokenizer and text encoder, the VAE.
+    /// changed), the tokenizer and text encoder, the VAE. On a CUDA device the memory plan is
+    /// chosen from the device's free memory (or `options.max_device_memory`, which then also
+    /// bounds wanrt's device allocations) for the default request's size, honouring
+    /// `options.blocks_to_swap`; it is logged, and each generation plans again at its own size
+    /// with these choices fixed and records that plan ([`Generation::device_plan`]). Merged
+    /// LoRAs are merged on the device from pristine copies kept there, so
+    /// [`Pipeline::set_lora_strength`] re-merges without reading the files.
     pub fn load(files: &ModelFiles, loras: &[LoraSpec], options: &LoadOptions) -> Result<Pipeline> {
         let start = Instant::now();
         options.check_low_vram()?;
         options.device.ensure_supported()?;
         let pool = thread_pool(options.threads)?;
         let mut p = in_pool(pool.as_ref(), || {
-            load_models(files, loras, options.lora_mode, options.t5_device)?
-                .to_device(options.device)
+            load_models(files, loras, options)?.to_device(options.device)
         })?;
         p.pool = pool;
         p.info.load_seconds = start.elapsed().as_secs_f64();
@@ -456,6 +475,7 @@ impl Pipeline {
             weights: WeightMemory::default(),
             pool: None,
             unmerged: None,
+            on_device: None,
         })
     }
 
@@ -499,9 +519,11 @@ impl Pipeline {
 
     /// Changes the strength of LoRA `index` (in load order) without reloading: the DiT is
     /// rebuilt from the base weights it keeps, with every LoRA's delta at its strength. Needs
-    /// LoRAs loaded unmerged ([`LoadOptions::lora_mode`] [`Mode::Unmerged`]): a merged LoRA is
-    /// baked into the weights. Fails, changing nothing, on a bad index, a non-finite strength
-    /// or merged LoRAs.
+    /// LoRAs loaded unmerged ([`LoadOptions::lora_mode`] [`Mode::Unmerged`]), or merged by a
+    /// load on a CUDA device (re-merged there from the pristine weights, the unchanged ones
+    /// taken again from the host's copy): a LoRA merged on the CPU is baked into the weights.
+    /// Fails, changing nothing, on a bad index, a non-finite strength or LoRAs merged on the
+    /// CPU.
     pub fn set_lora_strength(&mut self, index: usize, strength: f32) -> Result<()> {
         let count = self.info.loras.len();
         if index >= count {
@@ -513,6 +535,17 @@ impl Pipeline {
             return Err(Error::InvalidArgument(format!(
                 "LoRA strength {strength} must be a finite number"
             )));
+        }
+        if let Some(d) = &mut self.on_device {
+            if let Some(l) = &mut d.loras {
+                let mut strengths = l.strengths.clone();
+                strengths[index] = strength;
+                let swap = d.plan.blocks_to_swap;
+                self.dit = l.rebuild(&strengths, self.dit.device(), swap)?;
+                l.strengths = strengths;
+                self.info.loras[index].strength = strength;
+                return Ok(());
+            }
         }
         let Some(u) = &self.unmerged else {
             return Err(Error::InvalidArgument(
@@ -635,7 +668,7 @@ impl Pipeline {
         if let Some(t) = req.vae_tiling.tiles() {
             t.validate()?;
         }
-        let fit = self.fit_memory(&req, available_memory())?;
+        let (fit, device_plan) = self.fit_device(&req)?;
         req.vae_tiling = fit.tiling;
         Ok(Plan {
             req,
@@ -643,6 +676,7 @@ impl Pipeline {
             latent_dims,
             teacache,
             fit,
+            device_plan,
         })
     }
 
@@ -660,6 +694,27 @@ impl Pipeline {
             out.push(("NAG negative prompt", text));
         }
         out
+    }
+
+    /// The memory plan of `req`: on the CPU against the host's available memory; with the DiT
+    /// on a CUDA device against the device's free memory, with the device plan when the
+    /// pipeline was loaded there (its VAE tiling and batched CFG chosen to fit).
+    fn fit_device(&self, req: &GenerateRequest) -> Result<(memory::Fit, Option<DevicePlan>)> {
+        let Device::Cuda(ordinal) = self.device() else {
+            return Ok((self.fit_memory(req, available_memory())?, None));
+        };
+        let Some(d) = &self.on_device else {
+            // Moved here whole (Pipeline::to_device): its weights hold device memory already.
+            let free = cuda::free_memory(ordinal)? + self.weights.dit;
+            return Ok((self.fit_memory(req, Some(free))?, None));
+        };
+        let batched = req.batch_cfg && req.uses_negative_prompt() && req.teacache.is_none();
+        let configs = (self.text.encoder().config(), self.vae.config());
+        let (plan, batch_cfg) = d.plan_for(req, batched, self.dit.config(), configs)?;
+        let mut fit = self.fit_memory(req, None)?;
+        (fit.batch_cfg, fit.tiling, fit.available) =
+            (batch_cfg, plan.vae_tiling, Some(plan.budget));
+        Ok((fit, Some(plan)))
     }
 
     /// The plan that fits in `available` bytes (see [`memory::fit`]).
@@ -837,8 +892,13 @@ impl Pipeline {
         drop(model);
         run?;
         timings.denoising = stage.elapsed().as_secs_f64();
-        // The one copy back of the sampling loop: the VAE decodes on the host.
-        let latent = latent.to_device(Device::Cpu)?;
+        // The one copy back of the sampling loop; a pipeline loaded on the device decodes there
+        // (its VAE moved at load), others on the host.
+        let host_latent = latent.to_device(Device::Cpu)?;
+        let latent = match self.on_device {
+            Some(_) => latent,
+            None => host_latent.clone(),
+        };
 
         // Decoding, frame by frame.
         let stage = Instant::now();
@@ -854,6 +914,7 @@ impl Pipeline {
                 tiling: plan.fit.tiling.tiles(),
             },
             &mut |chunk| {
+                let chunk = chunk.to_device(Device::Cpu)?;
                 let rgb = to_rgb8(&chunk)?;
                 let bytes = rgb.raw_bytes()?;
                 for (i, frame) in bytes.chunks_exact(video_h * video_w * 3).enumerate() {
@@ -897,11 +958,12 @@ impl Pipeline {
             width: video_w,
             height: video_h,
             frame_count,
-            latent,
+            latent: host_latent,
             device,
             video,
             params: plan.req,
             timings,
+            device_plan: plan.device_plan,
         })
     }
 }
@@ -915,23 +977,35 @@ fn on_device(dit: WanDit, device: Device) -> Result<WanDit> {
 }
 
 /// The models of [`Pipeline::load`], loaded in the calling thread's pool.
-fn load_models(
-    files: &ModelFiles,
-    loras: &[LoraSpec],
-    mode: Mode,
-    t5_device: Device,
-) -> Result<Pipeline> {
+fn load_models(files: &ModelFiles, loras: &[LoraSpec], options: &LoadOptions) -> Result<Pipeline> {
+    let mode = options.lora_mode;
     let opened = loras
         .iter()
         .map(|l| Lora::open(&l.path).map(|lora| (lora, l.strength)))
         .collect::<Result<Vec<_>>>()?;
-    let text = TextEncoder::open(&files.t5, files.t5_config.as_deref(), &files.tokenizer)?
-        .to_device(t5_device)?;
-    let vae = WanVae::open(&files.vae, files.vae_config.as_deref())?;
+    let text = TextEncoder::open(&files.t5, files.t5_config.as_deref(), &files.tokenizer)?;
+    let mut vae = WanVae::open(&files.vae, files.vae_config.as_deref())?;
     let refs: Vec<(&Lora, f32)> = opened.iter().map(|(l, s)| (l, *s)).collect();
     let (base, cfg) = WanDit::read_weights(&files.dit, files.dit_config.as_deref())?;
     let keep = (mode == Mode::Unmerged && !loras.is_empty()).then(|| (base.clone(), cfg.clone()));
-    let (dit, report, mut weights) = build_dit(base, cfg, &refs, mode)?;
+    let (dit, report, mut weights, placed) = match options.device {
+        Device::Cpu => {
+            let (dit, report, weights) = build_dit(base, cfg, &refs, mode)?;
+            (dit, report, weights, None)
+        }
+        Device::Cuda(ordinal) => {
+            let configs = (text.encoder().config(), vae.config());
+            let (dit, report, weights, placed) =
+                on_device::build(base, cfg, &refs, options, ordinal, configs)?;
+            vae = vae.to_device(options.device)?;
+            (dit, report, weights, Some(placed))
+        }
+    };
+    let t5_device = match &placed {
+        Some(d) if d.plan.text_encoder == device_plan::Placement::Device => options.device,
+        _ => options.t5_device,
+    };
+    let text = text.to_device(t5_device)?;
     let loaded = opened
         .iter()
         .zip(report.loras)
@@ -971,6 +1045,7 @@ fn load_models(
         cfg,
         loras: opened,
     });
+    p.on_device = placed;
     p.info = ModelInfo {
         files: Some(files.clone()),
         identities: Some(identities),
@@ -1154,6 +1229,47 @@ mod tests {
         );
         assert!("b:inf".parse::<LoraSpec>().is_err());
         assert!("".parse::<LoraSpec>().is_err());
+    }
+
+    /// The device plan a generation ran with is in its metadata (and so in `--json` and the
+    /// video file); a generation without one (the CPU) records none.
+    #[test]
+    fn the_metadata_records_the_device_plan() {
+        let plan = DevicePlan {
+            blocks_to_swap: 3,
+            text_encoder: device_plan::Placement::Cpu,
+            vae_tiling: VaeTiling::Tiled(Tiling::default()),
+            budget: 24 << 30,
+            dit_resident: 9 << 30,
+            peaks: [9 << 30, 20 << 30, 12 << 30],
+        };
+        let mut g = Generation {
+            frames: Vec::new(),
+            width: 16,
+            height: 16,
+            frame_count: 1,
+            latent: Tensor::zeros([1, 16, 1, 2, 2], DType::F32),
+            device: Device::Cuda(0),
+            video: None,
+            params: GenerateRequest::new("x"),
+            timings: Timings::default(),
+            device_plan: Some(plan),
+        };
+        let info = ModelInfo::default();
+        let v = g.to_json(&info);
+        let p = &v["device_plan"];
+        assert_eq!(p["blocks_to_swap"], 3, "{v}");
+        assert_eq!(p["text_encoder"], "cpu");
+        assert_eq!(
+            p["vae_tiling"],
+            VaeTiling::Tiled(Tiling::default()).to_string()
+        );
+        assert_eq!(p["budget"], 24u64 << 30);
+        assert_eq!(p["dit_resident"], 9u64 << 30);
+        assert_eq!(p["peaks"][1], 20u64 << 30);
+        assert_eq!(g.metadata(&info)["device_plan"], *p);
+        g.device_plan = None;
+        assert!(g.metadata(&info).get("device_plan").is_none());
     }
 
     #[test]

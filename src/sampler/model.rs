@@ -64,8 +64,8 @@ pub struct PassRequest<'a> {
     pub indicator: Option<TeaCacheInput>,
     /// Output: the velocity at the latent, with the latent's shape, dtype and device.
     pub velocity: Option<Tensor>,
-    /// Output: the indicator asked for (the model's tensor, flattened).
-    pub signal: Option<Vec<f32>>,
+    /// Output: the indicator asked for (the model's tensor, on its device).
+    pub signal: Option<Tensor>,
 }
 
 /// A velocity model the sampler drives: a DiT with its text contexts, or a toy function.

@@ -16,9 +16,13 @@
 //! sampling.
 //!
 //! The driver reads the indicator by asking for a pass with the cached residual (no blocks) and
-//! keeps that output when the indicator allows reuse; otherwise it runs the blocks.
+//! keeps that output when the indicator allows reuse; otherwise it runs the blocks. The
+//! indicator stays where the model computed it: on a CUDA device the change `d` is reduced there
+//! and one scalar is read back per pass and step.
 
+use crate::backend::Device;
 use crate::error::{Error, Result};
+use crate::tensor::Tensor;
 
 /// The Wan models TeaCache has fitted coefficients for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,12 +184,12 @@ impl TeaCache {
 }
 
 /// One pass's TeaCache state.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct TeaCacheState {
     /// The accumulated rescaled change since the last computed step.
     pub accumulated: f64,
-    /// The indicator of the last call.
-    pub previous: Option<Vec<f32>>,
+    /// The indicator of the last call (on the model's device).
+    pub previous: Option<Tensor>,
     /// Whether the model holds a residual for this pass.
     pub has_residual: bool,
     /// Steps on which this pass ran its blocks.
@@ -202,22 +206,17 @@ impl TeaCacheState {
 
     /// Takes this step's indicator and decides: `true` to reuse the residual. A forced step
     /// always computes. Does not count the step (see [`TeaCacheState::record`]).
-    pub(crate) fn observe(
-        &mut self,
-        cfg: &TeaCache,
-        signal: Vec<f32>,
-        forced: bool,
-    ) -> Result<bool> {
+    pub(crate) fn observe(&mut self, cfg: &TeaCache, signal: Tensor, forced: bool) -> Result<bool> {
         let reuse = match (&self.previous, forced) {
             (Some(prev), false) => {
-                if prev.len() != signal.len() {
+                if prev.elem_count() != signal.elem_count() {
                     return Err(Error::InvalidArgument(format!(
                         "teacache: the indicator has {} elements, before {}",
-                        signal.len(),
-                        prev.len()
+                        signal.elem_count(),
+                        prev.elem_count()
                     )));
                 }
-                self.accumulated += cfg.rescale(rel_l1(&signal, prev));
+                self.accumulated += cfg.rescale(rel_l1(&signal, prev)?);
                 // NaN (a zero or broken indicator) never reuses.
                 self.accumulated < cfg.threshold
             }
@@ -241,12 +240,21 @@ impl TeaCacheState {
     }
 }
 
-/// `mean|a − b| / mean|b|`, accumulated in f64.
-fn rel_l1(a: &[f32], b: &[f32]) -> f64 {
-    let (num, den) = a.iter().zip(b).fold((0.0f64, 0.0f64), |(n, d), (&a, &b)| {
-        (n + (a as f64 - b as f64).abs(), d + (b as f64).abs())
-    });
-    num / den
+/// `mean|a − b| / mean|b|` of two indicators of as many elements: on the host accumulated in
+/// f64; on a device reduced there in f32, the one quotient read back.
+fn rel_l1(a: &Tensor, b: &Tensor) -> Result<f64> {
+    if a.device() == Device::Cpu {
+        let (a, b) = (a.to_f32_vec()?, b.to_f32_vec()?);
+        let (num, den) = a.iter().zip(&b).fold((0.0f64, 0.0f64), |(n, d), (&a, &b)| {
+            (n + (a as f64 - b as f64).abs(), d + (b as f64).abs())
+        });
+        return Ok(num / den);
+    }
+    let n = [a.elem_count()];
+    let b = b.reshape(n)?;
+    let num = a.reshape(n)?.sub(&b)?.abs()?.sum_keepdim(0)?;
+    let quotient = num.div(&b.abs()?.sum_keepdim(0)?)?;
+    Ok(f64::from(quotient.to_device(Device::Cpu)?.to_f32_vec()?[0]))
 }
 
 #[cfg(test)]
@@ -265,16 +273,18 @@ mod tests {
         let mut t = TeaCache::wan(TeaCacheModel::T2v1_3B, 0.25);
         t.coefficients = [0.0, 0.0, 0.0, 1.0, 0.0]; // poly(d) = d
         let mut s = TeaCacheState::default();
-        assert!(!s.observe(&t, vec![1.0, 1.0], true).unwrap());
+        let v2 = |v: f32| Tensor::from_f32(vec![v, v], [2]).unwrap();
+        assert!(!s.observe(&t, v2(1.0), true).unwrap());
         // d = 0.1 each time: 0.1, 0.2 reuse; 0.3 computes and resets.
         let mut v = 1.0f32;
         let mut got = vec![];
         for _ in 0..4 {
             v *= 1.1;
-            got.push(s.observe(&t, vec![v, v], false).unwrap());
+            got.push(s.observe(&t, v2(v), false).unwrap());
         }
         assert_eq!(got, [true, true, false, true]);
-        assert!(s.observe(&t, vec![1.0], false).is_err());
+        let one = Tensor::from_f32(vec![1.0], [1]).unwrap();
+        assert!(s.observe(&t, one, false).is_err());
     }
 
     #[test]

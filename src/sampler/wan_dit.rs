@@ -3,7 +3,6 @@
 //! guidance as one batch of 2 when both passes ask for the same thing.
 
 use super::{BlockMode, Pass, PassRequest, StepInfo, TeaCacheInput, VelocityModel};
-use crate::backend::Device;
 use crate::error::{Error, Result};
 use crate::model::dit::{
     CrossKv, ForwardOptions, NagParams, SelfAttention, TeaCacheSignal, TextContext, WanDit,
@@ -131,10 +130,7 @@ impl<'a> WanVelocity<'a> {
             .dit
             .forward_with(&x, &[t], self.text(req.pass)?, &opts)?;
         req.velocity = Some(sample_of(&out.velocity, 0, latent)?);
-        req.signal = out
-            .signal
-            .map(|s| s.to_device(Device::Cpu)?.to_f32_vec())
-            .transpose()?;
+        req.signal = out.signal;
         if req.blocks == BlockMode::RunAndKeep {
             self.residual[k] = out.residual;
         }

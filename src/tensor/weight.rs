@@ -69,8 +69,12 @@ impl Weight {
         Ok(())
     }
 
-    /// The whole value as an f32 tensor (scale applied).
+    /// The whole value as an f32 tensor on the host (scale applied; a device weight is copied
+    /// to the host first).
     pub fn to_f32(&self) -> Result<Tensor> {
+        if self.tensor.device() != Device::Cpu {
+            return self.to_device(Device::Cpu)?.to_f32();
+        }
         let mut out = vec![0.0; self.tensor.elem_count()];
         let outer = self.tensor.dims().first().copied().unwrap_or(1);
         if self.tensor.dims().is_empty() {

@@ -3,10 +3,11 @@
 //! A runner reads its case (`case.json`, the inputs, the models it names), computes the outputs
 //! with wanrt and returns one [`Check`] per expected tensor, usually through [`compare`].
 
+pub mod bf16;
 pub mod dit;
 mod lora;
-mod pipeline;
-mod sampler;
+pub mod pipeline;
+pub mod sampler;
 pub mod t5;
 mod train;
 pub mod vae;

@@ -3,6 +3,8 @@
 //! `x_T`. Expected: `latent`, `video` (kept for the check) and `frames` (`[F, H, W, 3]`, also
 //! held to `tolerance.frames_max_abs_diff`).
 
+use wanrt::backend::Device;
+use wanrt::model::dit::AttentionChoice;
 use wanrt::pipeline::{Flow, GenerateRequest, LoadOptions, ModelSource, Pipeline};
 use wanrt::DType;
 
@@ -57,11 +59,23 @@ fn output(name: &str, dims: &[usize], data: Vec<f64>) -> Output {
 }
 
 pub fn run(case: &Case) -> Result<Vec<Check>, Stop> {
+    run_on(case, Device::Cpu)
+}
+
+/// [`run`] with the pipeline loaded on `device` (its plan, its exact bf16 attention on CUDA).
+pub fn run_on(case: &Case, device: Device) -> Result<Vec<Check>, Stop> {
     let files = source(case)?.resolve()?;
-    let pipe = Pipeline::load(&files, &[], &LoadOptions::default())?;
+    let options = LoadOptions {
+        device,
+        ..LoadOptions::default()
+    };
+    let pipe = Pipeline::load(&files, &[], &options)?;
     let inputs = case.tensors("inputs")?;
     let mut req = request(case, tensor(&inputs, "x_T")?.clone())?;
     req.keep_video = true;
+    if device != Device::Cpu {
+        req.attention = AttentionChoice::Bf16;
+    }
     let g = pipe.generate(&req, &mut |_| Flow::Continue)?;
     let video = g
         .video

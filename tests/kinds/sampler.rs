@@ -4,11 +4,12 @@
 //! `sigmas` (the grid, with or without the final 0), `states` (the sample after each step) and
 //! `final`.
 
+use wanrt::backend::Device;
 use wanrt::sampler::{
     Flow, Guidance, NoiseFn, Pass, PassRequest, Sampler, SamplerConfig, Schedule, SolverKind,
     StepInfo, VelocityModel,
 };
-use wanrt::Tensor;
+use wanrt::{DType, Tensor};
 
 use super::{compare, Check, Output, Stop};
 use crate::common::{f64_data, tensor, Case};
@@ -43,14 +44,14 @@ impl VelocityModel for Toy {
     ) -> wanrt::Result<()> {
         self.timesteps[at.step] = Some(at.timestep);
         let s = at.timestep / 1000.0;
-        let x = latent.as_slice::<f64>()?;
+        let x = host_f64(latent)?;
         for p in passes {
             let mut v = vec![0.0; x.len()];
             match p.pass {
                 Pass::Cond => toy_cond(&x, s, &mut v),
                 Pass::Uncond => toy_uncond(&x, s, &mut v),
             }
-            p.velocity = Some(Tensor::from_slice(&v, latent.shape().clone())?);
+            p.velocity = Some(like(&v, latent)?);
         }
         Ok(())
     }
@@ -92,6 +93,19 @@ fn guidance(case: &Case) -> Result<Guidance, Stop> {
     Ok(g)
 }
 
+/// A latent's values in f64 on the host (the CPU's f64 latent as it is).
+fn host_f64(t: &Tensor) -> wanrt::Result<Vec<f64>> {
+    let t = t.to_device(Device::Cpu)?.to_dtype(DType::F64)?;
+    Ok(t.as_slice::<f64>()?.into_owned())
+}
+
+/// `values` as a tensor shaped, typed and placed as `latent`.
+fn like(values: &[f64], latent: &Tensor) -> wanrt::Result<Tensor> {
+    Tensor::from_slice(values, latent.shape().clone())?
+        .to_dtype(latent.dtype())?
+        .to_device(latent.device())
+}
+
 /// Hands out `noise[i]` (the case's stored fresh noise) at step `i`.
 fn stored_noise(noise: Vec<f64>) -> NoiseFn {
     Box::new(move |i, like: &Tensor| {
@@ -99,11 +113,17 @@ fn stored_noise(noise: Vec<f64>) -> NoiseFn {
         let src = noise.get(i * n..(i + 1) * n).ok_or_else(|| {
             wanrt::Error::InvalidArgument(format!("the stored noise has no entry for step {i}"))
         })?;
-        Tensor::from_slice(src, like.shape().clone())
+        self::like(src, like)
     })
 }
 
 pub fn run(case: &Case) -> Result<Vec<Check>, Stop> {
+    run_on(case, Device::Cpu)
+}
+
+/// [`run`] with the latent on `device`: the host's f64, or f32 on a CUDA device (the toy
+/// models still computed on the host in f64).
+pub fn run_on(case: &Case, device: Device) -> Result<Vec<Check>, Stop> {
     let kind: SolverKind = case.str("solver")?.parse()?;
     let schedule = schedule(case, kind, case.f64("shift")?)?;
     let config = SamplerConfig::new(kind, schedule.clone(), guidance(case)?);
@@ -111,6 +131,9 @@ pub fn run(case: &Case) -> Result<Vec<Check>, Stop> {
     let expected = case.tensors("expected")?;
     let x_t = tensor(&inputs, "x_T")?;
     let mut x = Tensor::from_slice(&f64_data(x_t)?, x_t.dims())?;
+    if device != Device::Cpu {
+        x = x.to_dtype(DType::F32)?.to_device(device)?;
+    }
     let mut sampler = match inputs.get("noise") {
         Some(noise) => Sampler::with_noise(config, stored_noise(f64_data(noise)?))?,
         None => Sampler::new(config)?,
@@ -122,7 +145,7 @@ pub fn run(case: &Case) -> Result<Vec<Check>, Stop> {
     };
     let mut states = Vec::with_capacity(steps * x.elem_count());
     sampler.run(&mut model, &mut x, |p| {
-        states.extend_from_slice(&p.latent.as_slice::<f64>().expect("an f64 latent"));
+        states.extend(host_f64(p.latent).expect("a readable latent"));
         Flow::Continue
     })?;
 
@@ -159,7 +182,7 @@ pub fn run(case: &Case) -> Result<Vec<Check>, Stop> {
         Output {
             name: "final".into(),
             dims,
-            data: x.as_slice::<f64>()?.into_owned(),
+            data: host_f64(&x)?,
         },
     ];
     compare(&expected, &outputs)

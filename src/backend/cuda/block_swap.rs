@@ -1,6 +1,10 @@
-//! Block swapping on a CUDA device (low-VRAM mode): the swapped blocks' weights in pinned host
-//! memory, two device slots, a side stream for the copies and events ordering it against the
-//! device's stream, run in the order of [`crate::backend::block_swap::schedule`].
+//! Block swapping on a CUDA device (low-VRAM mode): the swapped blocks' tensors in pinned host
+//! memory, copied on a side stream into device buffers taken from the device's allocator just
+//! before the copy, in the order of [`crate::backend::block_swap::schedule`]. Events order the
+//! two streams: a copy starts once the device's stream has run everything queued before it (so
+//! a buffer the allocator hands out again, and a slot's previous block, are done with), and a
+//! block computes once its copy has ended. At most [`SLOTS`] swapped blocks are on the device
+//! at once.
 
 use std::sync::Arc;
 
@@ -10,60 +14,49 @@ use super::{driver, CudaDevice, CudaStorage};
 use crate::backend::block_swap::{schedule, SwapStep, SLOTS};
 use crate::error::{Error, Result};
 
-/// The last blocks of a model in pinned host memory, streamed through two device slots.
+/// The last blocks of a model in pinned host memory, streamed in for each forward.
 pub struct BlockSwap {
     device: Arc<CudaDevice>,
     copies: Arc<CudaStream>,
-    /// Per swapped block, its weights' bytes (one buffer, as the caller lays them out).
-    host: Vec<PinnedHostSlice<u8>>,
-    slots: Vec<CudaStorage>,
-    /// Recorded on the side stream when a slot's copy has ended.
-    copied: Vec<CudaEvent>,
-    /// Recorded on the device's stream when the block in a slot has computed.
-    used: Vec<CudaEvent>,
+    /// Per swapped block, its parts (one per tensor, as the caller lays them out).
+    host: Vec<Vec<PinnedHostSlice<u8>>>,
     blocks: usize,
 }
 
 impl BlockSwap {
-    /// Keeps `swapped` (the bytes of the last `swapped.len()` of `blocks` blocks, in order) in
-    /// pinned memory and allocates the two slots on device `ordinal` (the largest block each).
-    pub fn new(ordinal: usize, blocks: usize, swapped: &[&[u8]]) -> Result<BlockSwap> {
+    /// Keeps `swapped` (the parts of the last `swapped.len()` of `blocks` blocks, in order) in
+    /// pinned memory of device `ordinal`'s context.
+    pub fn new(ordinal: usize, blocks: usize, swapped: &[Vec<&[u8]>]) -> Result<BlockSwap> {
         if swapped.len() > blocks {
             return Err(Error::InvalidArgument(format!(
                 "{} swapped blocks of a model with {blocks}",
                 swapped.len()
             )));
         }
+        if swapped.iter().flatten().any(|p| p.is_empty()) {
+            return Err(Error::InvalidArgument(
+                "block swap: an empty part (a tensor without elements)".into(),
+            ));
+        }
         let device = CudaDevice::get(ordinal)?;
         let ctx = device.stream().context();
         let copies = driver("creating the block-swap stream", || ctx.new_stream())?;
+        let pin = |bytes: &&[u8]| {
+            // SAFETY: every byte is written by the copy below before any read.
+            let mut pinned = driver("pinned host memory", || unsafe {
+                ctx.alloc_pinned::<u8>(bytes.len())
+            })?;
+            driver("pinned host memory", || pinned.as_mut_slice())?.copy_from_slice(bytes);
+            Ok(pinned)
+        };
         let host = swapped
             .iter()
-            .map(|bytes| {
-                // SAFETY: every byte is written by the copy below before any read.
-                let mut pinned = driver("pinned host memory", || unsafe {
-                    ctx.alloc_pinned::<u8>(bytes.len())
-                })?;
-                driver("pinned host memory", || pinned.as_mut_slice())?.copy_from_slice(bytes);
-                Ok(pinned)
-            })
+            .map(|parts| parts.iter().map(pin).collect::<Result<Vec<_>>>())
             .collect::<Result<Vec<_>>>()?;
-        let slot_bytes = swapped.iter().map(|b| b.len()).max().unwrap_or(0);
-        let slots = if swapped.is_empty() {
-            Vec::new()
-        } else {
-            (0..SLOTS)
-                .map(|_| device.alloc(slot_bytes))
-                .collect::<Result<_>>()?
-        };
-        let event = || driver("creating a block-swap event", || ctx.new_event(None));
         Ok(BlockSwap {
-            copied: (0..SLOTS).map(|_| event()).collect::<Result<_>>()?,
-            used: (0..SLOTS).map(|_| event()).collect::<Result<_>>()?,
             device,
             copies,
             host,
-            slots,
             blocks,
         })
     }
@@ -73,32 +66,68 @@ impl BlockSwap {
         self.host.len()
     }
 
-    /// One forward: `compute(block, weights)` for every block in order, `weights` the slot
-    /// holding a swapped block's bytes (its first bytes; `None` for a resident block). The
-    /// computation must be queued on the device's stream.
+    /// Swapped block `index`'s parts (counted from the first swapped block) copied to the
+    /// device on its stream, for computing that block alone.
+    pub fn fetch(&self, index: usize) -> Result<Vec<CudaStorage>> {
+        let parts = self.host.get(index).ok_or_else(|| {
+            Error::InvalidArgument(format!("swapped block {index} of {}", self.host.len()))
+        })?;
+        let main = self.device.stream();
+        parts
+            .iter()
+            .map(|src| {
+                let mut dst = self.device.alloc(src.len())?;
+                {
+                    let mut view = dst.view_mut::<u8>(src.len())?;
+                    driver("block swap copy", || main.memcpy_htod(src, &mut view))?;
+                }
+                Ok(dst)
+            })
+            .collect()
+    }
+
+    /// One forward: `compute(block, parts)` for every block in order, `parts` the device copies
+    /// of a swapped block's parts (each as long as the part given to [`BlockSwap::new`]; `None`
+    /// for a resident block). The computation must be queued on the device's stream; the parts
+    /// go back to the allocator when `compute` drops them.
     pub fn forward(
         &mut self,
-        mut compute: impl FnMut(usize, Option<&CudaStorage>) -> Result<()>,
+        mut compute: impl FnMut(usize, Option<Vec<CudaStorage>>) -> Result<()>,
     ) -> Result<()> {
         let first = self.blocks - self.host.len();
         let main = Arc::clone(self.device.stream());
+        let ctx = main.context();
+        let event = || driver("creating a block-swap event", || ctx.new_event(None));
+        let ready: Vec<CudaEvent> = (0..SLOTS).map(|_| event()).collect::<Result<_>>()?;
+        let copied: Vec<CudaEvent> = (0..SLOTS).map(|_| event()).collect::<Result<_>>()?;
+        let mut slots: [Option<Vec<CudaStorage>>; SLOTS] = Default::default();
         for step in schedule(self.blocks, self.host.len()) {
             match step {
-                SwapStep::Prefetch { block, slot, after } => {
-                    let src = &self.host[block - first];
-                    if after.is_some() {
-                        driver("block swap", || self.copies.wait(&self.used[slot]))?;
+                SwapStep::Prefetch { block, slot, .. } => {
+                    let parts = &self.host[block - first];
+                    let mut dst = parts
+                        .iter()
+                        .map(|p| self.device.alloc(p.len()))
+                        .collect::<Result<Vec<_>>>()?;
+                    // Everything queued on the device's stream so far (the slot's previous
+                    // block, the last users of the buffers just taken) ends before the copy.
+                    driver("block swap", || ready[slot].record(&main))?;
+                    driver("block swap", || self.copies.wait(&ready[slot]))?;
+                    for (src, d) in parts.iter().zip(&mut dst) {
+                        let mut view = d.view_mut::<u8>(src.len())?;
+                        driver("block swap copy", || {
+                            self.copies.memcpy_htod(src, &mut view)
+                        })?;
                     }
-                    let mut dst = self.slots[slot].view_mut::<u8>(src.len())?;
-                    driver("block swap copy", || self.copies.memcpy_htod(src, &mut dst))?;
-                    driver("block swap", || self.copied[slot].record(&self.copies))?;
+                    driver("block swap", || copied[slot].record(&self.copies))?;
+                    slots[slot] = Some(dst);
                 }
                 SwapStep::Compute { block, slot } => match slot {
                     None => compute(block, None)?,
                     Some(s) => {
-                        driver("block swap", || main.wait(&self.copied[s]))?;
-                        compute(block, Some(&self.slots[s]))?;
-                        driver("block swap", || self.used[s].record(&main))?;
+                        driver("block swap", || main.wait(&copied[s]))?;
+                        let parts = slots[s].take().expect("the schedule fills a slot first");
+                        compute(block, Some(parts))?;
                     }
                 },
             }
@@ -111,33 +140,33 @@ impl BlockSwap {
 mod tests {
     use super::*;
 
-    /// Streams five blocks of distinct bytes, three swapped, and checks that each computes from
-    /// the right bytes (copied back from its slot on the device's stream). Skips without a
-    /// device.
+    /// Streams five blocks of distinct bytes in two parts each, three swapped, twice, and
+    /// checks that each computes from its own parts (copied back on the device's stream).
+    /// Skips without a device.
     #[test]
-    fn each_block_computes_from_its_own_bytes() {
+    fn gpu_block_swap_computes_each_block_from_its_own_bytes() {
         if let Err(e) = CudaDevice::get(0) {
-            println!("each_block_computes_from_its_own_bytes: SKIP: {e}");
+            println!("gpu_block_swap_computes_each_block_from_its_own_bytes: SKIP: {e}");
             return;
         }
-        let bytes: Vec<Vec<u8>> = (0..3u8).map(|b| vec![b + 10; 1000 + b as usize]).collect();
-        let refs: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
-        let mut swap = BlockSwap::new(0, 5, &refs).unwrap();
-        let mut seen = Vec::new();
-        swap.forward(|block, weights| {
-            seen.push((block, weights.map(|w| w.download().unwrap()[0])));
-            Ok(())
-        })
-        .unwrap();
-        assert_eq!(
-            seen,
-            vec![
-                (0, None),
-                (1, None),
-                (2, Some(10)),
-                (3, Some(11)),
-                (4, Some(12))
-            ]
-        );
+        let bytes: Vec<Vec<u8>> = (0..3usize)
+            .map(|b| (0..1000 + b).map(|i| (i * 7 + b * 31) as u8).collect())
+            .collect();
+        let parts: Vec<Vec<&[u8]>> = bytes.iter().map(|b| vec![&b[..7], &b[7..]]).collect();
+        let mut swap = BlockSwap::new(0, 5, &parts).unwrap();
+        assert_eq!(swap.swapped(), 3);
+        for _ in 0..2 {
+            let mut seen = Vec::new();
+            swap.forward(|block, parts| {
+                if let Some(p) = parts {
+                    let copied: Vec<Vec<u8>> = p.iter().map(|s| s.download().unwrap()).collect();
+                    assert_eq!(copied.concat(), bytes[block - 2], "block {block}");
+                }
+                seen.push(block);
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(seen, vec![0, 1, 2, 3, 4]);
+        }
     }
 }

@@ -254,9 +254,9 @@ mod tests {
     /// within one rounding step, `src/lora/kernel_emulation.rs`), for every stored dtype, and
     /// re-merges at new strengths from the pristine weights. Skips without a device.
     #[test]
-    fn the_device_merge_equals_its_emulation_bit_for_bit() {
+    fn gpu_device_merge_equals_its_emulation_bit_for_bit() {
         if let Err(e) = CudaDevice::get(0) {
-            println!("the_device_merge_equals_its_emulation_bit_for_bit: SKIP: {e}");
+            println!("gpu_device_merge_equals_its_emulation_bit_for_bit: SKIP: {e}");
             return;
         }
         let (out, inp) = (67, 130);

@@ -112,6 +112,25 @@ pub fn synchronize(ordinal: usize) -> Result<()> {
     driver("synchronizing the CUDA stream", || dev.stream.synchronize())
 }
 
+/// The device memory wanrt could still take on device `ordinal`: the driver's free figure plus
+/// the buffers wanrt's allocator caches, bounded by the allocator's limit less what it holds.
+pub fn free_memory(ordinal: usize) -> Result<u64> {
+    let dev = CudaDevice::get(ordinal)?;
+    let (free, _total) = driver("reading the free device memory", || {
+        dev.stream.context().mem_get_info()
+    })?;
+    let usage = dev.memory_usage();
+    let below_limit = usage.limit.saturating_sub(usage.in_use);
+    Ok((free + usage.cached).min(below_limit) as u64)
+}
+
+/// Bounds the bytes wanrt keeps on device `ordinal` ([`CudaDevice::set_memory_limit`]).
+pub fn set_memory_limit(ordinal: usize, bytes: u64) -> Result<()> {
+    let dev = CudaDevice::get(ordinal)?;
+    dev.set_memory_limit(usize::try_from(bytes).unwrap_or(usize::MAX));
+    Ok(())
+}
+
 /// One device: its context, the stream every op of wanrt runs on, its allocator and the
 /// hand-written kernels loaded into its context.
 pub struct CudaDevice {

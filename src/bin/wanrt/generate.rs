@@ -166,12 +166,12 @@ pub struct GenerateArgs {
     /// The initial latent: a safetensors file with `x_T` [1, 16, T, H/8, W/8].
     #[arg(long, value_name = "FILE")]
     latent_init: Option<PathBuf>,
-    /// Where the DiT and the sampling loop run: cpu, cuda or cuda:N (the VAE decodes on the
-    /// CPU).
+    /// Where the DiT and the sampling loop run: cpu, cuda or cuda:N (on CUDA the device memory
+    /// plan also places the text encoder and the VAE decodes there; with --demo on the CPU).
     #[arg(long, value_name = "DEVICE", default_value = "cpu", value_parser = parse_device)]
     device: Device,
-    /// Where the UMT5 text encoder runs: cpu (the default; leaves the GPU to the DiT), cuda
-    /// or cuda:N (bf16).
+    /// Where the UMT5 text encoder runs: cpu (the default; with a CUDA DiT the device memory
+    /// plan moves it there when it fits beside the DiT), cuda or cuda:N (bf16, always).
     #[arg(long, value_name = "DEVICE", default_value = "cpu", value_parser = parse_device)]
     t5_device: Device,
     /// Low-VRAM mode (CUDA): keep the DiT's last N blocks in pinned host memory, each streamed

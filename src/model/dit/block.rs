@@ -4,7 +4,7 @@ pub(super) mod backward;
 
 use super::nag::{nag_combine, NagParams};
 use super::rope::RopeTable;
-use super::weights::{Linear, Take};
+use super::weights::{map_weight, Linear, Take, TensorMap};
 use super::{DitConfig, SelfAttention};
 use crate::backend::Device;
 use crate::error::Result;
@@ -38,14 +38,14 @@ impl Attn {
         })
     }
 
-    fn to_device(&self, device: Device) -> Result<Attn> {
+    fn map_tensors(&self, f: &mut TensorMap<'_>) -> Result<Attn> {
         Ok(Attn {
-            q: self.q.to_device(device)?,
-            k: self.k.to_device(device)?,
-            v: self.v.to_device(device)?,
-            o: self.o.to_device(device)?,
-            norm_q: self.norm_q.to_device(device)?,
-            norm_k: self.norm_k.to_device(device)?,
+            q: self.q.map_tensors(f)?,
+            k: self.k.map_tensors(f)?,
+            v: self.v.map_tensors(f)?,
+            o: self.o.map_tensors(f)?,
+            norm_q: map_weight(&self.norm_q, f)?,
+            norm_k: map_weight(&self.norm_k, f)?,
         })
     }
 }
@@ -111,17 +111,29 @@ impl Block {
 
     /// The block on `device`, every parameter in its stored dtype.
     pub fn to_device(&self, device: Device) -> Result<Block> {
+        self.map_tensors(&mut |t| t.to_device(device))
+    }
+
+    /// The block with every tensor mapped by `f`, always in the same order (the modulation,
+    /// then each layer's weights, biases, norms and unmerged deltas), each weight keeping its
+    /// scale: what block swapping copies out and puts back.
+    pub fn map_tensors(&self, f: &mut TensorMap<'_>) -> Result<Block> {
         Ok(Block {
-            modulation: self.modulation.to_device(device)?,
-            self_attn: self.self_attn.to_device(device)?,
-            norm3_w: self.norm3_w.to_device(device)?,
-            norm3_b: self.norm3_b.to_device(device)?,
-            cross_attn: self.cross_attn.to_device(device)?,
-            ffn0: self.ffn0.to_device(device)?,
-            ffn2: self.ffn2.to_device(device)?,
+            modulation: f(&self.modulation)?,
+            self_attn: self.self_attn.map_tensors(f)?,
+            norm3_w: map_weight(&self.norm3_w, f)?,
+            norm3_b: map_weight(&self.norm3_b, f)?,
+            cross_attn: self.cross_attn.map_tensors(f)?,
+            ffn0: self.ffn0.map_tensors(f)?,
+            ffn2: self.ffn2.map_tensors(f)?,
             heads: self.heads,
             eps: self.eps,
         })
+    }
+
+    /// Whether a layer of the block carries an unmerged low-rank delta.
+    pub fn has_deltas(&mut self) -> bool {
+        self.linears_mut().iter().any(|(_, l)| l.delta.is_some())
     }
 
     /// Every linear layer of the block with its path under `blocks.N.`.

@@ -13,6 +13,7 @@ mod block;
 pub(crate) mod embed;
 mod nag;
 pub(crate) mod rope;
+mod swap;
 mod weights;
 
 use std::collections::BTreeMap;
@@ -29,6 +30,7 @@ pub use weights::weight_shapes;
 pub use weights::LinearDelta;
 
 use block::{Block, BlockInputs};
+use swap::SwappedBlocks;
 use weights::{Linear, Take};
 
 use crate::backend::Device;
@@ -98,7 +100,10 @@ pub struct WanDit {
     time0: Linear,
     time2: Linear,
     time_proj: Linear,
+    /// The resident blocks: all of them, or the first ones when the last are swapped.
     blocks: Vec<Block>,
+    /// The last blocks, in pinned host memory and streamed in (low-VRAM mode).
+    swapped: Option<SwappedBlocks>,
     /// `[1, 2, dim]` f32: shift, scale of the head.
     head_modulation: Tensor,
     head: Linear,
@@ -138,6 +143,7 @@ impl WanDit {
             time2,
             time_proj,
             blocks,
+            swapped: None,
             head_modulation,
             head,
             rope: Mutex::new(None),
@@ -177,6 +183,11 @@ impl WanDit {
     /// not a linear layer of the model or a delta of the wrong shape. Text contexts prepared
     /// with cached K/V before the change must be prepared again.
     pub fn set_linear_deltas(&mut self, mut deltas: BTreeMap<String, LinearDelta>) -> Result<()> {
+        if self.swapped.is_some() && !deltas.is_empty() {
+            return Err(Error::InvalidArgument(
+                "low-rank deltas on a DiT with swapped blocks: merge the LoRAs instead".into(),
+            ));
+        }
         let mut linears = self.linears_mut();
         for (name, d) in &deltas {
             let Some((_, lin)) = linears.iter().find(|(n, _)| n == name) else {
@@ -243,6 +254,36 @@ impl WanDit {
     /// itself uploads only what it computes on the host (the sinusoid of the timesteps, the
     /// RoPE tables once per grid) and downloads nothing.
     pub fn to_device(&self, device: Device) -> Result<WanDit> {
+        self.to_device_with_swap(device, 0)
+    }
+
+    /// [`WanDit::to_device`] in low-VRAM mode: the last `swap` blocks stay in pinned host memory
+    /// and are streamed to the CUDA `device` for each pass over the blocks, each while the
+    /// block before it computes (their bytes never all on the device at once). The forward
+    /// computes the same bits as with every block resident. Fails for `swap > 0` on the CPU,
+    /// above the block count, for blocks carrying unmerged LoRA deltas, or for a model whose
+    /// blocks are swapped already.
+    pub fn to_device_with_swap(&self, device: Device, swap: usize) -> Result<WanDit> {
+        let total = self.cfg.num_layers;
+        if self.swapped.is_some() || swap > total {
+            return Err(Error::InvalidArgument(format!(
+                "swapping {swap} blocks of a DiT with {total} ({} swapped already)",
+                self.swapped_blocks()
+            )));
+        }
+        let swapped = match (swap, device) {
+            (0, _) => None,
+            (_, Device::Cuda(ordinal)) => Some(SwappedBlocks::new(
+                self.blocks[total - swap..].to_vec(),
+                total,
+                ordinal,
+            )?),
+            (_, Device::Cpu) => {
+                return Err(Error::InvalidArgument(
+                    "blocks_to_swap applies to a DiT on a CUDA device".into(),
+                ))
+            }
+        };
         let lin = |l: &Linear| l.to_device(device);
         Ok(WanDit {
             cfg: self.cfg.clone(),
@@ -253,11 +294,11 @@ impl WanDit {
             time0: lin(&self.time0)?,
             time2: lin(&self.time2)?,
             time_proj: lin(&self.time_proj)?,
-            blocks: self
-                .blocks
+            blocks: self.blocks[..total - swap]
                 .iter()
                 .map(|b| b.to_device(device))
                 .collect::<Result<Vec<_>>>()?,
+            swapped,
             head_modulation: self.head_modulation.to_device(device)?,
             head: lin(&self.head)?,
             rope: Mutex::new(None),
@@ -306,12 +347,12 @@ impl WanDit {
             .text2
             .forward(&self.text0.forward(&padded)?.gelu_tanh()?)?;
         let kv = if cache_kv {
-            Some(
-                self.blocks
-                    .iter()
-                    .map(|b| b.cross_kv(&embedded))
-                    .collect::<Result<Vec<_>>>()?,
-            )
+            let mut kv = Vec::with_capacity(self.cfg.num_layers);
+            self.each_block(&mut |_, b| {
+                kv.push(b.cross_kv(&embedded)?);
+                Ok(())
+            })?;
+            Some(kv)
         } else {
             None
         };
@@ -345,7 +386,9 @@ impl WanDit {
             None => None,
             Some(TeaCacheSignal::TimeEmbedding) => Some(e.clone()),
             Some(TeaCacheSignal::TimeProjection) => Some(e0.clone()),
-            Some(TeaCacheSignal::Block0Input) => Some(self.blocks[0].modulated_input(&x0, &e0)?),
+            Some(TeaCacheSignal::Block0Input) => {
+                Some(self.with_block(0, |b| b.modulated_input(&x0, &e0))?)
+            }
         };
 
         // The patch embedding is kept past the blocks only when its residual is asked for.
@@ -376,16 +419,17 @@ impl WanDit {
 
     fn run_blocks(
         &self,
-        mut x: Tensor,
+        x: Tensor,
         e0: &Tensor,
         grid: [usize; 3],
         text: &TextContext,
         opts: &ForwardOptions,
     ) -> Result<Tensor> {
         let rope = self.rope_table(grid)?;
-        for (i, block) in self.blocks.iter().enumerate() {
+        let mut x = x;
+        self.each_block(&mut |i, block| {
             if opts.skip_blocks.contains(&i) {
-                continue;
+                return Ok(());
             }
             let kv = text_kv(block, text, i)?;
             let neg_kv = match &opts.nag {
@@ -400,8 +444,40 @@ impl WanDit {
                 attention: opts.attention,
             };
             x = block.forward(&x, &inputs)?;
-        }
+            Ok(())
+        })?;
         Ok(x)
+    }
+
+    /// `f(i, block)` for every block in order, the swapped ones streamed in.
+    fn each_block(&self, f: &mut dyn FnMut(usize, &Block) -> Result<()>) -> Result<()> {
+        match &self.swapped {
+            Some(s) => s.each_block(&self.blocks, f),
+            None => self
+                .blocks
+                .iter()
+                .enumerate()
+                .try_for_each(|(i, b)| f(i, b)),
+        }
+    }
+
+    /// `f(block index)`, a swapped block copied in for it.
+    fn with_block<R>(&self, index: usize, f: impl FnOnce(&Block) -> Result<R>) -> Result<R> {
+        match self.blocks.get(index) {
+            Some(b) => f(b),
+            None => match &self.swapped {
+                Some(s) if index < self.cfg.num_layers => f(&s.fetch(index - self.blocks.len())?),
+                _ => Err(Error::InvalidArgument(format!(
+                    "block {index} of a model with {} blocks",
+                    self.cfg.num_layers
+                ))),
+            },
+        }
+    }
+
+    /// How many blocks live in pinned host memory ([`WanDit::to_device_with_swap`]).
+    pub fn swapped_blocks(&self) -> usize {
+        self.swapped.as_ref().map_or(0, SwappedBlocks::len)
     }
 
     /// Runs block `index` alone on the hidden state `x [B, S, dim]` of a token grid `grid`
@@ -416,12 +492,12 @@ impl WanDit {
         grid: [usize; 3],
         text: &TextContext,
     ) -> Result<Tensor> {
-        let block = self.blocks.get(index).ok_or_else(|| {
-            Error::InvalidArgument(format!(
+        if index >= self.cfg.num_layers {
+            return Err(Error::InvalidArgument(format!(
                 "block {index} of a model with {} blocks",
-                self.blocks.len()
-            ))
-        })?;
+                self.cfg.num_layers
+            )));
+        }
         let (b, s, dim) = (
             x.dims().first().copied().unwrap_or(0),
             grid.iter().product(),
@@ -441,15 +517,17 @@ impl WanDit {
             }
         }
         let rope = self.rope_table(grid)?;
-        let kv = text_kv(block, text, index)?;
-        let inputs = BlockInputs {
-            e0,
-            rope: &rope,
-            kv: &kv,
-            nag: None,
-            attention: SelfAttention::Exact,
-        };
-        block.forward(x, &inputs)
+        self.with_block(index, |block| {
+            let kv = text_kv(block, text, index)?;
+            let inputs = BlockInputs {
+                e0,
+                rope: &rope,
+                kv: &kv,
+                nag: None,
+                attention: SelfAttention::Exact,
+            };
+            block.forward(x, &inputs)
+        })
     }
 
     /// The RoPE table for `grid`, reused while the grid stays the same.
@@ -507,10 +585,10 @@ impl WanDit {
             )));
         }
         self.check_text(text, batch, "WanDit text context")?;
-        if let Some(&i) = opts.skip_blocks.iter().find(|&&i| i >= self.blocks.len()) {
+        if let Some(&i) = opts.skip_blocks.iter().find(|&&i| i >= self.cfg.num_layers) {
             return Err(Error::InvalidArgument(format!(
                 "skip block {i} of a model with {} blocks",
-                self.blocks.len()
+                self.cfg.num_layers
             )));
         }
         if let Some(n) = &opts.nag {
@@ -547,7 +625,7 @@ impl WanDit {
         if text
             .kv
             .as_ref()
-            .is_some_and(|kv| kv.len() != self.blocks.len())
+            .is_some_and(|kv| kv.len() != self.cfg.num_layers)
         {
             return Err(Error::InvalidArgument(format!(
                 "{op}: its K/V cache is for another model"

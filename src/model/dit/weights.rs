@@ -53,11 +53,28 @@ impl LinearDelta {
 
     /// The delta on `device`.
     pub fn to_device(&self, device: Device) -> Result<LinearDelta> {
+        self.map_tensors(&mut |t| t.to_device(device))
+    }
+
+    /// The delta with `down` and `up` mapped by `f`, in that order.
+    fn map_tensors(&self, f: &mut TensorMap<'_>) -> Result<LinearDelta> {
         Ok(LinearDelta {
-            down: self.down.to_device(device)?,
-            up: self.up.to_device(device)?,
+            down: map_weight(&self.down, f)?,
+            up: map_weight(&self.up, f)?,
         })
     }
+}
+
+/// A function applied to each tensor of a layer in turn (moving it, copying its bytes out,
+/// replacing it by a device copy).
+pub(super) type TensorMap<'a> = dyn FnMut(&Tensor) -> Result<Tensor> + 'a;
+
+/// `w` with its tensor mapped by `f`, its scale kept.
+pub(super) fn map_weight(w: &Weight, f: &mut TensorMap<'_>) -> Result<Weight> {
+    Ok(Weight {
+        tensor: f(&w.tensor)?,
+        scale: w.scale,
+    })
 }
 
 /// Every canonical tensor (original Wan names) that [`super::WanDit::new`] takes for `cfg`, with
@@ -129,14 +146,16 @@ impl Linear {
 
     /// The layer on `device`, weights as stored.
     pub fn to_device(&self, device: Device) -> Result<Linear> {
+        self.map_tensors(&mut |t| t.to_device(device))
+    }
+
+    /// The layer with its tensors mapped by `f` (weight, bias, then a delta's `down` and `up`),
+    /// each weight keeping its scale.
+    pub fn map_tensors(&self, f: &mut TensorMap<'_>) -> Result<Linear> {
         Ok(Linear {
-            w: self.w.to_device(device)?,
-            b: self.b.to_device(device)?,
-            delta: self
-                .delta
-                .as_ref()
-                .map(|d| d.to_device(device))
-                .transpose()?,
+            w: map_weight(&self.w, f)?,
+            b: map_weight(&self.b, f)?,
+            delta: self.delta.as_ref().map(|d| d.map_tensors(f)).transpose()?,
         })
     }
 
