@@ -178,7 +178,7 @@ impl DeviceNeeds {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Placement {
-    /// On the device, released after encoding.
+    /// On the device, resident for the pipeline's life (counted in every phase).
     Device,
     /// On the CPU, its output copied to the device.
     Cpu,

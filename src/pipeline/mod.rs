@@ -135,10 +135,10 @@ pub struct LoadOptions {
     /// global pool.
     pub threads: Option<usize>,
     /// Where the UMT5 text encoder runs, independently of `device` (e.g. on the CPU while the
-    /// DiT has the GPU to itself, or on CUDA in bf16); its contexts come back to the host. With
-    /// a CUDA `device` and `Device::Cpu` here, the device plan moves it to the device when it
-    /// fits beside the DiT in every phase.
-    pub t5_device: Device,
+    /// DiT has the GPU to itself, or on CUDA in bf16); its contexts come back to the host. `None`:
+    /// the CPU for a CPU pipeline; with a CUDA `device`, the device plan puts it there when it
+    /// fits beside the DiT in every phase, else on the CPU. A given device is always honoured.
+    pub t5_device: Option<Device>,
     /// Low-VRAM mode on a CUDA device (`--blocks-to-swap`): keep this many of the DiT's last
     /// blocks in pinned host memory, streamed in for each forward; `None`: the device plan
     /// chooses ([`device_plan::plan`]). Only with a CUDA device.
@@ -168,7 +168,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             lora_mode: Mode::Merged,
             threads: None,
-            t5_device: Device::Cpu,
+            t5_device: None,
             blocks_to_swap: None,
             max_device_memory: None,
         }
@@ -1003,7 +1003,7 @@ fn load_models(files: &ModelFiles, loras: &[LoraSpec], options: &LoadOptions) ->
     };
     let t5_device = match &placed {
         Some(d) if d.plan.text_encoder == device_plan::Placement::Device => options.device,
-        _ => options.t5_device,
+        _ => options.t5_device.unwrap_or(Device::Cpu),
     };
     let text = text.to_device(t5_device)?;
     let loaded = opened

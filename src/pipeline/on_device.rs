@@ -70,8 +70,9 @@ pub(super) fn plan_request(options: &LoadOptions, free: u64) -> PlanRequest {
         blocks_to_swap: options.blocks_to_swap,
         vae_tiling: VaeTiling::Auto,
         text_encoder: match options.t5_device {
-            Device::Cuda(_) => Some(Placement::Device),
-            Device::Cpu => None,
+            Some(Device::Cuda(_)) => Some(Placement::Device),
+            Some(Device::Cpu) => Some(Placement::Cpu),
+            None => None,
         },
     }
 }
@@ -236,7 +237,7 @@ mod tests {
         let p = plan(&needs, &plan_request(&forced, 140 * GIB)).unwrap();
         assert_eq!((p.blocks_to_swap, p.budget), (7, 40 * GIB));
         let t5_cuda = LoadOptions {
-            t5_device: Device::Cuda(0),
+            t5_device: Some(Device::Cuda(0)),
             ..cuda
         };
         let e = plan(&needs, &plan_request(&t5_cuda, 24 * GIB)).unwrap_err();

@@ -170,10 +170,10 @@ pub struct GenerateArgs {
     /// plan also places the text encoder and the VAE decodes there; with --demo on the CPU).
     #[arg(long, value_name = "DEVICE", default_value = "cpu", value_parser = parse_device)]
     device: Device,
-    /// Where the UMT5 text encoder runs: cpu (the default; with a CUDA DiT the device memory
-    /// plan moves it there when it fits beside the DiT), cuda or cuda:N (bf16, always).
-    #[arg(long, value_name = "DEVICE", default_value = "cpu", value_parser = parse_device)]
-    t5_device: Device,
+    /// Where the UMT5 text encoder runs: cpu, cuda or cuda:N (bf16), always as given (default:
+    /// the CPU, or with a CUDA DiT the device when the memory plan finds room beside it).
+    #[arg(long, value_name = "DEVICE", value_parser = parse_device)]
+    t5_device: Option<Device>,
     /// Low-VRAM mode (CUDA): keep the DiT's last N blocks in pinned host memory, each streamed
     /// in while the previous one computes (default: the device memory plan chooses).
     #[arg(long, value_name = "N")]
