@@ -1,7 +1,8 @@
 //! Build script. The default build needs nothing but Rust. With the `cuda` feature it compiles
 //! every `kernels/*.cu` ahead of time with nvcc into `OUT_DIR/<stem>.fatbin` (cubins for sm_80,
-//! sm_86, sm_89 and sm_90a plus compute_80 PTX for newer GPUs to JIT), which
-//! `src/backend/cuda/kernels/` embeds; a register spill fails the build. nvcc is found through
+//! sm_86, sm_89 and sm_90a plus compute_80 PTX for newer GPUs to JIT) and writes
+//! `OUT_DIR/fatbins.rs`, the table of them that `src/backend/cuda/kernels/` includes, so a new
+//! `.cu` file needs no table edit; a register spill fails the build. nvcc is found through
 //! `WANRT_NVCC`, `$CUDA_HOME/bin/nvcc`, `PATH`, or the toolchain `.ci/cuda-toolchain.sh` installs
 //! (`$WANRT_CUDA_TOOLCHAIN` or `.cuda-toolchain/` here).
 
@@ -19,7 +20,7 @@ fn main() {
     }
 }
 
-/// Compiles each `kernels/*.cu` into one fatbin in `OUT_DIR`.
+/// Compiles each `kernels/*.cu` into one fatbin in `OUT_DIR` and writes their table.
 fn compile_kernels() {
     for var in ["WANRT_NVCC", "CUDA_HOME", "WANRT_CUDA_TOOLCHAIN", "PATH"] {
         println!("cargo:rerun-if-env-changed={var}");
@@ -45,12 +46,15 @@ fn compile_kernels() {
     for source in &sources {
         println!("cargo:rerun-if-changed={}", source.display());
     }
+    let mut stems = Vec::new();
     for source in sources
         .iter()
         .filter(|p| p.extension().is_some_and(|x| x == "cu"))
     {
-        let stem = source.file_stem().expect("a .cu file has a stem");
-        let fatbin = out.join(stem).with_extension("fatbin");
+        let Some(stem) = source.file_stem().and_then(|s| s.to_str()) else {
+            fail(&format!("{}: not a UTF-8 file name", source.display()));
+        };
+        let fatbin = out.join(format!("{stem}.fatbin"));
         let mut cmd = Command::new(&nvcc);
         cmd.args(["-std=c++17", "-O3", "-fatbin"]);
         for arch in ARCHS {
@@ -68,7 +72,29 @@ fn compile_kernels() {
         if !status.success() {
             fail(&format!("nvcc failed on {} ({status})", source.display()));
         }
+        stems.push(stem);
     }
+    let table = out.join("fatbins.rs");
+    std::fs::write(&table, fatbin_table(&stems))
+        .unwrap_or_else(|e| fail(&format!("writing {}: {e}", table.display())));
+}
+
+/// The Rust source of `FATBINS`: `(stem, fatbin bytes)` for each compiled file, in the order of
+/// `stems` (sorted).
+fn fatbin_table(stems: &[&str]) -> String {
+    let mut rows = String::new();
+    for stem in stems {
+        let file = format!("/{stem}.fatbin");
+        rows.push_str(&format!(
+            "    ({stem:?}, include_bytes!(concat!(env!(\"OUT_DIR\"), {file:?}))),\n"
+        ));
+    }
+    format!(
+        "// Written by build.rs from kernels/*.cu.\n\
+         /// The fatbin of each kernel file, by file stem, as `build.rs` left them in `OUT_DIR`.\n\
+         const FATBINS: [(&str, &[u8]); {}] = [\n{rows}];\n",
+        stems.len()
+    )
 }
 
 /// The nvcc to use, in the order the module docs give.

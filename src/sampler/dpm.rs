@@ -49,14 +49,7 @@ impl Solver for DpmPp2m {
 
     fn step(&mut self, model_output: &Tensor, sample: &mut Tensor) -> Result<()> {
         let n = self.schedule.steps();
-        check_step(
-            "dpm++",
-            &mut self.len,
-            self.step,
-            n,
-            model_output.elem_count(),
-            sample.elem_count(),
-        )?;
+        check_step("dpm++", &mut self.len, self.step, n, model_output, sample)?;
         let i = self.step;
         let sig = |j: usize| self.schedule.sigmas[j] as f32;
         let (s_t, s_0) = (sig(i + 1), sig(i));

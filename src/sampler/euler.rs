@@ -39,14 +39,7 @@ impl Solver for Euler {
 
     fn step(&mut self, model_output: &Tensor, sample: &mut Tensor) -> Result<()> {
         let n = self.schedule.steps();
-        check_step(
-            "euler",
-            &mut self.len,
-            self.step,
-            n,
-            model_output.elem_count(),
-            sample.elem_count(),
-        )?;
+        check_step("euler", &mut self.len, self.step, n, model_output, sample)?;
         let i = self.step;
         let dt = (self.schedule.sigmas[i + 1] as f32 - self.schedule.sigmas[i] as f32) as f64;
         *sample = euler_step(sample, model_output, dt)?;

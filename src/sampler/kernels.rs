@@ -8,6 +8,7 @@ use rayon::prelude::*;
 use super::Real;
 use crate::error::{Error, Result};
 use crate::tensor::ops::sampler::{DpmStep, UniPcPredictor, UniPcStep};
+use crate::tensor::Tensor;
 
 /// `(c_x·x − c_m·m)`, the first-order part every UniPC update shares.
 fn unipc_base(c_x: f64, c_m: f64, x: f64, m: f64) -> f64 {
@@ -208,9 +209,10 @@ pub(crate) fn check_step(
     len: &mut Option<usize>,
     step: usize,
     steps: usize,
-    model_output: usize,
-    sample: usize,
+    model_output: &Tensor,
+    sample: &Tensor,
 ) -> Result<()> {
+    let (model_output, sample) = (model_output.elem_count(), sample.elem_count());
     if step >= steps {
         return Err(Error::InvalidArgument(format!(
             "{op}: all {steps} steps of the schedule have been taken"
@@ -243,11 +245,12 @@ mod tests {
 
     #[test]
     fn step_checks() {
+        let t = |n: usize| Tensor::from_f32(vec![0.0; n], [n]).unwrap();
         let mut len = None;
-        assert!(check_step("t", &mut len, 0, 2, 3, 3).is_ok());
+        assert!(check_step("t", &mut len, 0, 2, &t(3), &t(3)).is_ok());
         assert_eq!(len, Some(3));
-        assert!(check_step("t", &mut len, 1, 2, 3, 4).is_err());
-        assert!(check_step("t", &mut len, 1, 2, 2, 3).is_err());
-        assert!(check_step("t", &mut len, 2, 2, 3, 3).is_err());
+        assert!(check_step("t", &mut len, 1, 2, &t(3), &t(4)).is_err());
+        assert!(check_step("t", &mut len, 1, 2, &t(2), &t(3)).is_err());
+        assert!(check_step("t", &mut len, 2, 2, &t(3), &t(3)).is_err());
     }
 }

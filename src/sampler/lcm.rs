@@ -54,14 +54,7 @@ impl Solver for Lcm {
 
     fn step(&mut self, model_output: &Tensor, sample: &mut Tensor) -> Result<()> {
         let n = self.schedule.steps();
-        check_step(
-            "lcm",
-            &mut self.len,
-            self.step,
-            n,
-            model_output.elem_count(),
-            sample.elem_count(),
-        )?;
+        check_step("lcm", &mut self.len, self.step, n, model_output, sample)?;
         let i = self.step;
         let sigma = self.schedule.sigmas[i];
         let next = self.schedule.sigmas[i + 1];

@@ -148,14 +148,7 @@ impl Solver for UniPc {
 
     fn step(&mut self, model_output: &Tensor, sample: &mut Tensor) -> Result<()> {
         let n = self.schedule.steps();
-        check_step(
-            "unipc",
-            &mut self.len,
-            self.step,
-            n,
-            model_output.elem_count(),
-            sample.elem_count(),
-        )?;
+        check_step("unipc", &mut self.len, self.step, n, model_output, sample)?;
         let i = self.step;
         // Warm-up (step 0) and the lower-order final step are first order.
         let order = 2.min(n - i).min(i + 1);

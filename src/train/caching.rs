@@ -75,7 +75,7 @@ impl fmt::Display for CacheReport {
     }
 }
 
-/// Every dataset's captioned media, with the total count for progress.
+/// Every dataset's captioned media; the files without a caption go to `report`.
 fn listings(config: &DatasetConfig, report: &mut CacheReport) -> Result<Vec<Vec<MediaFile>>> {
     let mut out = Vec::new();
     for d in &config.datasets {
@@ -93,6 +93,21 @@ pub fn cache_latents(
     vae: &WanVae,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<CacheReport> {
+    cache_each(config, progress, |dataset, file| match &dataset.frames {
+        None => cache_image(dataset, vae, file),
+        Some(frames) => cache_clip(dataset, frames, vae, file),
+    })
+}
+
+/// Runs `cache_file` on every captioned media file of `config`, creating each dataset's cache
+/// folder first, and counts what it did; `progress(done, total)` is called after each file.
+/// A media file that cannot be read (an [`Error::BadFile`] naming it) is skipped with the
+/// reason; any other error (a cache write failing on a full disk) stops the run.
+fn cache_each(
+    config: &DatasetConfig,
+    progress: &mut dyn FnMut(usize, usize),
+    mut cache_file: impl FnMut(&Dataset, &MediaFile) -> Result<Outcome>,
+) -> Result<CacheReport> {
     let mut report = CacheReport::default();
     let lists = listings(config, &mut report)?;
     let total = lists.iter().map(Vec::len).sum();
@@ -100,17 +115,12 @@ pub fn cache_latents(
     for (dataset, files) in config.datasets.iter().zip(&lists) {
         create_dir(&dataset.cache_directory)?;
         for file in files {
-            let cached = match &dataset.frames {
-                None => cache_image(dataset, vae, file),
-                Some(frames) => cache_clip(dataset, frames, vae, file),
-            };
-            match cached {
+            match cache_file(dataset, file) {
                 Ok(Outcome::Items { written, existing }) => {
                     report.written += written;
                     report.existing += existing;
                 }
                 Ok(Outcome::Skipped(why)) => report.skipped.push((file.path.clone(), why)),
-                // Unreadable media are skipped; cache write failures (a full disk) stop the run.
                 Err(Error::BadFile { path, what }) if path == file.path => {
                     report.skipped.push((path, what))
                 }
@@ -129,6 +139,19 @@ enum Outcome {
     Skipped(String),
 }
 
+impl Outcome {
+    /// One cache file written.
+    const WRITTEN: Outcome = Outcome::Items {
+        written: 1,
+        existing: 0,
+    };
+    /// One cache file already there and kept.
+    const EXISTING: Outcome = Outcome::Items {
+        written: 0,
+        existing: 1,
+    };
+}
+
 fn cache_image(dataset: &Dataset, vae: &WanVae, file: &MediaFile) -> Result<Outcome> {
     let image = media::load_image(&file.path)?;
     let path = dataset.cache_directory.join(format!(
@@ -136,18 +159,12 @@ fn cache_image(dataset: &Dataset, vae: &WanVae, file: &MediaFile) -> Result<Outc
         file.stem, image.width, image.height
     ));
     if is_cached(&path, "latents_") {
-        return Ok(Outcome::Items {
-            written: 0,
-            existing: 1,
-        });
+        return Ok(Outcome::EXISTING);
     }
     let bucket = dataset.bucket_selector()?.select(image.size())?;
     let frame = media::fit_image(&image, bucket)?;
     write_latents(&path, vae, &[frame], image.size(), None)?;
-    Ok(Outcome::Items {
-        written: 1,
-        existing: 0,
-    })
+    Ok(Outcome::WRITTEN)
 }
 
 /// How many frames must be decoded for `settings`: all, except for `head` (the longest target)
@@ -284,28 +301,17 @@ pub fn cache_text(
     text: &TextEncoder,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<CacheReport> {
-    let mut report = CacheReport::default();
-    let lists = listings(config, &mut report)?;
-    let total = lists.iter().map(Vec::len).sum();
-    let mut done = 0;
-    for (dataset, files) in config.datasets.iter().zip(&lists) {
-        create_dir(&dataset.cache_directory)?;
-        for file in files {
-            let path = dataset
-                .cache_directory
-                .join(format!("{}_wan_te.safetensors", file.stem));
-            if is_cached(&path, "varlen_t5_") {
-                report.existing += 1;
-            } else {
-                let context = text.encode(&file.caption)?.context;
-                let t5 = to_cache_dtype(&context, &path)?;
-                let meta = metadata(&[("caption1", file.caption.clone())]);
-                crate::io::safetensors::write_file(&path, &[("varlen_t5_bfloat16", &t5)], &meta)?;
-                report.written += 1;
-            }
-            done += 1;
-            progress(done, total);
+    cache_each(config, progress, |dataset, file| {
+        let path = dataset
+            .cache_directory
+            .join(format!("{}_wan_te.safetensors", file.stem));
+        if is_cached(&path, "varlen_t5_") {
+            return Ok(Outcome::EXISTING);
         }
-    }
-    Ok(report)
+        let context = text.encode(&file.caption)?.context;
+        let t5 = to_cache_dtype(&context, &path)?;
+        let meta = metadata(&[("caption1", file.caption.clone())]);
+        crate::io::safetensors::write_file(&path, &[("varlen_t5_bfloat16", &t5)], &meta)?;
+        Ok(Outcome::WRITTEN)
+    })
 }

@@ -80,36 +80,18 @@ pub fn loss_and_grads(
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::io::config::ModelType;
-    use crate::model::dit::{weight_shapes, DitConfig, ForwardOptions, LinearDelta};
+    use crate::model::dit::tests::tiny;
+    use crate::model::dit::{weight_shapes, ForwardOptions, LinearDelta};
     use crate::tensor::{random, DType, Weight};
-
-    /// A tiny DiT config with `layers` blocks.
-    pub(super) fn cfg(layers: usize) -> DitConfig {
-        DitConfig {
-            model_type: ModelType::T2v,
-            dim: 16,
-            ffn_dim: 40,
-            num_heads: 2,
-            num_layers: layers,
-            in_dim: 4,
-            out_dim: 4,
-            text_dim: 12,
-            freq_dim: 8,
-            text_len: 6,
-            eps: 1e-6,
-            patch_size: [1, 2, 2],
-        }
-    }
 
     /// A random DiT with `dtype` base weights and a network whose `up`s are random too (a fresh
     /// network's zero `up`s would zero every `down` gradient).
     fn setup(layers: usize, dtype: DType) -> (WanDit, LoraNetwork) {
-        let c = cfg(layers);
+        let c = tiny(layers);
         let w = weight_shapes(&c)
             .into_iter()
             .enumerate()
@@ -225,7 +207,7 @@ pub(crate) mod tests {
     /// A scaled fp8 base (kept as stored, widened panel by panel) trains as its f32 values do.
     #[test]
     fn fp8_base_weights_give_the_gradients_of_their_values() {
-        let c = cfg(1);
+        let c = tiny(1);
         let fp8: BTreeMap<String, Weight> = weight_shapes(&c)
             .into_iter()
             .enumerate()

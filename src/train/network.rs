@@ -176,11 +176,11 @@ impl LoraNetwork {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::tests::cfg;
+    use crate::model::dit::tests::tiny;
 
     #[test]
     fn fresh_network_is_kaiming_down_and_zero_up_and_round_trips_through_musubi_files() {
-        let net = LoraNetwork::new(&cfg(2), 4, 1.0, 7).unwrap();
+        let net = LoraNetwork::new(&tiny(2), 4, 1.0, 7).unwrap();
         assert_eq!(net.modules().len(), 20);
         assert_eq!(net.scale(), 0.25);
         let ffn2 = &net.modules()["blocks.1.ffn.2"];
@@ -222,6 +222,6 @@ mod tests {
             assert_eq!(p.down.to_f32_vec().unwrap(), q.down.to_f32_vec().unwrap());
             assert_eq!(p.up.to_f32_vec().unwrap(), q.up.to_f32_vec().unwrap());
         }
-        assert!(LoraNetwork::new(&cfg(2), 0, 1.0, 7).is_err());
+        assert!(LoraNetwork::new(&tiny(2), 0, 1.0, 7).is_err());
     }
 }

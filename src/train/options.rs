@@ -260,10 +260,17 @@ struct Line {
     options: TrainOptions,
 }
 
-/// The message of a flag value wanrt does not support.
-fn unsupported(flag: &str, value: &str, supported: &str) -> Error {
-    Error::InvalidArgument(format!("--{flag} `{value}`: wanrt supports {supported}"))
+/// What wanrt does with a musubi flag that it accepts without honouring it as musubi does.
+enum Action<'a> {
+    /// Ignored, for the reason given.
+    Ignored(&'a str),
+    /// Honoured another way, the way given.
+    Mapped(&'a str),
 }
+
+/// A flag that wanrt supports with some values only: its name, the value given (if any),
+/// whether wanrt supports that value, and the values it supports.
+type Restricted = (&'static str, Option<String>, fn(&str) -> bool, &'static str);
 
 impl TrainOptions {
     /// Reads a `wanrt train` argument list (without the program and subcommand names). A
@@ -280,6 +287,7 @@ impl TrainOptions {
 
     /// One line for each musubi flag given that wanrt ignores or maps.
     pub fn notes(&self) -> Vec<String> {
+        use Action::{Ignored, Mapped};
         let attention = self.sdpa || self.flash_attn || self.sage_attn || self.xformers;
         let workers =
             self.max_data_loader_n_workers.is_some() || self.persistent_data_loader_workers;
@@ -290,56 +298,46 @@ impl TrainOptions {
             .as_deref()
             .and_then(|toml| DatasetConfig::load(toml).ok())
             .is_some_and(|c| c.datasets.iter().any(|d| d.batch_size > 1));
-        [
-            (attention, "--sdpa/--flash_attn/--sage_attn/--xformers is ignored (wanrt's own attention)".to_string()),
-            (self.split_attn, "--split_attn is ignored (wanrt's own attention)".into()),
-            (self.mixed_precision.is_some(), "--mixed_precision is ignored (f32 compute on the CPU)".into()),
-            (self.gradient_checkpointing, "--gradient_checkpointing is always on".into()),
-            (self.fp8_base, "--fp8_base: the base weights are used as stored (an fp8 file stays fp8, a bf16 one bf16)".into()),
-            (self.task.is_some(), "--task is ignored (the model comes from the DiT's shapes or --dit-config)".into()),
-            (workers, "--max_data_loader_n_workers/--persistent_data_loader_workers are ignored".into()),
-            (logging, format!("--log_with/--logging_dir are ignored (metrics: {})", self.outputs().metrics_path().display())),
-            (self.blocks_to_swap.is_some(), "--blocks_to_swap is ignored (every block stays in memory)".into()),
-            (optimizer.as_deref() == Some("adamw8bit"), "--optimizer_type AdamW8bit is mapped to AdamW with f32 states".into()),
-            (batched, "batch_size in --dataset_config is not used (one item per step: an epoch is items × num_repeats steps)".into()),
-        ]
-        .into_iter()
-        .filter(|(set, _)| *set)
-        .map(|(_, note)| format!("note: {note}"))
-        .collect()
+        let metrics = format!("metrics: {}", self.outputs().metrics_path().display());
+        #[rustfmt::skip] // one row a flag
+        let flags = [
+            (attention, "--sdpa/--flash_attn/--sage_attn/--xformers", Ignored("wanrt's own attention")),
+            (self.split_attn, "--split_attn", Ignored("wanrt's own attention")),
+            (self.mixed_precision.is_some(), "--mixed_precision", Ignored("f32 compute on the CPU")),
+            (self.gradient_checkpointing, "--gradient_checkpointing", Mapped("always on (per block)")),
+            (self.fp8_base, "--fp8_base", Mapped("the base weights are used as stored (an fp8 file stays fp8, a bf16 one bf16)")),
+            (self.task.is_some(), "--task", Ignored("the model comes from the DiT's shapes or --dit-config")),
+            (workers, "--max_data_loader_n_workers/--persistent_data_loader_workers", Ignored("items are read on the training thread")),
+            (logging, "--log_with/--logging_dir", Ignored(&metrics)),
+            (self.blocks_to_swap.is_some(), "--blocks_to_swap", Ignored("every block stays in memory")),
+            (optimizer.as_deref() == Some("adamw8bit"), "--optimizer_type AdamW8bit", Mapped("mapped to AdamW with f32 states")),
+            (batched, "batch_size in --dataset_config", Ignored("one item per step: an epoch is items × num_repeats steps")),
+        ];
+        flags
+            .into_iter()
+            .filter(|(given, ..)| *given)
+            .map(|(_, flag, action)| match action {
+                Ignored(why) => format!("note: {flag} is ignored ({why})"),
+                Mapped(how) => format!("note: {flag}: {how}"),
+            })
+            .collect()
     }
 
     /// The training settings, checking the flags whose values wanrt cannot honour.
     pub fn config(&self) -> Result<TrainConfig> {
-        if let Some(m) = self.network_module.as_deref() {
-            if m != "networks.lora_wan" {
-                return Err(unsupported("network_module", m, "networks.lora_wan"));
-            }
-        }
-        if let Some(o) = self.optimizer_type.as_deref() {
-            if !matches!(
-                o.to_lowercase().as_str(),
-                "adamw" | "adamw8bit" | "torch.optim.adamw"
-            ) {
-                return Err(unsupported(
-                    "optimizer_type",
-                    o,
-                    "AdamW (and AdamW8bit, mapped to it)",
-                ));
-            }
-        }
-        if self.gradient_accumulation_steps != 1 {
-            let n = self.gradient_accumulation_steps.to_string();
-            return Err(unsupported("gradient_accumulation_steps", &n, "1"));
-        }
-        if let Some(p) = self.save_precision.as_deref() {
-            if !matches!(p, "fp32" | "float") {
-                return Err(unsupported("save_precision", p, "fp32 (float)"));
-            }
-        }
-        if let Some(t) = self.task.as_deref() {
-            if !t.starts_with("t2v") {
-                return Err(unsupported("task", t, "the t2v tasks"));
+        #[rustfmt::skip] // one row a flag
+        let restricted: [Restricted; 5] = [
+            ("network_module", self.network_module.clone(), |m| m == "networks.lora_wan", "networks.lora_wan"),
+            ("optimizer_type", self.optimizer_type.clone(), |o| matches!(o.to_lowercase().as_str(), "adamw" | "adamw8bit" | "torch.optim.adamw"), "AdamW (and AdamW8bit, mapped to it)"),
+            ("gradient_accumulation_steps", Some(self.gradient_accumulation_steps.to_string()), |n| n == "1", "1"),
+            ("save_precision", self.save_precision.clone(), |p| matches!(p, "fp32" | "float"), "fp32 (float)"),
+            ("task", self.task.clone(), |t| t.starts_with("t2v"), "the t2v tasks"),
+        ];
+        for (flag, value, is_supported, supported) in restricted {
+            if let Some(value) = value.filter(|v| !is_supported(v)) {
+                return Err(Error::InvalidArgument(format!(
+                    "--{flag} `{value}`: wanrt supports {supported}"
+                )));
             }
         }
         let mut metadata = BTreeMap::from([

@@ -152,17 +152,7 @@ struct Record {
 
 /// Runs `wanrt bench`; returns false (after printing `error: ...`) on failure.
 pub fn run(target: Target) -> bool {
-    match std::panic::catch_unwind(|| bench(target)) {
-        Ok(Ok(())) => true,
-        Ok(Err(e)) => {
-            eprintln!("error: bench: {e}");
-            false
-        }
-        Err(_) => {
-            eprintln!("error: bench: internal error (please report)");
-            false
-        }
-    }
+    crate::report::reported("bench: ", || bench(target)).is_some()
 }
 
 fn bench(target: Target) -> Result<()> {

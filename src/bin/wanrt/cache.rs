@@ -73,22 +73,11 @@ pub struct TextArgs {
 
 /// Runs `wanrt cache …`; false on failure (reported on stderr).
 pub fn run(command: &CacheCommand) -> bool {
-    let result = std::panic::catch_unwind(|| match command {
+    crate::report::reported("", || match command {
         CacheCommand::Latents(a) => latents(a),
         CacheCommand::Text(a) => text(a),
-    });
-    match result {
-        Ok(Ok(())) => true,
-        Ok(Err(e)) => {
-            eprintln!("error: {e}");
-            false
-        }
-        Err(panic) => {
-            let msg = wanrt::error::panic_message(panic.as_ref()).unwrap_or("unknown");
-            eprintln!("error: internal error (a bug in wanrt): {msg}");
-            false
-        }
-    }
+    })
+    .is_some()
 }
 
 /// The files given one by one win; the rest come from `--models`.

@@ -6,12 +6,8 @@ use wanrt::backend::{cuda, cuda_devices};
 
 /// Prints the devices; returns false (after printing `error: ...`) when the driver fails.
 pub fn run(as_json: bool) -> bool {
-    let devices = match cuda_devices() {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("error: devices: {e}");
-            return false;
-        }
+    let Some(devices) = crate::report::reported("devices: ", cuda_devices) else {
+        return false;
     };
     if as_json {
         let list: Vec<_> = devices

@@ -255,18 +255,7 @@ fn out_format(path: &Path) -> Result<OutFormat> {
 
 /// Runs `wanrt generate`; false on failure (reported on stderr).
 pub fn run(args: &GenerateArgs) -> bool {
-    match std::panic::catch_unwind(|| generate(args)) {
-        Ok(Ok(())) => true,
-        Ok(Err(e)) => {
-            eprintln!("error: {e}");
-            false
-        }
-        Err(panic) => {
-            let msg = wanrt::error::panic_message(panic.as_ref()).unwrap_or("unknown");
-            eprintln!("error: internal error (please report): {msg}");
-            false
-        }
-    }
+    crate::report::reported("", || generate(args)).is_some()
 }
 
 /// The request the arguments describe: the preset, then every explicit flag.

@@ -45,23 +45,13 @@ pub struct MergeArgs {
 /// Runs a `lora` subcommand; false on failure (reported on stderr).
 pub fn run(cmd: &LoraCommand) -> bool {
     let LoraCommand::Merge(args) = cmd;
-    match std::panic::catch_unwind(|| merge(args)) {
-        Ok(Ok(warnings)) => {
-            for w in warnings {
-                eprintln!("warning: {w}");
-            }
-            true
-        }
-        Ok(Err(e)) => {
-            eprintln!("error: {e}");
-            false
-        }
-        Err(panic) => {
-            let msg = wanrt::error::panic_message(panic.as_ref()).unwrap_or("unknown");
-            eprintln!("error: internal error (please report): {msg}");
-            false
-        }
+    let Some(warnings) = crate::report::reported("", || merge(args)) else {
+        return false;
+    };
+    for w in warnings {
+        eprintln!("warning: {w}");
     }
+    true
 }
 
 /// `FILE[:STRENGTH]`: the text after the last `:` is the strength when it parses as a number.

@@ -8,6 +8,7 @@ mod cache;
 mod devices;
 mod generate;
 mod lora;
+mod report;
 mod train;
 
 use std::path::{Path, PathBuf};
@@ -112,25 +113,17 @@ fn parse_threads(s: &str) -> Result<usize, String> {
 fn inspect(files: &[PathBuf]) -> bool {
     let mut ok = true;
     for path in files {
-        match std::panic::catch_unwind(|| describe(path)) {
-            Ok(Ok(summary)) => {
+        let subject = format!("{}: ", path.display());
+        match report::reported(&subject, || {
+            describe(path).map_err(|e| without_path(&e, path))
+        }) {
+            Some(summary) => {
                 println!("{}", path.display());
                 for line in summary.lines() {
                     println!("  {line}");
                 }
             }
-            Ok(Err(e)) => {
-                eprintln!("error: {}: {}", path.display(), without_path(&e, path));
-                ok = false;
-            }
-            Err(panic) => {
-                let msg = wanrt::error::panic_message(panic.as_ref()).unwrap_or("unknown");
-                eprintln!(
-                    "error: {}: internal error (please report): {msg}",
-                    path.display()
-                );
-                ok = false;
-            }
+            None => ok = false,
         }
     }
     ok

@@ -7,18 +7,7 @@ use wanrt::Result;
 
 /// Runs `wanrt train`; false on failure (reported on stderr).
 pub fn run(args: &TrainOptions) -> bool {
-    match std::panic::catch_unwind(|| train(args)) {
-        Ok(Ok(())) => true,
-        Ok(Err(e)) => {
-            eprintln!("error: {e}");
-            false
-        }
-        Err(panic) => {
-            let msg = wanrt::error::panic_message(panic.as_ref()).unwrap_or("unknown");
-            eprintln!("error: internal error (a bug in wanrt): {msg}");
-            false
-        }
-    }
+    crate::report::reported("", || train(args)).is_some()
 }
 
 fn train(a: &TrainOptions) -> Result<()> {

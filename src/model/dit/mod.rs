@@ -681,17 +681,18 @@ fn check_config(c: &DitConfig) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::io::config::ModelType;
 
-    fn tiny() -> DitConfig {
+    /// A tiny DiT config with `layers` blocks (for the unit tests here and in `train`).
+    pub(crate) fn tiny(layers: usize) -> DitConfig {
         DitConfig {
             model_type: ModelType::T2v,
             dim: 16,
             ffn_dim: 40,
             num_heads: 2,
-            num_layers: 1,
+            num_layers: layers,
             in_dim: 4,
             out_dim: 4,
             text_dim: 12,
@@ -714,7 +715,7 @@ mod tests {
 
     #[test]
     fn weight_shapes_are_exactly_what_the_model_takes() {
-        let cfg = tiny();
+        let cfg = tiny(1);
         let mut seed = 3;
         let mut w: BTreeMap<String, Weight> = weight_shapes(&cfg)
             .into_iter()
@@ -732,7 +733,7 @@ mod tests {
     /// embedding is the forward's residual (batch 2, so the generic modulation path runs too).
     #[test]
     fn block_forward_is_the_forward_block() {
-        let cfg = tiny();
+        let cfg = tiny(1);
         let mut seed = 5;
         let w = weight_shapes(&cfg)
             .into_iter()
@@ -766,7 +767,7 @@ mod tests {
     /// bits, and a CUDA device that cannot be used is a typed error.
     #[test]
     fn to_device_keeps_stored_dtypes_and_the_forward() {
-        let cfg = tiny();
+        let cfg = tiny(1);
         let mut seed = 9;
         let w = weight_shapes(&cfg)
             .into_iter()

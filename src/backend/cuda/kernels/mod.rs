@@ -50,93 +50,9 @@ use cudarc::nvrtc::Ptx;
 
 use crate::error::{Error, Result};
 
-/// The fatbin of each kernel file, as `build.rs` left them in `OUT_DIR`.
-const FATBINS: [(&str, &[u8]); 21] = [
-    (
-        "attention",
-        include_bytes!(concat!(env!("OUT_DIR"), "/attention.fatbin")),
-    ),
-    (
-        "attention_q8",
-        include_bytes!(concat!(env!("OUT_DIR"), "/attention_q8.fatbin")),
-    ),
-    (
-        "binary",
-        include_bytes!(concat!(env!("OUT_DIR"), "/binary.fatbin")),
-    ),
-    (
-        "channel_norm",
-        include_bytes!(concat!(env!("OUT_DIR"), "/channel_norm.fatbin")),
-    ),
-    (
-        "conv3d",
-        include_bytes!(concat!(env!("OUT_DIR"), "/conv3d.fatbin")),
-    ),
-    (
-        "convert",
-        include_bytes!(concat!(env!("OUT_DIR"), "/convert.fatbin")),
-    ),
-    (
-        "elementwise",
-        include_bytes!(concat!(env!("OUT_DIR"), "/elementwise.fatbin")),
-    ),
-    (
-        "embedding",
-        include_bytes!(concat!(env!("OUT_DIR"), "/embedding.fatbin")),
-    ),
-    (
-        "fp8_quant",
-        include_bytes!(concat!(env!("OUT_DIR"), "/fp8_quant.fatbin")),
-    ),
-    (
-        "linear_f32",
-        include_bytes!(concat!(env!("OUT_DIR"), "/linear_f32.fatbin")),
-    ),
-    (
-        "lora_merge",
-        include_bytes!(concat!(env!("OUT_DIR"), "/lora_merge.fatbin")),
-    ),
-    (
-        "norm",
-        include_bytes!(concat!(env!("OUT_DIR"), "/norm.fatbin")),
-    ),
-    (
-        "patchify",
-        include_bytes!(concat!(env!("OUT_DIR"), "/patchify.fatbin")),
-    ),
-    (
-        "qk_norm_rope",
-        include_bytes!(concat!(env!("OUT_DIR"), "/qk_norm_rope.fatbin")),
-    ),
-    (
-        "reduce",
-        include_bytes!(concat!(env!("OUT_DIR"), "/reduce.fatbin")),
-    ),
-    (
-        "rope",
-        include_bytes!(concat!(env!("OUT_DIR"), "/rope.fatbin")),
-    ),
-    (
-        "sampler",
-        include_bytes!(concat!(env!("OUT_DIR"), "/sampler.fatbin")),
-    ),
-    (
-        "strided_copy",
-        include_bytes!(concat!(env!("OUT_DIR"), "/strided_copy.fatbin")),
-    ),
-    (
-        "time_embedding",
-        include_bytes!(concat!(env!("OUT_DIR"), "/time_embedding.fatbin")),
-    ),
-    (
-        "unary",
-        include_bytes!(concat!(env!("OUT_DIR"), "/unary.fatbin")),
-    ),
-    (
-        "upsample",
-        include_bytes!(concat!(env!("OUT_DIR"), "/upsample.fatbin")),
-    ),
-];
+// `FATBINS`, the `(file stem, fatbin)` of every `kernels/*.cu` sorted by stem: `build.rs` writes
+// it, so a new kernel file needs no edit here.
+include!(concat!(env!("OUT_DIR"), "/fatbins.rs"));
 
 /// Every kernel function of wanrt, loaded into one CUDA context.
 pub(crate) struct Kernels {
@@ -204,7 +120,7 @@ impl Kernels {
             let (_, module): &(&str, Arc<CudaModule>) = modules
                 .iter()
                 .find(|(n, _)| *n == file)
-                .expect("every kernel file is in FATBINS");
+                .ok_or_else(|| Error::Device(format!("kernels/{file}.cu is not in this build")))?;
             module
                 .load_function(name)
                 .map_err(|e| driver_error(&format!("kernel `{name}` of kernels/{file}.cu"), e))
