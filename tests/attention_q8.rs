@@ -292,10 +292,21 @@ fn kernel_schemes_within_the_issue_bounds() {
         let out = [Q8Path::Sm80, Q8Path::Sm90].map(|p| inp.q8(&Q8Scheme::for_path(p)));
         for (path, o) in [Q8Path::Sm80, Q8Path::Sm90].iter().zip(&out) {
             let (rel, cos) = errors(o, &want);
-            println!("{} {}: rel_l2 {rel:.3e} cos {cos:.6}", inp.name, path.name());
-            assert!(rel <= 1e-2 && cos >= 0.9995, "{} {path:?}: {rel:e} {cos}", inp.name);
+            println!(
+                "{} {}: rel_l2 {rel:.3e} cos {cos:.6}",
+                inp.name,
+                path.name()
+            );
+            assert!(
+                rel <= 1e-2 && cos >= 0.9995,
+                "{} {path:?}: {rel:e} {cos}",
+                inp.name
+            );
         }
-        let between = errors(&out[1], &out[0].iter().map(|&x| x as f64).collect::<Vec<_>>());
+        let between = errors(
+            &out[1],
+            &out[0].iter().map(|&x| x as f64).collect::<Vec<_>>(),
+        );
         println!("{} sm90 vs sm80: rel_l2 {:.3e}", inp.name, between.0);
         assert!(between.0 <= 2e-4, "{}: sm90 vs sm80 {between:?}", inp.name);
     }
@@ -400,7 +411,10 @@ fn error_table() {
             gran(Q8Path::Sm80, QkGranularity::PerWarp),
         ),
         ("sm89 token".into(), Q8Scheme::for_path(Q8Path::Sm89)),
-        ("sm90 token (fp16, 128-key tile)".into(), Q8Scheme::for_path(Q8Path::Sm90)),
+        (
+            "sm90 token (fp16, 128-key tile)".into(),
+            Q8Scheme::for_path(Q8Path::Sm90),
+        ),
     ];
     let header: Vec<&str> = schemes.iter().map(|(n, _)| n.as_str()).collect();
     println!("| input | {} |", header.join(" | "));
