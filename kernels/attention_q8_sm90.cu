@@ -35,14 +35,16 @@
 // A consumer holds O (64 f32) and S (64 s32, reused as P: 32 f16x2) plus the softmax state.
 //
 // Expected speed (reasoned, not measured: no sm_90 device was available when it was written).
-// Per key tile a consumer warpgroup issues 64·128·128 INT8 MACs (Q·Kᵀ, dense INT8 peak
-// 1,979 TOPS on an H100 SXM) and as many f16 MACs (P·V, 989 TFLOPS), so the tensor-core time
-// is dominated by P·V: at best ~1.3× the fp16 FlashAttention-3 rate, i.e. ~650 TOPS counted as
-// 4·L²·d if the tensor cores never idle. The two consumer warpgroups interleave naturally (one's
-// softmax overlaps the other's wgmma), but each waits for its own wgmma before its softmax
-// (no intra-warpgroup pipelining of S(j+1) with softmax(j), no ping-pong scheduling barriers),
-// so expect 450-600 TOPS; the ≥ 850 TOPS target needs e4m3 P·V (2× the f16 rate), which the
-// issue's 1e-2 error bound rules out (docs/PERF.md), or those scheduling refinements.
+// Per 128-key tile a CTA does 2·128·128·128 INT8 ops (Q·Kᵀ; 1,979 dense TOPS on an H100 SXM) and
+// as many f16 ops (P·V; 989 TFLOPS): if the tensor cores never idled, 2 / (1/1979 + 1/989) =
+// 1,319 TOPS counted as 4·L²·d, 1.33× the f16-only bound. The softmax's 128·128 exp2 per tile
+// (MUFU, ~3.9 T/s) take about two thirds of the tensor-core time per tile; here they overlap
+// the wgmma only across the two consumer warpgroups (each waits for its own Q·Kᵀ before its
+// softmax and for its P·V before the next tile: no intra-warpgroup pipelining, no ping-pong
+// barriers, FlashAttention-3's two refinements), so expect roughly 550-700 TOPS, against
+// FlashAttention-3 fp16's 740 TFLOPS peak (75 % of 989). The ≥ 850 TOPS target needs those two
+// refinements, and likely e4m3 P·V (twice the f16 rate), which the issue's 1e-2 error bound
+// rules out (docs/PERF.md).
 #include "common.cuh"
 #include <cuda.h>
 #include <cuda_fp16.h>
