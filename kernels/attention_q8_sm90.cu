@@ -13,16 +13,19 @@
 //     sequence zero-filled by the hardware) into a STAGES = 3 deep ring, and copies the tile's 128
 //     K scales into shared memory; a full mbarrier per stage carries both (one arrival with the
 //     transaction count, plus the TMA bytes). The other three warps exit at once.
-//   - warpgroups 1 and 2, the consumers, 64 queries each (the M of wgmma): per key tile,
+//   - warpgroups 1 and 2, the consumers, 64 queries each (the M of wgmma), per key tile j:
 //       S = Q Kᵀ: 4 × wgmma m64n128k32 s8·s8 → s32, both operands K-major from shared memory;
 //       dequantize float(S) · q_scale · k_scale, mask keys ≥ kv_len to −inf, online softmax in
 //       base 2 with P = exp2(s − max) rounded to f16 and the row sum over the rounded values
 //       (attention.cu's and attention_q8.cu's arithmetic); rescale O;
 //       O += P V: 8 × wgmma m64n128k16 f16·f16 → f32, P from registers (the S accumulator's
 //       layout is the A fragment's), V from shared memory MN-major (the transpose bit: V stays
-//       [keys, D] as the pre-pass wrote it);
-//     then every consumer thread arrives on the stage's empty mbarrier (count 256), which the
-//     producer waits on before refilling the stage.
+//       [keys, D] as the pre-pass wrote it).
+//     Software-pipelined by one tile (FlashAttention-3's intra-warpgroup overlap): S(j) and
+//     P(j−1)·V(j−1) are issued together, the softmax of S(j) runs while P·V finishes, then O is
+//     rescaled for tile j and every consumer thread arrives on stage j−1's empty mbarrier (count
+//     256), which the producer waits on before refilling the stage. P(j−1) and P(j) live in
+//     different registers (pinned until P·V's wait), else ptxas serialises the wgmmas (C7513).
 //   Output: o / l + V mean, rounded to bf16 and stored from the registers (once per CTA).
 //
 // Shared memory (dynamic, 1024-byte aligned for the 128-byte swizzle): Q 128 × 128 B = 16 KB;
@@ -32,19 +35,17 @@
 //
 // Registers: 384 threads at one CTA per SM allow 168 each (`__launch_bounds__(384, 1)`);
 // `setmaxnreg` gives the producer 40 and the consumers 232 (128·40 + 256·232 = 64,512 ≤ 65,536).
-// A consumer holds O (64 f32) and S (64 s32, reused as P: 32 f16x2) plus the softmax state.
+// A consumer holds O (64 f32), S (64 s32), P(j−1) and P(j) (32 f16x2 each) and the softmax state.
 //
 // Expected speed (reasoned, not measured: no sm_90 device was available when it was written).
 // Per 128-key tile a CTA does 2·128·128·128 INT8 ops (Q·Kᵀ; 1,979 dense TOPS on an H100 SXM) and
 // as many f16 ops (P·V; 989 TFLOPS): if the tensor cores never idled, 2 / (1/1979 + 1/989) =
 // 1,319 TOPS counted as 4·L²·d, 1.33× the f16-only bound. The softmax's 128·128 exp2 per tile
-// (MUFU, ~3.9 T/s) take about two thirds of the tensor-core time per tile; here they overlap
-// the wgmma only across the two consumer warpgroups (each waits for its own Q·Kᵀ before its
-// softmax and for its P·V before the next tile: no intra-warpgroup pipelining, no ping-pong
-// barriers, FlashAttention-3's two refinements), so expect roughly 550-700 TOPS, against
-// FlashAttention-3 fp16's 740 TFLOPS peak (75 % of 989). The ≥ 850 TOPS target needs those two
-// refinements, and likely e4m3 P·V (twice the f16 rate), which the issue's 1e-2 error bound
-// rules out (docs/PERF.md).
+// (MUFU, ~3.9 T/s) take about two thirds of that tensor-core time; they overlap the wgmma of the
+// same warpgroup (the pipelining above) and of the other one. FlashAttention-3 reaches 75 % of
+// its f16 bound this way (740 TFLOPS); the same fraction here would be ~990 TOPS, and anything
+// above 65 % meets the issue's ≥ 850. Not done: ping-pong named barriers between the two
+// consumer warpgroups (FlashAttention-3's other scheduling refinement), a persistent grid.
 #include "common.cuh"
 #include <cuda.h>
 #include <cuda_fp16.h>
@@ -120,13 +121,15 @@ __device__ __forceinline__ void wgmma_fence() {
 __device__ __forceinline__ void wgmma_commit() {
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
 }
-__device__ __forceinline__ void wgmma_wait_all() {
-    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+// Waits until at most N of this warpgroup's commit groups are pending (the oldest finish first).
+template <int N> __device__ __forceinline__ void wgmma_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
 
-// Keeps the compiler from moving accesses of the accumulator registers across the asynchronous
-// wgmma (before its fence and after its wait).
-template <int N> __device__ __forceinline__ void pin_registers(int (&r)[N]) {
+// Keeps the compiler from moving accesses of registers an asynchronous wgmma reads or writes
+// across its fence or its wait, and keeps them allocated (not reused) until this point.
+template <typename T, int N> __device__ __forceinline__ void pin_registers(T (&r)[N]) {
+    static_assert(sizeof(T) == 4, "32-bit integer registers");
 #pragma unroll
     for (int i = 0; i < N; ++i) asm volatile("" : "+r"(r[i])::"memory");
 }
@@ -213,7 +216,80 @@ __device__ __forceinline__ void produce(const CUtensorMap *tm_q, const CUtensorM
     }
 }
 
-// One consumer warpgroup (`c` = 0 or 1): 64 queries from m0 + 64·c through every key tile.
+// The online softmax of one S tile (keys key0..key0 + 127, their K scales `ks`): dequantize,
+// mask keys ≥ Lk, update the row maxima and sums, P = exp2(s − max) rounded to f16 into `p` (the
+// A fragments of P·V), and the factor O must be rescaled by into `corr`. acc[4i + e] is the
+// thread's row (+ 8 for e ≥ 2) and key 8i + 2·(lane % 4) + e % 2; p[i] packs acc[2i] and
+// acc[2i + 1] (row + 8 for odd i).
+__device__ __forceinline__ void softmax_tile(const int (&acc)[64], const float *ks,
+                                             const float (&qs)[2], int key0, int Lk, int lane,
+                                             float (&row_max)[2], float (&row_sum)[2],
+                                             uint32_t (&p)[32], float (&corr)[2]) {
+    const int col0 = (lane & 3) * 2;
+    float sv[64];
+    float tile_max[2] = {row_max[0], row_max[1]};
+#pragma unroll
+    for (int i = 0; i < 16; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int col = i * 8 + col0 + (e & 1);
+            sv[4 * i + e] = key0 + col < Lk
+                                ? __int2float_rn(acc[4 * i + e]) * (qs[e >> 1] * ks[col])
+                                : -INFINITY;
+            tile_max[e >> 1] = fmaxf(tile_max[e >> 1], sv[4 * i + e]);
+        }
+    float tile_sum[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
+        tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
+        // Tile 0 always holds a valid key, so tile_max is finite and exp2(-inf) = 0.
+        corr[r] = exp2f(row_max[r] - tile_max[r]);
+        row_max[r] = tile_max[r];
+    }
+#pragma unroll
+    for (int i = 0; i < 32; ++i) {
+        const int r = i & 1; // sv[2i] and sv[2i + 1] share a row: row + 8 for odd i
+        const float lo = __half2float(__float2half_rn(exp2f(sv[2 * i] - tile_max[r])));
+        const float hi = __half2float(__float2half_rn(exp2f(sv[2 * i + 1] - tile_max[r])));
+        tile_sum[r] += lo + hi;
+        p[i] = pack_f16x2_sm90(lo, hi);
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        tile_sum[r] += __shfl_xor_sync(0xffffffffu, tile_sum[r], 1);
+        tile_sum[r] += __shfl_xor_sync(0xffffffffu, tile_sum[r], 2);
+        row_sum[r] = __fadd_rn(__fmul_rn(row_sum[r], corr[r]), tile_sum[r]);
+    }
+}
+
+// Issues S = Q Kᵀ for the K tile at `stage` (four k-steps of 32 bytes inside the swizzled
+// 128-byte rows) as one commit group.
+__device__ __forceinline__ void issue_qk(int (&acc)[64], unsigned q_tile, unsigned stage) {
+    wgmma_s8_m64n128k32<0>(acc, sw128_desc(q_tile, 16, 1024), sw128_desc(stage, 16, 1024));
+#pragma unroll
+    for (int ks = 1; ks < SM90_D / 32; ++ks)
+        wgmma_s8_m64n128k32<1>(acc, sw128_desc(q_tile + 32 * ks, 16, 1024),
+                               sw128_desc(stage + 32 * ks, 16, 1024));
+    wgmma_commit();
+}
+
+// Issues O += P V for the V tile at `stage` (eight k-steps of 16 keys; V's two 64-channel
+// halves are LBO apart) as one commit group.
+__device__ __forceinline__ void issue_pv(float (&o)[64], const uint32_t (&p)[32],
+                                         unsigned stage) {
+#pragma unroll
+    for (int kk = 0; kk < SM90_BLOCK_N / 16; ++kk) {
+        const uint32_t a[4] = {p[4 * kk], p[4 * kk + 1], p[4 * kk + 2], p[4 * kk + 3]};
+        wgmma_f16_m64n128k16_rs(o, a,
+                                sw128_desc(stage + K_BYTES + kk * 16 * 128, V_HALF_BYTES, 1024));
+    }
+    wgmma_commit();
+}
+
+// One consumer warpgroup (`c` = 0 or 1): 64 queries from m0 + 64·c through every key tile,
+// software-pipelined by one tile: S(j) = Q K(j)ᵀ and O += P(j−1) V(j−1) are in flight together,
+// the softmax of S(j) runs while P(j−1) V(j−1) finishes, then O is rescaled for tile j.
 __device__ __forceinline__ void consume(const float *__restrict__ q_scale,
                                         const float *__restrict__ vmean,
                                         bf16_bits *__restrict__ out, unsigned tiles_addr,
@@ -229,86 +305,52 @@ __device__ __forceinline__ void consume(const float *__restrict__ q_scale,
         qs[r] = q < Lq ? q_scale[bh * Lq + q] : 0.0f;
     }
     const unsigned q_tile = tiles_addr + c * (64 * SM90_D);
+    auto stage_addr = [&](int j) { return tiles_addr + Q_BYTES + (j % STAGES) * STAGE_BYTES; };
 
     float o[64];
 #pragma unroll
     for (int i = 0; i < 64; ++i) o[i] = 0.0f;
-    float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
+    float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f}, corr[2];
+    int acc[64];
+    uint32_t p[32];
     mbar_wait(q_full, 0);
 
-    for (int j = 0; j < tiles; ++j) {
+    // Tile 0: S, then its softmax (O is zero, so its correction is moot).
+    mbar_wait(full0, 0);
+    pin_registers(acc);
+    wgmma_fence();
+    issue_qk(acc, q_tile, stage_addr(0));
+    wgmma_wait<0>();
+    pin_registers(acc);
+    softmax_tile(acc, sKs[0], qs, 0, Lk, lane, row_max, row_sum, p, corr);
+
+    for (int j = 1; j < tiles; ++j) {
         const int s = j % STAGES;
-        const unsigned stage = tiles_addr + Q_BYTES + s * STAGE_BYTES;
         mbar_wait(full0 + 8 * s, (j / STAGES) & 1);
-
-        // S = Q Kᵀ: four k-steps of 32 bytes inside the swizzled 128-byte rows.
-        int acc[64];
         pin_registers(acc);
-        wgmma_fence();
-        wgmma_s8_m64n128k32<0>(acc, sw128_desc(q_tile, 16, 1024), sw128_desc(stage, 16, 1024));
-#pragma unroll
-        for (int ks = 1; ks < SM90_D / 32; ++ks)
-            wgmma_s8_m64n128k32<1>(acc, sw128_desc(q_tile + 32 * ks, 16, 1024),
-                                   sw128_desc(stage + 32 * ks, 16, 1024));
-        wgmma_commit();
-        wgmma_wait_all();
-        pin_registers(acc);
-
-        // Dequantize, mask, online softmax (acc[4i + e]: row + 8·(e ≥ 2), key 8i + 2·(lane%4) + e%2).
-        const int col0 = (lane & 3) * 2;
-        float sv[64];
-        float tile_max[2] = {row_max[0], row_max[1]};
-#pragma unroll
-        for (int i = 0; i < 16; ++i)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int col = i * 8 + col0 + (e & 1);
-                sv[4 * i + e] = j * SM90_BLOCK_N + col < Lk
-                                    ? __int2float_rn(acc[4 * i + e]) * (qs[e >> 1] * sKs[s][col])
-                                    : -INFINITY;
-                tile_max[e >> 1] = fmaxf(tile_max[e >> 1], sv[4 * i + e]);
-            }
-        float correction[2], tile_sum[2] = {0.0f, 0.0f};
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
-            tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
-            // Tile 0 always holds a valid key, so tile_max is finite and exp2(-inf) = 0.
-            correction[r] = exp2f(row_max[r] - tile_max[r]);
-            row_max[r] = tile_max[r];
-        }
-        uint32_t p[32];
-#pragma unroll
-        for (int i = 0; i < 32; ++i) {
-            const int r = i & 1; // sv[2i] and sv[2i + 1] share a row: row + 8 for odd i
-            const float lo = __half2float(__float2half_rn(exp2f(sv[2 * i] - tile_max[r])));
-            const float hi = __half2float(__float2half_rn(exp2f(sv[2 * i + 1] - tile_max[r])));
-            tile_sum[r] += lo + hi;
-            p[i] = pack_f16x2_sm90(lo, hi);
-        }
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            tile_sum[r] += __shfl_xor_sync(0xffffffffu, tile_sum[r], 1);
-            tile_sum[r] += __shfl_xor_sync(0xffffffffu, tile_sum[r], 2);
-            row_sum[r] = __fadd_rn(__fmul_rn(row_sum[r], correction[r]), tile_sum[r]);
-        }
-#pragma unroll
-        for (int i = 0; i < 64; ++i) o[i] *= correction[(i >> 1) & 1];
-
-        // O += P V: eight k-steps of 16 keys; V's two 64-channel halves are LBO apart.
         pin_registers(o);
         wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < SM90_BLOCK_N / 16; ++kk) {
-            const uint32_t a[4] = {p[4 * kk], p[4 * kk + 1], p[4 * kk + 2], p[4 * kk + 3]};
-            wgmma_f16_m64n128k16_rs(o, a, sw128_desc(stage + K_BYTES + kk * 16 * 128,
-                                                     V_HALF_BYTES, 1024));
-        }
-        wgmma_commit();
-        wgmma_wait_all();
+        issue_qk(acc, q_tile, stage_addr(j));
+        issue_pv(o, p, stage_addr(j - 1));
+        wgmma_wait<1>(); // S(j) has landed; P(j−1) V(j−1) may still run
+        pin_registers(acc);
+        uint32_t p_next[32];
+        softmax_tile(acc, sKs[s], qs, j * SM90_BLOCK_N, Lk, lane, row_max, row_sum, p_next, corr);
+        wgmma_wait<0>();
         pin_registers(o);
-        mbar_arrive(empty0 + 8 * s);
+        pin_registers(p); // P(j−1) V(j−1) read p until here: keep p_next out of its registers
+        mbar_arrive(empty0 + 8 * ((j - 1) % STAGES));
+#pragma unroll
+        for (int i = 0; i < 64; ++i) o[i] *= corr[(i >> 1) & 1];
+#pragma unroll
+        for (int i = 0; i < 32; ++i) p[i] = p_next[i];
     }
+    pin_registers(o);
+    wgmma_fence();
+    issue_pv(o, p, stage_addr(tiles - 1));
+    wgmma_wait<0>();
+    pin_registers(o);
+    mbar_arrive(empty0 + 8 * ((tiles - 1) % STAGES));
 
     // o / l + V mean, bf16, stored as pairs (o[4i + e]: row + 8·(e ≥ 2), channel 8i + col0 + e%2).
     const float inv[2] = {row_sum[0] > 0.0f ? 1.0f / row_sum[0] : 0.0f,
