@@ -11,8 +11,9 @@
 //   - warpgroup 0, the producer: its first warp loads Q once and then each K/V tile with TMA
 //     (`cp.async.bulk.tensor`, tensor maps made on the host, 128-byte swizzle, rows past the
 //     sequence zero-filled by the hardware) into a STAGES = 3 deep ring, and copies the tile's 128
-//     K scales into shared memory; a full mbarrier per stage carries both (one arrival with the
-//     transaction count, plus the TMA bytes). The other three warps exit at once.
+//     K scales into shared memory; a full mbarrier per stage carries both (one arrival per lane,
+//     lane 0's with the transaction count, plus the TMA bytes). The other three warps exit at
+//     once.
 //   - warpgroups 1 and 2, the consumers, 64 queries each (the M of wgmma), per key tile j:
 //       S = Q Kᵀ: 4 × wgmma m64n128k32 s8·s8 → s32, both operands K-major from shared memory;
 //       dequantize float(S) · q_scale · k_scale, mask keys ≥ kv_len to −inf, online softmax in
@@ -205,13 +206,15 @@ __device__ __forceinline__ void produce(const CUtensorMap *tm_q, const CUtensorM
             const int key = j * SM90_BLOCK_N + i;
             sKs[s][i] = key < Lk ? ksb[key] : 0.0f;
         }
-        __syncwarp();
+        // Each lane's arrival releases its own scale writes; lane 0's also announces the bytes.
         if (lane == 0) {
             const unsigned stage = tiles_addr + Q_BYTES + s * STAGE_BYTES;
             mbar_arrive_expect_tx(full, STAGE_BYTES);
             tma_load_3d(stage, tm_k, full, 0, j * SM90_BLOCK_N, bh);
             tma_load_3d(stage + K_BYTES, tm_v, full, 0, j * SM90_BLOCK_N, bh);
             tma_load_3d(stage + K_BYTES + V_HALF_BYTES, tm_v, full, 64, j * SM90_BLOCK_N, bh);
+        } else {
+            mbar_arrive(full);
         }
     }
 }
@@ -395,7 +398,7 @@ extern "C" __global__ void __launch_bounds__(SM90_THREADS, 1)
     if (threadIdx.x == 0) {
         mbar_init(q_full, 1);
         for (int s = 0; s < STAGES; ++s) {
-            mbar_init(full0 + 8 * s, 1);
+            mbar_init(full0 + 8 * s, 32); // the producer warp's lanes
             mbar_init(empty0 + 8 * s, CONSUMERS * 128);
         }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
