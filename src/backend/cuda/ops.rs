@@ -18,7 +18,6 @@ use half::bf16;
 use super::gemm::{self, GemmDims};
 use super::gemm_fp8::{self, Fp8Operands};
 use super::kernels::attention_q8::attention_q8_workspace_bytes;
-pub use super::kernels::attention_q8_sm90::{Q8Kernel, Q8_KERNEL_ENV};
 use super::kernels::convert::Fp8Format;
 use super::kernels::qk_norm_rope::RopeTables;
 use super::kernels::strided_copy::CopyPlan;
@@ -29,6 +28,7 @@ use crate::backend::cpu::conv::Conv3dGeom;
 use crate::backend::cpu::elementwise::{BinaryOp, UnaryOp};
 use crate::backend::cpu::reduce::ReduceOp;
 use crate::backend::gemm_plan::{gemm_path, Epilogue, GemmPath};
+use crate::backend::q8_kernel::Q8Kernel;
 use crate::error::{Error, Result};
 use crate::tensor::ops::AttentionParams;
 use crate::tensor::{DType, Shape, Tensor, Weight};
@@ -679,7 +679,7 @@ pub fn attention_q8(
 }
 
 /// The 8-bit attention kernel [`attention_q8`] runs on CUDA device `ordinal` at `head_dim`
-/// ([`Q8Kernel::for_device`]: wgmma on sm_90 at 128 unless [`Q8_KERNEL_ENV`] is `mma`), for
+/// ([`Q8Kernel::for_device`]: wgmma on sm_90 at 128 unless `WANRT_Q8_KERNEL` is `mma`), for
 /// metadata and logs.
 pub fn q8_kernel(ordinal: usize, head_dim: usize) -> Result<Q8Kernel> {
     Q8Kernel::for_device(CudaDevice::get(ordinal)?.capability(), head_dim)

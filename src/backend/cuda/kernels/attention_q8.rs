@@ -9,9 +9,10 @@ use cudarc::driver::{
 use half::bf16;
 
 use super::attention::{check_attention_buffers, ATTENTION_BLOCK_M};
-use super::attention_q8_sm90::{Q8Kernel, Q8Operands};
+use super::attention_q8_sm90::Q8Operands;
 use super::{check_aligned16, launch, product, to_i32, Kernels};
 use crate::backend::cpu::attention::AttnDims;
+use crate::backend::q8_kernel::Q8Kernel;
 use crate::error::{Error, Result};
 
 /// Tokens one `q8_stats` block walks (`STATS_ROWS` in the kernel file).

@@ -1,6 +1,6 @@
 //! Launcher of `kernels/attention_q8_sm90.cu`, the sm_90a 8-bit attention (wgmma, TMA, warp
-//! specialisation) at head_dim 128, which reads the operands of `attention_q8.cu`'s pre-pass;
-//! and [`Q8Kernel`], the choice between it and the mma.sync kernel.
+//! specialisation) at head_dim 128, which reads the operands of `attention_q8.cu`'s pre-pass
+//! (`crate::backend::q8_kernel` decides when it runs).
 
 use std::ffi::c_void;
 use std::mem::MaybeUninit;
@@ -17,10 +17,6 @@ use super::{driver_error, launch, to_i32, Kernels};
 use crate::backend::cpu::attention::AttnDims;
 use crate::error::{Error, Result};
 
-/// The environment variable that picks the 8-bit attention kernel: `mma` forces the mma.sync
-/// kernel on sm_90 too (for A/B comparisons); unset, empty or `auto` picks by device.
-pub const Q8_KERNEL_ENV: &str = "WANRT_Q8_KERNEL";
-
 /// Queries per CTA and keys per tile (`SM90_BLOCK_M`, `SM90_BLOCK_N` in the kernel file).
 const BLOCK: usize = 128;
 /// Threads per CTA: one producer and two consumer warpgroups.
@@ -28,55 +24,6 @@ const THREADS: u32 = 384;
 /// Dynamic shared memory: Q (16 KB), three stages of K (16 KB) and V (32 KB), 1 KB of alignment
 /// slack for the 128-byte swizzle.
 const SMEM_BYTES: u32 = (16 + 3 * 48 + 1) * 1024;
-
-/// Which kernel computes the 8-bit attention on a GPU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Q8Kernel {
-    /// `kernels/attention_q8.cu`: mma.sync, every GPU (sm_80 and newer), head_dim 64 and 128;
-    /// the scheme `Q8Path::Sm80` (64-key tiles).
-    MmaSync,
-    /// `kernels/attention_q8_sm90.cu`: wgmma, TMA and warp specialisation, sm_90 (H100, H200),
-    /// head_dim 128; the scheme `Q8Path::Sm90` (128-key tiles).
-    Wgmma,
-}
-
-impl Q8Kernel {
-    /// `sm80-mma` or `sm90-wgmma`, for logs and metadata.
-    pub fn name(self) -> &'static str {
-        match self {
-            Q8Kernel::MmaSync => "sm80-mma",
-            Q8Kernel::Wgmma => "sm90-wgmma",
-        }
-    }
-
-    /// The kernel for a device of compute capability `capability` at `head_dim`, given the value
-    /// of [`Q8_KERNEL_ENV`]: wgmma on 9.0 at head_dim 128 unless the variable says `mma`,
-    /// mma.sync everywhere else. Another value of the variable is
-    /// [`Error::InvalidArgument`].
-    pub fn select(capability: (i32, i32), head_dim: usize, env: Option<&str>) -> Result<Q8Kernel> {
-        let forced_mma = match env.map(str::trim) {
-            None | Some("") => false,
-            Some(v) if v.eq_ignore_ascii_case("auto") => false,
-            Some(v) if v.eq_ignore_ascii_case("mma") => true,
-            Some(v) => {
-                return Err(Error::InvalidArgument(format!(
-                    "{Q8_KERNEL_ENV}={v}: expected auto or mma"
-                )))
-            }
-        };
-        Ok(if capability == (9, 0) && head_dim == 128 && !forced_mma {
-            Q8Kernel::Wgmma
-        } else {
-            Q8Kernel::MmaSync
-        })
-    }
-
-    /// [`Q8Kernel::select`] with the variable read from the environment.
-    pub fn for_device(capability: (i32, i32), head_dim: usize) -> Result<Q8Kernel> {
-        let env = std::env::var(Q8_KERNEL_ENV).ok();
-        Q8Kernel::select(capability, head_dim, env.as_deref())
-    }
-}
 
 /// The device addresses of the pre-pass's outputs the attention kernels read.
 pub(crate) struct Q8Operands {
@@ -188,27 +135,5 @@ impl Kernels {
         // SAFETY: the arguments match `attention_q8_sm90_hd128`; the tensor maps and addresses
         // cover the pre-pass's buffers, which the caller laid out and checked for `dims`.
         unsafe { launch(OP, &mut args, cfg) }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn wgmma_on_sm90_at_head_dim_128_unless_forced() {
-        let pick = |cc, d, env| Q8Kernel::select(cc, d, env).unwrap();
-        assert_eq!(pick((9, 0), 128, None), Q8Kernel::Wgmma);
-        assert_eq!(pick((9, 0), 128, Some("auto")), Q8Kernel::Wgmma);
-        assert_eq!(pick((9, 0), 128, Some(" MMA ")), Q8Kernel::MmaSync);
-        assert_eq!(pick((9, 0), 64, None), Q8Kernel::MmaSync);
-        for cc in [(8, 0), (8, 6), (8, 9), (10, 0), (12, 0)] {
-            assert_eq!(pick(cc, 128, None), Q8Kernel::MmaSync, "{cc:?}");
-        }
-        assert!(matches!(
-            Q8Kernel::select((9, 0), 128, Some("wgmma2")),
-            Err(Error::InvalidArgument(_))
-        ));
-        assert_ne!(Q8Kernel::MmaSync.name(), Q8Kernel::Wgmma.name());
     }
 }

@@ -8,13 +8,13 @@ use half::bf16;
 
 use super::attention::ATTENTION_BLOCK_M;
 use super::attention_q8::attention_q8_workspace_bytes;
-use super::attention_q8_sm90::Q8Kernel;
 use super::tests::{
     assert_close, bf16s, download, gpu, poisoned_bf16, upload, values, widen, BF16_REL,
 };
 use crate::backend::cpu;
 use crate::backend::cpu::attention::{AttnDims, AttnOpts};
 use crate::backend::cpu::attention_q8::{attention_q8, Q8Path, Q8Scheme};
+use crate::backend::q8_kernel::Q8Kernel;
 
 /// Relative L2 distance of `got` from `want`.
 pub(super) fn rel_l2(got: &[f32], want: &[f32]) -> f64 {

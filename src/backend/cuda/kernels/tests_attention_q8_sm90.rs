@@ -8,12 +8,12 @@ use std::sync::Arc;
 
 use cudarc::driver::CudaStream;
 
-use super::attention_q8_sm90::Q8Kernel;
 use super::tests::{assert_close, gpu, BF16_REL};
 use super::tests_attention_q8::{inputs, rel_l2, run};
 use super::Kernels;
 use crate::backend::cpu::attention::AttnDims;
 use crate::backend::cpu::attention_q8::{attention_q8, Q8Path, Q8Scheme};
+use crate::backend::q8_kernel::Q8Kernel;
 
 /// [`gpu`], but `None` (with the reason printed) unless the device is sm_90.
 fn sm90(test: &str) -> Option<(Arc<CudaStream>, Kernels)> {
