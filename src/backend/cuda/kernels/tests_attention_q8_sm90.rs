@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use cudarc::driver::CudaStream;
 
-use super::tests::{assert_close, gpu, BF16_REL};
+use super::tests::{assert_close, gpu, widen, BF16_REL};
 use super::tests_attention_q8::{inputs, rel_l2, run};
 use super::Kernels;
 use crate::backend::cpu::attention::AttnDims;
@@ -62,39 +62,27 @@ fn gpu_attention_q8_sm90_matches_its_emulation_and_the_mma_kernel() {
             let inp = inputs(dims, seed, wan);
             let scale = 1.0 / 128f32.sqrt();
             let got = run(&stream, &k, &inp, dims, scale, Q8Kernel::Wgmma);
-            let [q, kk, v] = inp.clone().map(|x| super::tests::widen(&x));
+            let [q, kk, v] = inp.clone().map(|x| widen(&x));
             let mut emulated = vec![f32::NAN; got.len()];
             attention_q8(&q, &kk, &v, dims, scale, &scheme, &mut emulated).unwrap();
             // The same quantization and roundings: the f32 summation order (inside the wgmma and
             // of the row sums), exp2f against std's exp2 (a flipped f16 rounding of P at most)
             // and the bf16 output remain.
             let what = format!("attention_q8 sm90 {dims:?} wan={wan}");
-            assert_close(
-                &format!("{what} vs emulation"),
-                &got,
-                &emulated,
-                2.0 * BF16_REL,
-                2e-3,
-            );
-            let rel = rel_l2(&got, &emulated);
-            assert!(rel < 4e-3, "{what}: rel_l2 {rel:.3e} against the emulation");
+            assert_near(&format!("{what} vs emulation"), &got, &emulated);
             // The mma.sync kernel: the same scheme with 64-key tiles (P's f16 rounding moves
             // with the running maximum) on the same pre-pass.
             let mma = run(&stream, &k, &inp, dims, scale, Q8Kernel::MmaSync);
-            assert_close(
-                &format!("{what} vs the mma.sync kernel"),
-                &got,
-                &mma,
-                2.0 * BF16_REL,
-                2e-3,
-            );
-            let rel = rel_l2(&got, &mma);
-            assert!(
-                rel < 4e-3,
-                "{what}: rel_l2 {rel:.3e} against the mma.sync kernel"
-            );
+            assert_near(&format!("{what} vs the mma.sync kernel"), &got, &mma);
         }
     }
+}
+
+/// `got` within two bf16 steps (plus 2e-3) of `want` everywhere and within 4e-3 in relative L2.
+fn assert_near(what: &str, got: &[f32], want: &[f32]) {
+    assert_close(what, got, want, 2.0 * BF16_REL, 2e-3);
+    let rel = rel_l2(got, want);
+    assert!(rel < 4e-3, "{what}: rel_l2 {rel:.3e}");
 }
 
 #[test]
@@ -123,7 +111,7 @@ fn gpu_attention_q8_sm90_edges() {
     let one = AttnDims { kv_len: 1, ..dims };
     let inp = inputs(one, 2, true);
     let got = run(&stream, &k, &inp, one, 0.1, Q8Kernel::Wgmma);
-    let v = super::tests::widen(&inp[2]);
+    let v = widen(&inp[2]);
     for row in got.chunks(one.heads * 128) {
         assert_close("one key", row, &v, 2.0 * BF16_REL, 1e-3);
     }
