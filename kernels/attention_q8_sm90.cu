@@ -181,7 +181,7 @@ __device__ __forceinline__ void wgmma_f16_m64n128k16_rs(float (&d)[64], const ui
 }
 
 // Two values already on the f16 grid in one register, `lo` in the low half.
-__device__ __forceinline__ uint32_t pack_f16x2_sm90(float lo, float hi) {
+__device__ __forceinline__ uint32_t pack_f16x2(float lo, float hi) {
     return static_cast<uint32_t>(__half_as_ushort(__float2half_rn(lo))) |
            (static_cast<uint32_t>(__half_as_ushort(__float2half_rn(hi))) << 16);
 }
@@ -256,7 +256,7 @@ __device__ __forceinline__ void softmax_tile(const int (&acc)[64], const float *
         const float lo = __half2float(__float2half_rn(exp2f(sv[2 * i] - tile_max[r])));
         const float hi = __half2float(__float2half_rn(exp2f(sv[2 * i + 1] - tile_max[r])));
         tile_sum[r] += lo + hi;
-        p[i] = pack_f16x2_sm90(lo, hi);
+        p[i] = pack_f16x2(lo, hi);
     }
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
