@@ -2,7 +2,8 @@
 // Q·Kᵀ in INT8 and P·V in fp16, f32 accumulation and online softmax; bf16 in and out, q/out
 // [B, Lq, H, D], k/v [B, Lk, H, D], D = 64 or 128, non-causal, any lengths. The arithmetic is the
 // scheme `Q8Path::Sm80` of src/backend/cpu/attention_q8.rs, which emulates it on the CPU; the
-// same mma.sync code runs on sm_80, sm_86, sm_89 and sm_90a (no wgmma, no e4m3 P·V yet).
+// same mma.sync code runs on sm_80, sm_86, sm_89 and sm_90a (no e4m3 P·V yet; at head_dim 128
+// sm_90a takes the wgmma kernel of attention_q8_sm90.cu on this file's pre-pass instead).
 //
 // Five kernels, launched in order by src/backend/cuda/kernels/attention_q8.rs:
 //   1. q8_stats: per (batch, head) and channel, the sums of k and v over the sequence (f64

@@ -27,6 +27,14 @@ pub mod ops {
         )*};
     }
 
+    /// The 8-bit attention kernel of a CUDA device: none in this build.
+    pub fn q8_kernel(
+        _ordinal: usize,
+        _head_dim: usize,
+    ) -> Result<crate::backend::q8_kernel::Q8Kernel> {
+        Err(Error::CudaNotCompiled)
+    }
+
     not_compiled! {
         fn binary(BinaryOp, &Tensor, &Tensor, &Shape);
         fn unary(UnaryOp, &Tensor);

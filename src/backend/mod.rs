@@ -9,6 +9,7 @@ pub mod cpu;
 #[cfg_attr(not(feature = "cuda"), path = "cuda_dummy.rs")]
 pub mod cuda;
 pub mod gemm_plan;
+pub mod q8_kernel;
 pub mod staging;
 
 /// Where a tensor lives and its ops run.

@@ -40,13 +40,16 @@
 //! **Chosen scheme** (docs/PERF.md, "8-bit attention, per-token scales", has the error table
 //! and the per-term breakdown): one INT8 scale per query and one per key (per token: the
 //! `head_dim` values of one row), round to nearest even, K and V smoothed, no channel balancing;
-//! fp16 P·V with f32 accumulation ([`Q8Path::Sm80`]). That is the arithmetic of the CUDA kernel
-//! (`kernels/attention_q8.cu`), which runs it on every GPU. It meets relative L2 ≤ 1e-2 and
-//! cosine ≥ 0.9995 against f64 attention on the fixture model's attention and on random-weight
-//! 1.3B/14B inputs (8.4e-3 and 8.9e-3); coarser Q or K scales do not (per-warp Q or per-block K:
-//! 1.2-1.6e-2), and neither does e4m3 P·V (the schemes of [`Q8Path::Sm89`] and [`Q8Path::Sm90`],
-//! 3.2-3.5e-2: V's and P's 3-bit mantissas), which is why no kernel runs those yet. K channels
-//! whose spread (not offset) is 8× the others' exceed the bounds with any per-token scale.
+//! fp16 P·V with f32 accumulation ([`Q8Path::Sm80`]). That is the arithmetic of the mma.sync
+//! kernel (`kernels/attention_q8.cu`, every GPU), and, with a key tile of 128 instead of 64, of
+//! the sm_90a wgmma kernel (`kernels/attention_q8_sm90.cu`, [`Q8Path::Sm90`]; the tile changes
+//! only where the online softmax rescales, so the two agree to within accumulation-order
+//! rounding). It meets relative L2 ≤ 1e-2 and cosine ≥ 0.9995 against f64 attention on the
+//! fixture model's attention and on random-weight 1.3B/14B inputs (8.4e-3 and 8.9e-3); coarser Q
+//! or K scales do not (per-warp Q or per-block K: 1.2-1.6e-2), and neither does e4m3 P·V (the
+//! scheme of [`Q8Path::Sm89`], 3.2-3.5e-2: V's and P's 3-bit mantissas), which is why no kernel
+//! runs it yet. K channels whose spread (not offset) is 8× the others' exceed the bounds with
+//! any per-token scale.
 
 use half::f16;
 use rayon::prelude::*;
@@ -70,7 +73,8 @@ pub enum Q8Path {
     Sm80,
     /// sm_89 (RTX 40xx, L40): INT8 Q·Kᵀ, e4m3 P·V (`mma.sync`, FP22 accumulator).
     Sm89,
-    /// sm_90a (H100, H200): INT8 Q·Kᵀ, e4m3 P·V (`wgmma`, FP22 accumulator).
+    /// sm_90a (H100, H200): sm_80's arithmetic (INT8 Q·Kᵀ, fp16 P·V with f32 accumulation)
+    /// through `wgmma` with a key tile of 128 (`kernels/attention_q8_sm90.cu`).
     Sm90,
 }
 
@@ -117,7 +121,7 @@ pub enum MmaAccum {
     /// output (rescaled by the softmax correction before each key tile), one level.
     F32,
     /// FP22 (1 sign, 8 exponent, 13 mantissa bits), truncated toward zero after each MMA: what
-    /// the e4m3 MMAs of sm_89/sm_90 keep of their "f32" accumulator. Two levels: a fresh
+    /// the e4m3 MMAs of sm_89 and sm_90 keep of their "f32" accumulator. Two levels: a fresh
     /// accumulator per key tile, flushed into the f32 output at the tile's end.
     Fp22,
 }
@@ -162,7 +166,8 @@ pub struct Q8Scheme {
 
 impl Q8Scheme {
     /// The scheme of `path` with per-token Q and K scales and no channel balancing (the chosen
-    /// scheme for [`Q8Path::Sm80`]; the e4m3 paths' error is in the module docs).
+    /// scheme for [`Q8Path::Sm80`] and [`Q8Path::Sm90`]; the e4m3 path's error is in the module
+    /// docs).
     pub fn for_path(path: Q8Path) -> Q8Scheme {
         Q8Scheme::with_granularity(path, QkGranularity::PerToken)
     }
@@ -174,9 +179,10 @@ impl Q8Scheme {
             Q8Path::Sm80 | Q8Path::Sm89 => (32, 128, 64),
             Q8Path::Sm90 => (16, 64, 128),
         };
+        // wgmma m64nNk16 f16 sums 16 products per instruction, as mma.sync m16n8k16 does.
         let (pv, mma_k, accum) = match path {
-            Q8Path::Sm80 => (PvFormat::F16, 16, MmaAccum::F32),
-            Q8Path::Sm89 | Q8Path::Sm90 => (PvFormat::E4m3, 32, MmaAccum::Fp22),
+            Q8Path::Sm80 | Q8Path::Sm90 => (PvFormat::F16, 16, MmaAccum::F32),
+            Q8Path::Sm89 => (PvFormat::E4m3, 32, MmaAccum::Fp22),
         };
         let (q_group, k_group) = match gran {
             QkGranularity::PerToken => (1, 1),

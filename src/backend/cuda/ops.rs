@@ -28,6 +28,7 @@ use crate::backend::cpu::conv::Conv3dGeom;
 use crate::backend::cpu::elementwise::{BinaryOp, UnaryOp};
 use crate::backend::cpu::reduce::ReduceOp;
 use crate::backend::gemm_plan::{gemm_path, Epilogue, GemmPath};
+use crate::backend::q8_kernel::Q8Kernel;
 use crate::error::{Error, Result};
 use crate::tensor::ops::AttentionParams;
 use crate::tensor::{DType, Shape, Tensor, Weight};
@@ -615,10 +616,12 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams<'_>) ->
     Ok(Tensor::from_cuda(out, DType::BF16, q.shape().clone()))
 }
 
-/// `softmax(scale · q kᵀ) v` through the 8-bit kernel (`kernels/attention_q8.cu`), `[B, S, H,
-/// D]` bf16 layouts (shapes checked by the caller), head_dim 64 or 128, unmasked. The kernel
-/// runs the scheme `Q8Scheme::for_path(Q8Path::Sm80)` on every GPU; any other scheme is refused
-/// by name. The quantized operands live in a workspace allocated per call.
+/// `softmax(scale · q kᵀ) v` through the 8-bit kernel [`q8_kernel`] picks, `[B, S, H, D]` bf16
+/// layouts (shapes checked by the caller), head_dim 64 or 128, unmasked: the fp16 scheme of
+/// `Q8Path::Sm80` (mma.sync, `kernels/attention_q8.cu`) or, on sm_90 at head_dim 128, of
+/// `Q8Path::Sm90` (wgmma, `kernels/attention_q8_sm90.cu`; the same arithmetic with 128-key
+/// tiles). Either scheme is accepted and the device decides; any other scheme is refused by
+/// name. The quantized operands live in a workspace allocated per call.
 pub fn attention_q8(
     q: &Tensor,
     k: &Tensor,
@@ -632,9 +635,12 @@ pub fn attention_q8(
             "{OP}: q and k must be [B, S, H, D]"
         )));
     };
-    if *scheme != Q8Scheme::for_path(Q8Path::Sm80) {
+    if ![Q8Path::Sm80, Q8Path::Sm90]
+        .map(Q8Scheme::for_path)
+        .contains(scheme)
+    {
         return Err(not_on_cuda(&format!(
-            "8-bit attention with the scheme {scheme:?} (the kernel runs sm80's)"
+            "8-bit attention with the scheme {scheme:?} (the kernels run sm80's and sm90's)"
         )));
     }
     if head_dim != 64 && head_dim != 128 {
@@ -654,6 +660,7 @@ pub fn attention_q8(
     };
     let n = q.elem_count();
     let kv = k.elem_count();
+    let kernel = Q8Kernel::for_device(dev.capability(), head_dim)?;
     let ws_bytes = attention_q8_workspace_bytes(dims)?;
     let mut ws = dev.alloc(ws_bytes)?;
     let mut out = output(dev, DType::BF16, n)?;
@@ -666,8 +673,16 @@ pub fn attention_q8(
         &mut ws.view_mut::<u8>(ws_bytes)?,
         dims,
         scale,
+        kernel,
     )?;
     Ok(Tensor::from_cuda(out, DType::BF16, q.shape().clone()))
+}
+
+/// The 8-bit attention kernel [`attention_q8`] runs on CUDA device `ordinal` at `head_dim`
+/// ([`Q8Kernel::for_device`]: wgmma on sm_90 at 128 unless `WANRT_Q8_KERNEL` is `mma`), for
+/// metadata and logs.
+pub fn q8_kernel(ordinal: usize, head_dim: usize) -> Result<Q8Kernel> {
+    Q8Kernel::for_device(CudaDevice::get(ordinal)?.capability(), head_dim)
 }
 
 /// 3-D convolution of bf16 `x` (`[B, Cin, T, H, W]`) of geometry `g` into `out`

@@ -226,7 +226,8 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams<'_>) ->
 /// [`attention`] (no mask, no bias) through the 8-bit scheme `scheme`: q `[B, Sq, H, D]`, k and
 /// v `[B, Sk, H, D]` -> `[B, Sq, H, D]`. On the CPU (f32), emulated with the kernels' arithmetic
 /// ([`crate::backend::cpu::attention_q8`]), slow, for checking the scheme; on CUDA (bf16), the
-/// 8-bit kernel, which runs the scheme of `Q8Path::Sm80` only.
+/// 8-bit kernels, which take the scheme of `Q8Path::Sm80` or `Q8Path::Sm90` (the same fp16
+/// arithmetic; the device picks the kernel, `crate::backend::cuda::ops::q8_kernel`) only.
 pub fn attention_q8(
     q: &Tensor,
     k: &Tensor,

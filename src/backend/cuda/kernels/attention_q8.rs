@@ -9,8 +9,10 @@ use cudarc::driver::{
 use half::bf16;
 
 use super::attention::{check_attention_buffers, ATTENTION_BLOCK_M};
+use super::attention_q8_sm90::Q8Operands;
 use super::{check_aligned16, launch, product, to_i32, Kernels};
 use crate::backend::cpu::attention::AttnDims;
+use crate::backend::q8_kernel::Q8Kernel;
 use crate::error::{Error, Result};
 
 /// Tokens one `q8_stats` block walks (`STATS_ROWS` in the kernel file).
@@ -61,7 +63,8 @@ impl Kernels {
     /// aligned buffers, unmasked, zeros without keys); `workspace` holds at least
     /// [`attention_q8_workspace_bytes`] bytes and starts on a 16-byte boundary (a fresh
     /// allocation does). Five launches on `stream`: K and V sums, their means, Q and K/V
-    /// quantization, attention.
+    /// quantization, attention by `kernel` (the sm_90a one, [`Kernels::attention_q8_sm90`],
+    /// runs the same arithmetic with 128-key tiles: `Q8Path::Sm90`).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn attention_q8(
         &self,
@@ -73,6 +76,7 @@ impl Kernels {
         workspace: &mut CudaViewMut<'_, u8>,
         dims: AttnDims,
         scale: f32,
+        kernel: Q8Kernel,
     ) -> Result<()> {
         const OP: &str = "attention_q8";
         let AttnDims {
@@ -168,6 +172,17 @@ impl Kernels {
         args.arg(&lk).arg(&h).arg(&d);
         // SAFETY: as above, for `q8_quantize_kv`.
         unsafe { launch(OP, &mut args, quant(kv_len)) }?;
+        if kernel == Q8Kernel::Wgmma {
+            let ops = Q8Operands {
+                q8,
+                q_scale,
+                k8,
+                k_scale,
+                v16,
+                means,
+            };
+            return self.attention_q8_sm90(stream, &ops, out, dims);
+        }
         let attention = LaunchConfig {
             grid_dim: grid(q_len.div_ceil(ATTENTION_BLOCK_M)),
             ..threads(128)

@@ -14,6 +14,7 @@
 
 pub(crate) mod attention;
 pub(crate) mod attention_q8;
+pub(crate) mod attention_q8_sm90;
 pub(crate) mod binary;
 pub(crate) mod channel_norm;
 pub(crate) mod conv3d;
@@ -39,6 +40,8 @@ pub(crate) mod upsample;
 mod tests;
 #[cfg(test)]
 mod tests_attention_q8;
+#[cfg(test)]
+mod tests_attention_q8_sm90;
 
 use std::sync::Arc;
 
@@ -60,6 +63,7 @@ pub(crate) struct Kernels {
     attention_hd128: CudaFunction,
     attention_q8_hd64: CudaFunction,
     attention_q8_hd128: CudaFunction,
+    attention_q8_sm90_hd128: CudaFunction,
     q8_stats: CudaFunction,
     q8_means: CudaFunction,
     q8_quantize_q: CudaFunction,
@@ -130,6 +134,7 @@ impl Kernels {
             attention_hd128: function("attention", "attention_hd128_bf16")?,
             attention_q8_hd64: function("attention_q8", "attention_q8_hd64")?,
             attention_q8_hd128: function("attention_q8", "attention_q8_hd128")?,
+            attention_q8_sm90_hd128: function("attention_q8_sm90", "attention_q8_sm90_hd128")?,
             q8_stats: function("attention_q8", "q8_stats")?,
             q8_means: function("attention_q8", "q8_means")?,
             q8_quantize_q: function("attention_q8", "q8_quantize_q")?,

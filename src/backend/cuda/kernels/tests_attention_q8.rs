@@ -14,9 +14,10 @@ use super::tests::{
 use crate::backend::cpu;
 use crate::backend::cpu::attention::{AttnDims, AttnOpts};
 use crate::backend::cpu::attention_q8::{attention_q8, Q8Path, Q8Scheme};
+use crate::backend::q8_kernel::Q8Kernel;
 
 /// Relative L2 distance of `got` from `want`.
-fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
+pub(super) fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
     let num: f64 = got
         .iter()
         .zip(want)
@@ -29,7 +30,7 @@ fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
 /// q, k, v of `dims`: `wan` gives q and k unit-RMS rows with a few K channels offset (what the
 /// smoothing removes) and V with a mean (what the V smoothing removes), as the DiT's
 /// self-attention after RMSNorm and RoPE; otherwise uniform values.
-fn inputs(dims: AttnDims, seed: u32, wan: bool) -> [Vec<bf16>; 3] {
+pub(super) fn inputs(dims: AttnDims, seed: u32, wan: bool) -> [Vec<bf16>; 3] {
     let AttnDims {
         batch,
         q_len,
@@ -54,13 +55,14 @@ fn inputs(dims: AttnDims, seed: u32, wan: bool) -> [Vec<bf16>; 3] {
     [bf16s(&q), bf16s(&k), bf16s(&v)]
 }
 
-/// The kernel's output for `dims`.
-fn run(
+/// The output of `kernel` for `dims`.
+pub(super) fn run(
     stream: &std::sync::Arc<cudarc::driver::CudaStream>,
     k: &super::Kernels,
     [q, kk, v]: &[Vec<bf16>; 3],
     dims: AttnDims,
     scale: f32,
+    kernel: Q8Kernel,
 ) -> Vec<f32> {
     let (dq, dk, dv) = (upload(stream, q), upload(stream, kk), upload(stream, v));
     let mut out = poisoned_bf16(stream, q.len());
@@ -75,6 +77,7 @@ fn run(
         &mut ws.as_view_mut(),
         dims,
         scale,
+        kernel,
     )
     .unwrap();
     widen(&download(stream, &out))
@@ -108,7 +111,7 @@ fn gpu_attention_q8_matches_its_emulation() {
             let seed = seed as u32 * 8 + wan as u32 * 4;
             let inp = inputs(dims, seed, wan);
             let scale = 1.0 / (head_dim as f32).sqrt();
-            let got = run(&stream, &k, &inp, dims, scale);
+            let got = run(&stream, &k, &inp, dims, scale, Q8Kernel::MmaSync);
             let [q, kk, v] = inp.clone().map(|x| widen(&x));
             let mut emulated = vec![f32::NAN; got.len()];
             attention_q8(&q, &kk, &v, dims, scale, &scheme, &mut emulated).unwrap();
@@ -156,7 +159,7 @@ fn gpu_attention_q8_edges_and_bad_arguments() {
     };
     // No keys: zeros, every value written.
     let inp = inputs(dims, 1, false);
-    let got = run(&stream, &k, &inp, dims, 0.1);
+    let got = run(&stream, &k, &inp, dims, 0.1, Q8Kernel::MmaSync);
     assert!(got.iter().all(|&x| x == 0.0), "{got:?}");
     // A head_dim without a kernel, and a workspace too small, are refused before launching.
     let bad = AttnDims {
@@ -188,6 +191,7 @@ fn gpu_attention_q8_edges_and_bad_arguments() {
             &mut ws.as_view_mut(),
             d,
             0.1,
+            Q8Kernel::MmaSync,
         );
         assert!(matches!(r, Err(crate::Error::InvalidArgument(_))), "{d:?}");
     }
