@@ -4,7 +4,7 @@
 // src/backend/cpu/attention_q8.rs, which emulates both on the CPU:
 //   - `Q8Path::Sm80`, fp16 P·V (attention_q8_hd*): runs on sm_80, sm_86, sm_89 and sm_90a;
 //   - `Q8Path::Sm89`, e4m3 P·V (attention_q8_fp8_hd*): needs the e4m3 mma.sync of sm_89+ (on
-//     sm_80/86 its body traps; the launcher refuses those devices before launching).
+//     sm_80/86 its e4m3 MMA traps; the launcher refuses those devices before launching).
 //
 // The fp16 path's kernels, launched in order by src/backend/cuda/kernels/attention_q8.rs:
 //   1. q8_stats: per (batch, head) and channel, the sums of k and v over the sequence (f64
