@@ -109,46 +109,16 @@ __device__ __forceinline__ void attention_block(const bf16_bits *__restrict__ q,
             cp_async_commit();
         }
 
-        // Online softmax over this tile; masked keys get -inf.
+        // Online softmax over this tile; masked keys get -inf, P stays f32 until packed.
         const int key0 = j * BLOCK_N + (lane & 3) * 2;
-        float tile_max[2] = {row_max[0], row_max[1]};
 #pragma unroll
         for (int t = 0; t < S_TILES; ++t)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int key = key0 + t * 8 + (e & 1);
-                s[t][e] = key < Lk ? s[t][e] * scale_log2 : -INFINITY;
-                tile_max[e >> 1] = fmaxf(tile_max[e >> 1], s[t][e]);
-            }
-        float correction[2], tile_sum[2] = {0.0f, 0.0f};
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
-            tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
-            // Tile 0 always holds a valid key, so tile_max is finite and exp2(-inf) = 0.
-            correction[r] = exp2f(row_max[r] - tile_max[r]);
-            row_max[r] = tile_max[r];
-        }
-#pragma unroll
-        for (int t = 0; t < S_TILES; ++t)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                s[t][e] = exp2f(s[t][e] - tile_max[e >> 1]);
-                tile_sum[e >> 1] += s[t][e];
-            }
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            tile_sum[r] += __shfl_xor_sync(0xffffffffu, tile_sum[r], 1);
-            tile_sum[r] += __shfl_xor_sync(0xffffffffu, tile_sum[r], 2);
-            row_sum[r] = row_sum[r] * correction[r] + tile_sum[r];
-        }
-#pragma unroll
-        for (int t = 0; t < O_TILES; ++t) {
-            o[t][0] *= correction[0];
-            o[t][1] *= correction[0];
-            o[t][2] *= correction[1];
-            o[t][3] *= correction[1];
-        }
+            for (int e = 0; e < 4; ++e)
+                s[t][e] = key0 + t * 8 + (e & 1) < Lk ? s[t][e] * scale_log2 : -INFINITY;
+        float correction[2];
+        online_softmax_tile(s, row_max, row_sum, correction, 0.0f, [](float p) { return p; });
+        scale_rows(o, correction);
 
         if (more)
             cp_async_wait<1>(); // V(j) has landed; K(j+1) may still be in flight

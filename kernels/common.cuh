@@ -96,3 +96,56 @@ __device__ __forceinline__ void mma_bf16_16816(float c[4], const uint32_t a[4], 
 __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
     return static_cast<uint32_t>(float_to_bf16(lo)) | (static_cast<uint32_t>(float_to_bf16(hi)) << 16);
 }
+
+// One key tile of the FlashAttention-2 online softmax, in base 2, for the two rows of an mma
+// C fragment that a thread owns (rows lane/4 and lane/4 + 8; the 4 lanes of a row reduce by
+// shuffles). `s` holds the tile's T n-tiles of logits (masked keys -inf) and becomes
+// P = round(2^(s − (m' − offset))), with m' the new running max (the offset puts P's range
+// where the P·V format wants it: 0 for f16/bf16, log2(448) for e4m3). `row_max` becomes m',
+// `correction` c = 2^(m − m'), and `row_sum` l·c + Σ P over the rounded P (each step rounded
+// as written, no fused multiply-add). The caller rescales its output by `correction`.
+template <int T, typename Round>
+__device__ __forceinline__ void online_softmax_tile(float (&s)[T][4], float (&row_max)[2],
+                                                    float (&row_sum)[2], float (&correction)[2],
+                                                    float offset, Round round) {
+    float tile_max[2] = {row_max[0], row_max[1]}, tile_sum[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int t = 0; t < T; ++t)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) tile_max[e >> 1] = fmaxf(tile_max[e >> 1], s[t][e]);
+    float shift[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
+        tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
+        // Tile 0 always holds a valid key, so tile_max is finite and exp2(-inf) = 0.
+        correction[r] = exp2f(row_max[r] - tile_max[r]);
+        row_max[r] = tile_max[r];
+        shift[r] = tile_max[r] - offset;
+    }
+#pragma unroll
+    for (int t = 0; t < T; ++t)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            s[t][e] = round(exp2f(s[t][e] - shift[e >> 1]));
+            tile_sum[e >> 1] += s[t][e];
+        }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        tile_sum[r] += __shfl_xor_sync(0xffffffffu, tile_sum[r], 1);
+        tile_sum[r] += __shfl_xor_sync(0xffffffffu, tile_sum[r], 2);
+        row_sum[r] = __fadd_rn(__fmul_rn(row_sum[r], correction[r]), tile_sum[r]);
+    }
+}
+
+// o *= c per row for the T n-tiles of an mma C fragment (rows as online_softmax_tile).
+template <int T>
+__device__ __forceinline__ void scale_rows(float (&o)[T][4], const float (&c)[2]) {
+#pragma unroll
+    for (int t = 0; t < T; ++t) {
+        o[t][0] *= c[0];
+        o[t][1] *= c[0];
+        o[t][2] *= c[1];
+        o[t][3] *= c[1];
+    }
+}

@@ -850,6 +850,13 @@ fn q8_attention_runs_and_is_recorded() {
     );
     let err = common::rel_l2_f32(&b, &a);
     assert!(err > 0.0 && err < 0.05, "rel_l2 {err}");
+    // q8-fp8 (the e4m3 P·V scheme's emulation here) is recorded by its name and changes the
+    // latent differently from q8.
+    let fp8 = run(AttentionChoice::Q8Fp8);
+    assert_eq!(fp8.metadata(pipe.info())["attention"], "q8-fp8");
+    let c = fp8.latent.to_f32_vec().unwrap();
+    let err = common::rel_l2_f32(&c, &a);
+    assert!(err > 0.0 && err < 0.1 && c != b, "rel_l2 {err}");
 
     let mut flags = model_flags();
     flags.extend(args(&[

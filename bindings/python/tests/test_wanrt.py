@@ -189,6 +189,8 @@ def test_errors_carry_status_and_message(case: dict, pipeline: wanrt.Pipeline):
 def test_attention_choice_is_recorded(pipeline: wanrt.Pipeline):
     g = pipeline.generate("a cat", **small(attention=wanrt.Attention.Q8))
     assert g.json["attention"] == "q8"
+    g = pipeline.generate("a cat", **small(attention=wanrt.Attention.Q8_FP8))
+    assert g.json["attention"] == "q8-fp8"
     assert pipeline.generate("a cat", **small()).json["attention"] == "auto"
 
 

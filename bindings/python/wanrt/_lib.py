@@ -79,6 +79,7 @@ class Attention(enum.IntEnum):
     AUTO = 0
     Q8 = 1
     BF16 = 2
+    Q8_FP8 = 3
 
 
 class Stage(enum.IntEnum):

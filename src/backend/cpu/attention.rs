@@ -46,14 +46,27 @@ impl AttnDims {
         v: &[T],
         out: &[U],
     ) -> Result<()> {
-        let row = self.batch * self.heads * self.head_dim;
-        let (q_size, kv_size) = (row * self.q_len, row * self.kv_len);
-        if q.len() != q_size || out.len() != q_size || k.len() != kv_size || v.len() != kv_size {
-            return Err(Error::InvalidArgument(format!(
+        self.check_lens(op, [q.len(), k.len(), v.len(), out.len()])
+    }
+
+    /// [`AttnDims::check_buffers`] for buffers given by their lengths `[q, k, v, out]` (device
+    /// buffers); a size that overflows `usize` is refused too.
+    pub fn check_lens(&self, op: &str, [q, k, v, out]: [usize; 4]) -> Result<()> {
+        let row = [self.batch, self.heads, self.head_dim]
+            .into_iter()
+            .try_fold(1usize, usize::checked_mul);
+        let sizes =
+            row.and_then(|r| Some((r.checked_mul(self.q_len)?, r.checked_mul(self.kv_len)?)));
+        match sizes {
+            Some((q_size, kv_size))
+                if q == q_size && out == q_size && k == kv_size && v == kv_size =>
+            {
+                Ok(())
+            }
+            _ => Err(Error::InvalidArgument(format!(
                 "{op}: buffer sizes do not match {self:?}"
-            )));
+            ))),
         }
-        Ok(())
     }
 }
 

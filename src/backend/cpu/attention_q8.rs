@@ -47,9 +47,10 @@
 //! rounding). It meets relative L2 ≤ 1e-2 and cosine ≥ 0.9995 against f64 attention on the
 //! fixture model's attention and on random-weight 1.3B/14B inputs (8.4e-3 and 8.9e-3); coarser Q
 //! or K scales do not (per-warp Q or per-block K: 1.2-1.6e-2), and neither does e4m3 P·V (the
-//! scheme of [`Q8Path::Sm89`], 3.2-3.5e-2: V's and P's 3-bit mantissas), which is why no kernel
-//! runs it yet. K channels whose spread (not offset) is 8× the others' exceed the bounds with
-//! any per-token scale.
+//! scheme of [`Q8Path::Sm89`], 3.2-3.5e-2: V's and P's 3-bit mantissas), which is why `auto`
+//! never runs it: it has a kernel (the e4m3 variant in `kernels/attention_q8.cu`, sm_89 and
+//! sm_90) only for the explicit choice `--attention q8-fp8`. K channels whose spread (not
+//! offset) is 8× the others' exceed the bounds with any per-token scale.
 
 use half::f16;
 use rayon::prelude::*;

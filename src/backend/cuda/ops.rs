@@ -13,6 +13,7 @@
 
 use std::sync::Arc;
 
+use cudarc::driver::{CudaStream, CudaView, CudaViewMut};
 use half::bf16;
 
 use super::gemm::{self, GemmDims};
@@ -21,6 +22,7 @@ use super::kernels::attention_q8::attention_q8_workspace_bytes;
 use super::kernels::convert::Fp8Format;
 use super::kernels::qk_norm_rope::RopeTables;
 use super::kernels::strided_copy::CopyPlan;
+use super::kernels::Kernels;
 use super::{not_on_cuda, CudaDevice, CudaStorage};
 use crate::backend::cpu::attention::AttnDims;
 use crate::backend::cpu::attention_q8::{Q8Path, Q8Scheme};
@@ -563,12 +565,90 @@ fn linear_f32(x: &Tensor, w: &Weight, bias: Option<&Weight>, out: &Shape) -> Res
     Ok(Tensor::from_cuda(o, DType::F32, out.clone()))
 }
 
+/// The bf16 operands of an attention call: q `[B, S, H, D]` and k, v `[B, kv_len.., H, D]` on
+/// one device, and the dims the kernels use.
+struct AttnOperands<'t> {
+    dev: &'t Arc<CudaDevice>,
+    q: &'t CudaStorage,
+    k: &'t CudaStorage,
+    v: &'t CudaStorage,
+    shape: &'t Shape,
+    dims: AttnDims,
+}
+
+impl<'t> AttnOperands<'t> {
+    /// The operands of `op` with the first `kv_len` keys of k and v (`None`: all of them).
+    fn new(
+        op: &'static str,
+        q: &'t Tensor,
+        k: &'t Tensor,
+        v: &'t Tensor,
+        kv_len: Option<usize>,
+    ) -> Result<AttnOperands<'t>> {
+        let (&[batch, q_len, heads, head_dim], &[_, all_keys, _, _]) = (q.dims(), k.dims()) else {
+            return Err(Error::InvalidArgument(format!(
+                "{op}: q and k must be [B, S, H, D]"
+            )));
+        };
+        let (dev, qs) = input(op, q, DType::BF16)?;
+        let (_, ks) = input(op, k, DType::BF16)?;
+        let (_, vs) = input(op, v, DType::BF16)?;
+        Ok(AttnOperands {
+            dev,
+            q: qs,
+            k: ks,
+            v: vs,
+            shape: q.shape(),
+            dims: AttnDims {
+                batch,
+                q_len,
+                kv_len: kv_len.unwrap_or(all_keys),
+                heads,
+                head_dim,
+            },
+        })
+    }
+
+    /// A fresh bf16 output like q, written by `launch(kernels, stream, q, k, v, out)`.
+    fn run(
+        &self,
+        launch: impl FnOnce(
+            &Kernels,
+            &Arc<CudaStream>,
+            &CudaView<'_, bf16>,
+            &CudaView<'_, bf16>,
+            &CudaView<'_, bf16>,
+            &mut CudaViewMut<'_, bf16>,
+        ) -> Result<()>,
+    ) -> Result<Tensor> {
+        let AttnDims {
+            batch,
+            kv_len,
+            heads,
+            head_dim,
+            ..
+        } = self.dims;
+        let n = self.shape.elem_count();
+        let kv = batch * kv_len * heads * head_dim;
+        let mut out = output(self.dev, DType::BF16, n)?;
+        launch(
+            &*self.dev.kernels()?,
+            self.dev.stream(),
+            &self.q.view::<bf16>(n)?,
+            &self.k.view::<bf16>(kv)?,
+            &self.v.view::<bf16>(kv)?,
+            &mut out.view_mut::<bf16>(n)?,
+        )?;
+        Ok(Tensor::from_cuda(out, DType::BF16, self.shape.clone()))
+    }
+}
+
 /// `softmax(scale · q kᵀ) v`, `[B, S, H, D]` bf16 layouts (shapes checked by the caller),
 /// through the FlashAttention-2-style kernel: head_dim 64 or 128, no bias; `kv_lens` only with
 /// batch 1 (the leading keys are a prefix of `k` and `v`). Other cases are refused by name.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams<'_>) -> Result<Tensor> {
     const OP: &str = "attention";
-    let (&[batch, q_len, heads, head_dim], &[_, kv_len, _, _]) = (q.dims(), k.dims()) else {
+    let (&[batch, _, _, head_dim], &[_, kv_len, _, _]) = (q.dims(), k.dims()) else {
         return Err(Error::InvalidArgument(format!(
             "{OP}: q and k must be [B, S, H, D]"
         )));
@@ -591,37 +671,17 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams<'_>) ->
             ))
         }
     };
-    let (dev, qs) = input(OP, q, DType::BF16)?;
-    let (_, ks) = input(OP, k, DType::BF16)?;
-    let (_, vs) = input(OP, v, DType::BF16)?;
-    let dims = AttnDims {
-        batch,
-        q_len,
-        kv_len,
-        heads,
-        head_dim,
-    };
-    let n = q.elem_count();
-    let kv = batch * kv_len * heads * head_dim;
-    let mut out = output(dev, DType::BF16, n)?;
-    dev.kernels()?.attention(
-        dev.stream(),
-        &qs.view::<bf16>(n)?,
-        &ks.view::<bf16>(kv)?,
-        &vs.view::<bf16>(kv)?,
-        &mut out.view_mut::<bf16>(n)?,
-        dims,
-        p.scale,
-    )?;
-    Ok(Tensor::from_cuda(out, DType::BF16, q.shape().clone()))
+    let ops = AttnOperands::new(OP, q, k, v, Some(kv_len))?;
+    ops.run(|kern, s, q, k, v, out| kern.attention(s, q, k, v, out, ops.dims, p.scale))
 }
 
-/// `softmax(scale · q kᵀ) v` through the 8-bit kernel [`q8_kernel`] picks, `[B, S, H, D]` bf16
-/// layouts (shapes checked by the caller), head_dim 64 or 128, unmasked: the fp16 scheme of
-/// `Q8Path::Sm80` (mma.sync, `kernels/attention_q8.cu`) or, on sm_90 at head_dim 128, of
-/// `Q8Path::Sm90` (wgmma, `kernels/attention_q8_sm90.cu`; the same arithmetic with 128-key
-/// tiles). Either scheme is accepted and the device decides; any other scheme is refused by
-/// name. The quantized operands live in a workspace allocated per call.
+/// `softmax(scale · q kᵀ) v` through an 8-bit kernel, `[B, S, H, D]` bf16 layouts (shapes
+/// checked by the caller), head_dim 64 or 128, unmasked. The fp16 scheme (`Q8Path::Sm80`, or
+/// `Q8Path::Sm90`, the same arithmetic with 128-key tiles: either is accepted and the device
+/// decides) runs in the kernel [`q8_kernel`] picks: mma.sync (`kernels/attention_q8.cu`, every
+/// GPU) or, on sm_90 at head_dim 128, wgmma (`kernels/attention_q8_sm90.cu`). The e4m3 scheme
+/// `Q8Path::Sm89` runs in `kernels/attention_q8.cu` on sm_89 and sm_90 devices. Any other scheme
+/// is refused by name. The quantized operands live in a workspace allocated per call.
 pub fn attention_q8(
     q: &Tensor,
     k: &Tensor,
@@ -630,52 +690,36 @@ pub fn attention_q8(
     scheme: &Q8Scheme,
 ) -> Result<Tensor> {
     const OP: &str = "attention_q8";
-    let (&[batch, q_len, heads, head_dim], &[_, kv_len, _, _]) = (q.dims(), k.dims()) else {
-        return Err(Error::InvalidArgument(format!(
-            "{OP}: q and k must be [B, S, H, D]"
+    let Some(path) = Q8Path::ALL
+        .into_iter()
+        .find(|&p| *scheme == Q8Scheme::for_path(p))
+    else {
+        return Err(not_on_cuda(&format!(
+            "8-bit attention with the scheme {scheme:?} (the kernels run sm80's, sm89's and sm90's)"
         )));
     };
-    if ![Q8Path::Sm80, Q8Path::Sm90]
-        .map(Q8Scheme::for_path)
-        .contains(scheme)
-    {
-        return Err(not_on_cuda(&format!(
-            "8-bit attention with the scheme {scheme:?} (the kernels run sm80's and sm90's)"
-        )));
-    }
+    let ops = AttnOperands::new(OP, q, k, v, None)?;
+    let head_dim = ops.dims.head_dim;
     if head_dim != 64 && head_dim != 128 {
         return Err(not_on_cuda(&format!(
             "8-bit attention at head_dim {head_dim} (64 and 128 have a kernel)"
         )));
     }
-    let (dev, qs) = input(OP, q, DType::BF16)?;
-    let (_, ks) = input(OP, k, DType::BF16)?;
-    let (_, vs) = input(OP, v, DType::BF16)?;
-    let dims = AttnDims {
-        batch,
-        q_len,
-        kv_len,
-        heads,
-        head_dim,
+    let path = match path {
+        Q8Path::Sm89 => Q8Path::Sm89,
+        Q8Path::Sm80 | Q8Path::Sm90 => {
+            match Q8Kernel::for_device(ops.dev.capability(), head_dim)? {
+                Q8Kernel::MmaSync => Q8Path::Sm80,
+                Q8Kernel::Wgmma => Q8Path::Sm90,
+            }
+        }
     };
-    let n = q.elem_count();
-    let kv = k.elem_count();
-    let kernel = Q8Kernel::for_device(dev.capability(), head_dim)?;
-    let ws_bytes = attention_q8_workspace_bytes(dims)?;
-    let mut ws = dev.alloc(ws_bytes)?;
-    let mut out = output(dev, DType::BF16, n)?;
-    dev.kernels()?.attention_q8(
-        dev.stream(),
-        &qs.view::<bf16>(n)?,
-        &ks.view::<bf16>(kv)?,
-        &vs.view::<bf16>(kv)?,
-        &mut out.view_mut::<bf16>(n)?,
-        &mut ws.view_mut::<u8>(ws_bytes)?,
-        dims,
-        scale,
-        kernel,
-    )?;
-    Ok(Tensor::from_cuda(out, DType::BF16, q.shape().clone()))
+    let ws_bytes = attention_q8_workspace_bytes(ops.dims, path)?;
+    let mut ws = ops.dev.alloc(ws_bytes)?;
+    ops.run(|kern, s, q, k, v, out| {
+        let mut ws = ws.view_mut::<u8>(ws_bytes)?;
+        kern.attention_q8(s, q, k, v, out, &mut ws, ops.dims, scale, path)
+    })
 }
 
 /// The 8-bit attention kernel [`attention_q8`] runs on CUDA device `ordinal` at `head_dim`

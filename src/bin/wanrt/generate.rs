@@ -182,9 +182,10 @@ pub struct GenerateArgs {
     /// what is free).
     #[arg(long, value_name = "SIZE", value_parser = parse_memory_size)]
     max_device_memory: Option<u64>,
-    /// DiT self-attention: auto (the 8-bit kernel where the device has one), q8 or bf16. On
-    /// the CPU, q8 runs the 8-bit scheme's emulation (slow, for checking); auto and bf16 exact
-    /// f32.
+    /// DiT self-attention: auto (the 8-bit kernel where the device has one), q8, bf16, or
+    /// q8-fp8 (8-bit with FP8 e4m3 P·V, sm_89/sm_90 only: about 3e-2 relative error against
+    /// exact attention, 3x q8's; auto never picks it). On the CPU, q8 and q8-fp8 run their
+    /// scheme's emulation (slow, for checking); auto and bf16 exact f32.
     #[arg(long, value_name = "KIND", default_value = "auto")]
     attention: String,
     /// How the VAE decodes: auto (whole frames when they fit in memory, else tiles), off

@@ -1,5 +1,5 @@
-//! How the DiT computes its self-attention: the user's choice (`--attention auto|q8|bf16`) and
-//! what a forward pass runs for it.
+//! How the DiT computes its self-attention: the user's choice (`--attention
+//! auto|q8|q8-fp8|bf16`) and what a forward pass runs for it.
 
 use std::str::FromStr;
 
@@ -40,22 +40,30 @@ pub enum AttentionChoice {
     Q8,
     /// 16-bit attention on a GPU; exact f32 on the CPU.
     Bf16,
+    /// The 8-bit scheme with e4m3 P·V ([`Q8Path::Sm89`], SageAttention2's sm_89 arithmetic),
+    /// only when asked for: its error against exact attention is about 3e-2 relative L2
+    /// (cosine ≈ 0.9995), over the 1e-2 that [`AttentionChoice::Q8`] meets, so `auto` never
+    /// picks it. On a GPU it needs sm_89 or sm_90 (an older one refuses it with
+    /// [`Error::InvalidArgument`]); on the CPU it runs its emulation, slow, for checking.
+    Q8Fp8,
 }
 
 impl AttentionChoice {
     /// Every choice.
-    pub const ALL: [AttentionChoice; 3] = [
+    pub const ALL: [AttentionChoice; 4] = [
         AttentionChoice::Auto,
         AttentionChoice::Q8,
         AttentionChoice::Bf16,
+        AttentionChoice::Q8Fp8,
     ];
 
-    /// `auto`, `q8` or `bf16`.
+    /// `auto`, `q8`, `bf16` or `q8-fp8`.
     pub fn name(self) -> &'static str {
         match self {
             AttentionChoice::Auto => "auto",
             AttentionChoice::Q8 => "q8",
             AttentionChoice::Bf16 => "bf16",
+            AttentionChoice::Q8Fp8 => "q8-fp8",
         }
     }
 
@@ -64,17 +72,20 @@ impl AttentionChoice {
         match self {
             AttentionChoice::Auto | AttentionChoice::Bf16 => SelfAttention::Exact,
             AttentionChoice::Q8 => SelfAttention::Q8(Q8Scheme::for_path(CPU_Q8_PATH)),
+            AttentionChoice::Q8Fp8 => SelfAttention::Q8(Q8Scheme::for_path(Q8Path::Sm89)),
         }
     }
 
     /// What the DiT's self-attention runs on a CUDA device for this choice: `auto` and `q8` the
-    /// 8-bit kernel (every supported GPU, sm_80 and newer, has it), `bf16` the bf16 kernel.
+    /// 8-bit kernel (every supported GPU, sm_80 and newer, has it), `bf16` the bf16 kernel,
+    /// `q8-fp8` the e4m3 P·V kernel (sm_89 and sm_90; the same scheme as on the CPU).
     pub fn on_cuda(self) -> SelfAttention {
         match self {
             AttentionChoice::Auto | AttentionChoice::Q8 => {
                 SelfAttention::Q8(Q8Scheme::for_path(CUDA_Q8_PATH))
             }
             AttentionChoice::Bf16 => SelfAttention::Exact,
+            AttentionChoice::Q8Fp8 => self.on_cpu(),
         }
     }
 
@@ -128,7 +139,7 @@ impl FromStr for AttentionChoice {
             .find(|c| c.name().eq_ignore_ascii_case(s))
             .ok_or_else(|| {
                 Error::InvalidArgument(format!(
-                    "unknown attention `{s}` (expected auto, q8 or bf16)"
+                    "unknown attention `{s}` (expected auto, q8, bf16 or q8-fp8)"
                 ))
             })
     }
@@ -154,6 +165,11 @@ mod tests {
             assert_eq!(c.on_cuda(), AttentionChoice::Q8.on_cpu());
         }
         assert_eq!(AttentionChoice::Bf16.on_cuda(), SelfAttention::Exact);
+        // q8-fp8: the sm89 scheme on both devices, never what auto picks.
+        let fp8 = AttentionChoice::Q8Fp8;
+        assert_eq!(fp8.on_cpu().describe(), "q8-sm89-emulated");
+        assert_eq!(fp8.on_cuda(), fp8.on_cpu());
+        assert_ne!(AttentionChoice::Auto.on_cuda(), fp8.on_cuda());
         let custom = Q8Scheme {
             tile_k: 32,
             ..Q8Scheme::for_path(Q8Path::Sm89)

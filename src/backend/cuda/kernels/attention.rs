@@ -6,7 +6,7 @@ use std::sync::Arc;
 use cudarc::driver::{CudaStream, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 use half::bf16;
 
-use super::{check_aligned16, check_len, launch, product, to_i32, Kernels};
+use super::{check_aligned16, launch, to_i32, Kernels};
 use crate::backend::cpu::attention::AttnDims;
 use crate::error::{Error, Result};
 
@@ -91,20 +91,9 @@ pub(super) fn check_attention_buffers(
     out: &CudaViewMut<'_, bf16>,
     dims: AttnDims,
 ) -> Result<bool> {
-    let AttnDims {
-        batch,
-        q_len,
-        kv_len,
-        heads,
-        head_dim,
-    } = dims;
-    let q_size = product(op, &[batch, q_len, heads, head_dim])?;
-    let kv_size = product(op, &[batch, kv_len, heads, head_dim])?;
-    check_len(op, "q", q.len(), q_size)?;
-    check_len(op, "out", out.len(), q_size)?;
-    check_len(op, "k", k.len(), kv_size)?;
-    check_len(op, "v", v.len(), kv_size)?;
-    if q_size == 0 {
+    let AttnDims { batch, heads, .. } = dims;
+    dims.check_lens(op, [q.len(), k.len(), v.len(), out.len()])?;
+    if q.is_empty() {
         return Ok(false);
     }
     check_aligned16(op, "q", q, stream)?;

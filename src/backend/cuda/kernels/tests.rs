@@ -94,6 +94,50 @@ pub(super) fn assert_close(what: &str, got: &[f32], want: &[f32], rel: f32, abs:
 /// One bf16 step relative (2^-8: the rounding of the kernel plus that of the reference).
 pub(super) const BF16_REL: f32 = 1.0 / 256.0;
 
+/// Relative L2 distance of `got` from `want` (the plain L2 norm of `got` when `want` is zero).
+pub(super) fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
+    let num: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(g, w)| ((g - w) as f64).powi(2))
+        .sum();
+    let den: f64 = want.iter().map(|w| (*w as f64).powi(2)).sum();
+    if den > 0.0 {
+        (num / den).sqrt()
+    } else {
+        num.sqrt()
+    }
+}
+
+/// Attention inputs q, k, v of `dims` (bf16): uniform values (q and k in ±3, v in ±1), or with
+/// `wan` q and k of unit RMS with a few K channels offset by 8 (what the K smoothing removes)
+/// and V with a mean of 0.5 (what the V smoothing removes), as the DiT's self-attention after
+/// RMSNorm and RoPE.
+pub(super) fn attention_inputs(dims: AttnDims, seed: u32, wan: bool) -> [Vec<bf16>; 3] {
+    let AttnDims {
+        batch,
+        q_len,
+        kv_len,
+        heads,
+        head_dim: d,
+    } = dims;
+    let nq = batch * q_len * heads * d;
+    let nk = batch * kv_len * heads * d;
+    let amp = if wan { 3f32.sqrt() } else { 3.0 };
+    let q = values(nq, seed, 0.0, amp);
+    let mut k = values(nk, seed + 1, 0.0, amp);
+    let mut v = values(nk, seed + 2, 0.0, 1.0);
+    if wan {
+        for (i, x) in k.iter_mut().enumerate() {
+            if i % d % 37 == 5 {
+                *x += 8.0;
+            }
+        }
+        v.iter_mut().for_each(|x| *x += 0.5);
+    }
+    [bf16s(&q), bf16s(&k), bf16s(&v)]
+}
+
 #[test]
 fn gpu_layer_norm_modulate_and_affine() {
     let Some((stream, k)) = gpu("gpu_layer_norm_modulate_and_affine") else {
@@ -450,12 +494,8 @@ fn gpu_attention() {
             heads,
             head_dim,
         };
-        let seed = seed as u32 * 8;
         let nq = batch * q_len * heads * head_dim;
-        let nk = batch * kv_len * heads * head_dim;
-        let q = bf16s(&values(nq, seed, 0.0, 3.0));
-        let kk = bf16s(&values(nk, seed + 1, 0.0, 3.0));
-        let v = bf16s(&values(nk, seed + 2, 0.0, 1.0));
+        let [q, kk, v] = attention_inputs(dims, seed as u32 * 8, false);
         let scale = 1.0 / (head_dim as f32).sqrt();
         let (dq, dk, dv) = (
             upload(&stream, &q),
@@ -493,17 +533,7 @@ fn gpu_attention() {
         };
         cpu::attention::attention(&widen(&q), &widen(&kk), &widen(&v), dims, &opts, &mut want)
             .unwrap();
-        let num: f64 = got
-            .iter()
-            .zip(&want)
-            .map(|(g, w)| ((g - w) as f64).powi(2))
-            .sum();
-        let den: f64 = want.iter().map(|w| (*w as f64).powi(2)).sum();
-        let rel = if den > 0.0 {
-            (num / den).sqrt()
-        } else {
-            num.sqrt()
-        };
+        let rel = rel_l2(&got, &want);
         assert!(
             rel < 1.0 / 256.0,
             "attention {dims:?}: rel_l2 {rel:.3e} against the CPU backend"

@@ -8,12 +8,11 @@ use std::sync::Arc;
 
 use cudarc::driver::CudaStream;
 
-use super::tests::{assert_close, gpu, widen, BF16_REL};
-use super::tests_attention_q8::{inputs, rel_l2, run};
+use super::tests::{assert_close, attention_inputs, gpu, rel_l2, widen, BF16_REL};
+use super::tests_attention_q8::run;
 use super::Kernels;
 use crate::backend::cpu::attention::AttnDims;
 use crate::backend::cpu::attention_q8::{attention_q8, Q8Path, Q8Scheme};
-use crate::backend::q8_kernel::Q8Kernel;
 
 /// [`gpu`], but `None` (with the reason printed) unless the device is sm_90.
 fn sm90(test: &str) -> Option<(Arc<CudaStream>, Kernels)> {
@@ -59,9 +58,9 @@ fn gpu_attention_q8_sm90_matches_its_emulation_and_the_mma_kernel() {
         };
         for wan in [false, true] {
             let seed = 1000 + seed as u32 * 8 + wan as u32 * 4;
-            let inp = inputs(dims, seed, wan);
+            let inp = attention_inputs(dims, seed, wan);
             let scale = 1.0 / 128f32.sqrt();
-            let got = run(&stream, &k, &inp, dims, scale, Q8Kernel::Wgmma);
+            let got = run(&stream, &k, &inp, dims, scale, Q8Path::Sm90);
             let [q, kk, v] = inp.clone().map(|x| widen(&x));
             let mut emulated = vec![f32::NAN; got.len()];
             attention_q8(&q, &kk, &v, dims, scale, &scheme, &mut emulated).unwrap();
@@ -72,7 +71,7 @@ fn gpu_attention_q8_sm90_matches_its_emulation_and_the_mma_kernel() {
             assert_near(&format!("{what} vs emulation"), &got, &emulated);
             // The mma.sync kernel: the same scheme with 64-key tiles (P's f16 rounding moves
             // with the running maximum) on the same pre-pass.
-            let mma = run(&stream, &k, &inp, dims, scale, Q8Kernel::MmaSync);
+            let mma = run(&stream, &k, &inp, dims, scale, Q8Path::Sm80);
             assert_near(&format!("{what} vs the mma.sync kernel"), &got, &mma);
         }
     }
@@ -101,16 +100,16 @@ fn gpu_attention_q8_sm90_edges() {
     let got = run(
         &stream,
         &k,
-        &inputs(dims, 1, false),
+        &attention_inputs(dims, 1, false),
         dims,
         0.1,
-        Q8Kernel::Wgmma,
+        Q8Path::Sm90,
     );
     assert!(got.iter().all(|&x| x == 0.0));
     // One key: every row is that key's value (to bf16), whatever the queries.
     let one = AttnDims { kv_len: 1, ..dims };
-    let inp = inputs(one, 2, true);
-    let got = run(&stream, &k, &inp, one, 0.1, Q8Kernel::Wgmma);
+    let inp = attention_inputs(one, 2, true);
+    let got = run(&stream, &k, &inp, one, 0.1, Q8Path::Sm90);
     let v = widen(&inp[2]);
     for row in got.chunks(one.heads * 128) {
         assert_close("one key", row, &v, 2.0 * BF16_REL, 1e-3);
