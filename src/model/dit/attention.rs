@@ -22,11 +22,14 @@ pub enum SelfAttention {
 }
 
 /// The GPU path whose 8-bit scheme `q8` emulates on the CPU: sm_80's (INT8 Q·Kᵀ, fp16 P·V), the
-/// arithmetic of the one 8-bit kernel, which every GPU runs (`kernels/attention_q8.cu`), so the
-/// CPU checks exactly what a GPU computes.
+/// arithmetic of the mma.sync kernel every GPU runs (`kernels/attention_q8.cu`); the sm_90a
+/// wgmma kernel differs from it only in its key tile (`Q8Path::Sm90`, within
+/// accumulation-order rounding), so the CPU checks what a GPU computes.
 pub const CPU_Q8_PATH: Q8Path = Q8Path::Sm80;
 
-/// The 8-bit scheme the CUDA kernel runs, on every GPU (sm_80 to sm_90a): [`CPU_Q8_PATH`]'s.
+/// The 8-bit scheme `q8` asks of a CUDA device: [`CPU_Q8_PATH`]'s, which the device runs in its
+/// own kernel (on sm_90 at head_dim 128 the wgmma one, `Q8Path::Sm90`; see
+/// `backend::cuda::ops::q8_kernel`).
 pub const CUDA_Q8_PATH: Q8Path = CPU_Q8_PATH;
 
 /// The attention a generation asks for.
