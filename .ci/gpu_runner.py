@@ -131,6 +131,12 @@ def steps(gpu):
         out.append({"name": "gpu_vs_torch", "limit_s": 150,
                     "cmd": [sys.executable, os.path.join(HERE, "gpu_vs_torch.py"), "--wanrt",
                             wanrt, "--iters", "5", "--warmup", "2"]})
+        # The whole pipeline beside diffusers' WanPipeline: 1.3B at 640x480, 6 steps, CFG 1,
+        # 21 frames so that both sides fit the budget (wanrt's VAE decodes on the host).
+        out.append({"name": "gpu_vs_torch pipeline", "limit_s": 240,
+                    "cmd": [sys.executable, os.path.join(HERE, "gpu_vs_torch.py"), "pipeline",
+                            "--wanrt", wanrt, "--config", "1.3b", "--width", "640", "--height",
+                            "480", "--frames", "21", "--steps", "6", "--cfg", "1"]})
     return out
 
 

@@ -112,6 +112,11 @@ pub fn synchronize(ordinal: usize) -> Result<()> {
     driver("synchronizing the CUDA stream", || dev.stream.synchronize())
 }
 
+/// What the allocator of device `ordinal` holds now ([`CudaDevice::memory_usage`]).
+pub fn memory_usage(ordinal: usize) -> Result<MemoryUsage> {
+    Ok(CudaDevice::get(ordinal)?.memory_usage())
+}
+
 /// One device: its context, the stream every op of wanrt runs on, its allocator and the
 /// hand-written kernels loaded into its context.
 pub struct CudaDevice {
