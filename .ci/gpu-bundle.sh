@@ -3,7 +3,7 @@
 # release `--features cuda` binaries, stripped (the library's unit tests, which hold the kernel
 # tests `gpu_*`; every integration test named tests/gpu_*.rs or tests/cuda_*.rs; the fixture
 # harness; `wanrt`), the DiT fixtures they read, the runner (run.py, from .ci/gpu_runner.py) and
-# benches/gpu_vs_torch.py; the executables packed as bin.tar.xz. Fails if the folder exceeds 60 MiB
+# benches/gpu_vs_torch.py with benches/wan_diffusers.py; the executables packed as bin.tar.xz. Fails if the folder exceeds 60 MiB
 # (the device tool carries 64 MiB).
 #
 # Usage: .ci/gpu-bundle.sh [DIR]     (default: gpu-bundle/ here, which .gitignore lists)
@@ -85,7 +85,7 @@ PY
 chmod -R u+w "$out/fixtures"
 
 cp .ci/gpu_runner.py "$out/run.py"
-cp benches/gpu_vs_torch.py "$out/"
+cp benches/gpu_vs_torch.py benches/wan_diffusers.py "$out/"
 echo "wanrt $(git rev-parse --short HEAD)$(git diff --quiet || echo -dirty) built $(date -u +%FT%TZ)" \
     >"$out/BUNDLE"
 

@@ -137,6 +137,12 @@ def steps(gpu):
         vs_torch = [sys.executable, os.path.join(HERE, "gpu_vs_torch.py"), "--wanrt", wanrt]
         out.append({"name": "gpu_vs_torch gemm attention", "limit_s": 150,
                     "cmd": vs_torch + ["gemm", "attention", "--iters", "5", "--warmup", "2"]})
+        # The whole pipeline beside diffusers' WanPipeline: 1.3B at 640x480, 6 steps, CFG 1,
+        # 21 frames so that both sides fit the budget (estimate, not yet timed on a GPU).
+        out.append({"name": "gpu_vs_torch pipeline", "limit_s": 150,
+                    "cmd": vs_torch[:2] + ["pipeline"] + vs_torch[2:] + [
+                        "--config", "1.3b", "--width", "640", "--height", "480", "--frames",
+                        "21", "--steps", "6", "--cfg", "1"]})
         out.append({"name": "gpu_vs_torch dit", "limit_s": 150,
                     "cmd": vs_torch + ["dit", "--layers", "10", "--dit-iters", "2"]})
     return out

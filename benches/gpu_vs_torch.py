@@ -22,6 +22,13 @@ fails is reported in its row.
 
     python3 benches/gpu_vs_torch.py [gemm] [attention] [dit] --wanrt target/release/wanrt \
         [--json out.json] [--quick] [--layers N]
+
+`gpu_vs_torch.py pipeline [--config 1.3b|14b] [--layers N] [--width W] [--height H]
+[--frames F] [--steps S] [--cfg C]` instead times a whole generation: diffusers' WanPipeline with
+random weights of the same config (bf16, VAE f32; `wan_diffusers.py`, nothing downloaded) and
+`wanrt bench pipeline --device cuda`, one after the other on the same GPU, per stage and the
+ratio. It needs diffusers and transformers too (skips without them); `pipeline --help` lists
+its flags.
 """
 
 import argparse
@@ -197,8 +204,69 @@ def skip(reason, json_path):
     return 0
 
 
+def pipeline_main(argv):
+    """`gpu_vs_torch.py pipeline`: diffusers' WanPipeline, then wanrt, on the same GPU."""
+    ap = argparse.ArgumentParser(prog="gpu_vs_torch.py pipeline",
+                                 description=pipeline_main.__doc__)
+    ap.add_argument("--wanrt", default=os.environ.get("WANRT_BIN") or shutil.which("wanrt")
+                    or "target/release/wanrt")
+    ap.add_argument("--config", default="1.3b", choices=["1.3b", "14b"])
+    ap.add_argument("--layers", type=int, help="cut the DiT (both sides) to N blocks")
+    ap.add_argument("--width", type=int, default=640)
+    ap.add_argument("--height", type=int, default=480)
+    ap.add_argument("--frames", type=int, default=81)
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--cfg", type=float, default=1.0)
+    ap.add_argument("--json", help="also write both records to this file")
+    a = ap.parse_args(argv)
+    try:
+        import torch
+        import wan_diffusers as wd
+        import diffusers  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as e:
+        return skip(f"pipeline: {e}", a.json)
+    if not torch.cuda.is_available():
+        return skip("PyTorch sees no CUDA device", a.json)
+    if not os.path.isfile(a.wanrt):
+        return skip(f"no wanrt binary at {a.wanrt} (--wanrt)", a.json)
+    shape = ["--config", a.config, "--width", str(a.width), "--height", str(a.height),
+             "--frames", str(a.frames), "--steps", str(a.steps), "--cfg", str(a.cfg)]
+    if a.layers:
+        shape += ["--layers", str(a.layers)]
+    # wanrt first, in its own process: its prompt length is diffusers' token count.
+    try:
+        w = wd.run_wanrt(a.wanrt, shape + ["--device", "cuda"], timeout=1200)
+    except (OSError, RuntimeError, subprocess.TimeoutExpired) as e:
+        w = {"error": str(e)[-1000:], "prompt_tokens": 144}
+    pipe = wd.build_pipeline(a.config, a.layers, w["prompt_tokens"], "cuda", torch.bfloat16,
+                             torch.float32)
+    torch.cuda.reset_peak_memory_stats()
+    d = wd.run_pipeline(pipe, a.width, a.height, a.frames, a.steps, a.cfg, torch.cuda.synchronize)
+    peak = torch.cuda.max_memory_allocated() / 2**20
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}; {a.config} "
+          f"(DiT layers {a.layers or 'all'}), {a.width}x{a.height}x{a.frames}, {a.steps} steps, "
+          f"cfg {a.cfg}, {w['prompt_tokens']} prompt tokens")
+    if "error" in w:
+        print(f"wanrt failed: {w['error']}")
+        print(f"diffusers: {json.dumps(d)}; peak device memory {peak:.0f} MiB")
+    else:
+        wd.print_table(w["timings"], d)
+        print(f"device memory: diffusers peak allocated {peak:.0f} MiB, wanrt allocator "
+              f"{w['device_memory_mb']:.0f} MiB; wanrt plan: {json.dumps(w['plan'])}")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                       "wanrt": w, "diffusers": {"timings": d, "peak_device_mb": peak}}, f,
+                      indent=1)
+    return 0
+
+
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    if sys.argv[1:2] == ["pipeline"]:
+        return pipeline_main(sys.argv[2:])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 epilog="`pipeline --help`: the whole-generation comparison")
     ap.add_argument("sections", nargs="*", metavar="SECTION",
                     help=f"what to compare: {', '.join(SECTIONS)} (default: gemm attention)")
     ap.add_argument("--wanrt", default=os.environ.get("WANRT_BIN") or shutil.which("wanrt")

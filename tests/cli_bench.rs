@@ -185,9 +185,110 @@ fn markdown_row() {
     assert!(lines[2].contains(" ± "));
 }
 
+/// `bench pipeline` at tiny sizes: one whole generation through the pipeline, its stage times,
+/// memory and plan fields.
+#[test]
+fn pipeline_json() {
+    let out = bench(&[
+        "pipeline",
+        "--config",
+        "tiny",
+        "--layers",
+        "1",
+        "--width",
+        "48",
+        "--height",
+        "32",
+        "--frames",
+        "5",
+        "--steps",
+        "3",
+        "--prompt",
+        "a fox",
+        "--threads",
+        "1",
+        "--json",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(stdout.lines().count(), 1, "one JSON line: {stdout}");
+    let v: Value = serde_json::from_str(&stdout).expect("valid JSON");
+    assert_eq!(v["target"], "pipeline");
+    assert_eq!(v["config"], "tiny");
+    assert_eq!(v["layers"], 1);
+    assert_eq!(
+        (v["width"].clone(), v["height"].clone()),
+        (48.into(), 32.into())
+    );
+    assert_eq!(
+        (v["frames"].clone(), v["steps"].clone()),
+        (5.into(), 3.into())
+    );
+    // 5 frames: 2 latent frames of 4x6, patches of 2x2: 12 tokens.
+    assert_eq!(v["latent"], serde_json::json!([2, 4, 6]));
+    assert_eq!(v["tokens"], 12);
+    // "▁a▁fox" byte by byte (▁ is 3 bytes), then </s>.
+    assert_eq!(v["prompt_tokens"], 11);
+    assert_eq!(
+        (v["device"].clone(), v["threads"].clone()),
+        ("cpu".into(), 1.into())
+    );
+    assert_eq!(v["plan"], Value::Null);
+    assert_eq!(v["device_memory_mb"], Value::Null);
+    let t = &v["timings"];
+    let s = |k: &str| t[k].as_f64().unwrap_or_else(|| panic!("{k} in {t}"));
+    let steps: Vec<f64> = t["steps_s"]
+        .as_array()
+        .expect("steps_s")
+        .iter()
+        .map(|x| x.as_f64().expect("a number"))
+        .collect();
+    assert_eq!(steps.len(), 3);
+    assert!(steps.iter().all(|&x| x > 0.0));
+    assert!(s("text_encoding_s") > 0.0 && s("decoding_s") > 0.0);
+    assert!(s("denoising_s") >= steps.iter().sum::<f64>() * 0.999);
+    let stages = s("text_encoding_s") + s("denoising_s") + s("decoding_s");
+    assert!(s("total_s") >= stages * 0.999, "{t}");
+    assert!(v["peak_rss_mb"].as_f64().expect("peak_rss_mb") > 1.0);
+}
+
+#[test]
+fn pipeline_markdown() {
+    let out = bench(&[
+        "pipeline",
+        "--config",
+        "tiny",
+        "--width",
+        "32",
+        "--height",
+        "32",
+        "--frames",
+        "1",
+        "--steps",
+        "2",
+        "--threads",
+        "1",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for row in [
+        "| text encoding |",
+        "| step 1 |",
+        "| step 2 |",
+        "| VAE decode |",
+        "| total |",
+    ] {
+        assert!(stdout.contains(row), "{row} in {stdout}");
+    }
+    assert!(
+        stdout.starts_with("pipeline tiny (DiT layers 2), 32x32x1, 2 steps"),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn bad_flags_are_clear_errors() {
-    let cases: [(&[&str], &str); 11] = [
+    let cases: &[(&[&str], &str)] = &[
         (&["gemm", "--device", "cuda"], "no CUDA support"),
         (&["gemm", "--iters", "0"], "--iters must be at least 1"),
         (&["gemm", "--threads", "0"], "--threads must be at least 1"),
@@ -210,6 +311,19 @@ fn bad_flags_are_clear_errors() {
         (
             &["dit", "--tokens", "4", "--frames", "2"],
             "cannot be used with",
+        ),
+        (&["pipeline", "--config", "7b"], "not 1.3b, 14b"),
+        (
+            &["pipeline", "--layers", "0"],
+            "--layers must be at least 1",
+        ),
+        (
+            &["pipeline", "--config", "14b", "--layers", "41"],
+            "the model has 40 layers",
+        ),
+        (
+            &["pipeline", "--width", "100"],
+            "width 100 is not a multiple of 16",
         ),
     ];
     for (args, want) in cases {

@@ -1,7 +1,7 @@
 //! Stand-in for the CUDA backend in builds without the `cuda` feature: the same items, with
 //! uninhabited storage and constructors that return [`Error::CudaNotCompiled`].
 
-use crate::backend::DeviceInfo;
+use crate::backend::{DeviceInfo, MemoryUsage};
 use crate::error::{Error, Result};
 
 /// The CUDA side of the op dispatch, with the signatures of the CUDA build's. No tensor lives on
@@ -232,4 +232,9 @@ impl DeviceMerge {
     ) -> Result<std::collections::BTreeMap<String, crate::tensor::Weight>> {
         match self.never {}
     }
+}
+
+/// What a CUDA device's allocator holds: always an error in this build.
+pub fn memory_usage(_ordinal: usize) -> Result<MemoryUsage> {
+    Err(Error::CudaNotCompiled)
 }

@@ -131,6 +131,11 @@ pub fn set_memory_limit(ordinal: usize, bytes: u64) -> Result<()> {
     Ok(())
 }
 
+/// What the allocator of device `ordinal` holds now ([`CudaDevice::memory_usage`]).
+pub fn memory_usage(ordinal: usize) -> Result<MemoryUsage> {
+    Ok(CudaDevice::get(ordinal)?.memory_usage())
+}
+
 /// One device: its context, the stream every op of wanrt runs on, its allocator and the
 /// hand-written kernels loaded into its context.
 pub struct CudaDevice {

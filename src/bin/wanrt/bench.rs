@@ -1,7 +1,8 @@
 //! `wanrt bench`: times one piece of the model on random weights, like llama-bench.
 //!
 //! Targets: `dit-block` (one transformer block of the DiT, its real code), `dit` (a whole
-//! forward of a real config, optionally cut to fewer layers), `attention` and `gemm`.
+//! forward of a real config, optionally cut to fewer layers), `attention`, `gemm`, and
+//! `pipeline` (a whole generation, timed per stage: see [`pipeline`]).
 //! Setting up (random weights and inputs) is not timed, nor are the `--warmup` runs; each of the
 //! `--iters` timed runs is one call of the op, whose output is then dropped. The report is a
 //! markdown row (mean ± sd, median, min) or, with `--json`, one JSON object with every sample.
@@ -15,6 +16,7 @@
 //! synchronisation of the device's stream, so it measures the GPU's work. `dit-block` and `dit`
 //! go through the op layer, so an op without a CUDA kernel yet fails with its typed error.
 
+mod pipeline;
 mod targets;
 
 use std::time::Instant;
@@ -55,6 +57,12 @@ pub enum Target {
         shape: targets::GemmShape,
         #[command(flatten)]
         common: Common,
+    },
+    /// A whole generation (text encoding, sampling steps, VAE decode) through the pipeline,
+    /// with random weights of a real config: per-stage times, peak memory, the plan.
+    Pipeline {
+        #[command(flatten)]
+        args: pipeline::PipelineArgs,
     },
 }
 
@@ -161,6 +169,7 @@ fn bench(target: Target) -> Result<()> {
         Target::Dit { shape, common } => (shape, common),
         Target::Attention { shape, common } => (shape, common),
         Target::Gemm { shape, common } => (shape, common),
+        Target::Pipeline { args } => return pipeline::bench(args),
     };
     let device = common.device.device();
     if device != Device::Cpu {

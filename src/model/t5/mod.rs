@@ -11,10 +11,12 @@
 //!   point a pipeline uses.
 
 mod block;
+mod byte_tokenizer;
 mod cache;
 mod charsmap;
 mod clean;
 mod html;
+mod shapes;
 mod tokenizer;
 
 use std::collections::BTreeMap;
@@ -24,6 +26,7 @@ pub use crate::io::config::T5Config;
 pub use cache::{file_identity, CacheStats, TextEmbedding, TextEncoder};
 pub use clean::clean_prompt;
 pub use html::html_unescape;
+pub use shapes::weight_shapes;
 pub use tokenizer::{Tokenized, Umt5Tokenizer};
 
 use block::{bucket_matrix, position_bias, Block, Shared, EPS};

@@ -20,6 +20,7 @@
 
 mod layers;
 mod load;
+mod shapes;
 mod stream;
 mod tiling;
 
@@ -27,6 +28,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 pub use crate::io::config::VaeConfig;
+pub use shapes::weight_shapes;
 pub use tiling::Tiling;
 
 use layers::{dims5, Layer};

@@ -72,7 +72,7 @@ pub enum WeightDType {
 }
 
 impl WeightDType {
-    fn dtype(self) -> DType {
+    pub(super) fn dtype(self) -> DType {
         match self {
             WeightDType::F32 => DType::F32,
             WeightDType::Bf16 => DType::BF16,
@@ -82,7 +82,7 @@ impl WeightDType {
         }
     }
 
-    fn name(self) -> String {
+    pub(super) fn name(self) -> String {
         self.to_possible_value()
             .map(|v| v.get_name().to_string())
             .unwrap_or_default()
@@ -206,27 +206,7 @@ pub struct DitShape {
 
 impl Prepare for DitShape {
     fn prepare(&self, device: Device) -> Result<Prepared> {
-        let mut cfg = match self.config.as_str() {
-            "1.3b" | "14b" => DitConfig::preset(&self.config)?,
-            path if Path::new(path).is_file() => {
-                DitConfig::from_json_file(Path::new(path), DitConfig::preset("1.3b")?)?
-            }
-            other => {
-                return Err(Error::InvalidArgument(format!(
-                    "--config {other}: not 1.3b, 14b or an existing config.json"
-                )))
-            }
-        };
-        if let Some(n) = self.layers {
-            positive(&[("--layers", n)])?;
-            if n > cfg.num_layers {
-                return Err(Error::InvalidArgument(format!(
-                    "--layers {n}: the model has {} layers",
-                    cfg.num_layers
-                )));
-            }
-            cfg.num_layers = n;
-        }
+        let cfg = dit_config(&self.config, self.layers)?;
         positive(&[("--batch", self.batch)])?;
         let [pt, ph, pw] = cfg.patch_size;
         let latent = match self.tokens {
@@ -395,6 +375,38 @@ impl Prepare for GemmShape {
     }
 }
 
+/// The DiT config `--config` names (`1.3b`, `14b` or a `config.json`), cut to its first
+/// `layers` blocks when given.
+pub(super) fn dit_config(config: &str, layers: Option<usize>) -> Result<DitConfig> {
+    let cfg = match config {
+        "1.3b" | "14b" => DitConfig::preset(config)?,
+        path if Path::new(path).is_file() => {
+            DitConfig::from_json_file(Path::new(path), DitConfig::preset("1.3b")?)?
+        }
+        other => {
+            return Err(Error::InvalidArgument(format!(
+                "--config {other}: not 1.3b, 14b or an existing config.json"
+            )))
+        }
+    };
+    cut_layers(cfg, layers)
+}
+
+/// `cfg` cut to its first `layers` blocks when given (at least 1, at most all of them).
+pub(super) fn cut_layers(mut cfg: DitConfig, layers: Option<usize>) -> Result<DitConfig> {
+    if let Some(n) = layers {
+        positive(&[("--layers", n)])?;
+        if n > cfg.num_layers {
+            return Err(Error::InvalidArgument(format!(
+                "--layers {n}: the model has {} layers",
+                cfg.num_layers
+            )));
+        }
+        cfg.num_layers = n;
+    }
+    Ok(cfg)
+}
+
 /// Fails with a clear message for any flag that is 0.
 fn positive(flags: &[(&str, usize)]) -> Result<()> {
     match flags.iter().find(|(_, v)| *v == 0) {
@@ -403,23 +415,36 @@ fn positive(flags: &[(&str, usize)]) -> Result<()> {
     }
 }
 
-/// The published Wan2.1 T2V configs (`wan/configs/wan_t2v_{1_3B,14B}.py`).
-/// Random weights for every tensor of `cfg`, stored in `dtype`: matrices uniform with unit
-/// variance gain (`±sqrt(3/fan_in)`), norm gains near 1, biases and modulation tables small.
+/// Random DiT weights for every tensor of `cfg`, stored in `dtype` ([`random_weights`]).
 fn random_dit(cfg: &DitConfig, dtype: DType, device: Device) -> Result<BTreeMap<String, Weight>> {
-    weight_shapes(cfg)
+    random_weights(weight_shapes(cfg), dtype, 0, device)
+}
+
+/// Random weights of the given names and shapes, stored in `dtype` on `device`, tensor `k`
+/// drawn from stream `seed + k`: matrices and convolutions uniform with unit variance gain
+/// (`±sqrt(3/fan_in)`), norm gains (`norm*.weight`, `gamma`) near 1, biases, modulation
+/// tables and other vectors small.
+pub(super) fn random_weights(
+    shapes: Vec<(String, Vec<usize>)>,
+    dtype: DType,
+    seed: u32,
+    device: Device,
+) -> Result<BTreeMap<String, Weight>> {
+    shapes
         .into_iter()
         .enumerate()
         .map(|(k, (name, dims))| {
             let fan_in = dims[1..].iter().product::<usize>().max(1) as f32;
-            let (center, amp) = if name.contains("norm") && name.ends_with(".weight") {
+            let gain =
+                name.ends_with("gamma") || name.contains("norm") && name.ends_with(".weight");
+            let (center, amp) = if gain {
                 (1.0, 0.1)
             } else if dims.len() == 1 || name.ends_with("modulation") {
                 (0.0, 0.02)
             } else {
                 (0.0, (3.0 / fan_in).sqrt())
             };
-            let w = random::weight(&dims, dtype, k as u32, center, amp)?;
+            let w = random::weight(&dims, dtype, seed.wrapping_add(k as u32), center, amp)?;
             Ok((name, place_weight(w, device)?))
         })
         .collect()
