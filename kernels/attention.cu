@@ -125,21 +125,7 @@ __device__ __forceinline__ void attention_block(const bf16_bits *__restrict__ q,
         else
             cp_async_wait<0>();
         __syncthreads();
-#pragma unroll
-        for (int kk = 0; kk < BLOCK_N / 16; ++kk) {
-            const uint32_t pf[4] = {pack_bf16x2(s[2 * kk][0], s[2 * kk][1]),
-                                    pack_bf16x2(s[2 * kk][2], s[2 * kk][3]),
-                                    pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                                    pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-            for (int t = 0; t < O_TILES; t += 2) {
-                uint32_t vf[4];
-                ldmatrix_x4_trans(vf, sV + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * STRIDE +
-                                          t * 8 + (lane >> 4) * 8);
-                mma_bf16_16816(o[t], pf, vf[0], vf[1]);
-                mma_bf16_16816(o[t + 1], pf, vf[2], vf[3]);
-            }
-        }
+        pv_mma_16<false>(o, s, sV, STRIDE, lane);
         __syncthreads(); // every warp is done with V(j)
         if (more) {
             load_tile(sV, vb, (j + 1) * BLOCK_N, Lk);

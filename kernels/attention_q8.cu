@@ -249,15 +249,6 @@ __device__ __forceinline__ void mma_s8_16832(int c[4], const uint32_t a[4], uint
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// c += a·b for a 16x16 f16 A (row), a 16x8 f16 B (col) and a 16x8 f32 C.
-__device__ __forceinline__ void mma_f16_16816(float c[4], const uint32_t a[4], uint32_t b0,
-                                              uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
-                 "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 // c += a·b for a 16x32 e4m3 A (row), a 32x8 e4m3 B (col) and a 16x8 f32 C (sm_89+; the
 // hardware keeps an FP22 accumulator). Traps where the instruction does not exist.
 __device__ __forceinline__ void mma_e4m3_16832(float c[4], const uint32_t a[4], uint32_t b0,
@@ -277,12 +268,6 @@ __device__ __forceinline__ uint32_t pack_e4m3x4(float a, float b, float c, float
     const uint32_t lo = __nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3);
     const uint32_t hi = __nv_cvt_float2_to_fp8x2(make_float2(c, d), __NV_SATFINITE, __NV_E4M3);
     return lo | (hi << 16);
-}
-
-// Two values already on the f16 grid in one register, `lo` in the low half.
-__device__ __forceinline__ uint32_t pack_f16x2(float lo, float hi) {
-    return static_cast<uint32_t>(__half_as_ushort(__float2half_rn(lo))) |
-           (static_cast<uint32_t>(__half_as_ushort(__float2half_rn(hi))) << 16);
 }
 
 // One 64-query block. FP8: e4m3 P·V from vt8 (v_amax the V channels' maxima), else fp16 P·V
@@ -451,21 +436,7 @@ __device__ __forceinline__ void attention_q8_block(
                     o[t][e] = __fadd_rn(__fmul_rn(o[t][e], correction[e >> 1]), acc8[e]);
             }
         } else {
-#pragma unroll
-            for (int kk = 0; kk < BLOCK_N / 16; ++kk) {
-                const uint32_t pf[4] = {pack_f16x2(s[2 * kk][0], s[2 * kk][1]),
-                                        pack_f16x2(s[2 * kk][2], s[2 * kk][3]),
-                                        pack_f16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                                        pack_f16x2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-                for (int t = 0; t < O_TILES; t += 2) {
-                    uint32_t vf[4];
-                    ldmatrix_x4_trans(vf, sV + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * VSTRIDE +
-                                              t * 8 + (lane >> 4) * 8);
-                    mma_f16_16816(o[t], pf, vf[0], vf[1]);
-                    mma_f16_16816(o[t + 1], pf, vf[2], vf[3]);
-                }
-            }
+            pv_mma_16<true>(o, s, sV, VSTRIDE, lane);
         }
         __syncthreads(); // every warp is done with V(j)
         if (more) {

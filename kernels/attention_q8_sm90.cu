@@ -180,12 +180,6 @@ __device__ __forceinline__ void wgmma_f16_m64n128k16_rs(float (&d)[64], const ui
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
 }
 
-// Two values already on the f16 grid in one register, `lo` in the low half.
-__device__ __forceinline__ uint32_t pack_f16x2(float lo, float hi) {
-    return static_cast<uint32_t>(__half_as_ushort(__float2half_rn(lo))) |
-           (static_cast<uint32_t>(__half_as_ushort(__float2half_rn(hi))) << 16);
-}
-
 // The producer warp: Q once, then every K/V tile into the ring with its K scales.
 __device__ __forceinline__ void produce(const CUtensorMap *tm_q, const CUtensorMap *tm_k,
                                         const CUtensorMap *tm_v, const float *__restrict__ ksb,

@@ -1,8 +1,10 @@
 // Device helpers shared by the kernel files: bf16 bit conversions, 16-byte vector packs, block
-// reductions, and the sm_80+ instructions the attention kernel uses (cp.async, ldmatrix, mma.sync).
+// reductions, the sm_80+ instructions the attention kernels use (cp.async, ldmatrix, mma.sync),
+// and the attention kernels' online softmax and 16-bit P·V steps.
 #pragma once
 
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <stdint.h>
 
 // bf16 values travel as their 16-bit patterns so that 16-byte vectors can be plain unions.
@@ -97,6 +99,21 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
     return static_cast<uint32_t>(float_to_bf16(lo)) | (static_cast<uint32_t>(float_to_bf16(hi)) << 16);
 }
 
+// c += a·b for a 16x16 f16 A (row), a 16x8 f16 B (col) and a 16x8 f32 C.
+__device__ __forceinline__ void mma_f16_16816(float c[4], const uint32_t a[4], uint32_t b0,
+                                              uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
+                 "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two f32 rounded to f16 in one register, `lo` in the low half (the mma operand order).
+__device__ __forceinline__ uint32_t pack_f16x2(float lo, float hi) {
+    return static_cast<uint32_t>(__half_as_ushort(__float2half_rn(lo))) |
+           (static_cast<uint32_t>(__half_as_ushort(__float2half_rn(hi))) << 16);
+}
+
 // One key tile of the FlashAttention-2 online softmax, in base 2, for the two rows of an mma
 // C fragment that a thread owns (rows lane/4 and lane/4 + 8; the 4 lanes of a row reduce by
 // shuffles). `s` holds the tile's T n-tiles of logits (masked keys -inf) and becomes
@@ -135,6 +152,37 @@ __device__ __forceinline__ void online_softmax_tile(float (&s)[T][4], float (&ro
         tile_sum[r] += __shfl_xor_sync(0xffffffffu, tile_sum[r], 1);
         tile_sum[r] += __shfl_xor_sync(0xffffffffu, tile_sum[r], 2);
         row_sum[r] = __fadd_rn(__fmul_rn(row_sum[r], correction[r]), tile_sum[r]);
+    }
+}
+
+// o += P·V over one key tile with the 16-bit m16n8k16 MMA (f16 when F16, else bf16): P the ST
+// n-tiles of logits-turned-weights `s` (rows as online_softmax_tile, 16·ST/2 keys), rounded to
+// the 16-bit type; V the tile's 16-bit rows in shared memory at `sV`, `stride` elements apart,
+// read transposed with ldmatrix; `o` the OT n-tiles of the output fragment.
+template <bool F16, int ST, int OT>
+__device__ __forceinline__ void pv_mma_16(float (&o)[OT][4], const float (&s)[ST][4],
+                                          const unsigned short *sV, int stride, int lane) {
+    const auto pack = [](float lo, float hi) {
+        return F16 ? pack_f16x2(lo, hi) : pack_bf16x2(lo, hi);
+    };
+#pragma unroll
+    for (int kk = 0; kk < ST / 2; ++kk) {
+        const uint32_t pf[4] = {pack(s[2 * kk][0], s[2 * kk][1]), pack(s[2 * kk][2], s[2 * kk][3]),
+                                pack(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                pack(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+        for (int t = 0; t < OT; t += 2) {
+            uint32_t vf[4];
+            ldmatrix_x4_trans(vf, sV + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * stride +
+                                      t * 8 + (lane >> 4) * 8);
+            if (F16) {
+                mma_f16_16816(o[t], pf, vf[0], vf[1]);
+                mma_f16_16816(o[t + 1], pf, vf[2], vf[3]);
+            } else {
+                mma_bf16_16816(o[t], pf, vf[0], vf[1]);
+                mma_bf16_16816(o[t + 1], pf, vf[2], vf[3]);
+            }
+        }
     }
 }
 
