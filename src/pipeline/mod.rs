@@ -28,6 +28,7 @@
 mod demo;
 pub mod device_plan;
 mod files;
+mod in_memory;
 mod memory;
 mod on_device;
 mod request;
@@ -41,6 +42,7 @@ use serde_json::{json, Value};
 
 pub use device_plan::DevicePlan;
 pub use files::{ModelFiles, ModelLayout, ModelSource};
+pub use in_memory::ModelWeights;
 pub use memory::{available_memory, Fit, MemoryEstimate, VaeTiling, WeightMemory};
 pub use request::{
     solver_name, GenerateRequest, NagSettings, Preset, DEFAULT_NEGATIVE_PROMPT, FPS, MAX_FRAMES,
@@ -430,16 +432,7 @@ impl Pipeline {
     /// LoRAs are merged on the device from pristine copies kept there, so
     /// [`Pipeline::set_lora_strength`] re-merges without reading the files.
     pub fn load(files: &ModelFiles, loras: &[LoraSpec], options: &LoadOptions) -> Result<Pipeline> {
-        let start = Instant::now();
-        options.check_low_vram()?;
-        options.device.ensure_supported()?;
-        let pool = thread_pool(options.threads)?;
-        let mut p = in_pool(pool.as_ref(), || {
-            load_models(files, loras, options)?.to_device(options.device)
-        })?;
-        p.pool = pool;
-        p.info.load_seconds = start.elapsed().as_secs_f64();
-        Ok(p)
+        build_in_pool(options, || load_models(files, loras, options))
     }
 
     /// A pipeline from models built elsewhere; fails when they do not fit together (the text
@@ -491,7 +484,9 @@ impl Pipeline {
     /// loop there, the latent staying on the device from the initial noise to the last step.
     /// The text encoder keeps its own device ([`LoadOptions::t5_device`]; its contexts are
     /// uploaded once per prompt) and the VAE stays on the CPU: the final latent comes back to
-    /// the host once, before decoding.
+    /// the host once, before decoding. Nothing is planned (no swapped blocks, no device VAE):
+    /// [`Pipeline::load`] and [`Pipeline::from_weights`] place all three models by the device
+    /// memory plan.
     pub fn to_device(mut self, device: Device) -> Result<Pipeline> {
         device.ensure_supported()?;
         self.dit = on_device(self.dit, device)?;
@@ -501,6 +496,15 @@ impl Pipeline {
     /// Where the DiT and the sampling loop run ([`Pipeline::to_device`]).
     pub fn device(&self) -> Device {
         self.dit.device()
+    }
+
+    /// Where the VAE decodes: the DiT's CUDA device in a pipeline placed by the device memory
+    /// plan ([`Pipeline::load`], [`Pipeline::from_weights`]), else the CPU.
+    pub fn decode_device(&self) -> Device {
+        match self.on_device {
+            Some(_) => self.device(),
+            None => Device::Cpu,
+        }
     }
 
     /// The worker threads a generation uses.
@@ -895,9 +899,9 @@ impl Pipeline {
         // The one copy back of the sampling loop; a pipeline loaded on the device decodes there
         // (its VAE moved at load), others on the host.
         let host_latent = latent.to_device(Device::Cpu)?;
-        let latent = match self.on_device {
-            Some(_) => latent,
-            None => host_latent.clone(),
+        let latent = match self.decode_device() {
+            Device::Cpu => host_latent.clone(),
+            Device::Cuda(_) => latent,
         };
 
         // Decoding, frame by frame.
@@ -976,19 +980,64 @@ fn on_device(dit: WanDit, device: Device) -> Result<WanDit> {
     }
 }
 
+/// What [`Pipeline::load`] and [`Pipeline::from_weights`] share around building the
+/// pipeline: the options' checks first, then `build` in the pipeline's own pool, the time it
+/// took recorded.
+fn build_in_pool(
+    options: &LoadOptions,
+    build: impl FnOnce() -> Result<Pipeline> + Send,
+) -> Result<Pipeline> {
+    let start = Instant::now();
+    options.check_low_vram()?;
+    options.device.ensure_supported()?;
+    let pool = thread_pool(options.threads)?;
+    let mut p = in_pool(pool.as_ref(), build)?;
+    p.pool = pool;
+    p.info.load_seconds = start.elapsed().as_secs_f64();
+    Ok(p)
+}
+
 /// The models of [`Pipeline::load`], loaded in the calling thread's pool.
 fn load_models(files: &ModelFiles, loras: &[LoraSpec], options: &LoadOptions) -> Result<Pipeline> {
-    let mode = options.lora_mode;
     let opened = loras
         .iter()
         .map(|l| Lora::open(&l.path).map(|lora| (lora, l.strength)))
         .collect::<Result<Vec<_>>>()?;
     let text = TextEncoder::open(&files.t5, files.t5_config.as_deref(), &files.tokenizer)?;
-    let mut vae = WanVae::open(&files.vae, files.vae_config.as_deref())?;
+    let vae = WanVae::open(&files.vae, files.vae_config.as_deref())?;
+    let dit = WanDit::read_weights(&files.dit, files.dit_config.as_deref())?;
+    let mut p = place_models(text, dit, vae, opened, options)?;
+    let identities = [
+        file_identity(&files.dit)?,
+        file_identity(&files.vae)?,
+        file_identity(&files.t5)?,
+    ];
+    let file_len = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    p.weights.text_encoder = file_len(&files.t5);
+    p.weights.vae = file_len(&files.vae);
+    p.info.files = Some(files.clone());
+    p.info.identities = Some(identities);
+    Ok(p)
+}
+
+/// The pipeline of [`Pipeline::load`] and [`Pipeline::from_weights`] from its models on the
+/// host: the DiT built from the canonical weights `base` with `opened` LoRAs applied as
+/// `options.lora_mode` says, then placed. On a CUDA device the memory plan at load decides
+/// ([`on_device::build`]): the DiT goes there with its swapped blocks, the VAE too, the text
+/// encoder where the plan puts it; on the CPU everything stays, the text encoder on
+/// `options.t5_device` when given. Records the LoRAs and the DiT's weight bytes (the caller
+/// adds the text encoder's and the VAE's).
+fn place_models(
+    text: TextEncoder,
+    (base, cfg): (BTreeMap<String, Weight>, DitConfig),
+    mut vae: WanVae,
+    opened: Vec<(Lora, f32)>,
+    options: &LoadOptions,
+) -> Result<Pipeline> {
+    let mode = options.lora_mode;
     let refs: Vec<(&Lora, f32)> = opened.iter().map(|(l, s)| (l, *s)).collect();
-    let (base, cfg) = WanDit::read_weights(&files.dit, files.dit_config.as_deref())?;
-    let keep = (mode == Mode::Unmerged && !loras.is_empty()).then(|| (base.clone(), cfg.clone()));
-    let (dit, report, mut weights, placed) = match options.device {
+    let keep = (mode == Mode::Unmerged && !opened.is_empty()).then(|| (base.clone(), cfg.clone()));
+    let (dit, report, weights, placed) = match options.device {
         Device::Cpu => {
             let (dit, report, weights) = build_dit(base, cfg, &refs, mode)?;
             (dit, report, weights, None)
@@ -1030,14 +1079,6 @@ fn load_models(files: &ModelFiles, loras: &[LoraSpec], options: &LoadOptions) ->
             );
         }
     }
-    let identities = [
-        file_identity(&files.dit)?,
-        file_identity(&files.vae)?,
-        file_identity(&files.t5)?,
-    ];
-    let file_len = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
-    weights.text_encoder = file_len(&files.t5);
-    weights.vae = file_len(&files.vae);
     let mut p = Pipeline::from_models(text, dit, vae)?;
     p.weights = weights;
     p.unmerged = keep.map(|(base, cfg)| UnmergedLoras {
@@ -1047,12 +1088,9 @@ fn load_models(files: &ModelFiles, loras: &[LoraSpec], options: &LoadOptions) ->
     });
     p.on_device = placed;
     p.info = ModelInfo {
-        files: Some(files.clone()),
-        identities: Some(identities),
         loras: loaded,
         lora_mode: mode,
-        load_seconds: 0.0,
-        demo: false,
+        ..ModelInfo::default()
     };
     Ok(p)
 }
@@ -1067,13 +1105,9 @@ fn build_dit(
 ) -> Result<(WanDit, lora::Report, WeightMemory)> {
     let mut bytes = WeightMemory::default();
     let mut count = |weights: &BTreeMap<String, Weight>| {
-        for w in weights.values() {
-            let n = tensor_bytes(&w.tensor);
-            bytes.dit += n;
-            if !w.tensor.is_mapped() {
-                bytes.allocated += n;
-            }
-        }
+        let (all, allocated) = weight_bytes(weights);
+        bytes.dit += all;
+        bytes.allocated += allocated;
     };
     match mode {
         Mode::Merged => {
@@ -1110,6 +1144,16 @@ fn build_dit(
             Ok((dit, u.report, bytes))
         }
     }
+}
+
+/// The bytes of `weights`' data, and of those the bytes allocated in process memory (not
+/// memory-mapped from a file).
+fn weight_bytes(weights: &BTreeMap<String, Weight>) -> (u64, u64) {
+    weights.values().fold((0, 0), |(all, allocated), w| {
+        let n = tensor_bytes(&w.tensor);
+        let mapped = w.tensor.is_mapped();
+        (all + n, allocated + if mapped { 0 } else { n })
+    })
 }
 
 /// The bytes of a tensor's data.

@@ -102,7 +102,22 @@ pub(super) fn needs_of(
     )
 }
 
-/// The DiT of [`super::Pipeline::load`] on CUDA device `ordinal`: the plan for the default
+/// The plan at load, from `free` device bytes: for the default request's size, with the
+/// options' bounds (`max_device_memory`, `blocks_to_swap`, `t5_device`). Its inputs are the
+/// DiT's config and stored bytes per block and the text encoder's and the VAE's configs, so
+/// models read from files and the same models built in memory plan alike.
+pub(super) fn load_plan(
+    dit: (&DitConfig, &DitBytes),
+    configs: (&T5Config, &VaeConfig),
+    options: &LoadOptions,
+    free: u64,
+) -> Result<DevicePlan> {
+    let needs = needs_of(&GenerateRequest::default(), 1, dit, configs.0, configs.1);
+    device_plan::plan(&needs, &plan_request(options, free))
+}
+
+/// The DiT of [`super::Pipeline::load`] and [`super::Pipeline::from_weights`] on CUDA device
+/// `ordinal`: the plan for the default
 /// request's size, then the DiT built with `loras` (merged on the device in [`Mode::Merged`],
 /// as deltas in [`Mode::Unmerged`]) and placed with the plan's swapped blocks. Returns the
 /// DiT, the LoRA report, the weights' bytes and what the pipeline keeps of it.
@@ -121,9 +136,7 @@ pub(super) fn build(
     };
     // Measured with the pristine weights and factors of a device merge already there.
     let free = cuda::free_memory(ordinal)?;
-    let default = GenerateRequest::default();
-    let needs = needs_of(&default, 1, (&cfg, &dit_bytes), configs.0, configs.1);
-    let plan = device_plan::plan(&needs, &plan_request(options, free))?;
+    let plan = load_plan((&cfg, &dit_bytes), configs, options, free)?;
     log::info!("device plan at load: {}", plan.summary());
     if let Some(max) = options.max_device_memory {
         cuda::set_memory_limit(ordinal, max)?;

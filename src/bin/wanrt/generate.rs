@@ -218,7 +218,7 @@ fn parse_device(s: &str) -> std::result::Result<Device, String> {
     s.parse().map_err(|e: Error| e.to_string())
 }
 
-fn parse_memory_size(s: &str) -> std::result::Result<u64, String> {
+pub(crate) fn parse_memory_size(s: &str) -> std::result::Result<u64, String> {
     wanrt::pipeline::device_plan::parse_memory_size(s).map_err(|e| e.to_string())
 }
 

@@ -161,6 +161,11 @@ impl TextEncoder {
         Ok(self)
     }
 
+    /// Where the encoder runs ([`TextEncoder::to_device`]).
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
     /// Names the encoder's weights for the disk cache (any string that changes when the
     /// weights change; [`file_identity`] of the checkpoint is what [`TextEncoder::open`] uses).
     pub fn with_identity(mut self, identity: impl Into<String>) -> TextEncoder {

@@ -3,6 +3,13 @@
 //! `wanrt generate`, with random weights of a real config built in memory (nothing is read from
 //! or written to the disk). Building the models is not timed; the generation runs once.
 //!
+//! The models are built and placed by [`Pipeline::from_weights`], the placement of
+//! [`Pipeline::load`]: with `--device cuda` the device memory plan at load (from the free
+//! device memory, `--max-device-memory`, `--blocks-to-swap`, `--t5-device`) decides the DiT's
+//! swapped blocks and the text encoder's place, the VAE decodes on the device, and the plan the
+//! generation ran with is reported (`plan`). On the CPU everything runs there (the text encoder
+//! on `--t5-device` when given).
+//!
 //! The models: the UMT5-XXL encoder and the DiT of `--config` in `--dtype` (bf16 by default,
 //! like the released checkpoints), the Wan2.1 VAE in f32 (as released). `--layers` cuts the
 //! DiT's depth only. `--config tiny` is the same architecture at a tiny width (for tests).
@@ -14,15 +21,16 @@ use clap::Args;
 use serde_json::{json, Value};
 use wanrt::backend::{cuda, Device};
 use wanrt::io::config::{DitConfig, T5Config, VaeConfig};
-use wanrt::model::dit::{weight_shapes, WanDit};
-use wanrt::model::t5::{self, TextEncoder, Umt5Encoder, Umt5Tokenizer};
-use wanrt::model::vae::{self, WanVae};
-use wanrt::pipeline::{GenerateRequest, Pipeline, Timings};
+use wanrt::model::dit::weight_shapes;
+use wanrt::model::t5::{self, Umt5Tokenizer};
+use wanrt::model::vae;
+use wanrt::pipeline::{GenerateRequest, LoadOptions, ModelWeights, Pipeline, Timings};
 use wanrt::sampler::Flow;
 use wanrt::{DType, Result};
 
 use super::targets::{cut_layers, dit_config, random_weights, WeightDType};
 use super::{cpu_name, finish, peak_rss_mb, DeviceArg};
+use crate::generate::parse_memory_size;
 
 /// The default prompt: 144 tokens with the byte-level tokenizer (a detailed prompt is about
 /// 100 to 200 UMT5 tokens).
@@ -63,9 +71,18 @@ pub struct PipelineArgs {
     /// Where the DiT and the sampling loop run.
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
-    /// Where the text encoder runs (default: `--device`).
+    /// Where the text encoder runs, always as given (default: the CPU, or with `--device cuda`
+    /// the device when the memory plan finds room beside the DiT).
     #[arg(long, value_enum)]
     t5_device: Option<DeviceArg>,
+    /// Low-VRAM mode (CUDA): keep the DiT's last N blocks in pinned host memory, each streamed
+    /// in while the previous one computes (default: the device memory plan chooses).
+    #[arg(long, value_name = "N")]
+    blocks_to_swap: Option<usize>,
+    /// The device memory the pipeline may use, e.g. 24G (K, M, G, T: powers of 1024; default:
+    /// what is free).
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory_size)]
+    max_device_memory: Option<u64>,
     /// Print one JSON object instead of a markdown table.
     #[arg(long)]
     json: bool,
@@ -105,37 +122,47 @@ fn configs(a: &PipelineArgs) -> Result<(T5Config, DitConfig, VaeConfig)> {
     Ok((t5, dit, vae))
 }
 
-/// The pipeline of random models (see the module docs), its DiT on `device` and its text
-/// encoder on `t5_device`.
-fn random_pipeline(
+/// The random models (see the module docs), on the host.
+fn random_models(
     (t5c, ditc, vaec): (T5Config, DitConfig, VaeConfig),
     dtype: DType,
-    device: Device,
-    t5_device: Device,
-) -> Result<Pipeline> {
-    let encoder = Umt5Encoder::new(
-        random_weights(t5::weight_shapes(&t5c), dtype, 1 << 20, Device::Cpu)?,
-        t5c,
-    )?;
-    let text = TextEncoder::new(Umt5Tokenizer::byte_level()?, encoder)?.to_device(t5_device)?;
-    let dit = WanDit::new(
-        random_weights(weight_shapes(&ditc), dtype, 0, Device::Cpu)?,
-        ditc,
-    )?;
-    let vae = WanVae::new(
-        random_weights(vae::weight_shapes(&vaec), DType::F32, 2 << 20, Device::Cpu)?,
-        vaec,
-    )?;
-    Pipeline::from_models(text, dit, vae)?.to_device(device)
+) -> Result<ModelWeights> {
+    Ok(ModelWeights {
+        tokenizer: Umt5Tokenizer::byte_level()?,
+        t5: (
+            random_weights(t5::weight_shapes(&t5c), dtype, 1 << 20, Device::Cpu)?,
+            t5c,
+        ),
+        dit: (
+            random_weights(weight_shapes(&ditc), dtype, 0, Device::Cpu)?,
+            ditc,
+        ),
+        vae: (
+            random_weights(vae::weight_shapes(&vaec), DType::F32, 2 << 20, Device::Cpu)?,
+            vaec,
+        ),
+    })
+}
+
+/// The load options of `wanrt generate` with the same flags.
+fn load_options(a: &PipelineArgs) -> LoadOptions {
+    LoadOptions {
+        device: a.device.device(),
+        t5_device: a.t5_device.map(DeviceArg::device),
+        blocks_to_swap: a.blocks_to_swap,
+        max_device_memory: a.max_device_memory,
+        ..LoadOptions::default()
+    }
 }
 
 /// Runs the benchmark and prints its report.
 pub fn bench(a: &PipelineArgs) -> Result<()> {
-    let device = a.device.device();
-    let t5_device = a.t5_device.unwrap_or(a.device).device();
-    for d in [device, t5_device] {
+    let options = load_options(a);
+    let device = options.device;
+    for d in [Some(device), options.t5_device].into_iter().flatten() {
         d.ensure_supported()?;
     }
+    options.check_low_vram()?;
     let cfgs = configs(a)?;
     let (dit_cfg, z_dim) = (cfgs.1.clone(), cfgs.2.z_dim);
     let mut req = GenerateRequest::new(a.prompt.clone());
@@ -143,7 +170,7 @@ pub fn bench(a: &PipelineArgs) -> Result<()> {
     (req.steps, req.guidance_scale, req.seed) = (a.steps, a.cfg, Some(0));
     req.validate()?;
     let start = std::time::Instant::now();
-    let pipe = random_pipeline(cfgs, a.dtype.dtype(), device, t5_device)?;
+    let pipe = Pipeline::from_weights(random_models(cfgs, a.dtype.dtype())?, &options)?;
     let setup_s = start.elapsed().as_secs_f64();
     let prompt_tokens = pipe
         .text_encoder()
@@ -170,15 +197,15 @@ pub fn bench(a: &PipelineArgs) -> Result<()> {
         "dtype": a.dtype.name(),
         "vae_dtype": "f32",
         "device": device.to_string(),
-        "t5_device": t5_device.to_string(),
+        "t5_device": pipe.text_encoder().device().to_string(),
+        "vae_device": pipe.decode_device().to_string(),
+        "max_device_memory": a.max_device_memory,
         "threads": pipe.threads(),
         "setup_s": setup_s,
         "timings": timings_json(&g.timings),
         "peak_rss_mb": peak_rss_mb(),
         "device_memory_mb": device_memory_mb(device)?,
-        // The device memory plan the generation ran with: null on the CPU, and on CUDA for this
-        // bench's pipeline, which is built in memory and moved with `Pipeline::to_device` (only
-        // `Pipeline::load` plans).
+        // The device memory plan the generation ran with (null on the CPU).
         "plan": g.device_plan,
         "cpu": cpu_name(),
         "version": env!("CARGO_PKG_VERSION"),
@@ -239,7 +266,9 @@ fn print_markdown(a: &PipelineArgs, r: &Value, t: &Timings) {
     println!("| VAE decode | {:.3} |", t.decoding);
     println!("| total | {:.3} |", t.total);
     println!(
-        "peak RSS {:.0} MiB; device memory (MiB) {}; plan {}",
+        "text encoder on {}, VAE on {}; peak RSS {:.0} MiB; device memory (MiB) {}; plan {}",
+        r["t5_device"],
+        r["vae_device"],
         r["peak_rss_mb"].as_f64().unwrap_or(0.0),
         r["device_memory_mb"],
         r["plan"]
