@@ -233,7 +233,13 @@ fn pipeline_json() {
         (v["device"].clone(), v["threads"].clone()),
         ("cpu".into(), 1.into())
     );
+    // Everything on the CPU, as `wanrt generate` places it there: no device plan.
     assert_eq!(v["plan"], Value::Null);
+    assert_eq!(
+        (v["t5_device"].clone(), v["vae_device"].clone()),
+        ("cpu".into(), "cpu".into())
+    );
+    assert_eq!(v["max_device_memory"], Value::Null);
     assert_eq!(v["device_memory_mb"], Value::Null);
     let t = &v["timings"];
     let s = |k: &str| t[k].as_f64().unwrap_or_else(|| panic!("{k} in {t}"));
@@ -324,6 +330,14 @@ fn bad_flags_are_clear_errors() {
         (
             &["pipeline", "--width", "100"],
             "width 100 is not a multiple of 16",
+        ),
+        (
+            &["pipeline", "--config", "tiny", "--blocks-to-swap", "1"],
+            "apply to a CUDA device only",
+        ),
+        (
+            &["pipeline", "--max-device-memory", "lots"],
+            "memory size `lots`",
         ),
     ];
     for (args, want) in cases {
