@@ -24,10 +24,11 @@ fails is reported in its row.
         [--json out.json] [--quick] [--layers N]
 
 `gpu_vs_torch.py pipeline [--config 1.3b|14b] [--layers N] [--width W] [--height H]
-[--frames F] [--steps S] [--cfg C]` instead times a whole generation: diffusers' WanPipeline with
-random weights of the same config (bf16, VAE f32; `wan_diffusers.py`, nothing downloaded) and
-`wanrt bench pipeline --device cuda`, one after the other on the same GPU, per stage and the
-ratio. It needs diffusers and transformers too (skips without them); `pipeline --help` lists
+[--frames F] [--steps S] [--cfg C] [--max-device-memory SIZE] [--blocks-to-swap N]` instead times
+a whole generation: diffusers' WanPipeline with random weights of the same config (bf16, VAE f32;
+`wan_diffusers.py`, nothing downloaded) and `wanrt bench pipeline --device cuda`, one after the
+other on the same GPU, per stage and the ratio. wanrt places its models by the device memory plan
+of `wanrt generate` (the last two flags bound it, wanrt's side only) and reports that plan. It needs diffusers and transformers too (skips without them); `pipeline --help` lists
 its flags.
 """
 
@@ -217,6 +218,10 @@ def pipeline_main(argv):
     ap.add_argument("--frames", type=int, default=81)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--cfg", type=float, default=1.0)
+    ap.add_argument("--max-device-memory", metavar="SIZE",
+                    help="wanrt's device memory limit, e.g. 24G (diffusers runs unbounded)")
+    ap.add_argument("--blocks-to-swap", type=int, metavar="N",
+                    help="wanrt's low-VRAM mode: the DiT's last N blocks in pinned host memory")
     ap.add_argument("--json", help="also write both records to this file")
     a = ap.parse_args(argv)
     try:
@@ -234,9 +239,14 @@ def pipeline_main(argv):
              "--frames", str(a.frames), "--steps", str(a.steps), "--cfg", str(a.cfg)]
     if a.layers:
         shape += ["--layers", str(a.layers)]
+    low_vram = []
+    if a.max_device_memory:
+        low_vram += ["--max-device-memory", a.max_device_memory]
+    if a.blocks_to_swap is not None:
+        low_vram += ["--blocks-to-swap", str(a.blocks_to_swap)]
     # wanrt first, in its own process: its prompt length is diffusers' token count.
     try:
-        w = wd.run_wanrt(a.wanrt, shape + ["--device", "cuda"], timeout=1200)
+        w = wd.run_wanrt(a.wanrt, shape + ["--device", "cuda"] + low_vram, timeout=1200)
     except (OSError, RuntimeError, subprocess.TimeoutExpired) as e:
         w = {"error": str(e)[-1000:], "prompt_tokens": 144}
     pipe = wd.build_pipeline(a.config, a.layers, w["prompt_tokens"], "cuda", torch.bfloat16,
@@ -253,7 +263,8 @@ def pipeline_main(argv):
     else:
         wd.print_table(w["timings"], d)
         print(f"device memory: diffusers peak allocated {peak:.0f} MiB, wanrt allocator "
-              f"{w['device_memory_mb']:.0f} MiB; wanrt plan: {json.dumps(w['plan'])}")
+              f"{w['device_memory_mb']:.0f} MiB; wanrt text encoder on {w['t5_device']}, VAE on "
+              f"{w['vae_device']}, plan: {json.dumps(w['plan'])}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
