@@ -187,6 +187,8 @@ def main():
     print(f"GPU: {gpu}" if gpu else f"no GPU: {reason}", flush=True)
     env = dict(os.environ)
     env["WANRT_FIXTURES"] = os.path.join(HERE, "fixtures")
+    # The bundle's wanrt for the tests that run it (their build path does not exist here).
+    env["WANRT_BIN"] = os.path.join(HERE, "bin", "wanrt")
     env["LD_LIBRARY_PATH"] = ":".join(cuda_library_path() + [env.get("LD_LIBRARY_PATH", "")])
     results = [run_step(s, env, deadline) for s in steps(gpu)]
     if not gpu:

@@ -2,7 +2,8 @@
 //! pipeline` runs) on CUDA: it plans and places its models as [`Pipeline::load`] does with the
 //! same weights read from files (the same device plan, the same placement, the same bits), and
 //! `wanrt bench pipeline --device cuda` reports that plan with the VAE decoding on the device.
-//! Compiled in every build; without a CUDA device each test prints why it skipped.
+//! Compiled in every build; without a CUDA device each test prints why it skipped. The bench
+//! runs `$WANRT_BIN` when set (the GPU runner's bundled binary), else the one cargo built.
 
 mod common;
 
@@ -96,7 +97,9 @@ fn bench_pipeline_on_cuda_reports_the_plan_and_decodes_there() {
     let Some(dev) = common::cuda_device(test) else {
         return;
     };
-    let out = Command::new(env!("CARGO_BIN_EXE_wanrt"))
+    // `$WANRT_BIN` where the GPU runner puts the bundle's binary, else the one cargo built.
+    let wanrt = std::env::var_os("WANRT_BIN").unwrap_or(env!("CARGO_BIN_EXE_wanrt").into());
+    let out = Command::new(wanrt)
         .args([
             "bench", "pipeline", "--config", "tiny", "--width", "48", "--height", "32",
         ])
