@@ -2,7 +2,8 @@
 //!
 //! [`Pipeline::load`] opens the three models (the UMT5 text encoder with its tokenizer, the
 //! DiT with any LoRAs merged in, the VAE) from [`ModelFiles`], which [`ModelSource::resolve`]
-//! finds from explicit paths or a model folder (official Wan-AI or ComfyUI layout).
+//! finds from explicit paths or a model folder (official Wan-AI or ComfyUI layout);
+//! [`Pipeline::from_weights`] builds and places models given as weights in memory the same way.
 //! [`Pipeline::generate`] runs one [`GenerateRequest`] the way upstream does
 //! (wan-architecture.md §0):
 //!

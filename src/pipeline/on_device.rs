@@ -117,10 +117,10 @@ pub(super) fn load_plan(
 }
 
 /// The DiT of [`super::Pipeline::load`] and [`super::Pipeline::from_weights`] on CUDA device
-/// `ordinal`: the plan for the default
-/// request's size, then the DiT built with `loras` (merged on the device in [`Mode::Merged`],
-/// as deltas in [`Mode::Unmerged`]) and placed with the plan's swapped blocks. Returns the
-/// DiT, the LoRA report, the weights' bytes and what the pipeline keeps of it.
+/// `ordinal`: the plan at load ([`load_plan`]) from the device's free memory, then the DiT
+/// built with `loras` (merged on the device in [`Mode::Merged`], as deltas in
+/// [`Mode::Unmerged`]) and placed with the plan's swapped blocks. Returns the DiT, the LoRA
+/// report, the weights' bytes and what the pipeline keeps of it.
 pub(super) fn build(
     base: BTreeMap<String, Weight>,
     cfg: DitConfig,
