@@ -267,8 +267,8 @@ fn print_markdown(a: &PipelineArgs, r: &Value, t: &Timings) {
     println!("| total | {:.3} |", t.total);
     println!(
         "text encoder on {}, VAE on {}; peak RSS {:.0} MiB; device memory (MiB) {}; plan {}",
-        r["t5_device"],
-        r["vae_device"],
+        r["t5_device"].as_str().unwrap_or("?"),
+        r["vae_device"].as_str().unwrap_or("?"),
         r["peak_rss_mb"].as_f64().unwrap_or(0.0),
         r["device_memory_mb"],
         r["plan"]
