@@ -16,9 +16,7 @@ use wanrt::io::config::{T5Config, VaeConfig};
 use wanrt::io::layout::{canonical_weights, weight_metas};
 use wanrt::model::dit::{AttentionChoice, WanDit};
 use wanrt::model::t5::Umt5Tokenizer;
-use wanrt::pipeline::{Flow, GenerateRequest, LoadOptions, ModelSource, ModelWeights, Pipeline};
-
-use common::model;
+use wanrt::pipeline::{Flow, GenerateRequest, LoadOptions, ModelWeights, Pipeline};
 
 /// `path`'s weights under their canonical names.
 fn canonical(path: &Path) -> std::collections::BTreeMap<String, wanrt::tensor::Weight> {
@@ -33,18 +31,7 @@ fn weights_in_memory_plan_and_place_like_the_same_weights_loaded_from_files() {
     let Some(dev) = common::cuda_device(test) else {
         return;
     };
-    let files = ModelSource {
-        dit: Some(model("tiny-dit/dit_bf16.safetensors")),
-        dit_config: Some(model("tiny-dit/config.json")),
-        vae: Some(model("tiny-vae/vae_f32.safetensors")),
-        vae_config: Some(model("tiny-vae/config.json")),
-        t5: Some(model("tiny-umt5/umt5_enc_f32.safetensors")),
-        t5_config: Some(model("tiny-umt5/config.json")),
-        tokenizer: Some(model("tiny-umt5/tokenizer.json")),
-        ..ModelSource::default()
-    }
-    .resolve()
-    .unwrap();
+    let files = common::tiny_files_bf16();
     let in_memory = || {
         let (t5, vae) = (canonical(&files.t5), canonical(&files.vae));
         let t5_cfg = T5Config::load(&weight_metas(&t5), files.t5_config.as_deref()).unwrap();

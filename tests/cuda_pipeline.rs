@@ -16,9 +16,7 @@ mod kinds;
 
 use wanrt::backend::Device;
 use wanrt::model::dit::{AttentionChoice, ForwardOptions, TeaCacheSignal, WanDit};
-use wanrt::pipeline::{
-    Flow, GenerateRequest, Generation, LoadOptions, LoraSpec, ModelSource, Pipeline,
-};
+use wanrt::pipeline::{Flow, GenerateRequest, Generation, LoadOptions, LoraSpec, Pipeline};
 use wanrt::Tensor;
 
 use common::{cuda_device, find_cases, fixtures_root, model, Case};
@@ -56,18 +54,7 @@ fn the_demo_generates_on_cuda_like_on_the_cpu() {
 
 /// The fixtures' tiny models (the bf16 DiT).
 fn tiny_files() -> wanrt::pipeline::ModelFiles {
-    ModelSource {
-        dit: Some(model("tiny-dit/dit_bf16.safetensors")),
-        dit_config: Some(model("tiny-dit/config.json")),
-        vae: Some(model("tiny-vae/vae_f32.safetensors")),
-        vae_config: Some(model("tiny-vae/config.json")),
-        t5: Some(model("tiny-umt5/umt5_enc_f32.safetensors")),
-        t5_config: Some(model("tiny-umt5/config.json")),
-        tokenizer: Some(model("tiny-umt5/tokenizer.json")),
-        ..ModelSource::default()
-    }
-    .resolve()
-    .unwrap()
+    common::tiny_files_bf16()
 }
 
 fn small_request() -> GenerateRequest {

@@ -35,6 +35,22 @@ pub fn model(rel: &str) -> PathBuf {
     models.join(rel)
 }
 
+/// The fixtures' tiny models as explicit files: the bf16 DiT, the f32 VAE and UMT5 encoder.
+pub fn tiny_files_bf16() -> wanrt::pipeline::ModelFiles {
+    wanrt::pipeline::ModelSource {
+        dit: Some(model("tiny-dit/dit_bf16.safetensors")),
+        dit_config: Some(model("tiny-dit/config.json")),
+        vae: Some(model("tiny-vae/vae_f32.safetensors")),
+        vae_config: Some(model("tiny-vae/config.json")),
+        t5: Some(model("tiny-umt5/umt5_enc_f32.safetensors")),
+        t5_config: Some(model("tiny-umt5/config.json")),
+        tokenizer: Some(model("tiny-umt5/tokenizer.json")),
+        ..wanrt::pipeline::ModelSource::default()
+    }
+    .resolve()
+    .unwrap()
+}
+
 /// Every folder under `root` that holds a `case.json` (not descending into cases), sorted.
 pub fn find_cases(root: &Path) -> std::io::Result<Vec<PathBuf>> {
     fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
