@@ -153,7 +153,7 @@ impl LoraMergeBytes {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::lora::kernel_emulation::merge_as_kernel;
     use crate::lora::kernel_emulation::tests::weight;
@@ -164,7 +164,7 @@ mod tests {
 
     /// A LoRA on the tiny DiT: a pair on `ffn.0` of blocks 0, 2 and 10 and on `head.head`,
     /// a bias delta on block 2's `self_attn.o` and a modulation delta on block 10.
-    fn lora(cfg: &DitConfig, rank: usize, seed: u32) -> Lora {
+    pub(crate) fn lora(cfg: &DitConfig, rank: usize, seed: u32) -> Lora {
         let f32s = |n: usize, s: u32| -> Vec<f32> {
             random::values(n, s).into_iter().map(|u| 0.3 * u).collect()
         };
@@ -208,7 +208,7 @@ mod tests {
     }
 
     /// The tiny DiT's weights: the linear weights in `dtype`, the rest bf16.
-    fn weights(cfg: &DitConfig, dtype: DType) -> BTreeMap<String, Weight> {
+    pub(crate) fn weights(cfg: &DitConfig, dtype: DType) -> BTreeMap<String, Weight> {
         weight_shapes(cfg)
             .into_iter()
             .enumerate()
@@ -302,19 +302,7 @@ mod tests {
             .unwrap();
         }
         assert_eq!(seen.len(), merged.len());
-        let all = |m: &mut WanDit| {
-            let mut out = BTreeMap::new();
-            for part in (0..cfg.num_layers).map(Some).chain([None]) {
-                m.update_params(part, &mut |params| {
-                    for (n, p) in params.iter() {
-                        out.insert(n.clone(), p.tensor.to_f32_vec()?);
-                    }
-                    Ok(())
-                })
-                .unwrap();
-            }
-            out
-        };
+        let all = every_param;
         let (got, want) = (all(&mut dit), all(&mut whole));
         assert_eq!(got.len(), w.len());
         assert_eq!(got, want);
@@ -326,6 +314,23 @@ mod tests {
         ] {
             assert_ne!(got[name], base[name], "{name}");
         }
+    }
+
+    /// Every parameter of `dit` by name: its stored bytes (copied to the host) and scale.
+    pub(crate) fn every_param(dit: &mut WanDit) -> BTreeMap<String, (Vec<u8>, Option<f32>)> {
+        let mut out = BTreeMap::new();
+        let parts = (0..dit.config().num_layers).map(Some).chain([None]);
+        for part in parts.collect::<Vec<_>>() {
+            dit.update_params(part, &mut |params| {
+                for (n, p) in params.iter() {
+                    let host = p.tensor.to_device(crate::backend::Device::Cpu)?;
+                    out.insert(n.clone(), (host.raw_bytes()?.to_vec(), p.scale));
+                }
+                Ok(())
+            })
+            .unwrap();
+        }
+        out
     }
 
     #[test]

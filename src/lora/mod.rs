@@ -15,7 +15,7 @@
 //! keys that matched no module of the model ([`Report`]).
 
 mod apply;
-mod blockwise;
+pub(crate) mod blockwise;
 #[cfg(test)]
 pub(crate) mod kernel_emulation;
 mod store;
