@@ -514,6 +514,12 @@ mod tests {
         let without = plan(&base, &req).unwrap();
         assert!(with.peak() <= 24 * GIB, "{}", with.summary());
         assert!(with.lora_merge > with.dit_resident, "{}", with.summary());
+        assert!(
+            with.summary().contains("(LoRA merge 13.9 GiB)"),
+            "{}",
+            with.summary()
+        );
+        assert!(!without.summary().contains("LoRA"), "{}", without.summary());
         // One block's copies: far below a denoising step's working memory, so the LoRAs cost
         // no extra swapping.
         assert!(with.lora_merge < with.peaks[1], "{}", with.summary());
