@@ -1,7 +1,7 @@
 //! The pipeline with its DiT on CUDA: the demo model generates there, the latent matching the
 //! CPU run's at the bf16-compute tolerance, the metadata naming the device; a pipeline loaded
 //! there from files merges its LoRA on the device like the CPU merge (also after a strength
-//! change), records its device plan, and computes the same bits with blocks swapped; a DiT's
+//! change, with blocks swapped too), records its device plan, and computes the same bits with blocks swapped; a DiT's
 //! forward with swapped blocks equals the resident one bit for bit. And the fixture cases that
 //! state no bf16 bound of their own, held on CUDA to the DiT cases' `rel_l2_bf16_compute`
 //! ([`BF16_BOUND`]; the fixtures are f64): the `vae_decode`, `vae_encode` and `t5_encode` cases
@@ -102,7 +102,7 @@ fn a_pipeline_loaded_on_cuda_merges_there_like_the_cpu_and_swaps_blocks_bit_for_
     assert!(plan["text_encoder"].is_string() && plan["vae_tiling"].is_string());
 
     // Two of the two blocks swapped: the same bits.
-    let swapped = Pipeline::load(&files, &lora(1.0), &on(Some(2))).unwrap();
+    let mut swapped = Pipeline::load(&files, &lora(1.0), &on(Some(2))).unwrap();
     assert_eq!(swapped.dit().swapped_blocks(), 2);
     let c = generate(&swapped);
     assert_eq!(c.device_plan.as_ref().unwrap().blocks_to_swap, 2);
@@ -119,6 +119,12 @@ fn a_pipeline_loaded_on_cuda_merges_there_like_the_cpu_and_swaps_blocks_bit_for_
     let err = common::rel_l2_tensors(&b.latent, &a.latent);
     println!("re-merged at 0.5, latent against the CPU merge: rel_l2 {err:.2e}");
     assert!(err < BF16_LATENT_TOLERANCE, "rel_l2 {err}");
+    // Re-merged in place in the swapped blocks' pinned memory: the resident model's bits.
+    swapped.set_lora_strength(0, 0.5).unwrap();
+    assert_eq!(
+        generate(&swapped).latent.to_f32_vec().unwrap(),
+        b.latent.to_f32_vec().unwrap()
+    );
 }
 
 #[test]

@@ -193,6 +193,11 @@ impl BlockSwap {
         match self.never {}
     }
 
+    /// Overwrites one swapped block's pinned parts.
+    pub fn store(&mut self, _index: usize, _parts: &[&CudaStorage]) -> Result<()> {
+        match self.never {}
+    }
+
     /// One forward through the blocks.
     pub fn forward(
         &mut self,
@@ -210,8 +215,7 @@ pub struct DeviceMerge {
 }
 
 impl DeviceMerge {
-    /// Copies the LoRAs and the weights they change to the device: always an error in this
-    /// build.
+    /// Matches LoRAs against the weights for merges on a device: always an error in this build.
     pub fn new(
         _weights: &std::collections::BTreeMap<String, crate::tensor::Weight>,
         _loras: &[(&crate::lora::Lora, f32)],
@@ -220,16 +224,18 @@ impl DeviceMerge {
         Err(Error::CudaNotCompiled)
     }
 
-    /// The canonical names of the weights the LoRAs change.
-    pub fn targets(&self) -> std::iter::Empty<&str> {
+    /// The device bytes of each part's merge.
+    pub fn bytes(&self) -> &crate::lora::LoraMergeBytes {
         match self.never {}
     }
 
-    /// Every changed weight merged at `strengths`.
-    pub fn merge(
+    /// Merges the LoRAs at `strengths` into a model, one part at a time.
+    pub fn apply(
         &self,
+        _dit: &mut crate::model::dit::WanDit,
         _strengths: &[f32],
-    ) -> Result<std::collections::BTreeMap<String, crate::tensor::Weight>> {
+        _pristine: crate::lora::Pristine,
+    ) -> Result<()> {
         match self.never {}
     }
 }

@@ -15,6 +15,7 @@
 //! keys that matched no module of the model ([`Report`]).
 
 mod apply;
+pub(crate) mod blockwise;
 #[cfg(test)]
 pub(crate) mod kernel_emulation;
 mod store;
@@ -28,6 +29,9 @@ pub use crate::backend::cuda::DeviceMerge;
 #[cfg(any(test, feature = "cuda"))]
 pub(crate) use apply::Change;
 pub use apply::{merge, open_dit, unmerged, LoraReport, MergePlan, Mode, Report, Unmerged};
+#[cfg(feature = "cuda")]
+pub(crate) use blockwise::by_block;
+pub use blockwise::{LoraMergeBytes, Pristine};
 #[cfg(feature = "cuda")]
 pub(crate) use store::fp8_scale;
 pub use store::StoreAs;

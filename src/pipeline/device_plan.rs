@@ -11,7 +11,9 @@
 //! it loaded for the next generation); the VAE's working memory is counted for decoding only.
 //! The plan is the one with the fewest swapped blocks whose every phase fits (swapping costs
 //! copies on every step, tiling about one more VAE decode once), at that count the text encoder
-//! on the device when it fits beside the DiT in every phase, then whole frames preferred. The
+//! on the device when it fits beside the DiT in every phase, then whole frames preferred. LoRAs
+//! merged on the device add a phase between generations (at load, on a strength change): the
+//! resident model plus one part's merge (`LoraMergeBytes::extra`), which must fit too. The
 //! working
 //! memory figures are the CPU's f32 estimates (the `memory` module), upper bounds for the
 //! device's bf16 activations; the budget keeps [`DEVICE_RESERVE`] free for the CUDA context's
@@ -24,6 +26,7 @@ use serde::Serialize;
 use super::memory::{self, gib, Shapes, VaeTiling};
 use crate::error::{Error, Result};
 use crate::io::config::{DitConfig, T5Config, VaeConfig};
+use crate::lora::LoraMergeBytes;
 use crate::model::vae::Tiling;
 use crate::tensor::{DType, Weight};
 
@@ -129,6 +132,9 @@ pub struct DeviceNeeds {
     pub decoding_whole: u64,
     /// The decoding working memory with the default tiles ([`Tiling::default`]).
     pub decoding_tiled: u64,
+    /// LoRAs merged on the device one part of the DiT at a time (at load and on a strength
+    /// change, between generations); empty without them.
+    pub lora: LoraMergeBytes,
 }
 
 impl DeviceNeeds {
@@ -170,6 +176,7 @@ impl DeviceNeeds {
             denoising: whole.denoising,
             decoding_whole: whole.decoding,
             decoding_tiled: estimate(Some(Tiling::default())).decoding,
+            lora: LoraMergeBytes::default(),
         }
     }
 }
@@ -217,6 +224,10 @@ pub struct DevicePlan {
     pub dit_resident: u64,
     /// The estimated peak of each phase: text encoding, denoising, decoding.
     pub peaks: [u64; 3],
+    /// The estimated peak while LoRAs merge on the device (at load and on a strength change):
+    /// the resident model plus one part's merge ([`LoraMergeBytes::extra`]); 0 without LoRAs
+    /// merged there.
+    pub lora_merge: u64,
 }
 
 fn display<S: serde::Serializer>(t: &VaeTiling, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -226,13 +237,22 @@ fn display<S: serde::Serializer>(t: &VaeTiling, s: S) -> std::result::Result<S::
 impl DevicePlan {
     /// The estimated peak over the generation.
     pub fn peak(&self) -> u64 {
-        self.peaks.into_iter().max().unwrap_or(0)
+        self.peaks
+            .into_iter()
+            .max()
+            .unwrap_or(0)
+            .max(self.lora_merge)
     }
 
-    /// One line for logs: `blocks_to_swap 4, text encoder cpu, VAE tiling off, peak … of …`.
+    /// One line for logs: `blocks_to_swap 4, text encoder cpu, VAE tiling off, peak … of …`,
+    /// and the LoRA merge's peak when LoRAs merge on the device.
     pub fn summary(&self) -> String {
+        let lora = match self.lora_merge {
+            0 => String::new(),
+            bytes => format!(" (LoRA merge {})", gib(bytes)),
+        };
         format!(
-            "blocks_to_swap {}, text encoder {}, VAE tiling {}, peak {} of a {} budget",
+            "blocks_to_swap {}, text encoder {}, VAE tiling {}, peak {}{lora} of a {} budget",
             self.blocks_to_swap,
             match self.text_encoder {
                 Placement::Device => "on the device",
@@ -295,7 +315,11 @@ pub fn plan(needs: &DeviceNeeds, req: &PlanRequest) -> Result<DevicePlan> {
             };
             let denoise = resident + needs.denoising;
             let decode = |t: VaeTiling| resident + needs.vae + decoding(t);
-            if encode.max(denoise) > budget {
+            let lora_merge = match needs.lora.is_empty() {
+                true => 0,
+                false => resident + needs.lora.extra(&needs.dit.blocks, swap),
+            };
+            if encode.max(denoise).max(lora_merge) > budget {
                 continue;
             }
             let Some(&tiling) = tilings.iter().find(|&&t| decode(t) <= budget) else {
@@ -308,6 +332,7 @@ pub fn plan(needs: &DeviceNeeds, req: &PlanRequest) -> Result<DevicePlan> {
                 budget,
                 dit_resident: dit,
                 peaks: [encode, denoise, decode(tiling)],
+                lora_merge,
             });
         }
     }

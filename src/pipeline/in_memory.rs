@@ -133,17 +133,17 @@ mod tests {
         ];
         for free in [GIB, 16 * GIB, 140 * GIB] {
             for o in &options {
-                let plan = |b: &DitBytes| load_plan((&cfg, b), (&t5, &vae), o, free);
+                let plan = |b: &DitBytes| load_plan((&cfg, b), (&t5, &vae), o, free, None);
                 let (a, b) = (plan(&bytes), plan(&read_bytes));
                 assert_eq!(format!("{a:?}"), format!("{b:?}"), "free {free}, {o:?}");
             }
         }
         // The plans differ with the inputs (these are not all the same refusal).
-        let roomy = load_plan((&cfg, &bytes), (&t5, &vae), &options[0], 140 * GIB).unwrap();
+        let roomy = load_plan((&cfg, &bytes), (&t5, &vae), &options[0], 140 * GIB, None).unwrap();
         assert_eq!(roomy.text_encoder, Placement::Device);
-        let limited = load_plan((&cfg, &bytes), (&t5, &vae), &options[1], 140 * GIB).unwrap();
+        let limited = load_plan((&cfg, &bytes), (&t5, &vae), &options[1], 140 * GIB, None).unwrap();
         assert_eq!((limited.blocks_to_swap, limited.budget), (2, 20 * GIB));
-        let small = load_plan((&cfg, &bytes), (&t5, &vae), &options[2], GIB);
+        let small = load_plan((&cfg, &bytes), (&t5, &vae), &options[2], GIB, None);
         assert!(
             matches!(small, Err(crate::Error::OutOfMemory(_))),
             "{small:?}"

@@ -483,4 +483,72 @@ mod tests {
             assert!(available_memory().is_some_and(|b| b > 0));
         }
     }
+
+    /// 14B fp8 (the real sizes) with a style and a step-distill LoRA (rank 32 and 64 on every
+    /// block linear) at 640×480×81, CFG 1, under `--max-device-memory 24G` on a larger card:
+    /// the plan counts the block-by-block merge and fits. The earlier layout (every pristine
+    /// targeted weight and all factors kept on the device, all merged weights there at once
+    /// during the merge) fits with no swap count.
+    #[test]
+    fn fourteen_b_fp8_with_two_loras_plans_within_24_gib() {
+        use super::super::device_plan::{plan, DeviceNeeds, DitBytes, PlanRequest};
+        use crate::io::config::T5Config;
+        use crate::lora::LoraMergeBytes;
+        use crate::tensor::DType;
+        let cfg = DitConfig::preset("14b").unwrap();
+        let dit = DitBytes::estimate(&cfg, DType::F8E4M3, DType::BF16);
+        let (t5, vae) = (T5Config::default(), VaeConfig::default());
+        let video = [81, 480, 640];
+        let base = DeviceNeeds::for_video(&cfg, dit, &t5, DType::BF16, &vae, video, 1, 1);
+        let lora = LoraMergeBytes::estimate(&cfg, DType::F8E4M3, &[32, 64]);
+        let needs = DeviceNeeds {
+            lora: lora.clone(),
+            ..base.clone()
+        };
+        let req = PlanRequest {
+            free: 141 * GIB,
+            max_device_memory: Some(24 * GIB),
+            ..Default::default()
+        };
+        let with = plan(&needs, &req).unwrap();
+        let without = plan(&base, &req).unwrap();
+        assert!(with.peak() <= 24 * GIB, "{}", with.summary());
+        assert!(with.lora_merge > with.dit_resident, "{}", with.summary());
+        assert!(
+            with.summary().contains("(LoRA merge 13.9 GiB)"),
+            "{}",
+            with.summary()
+        );
+        assert!(!without.summary().contains("LoRA"), "{}", without.summary());
+        // One block's copies: far below a denoising step's working memory, so the LoRAs cost
+        // no extra swapping.
+        assert!(with.lora_merge < with.peaks[1], "{}", with.summary());
+        assert_eq!(with.blocks_to_swap, without.blocks_to_swap);
+        assert_eq!(with.peaks, without.peaks);
+        // The earlier layout: the pristine targets and factors resident in every phase.
+        let kept: u64 = lora.blocks.iter().map(|[w, f]| w + f).sum();
+        let mut before = base.clone();
+        before.dit.other += kept;
+        let e = plan(&before, &req).unwrap_err();
+        assert!(matches!(e, Error::OutOfMemory(_)), "{e}");
+        // Even with every block swapped (the pristine copies stayed on the device).
+        let unbounded = PlanRequest {
+            blocks_to_swap: Some(40),
+            free: 1 << 50,
+            max_device_memory: None,
+            ..req
+        };
+        let all_swapped = plan(&before, &unbounded).unwrap();
+        // Its merge held the pristine targets, the factors and every merged weight at once.
+        let targets: u64 = lora.blocks.iter().map(|[w, _]| w).sum();
+        let merge_before = base.dit.total() + kept + targets;
+        println!(
+            "14B fp8 + LoRAs r32 + r64, 640x480x81, 24 GiB: after {}; before: generation \
+             peak {} with all 40 blocks swapped, merge peak {}",
+            with.summary(),
+            gib(all_swapped.peak()),
+            gib(merge_before)
+        );
+        assert!(all_swapped.peak() > 24 * GIB && merge_before > 24 * GIB);
+    }
 }

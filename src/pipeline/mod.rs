@@ -430,8 +430,9 @@ impl Pipeline {
     /// bounds wanrt's device allocations) for the default request's size, honouring
     /// `options.blocks_to_swap`; it is logged, and each generation plans again at its own size
     /// with these choices fixed and records that plan ([`Generation::device_plan`]). Merged
-    /// LoRAs are merged on the device from pristine copies kept there, so
-    /// [`Pipeline::set_lora_strength`] re-merges without reading the files.
+    /// LoRAs are merged on the device one block at a time, the pristine weights kept on the
+    /// host (the mapped files), so [`Pipeline::set_lora_strength`] re-merges in place without
+    /// reading the files.
     pub fn load(files: &ModelFiles, loras: &[LoraSpec], options: &LoadOptions) -> Result<Pipeline> {
         build_in_pool(options, || load_models(files, loras, options))
     }
@@ -525,10 +526,10 @@ impl Pipeline {
     /// Changes the strength of LoRA `index` (in load order) without reloading: the DiT is
     /// rebuilt from the base weights it keeps, with every LoRA's delta at its strength. Needs
     /// LoRAs loaded unmerged ([`LoadOptions::lora_mode`] [`Mode::Unmerged`]), or merged by a
-    /// load on a CUDA device (re-merged there from the pristine weights, the unchanged ones
-    /// taken again from the host's copy): a LoRA merged on the CPU is baked into the weights.
-    /// Fails, changing nothing, on a bad index, a non-finite strength or LoRAs merged on the
-    /// CPU.
+    /// load on a CUDA device (re-merged there in place, one block at a time, from the pristine
+    /// weights the host keeps): a LoRA merged on the CPU is baked into the weights. Fails,
+    /// changing nothing, on a bad index, a non-finite strength or LoRAs merged on the CPU; a
+    /// device error during a re-merge leaves the blocks before it at the new strength.
     pub fn set_lora_strength(&mut self, index: usize, strength: f32) -> Result<()> {
         let count = self.info.loras.len();
         if index >= count {
@@ -541,16 +542,12 @@ impl Pipeline {
                 "LoRA strength {strength} must be a finite number"
             )));
         }
-        if let Some(d) = &mut self.on_device {
-            if let Some(l) = &mut d.loras {
-                let mut strengths = l.strengths.clone();
-                strengths[index] = strength;
-                let swap = d.plan.blocks_to_swap;
-                self.dit = l.rebuild(&strengths, self.dit.device(), swap)?;
-                l.strengths = strengths;
-                self.info.loras[index].strength = strength;
-                return Ok(());
-            }
+        if let Some(l) = self.on_device.as_mut().and_then(|d| d.loras.as_mut()) {
+            let mut strengths = l.strengths.clone();
+            strengths[index] = strength;
+            l.remerge(&mut self.dit, &strengths)?;
+            self.info.loras[index].strength = strength;
+            return Ok(());
         }
         let Some(u) = &self.unmerged else {
             return Err(Error::InvalidArgument(
@@ -1287,6 +1284,7 @@ mod tests {
             budget: 24 << 30,
             dit_resident: 9 << 30,
             peaks: [9 << 30, 20 << 30, 12 << 30],
+            lora_merge: 0,
         };
         let mut g = Generation {
             frames: Vec::new(),

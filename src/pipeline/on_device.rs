@@ -2,8 +2,9 @@
 //! ([`device_plan::plan`]) from the device's free memory (or `max_device_memory`) for the
 //! default request's size, which decides the blocks kept in pinned host memory
 //! ([`WanDit::to_device_with_swap`]), where the text encoder runs and the VAE's tiling; LoRAs in
-//! [`Mode::Merged`] merged on the device ([`DeviceMerge`]), which keeps the pristine weights
-//! there so that a strength change re-merges without reading the files again. Each generation
+//! [`Mode::Merged`] merged on the device one block at a time ([`DeviceMerge`]) into the placed
+//! model, the pristine weights kept on the host (the mapped files), so that a strength change
+//! re-merges in place without reading the files again. Each generation
 //! plans again at its own size with the loaded choices fixed, so a request that does not fit is
 //! refused before any work, and the plan it ran with is recorded in its metadata.
 
@@ -16,7 +17,7 @@ use crate::backend::cuda::{self, DeviceMerge};
 use crate::backend::Device;
 use crate::error::Result;
 use crate::io::config::{DitConfig, T5Config, VaeConfig};
-use crate::lora::{self, Lora, Mode};
+use crate::lora::{self, Lora, LoraMergeBytes, Mode, Pristine};
 use crate::model::dit::WanDit;
 use crate::tensor::{DType, Weight};
 
@@ -36,12 +37,9 @@ pub(super) struct OnDevice {
     pub loras: Option<DeviceLoras>,
 }
 
-/// LoRAs merged on the device and what a re-merge rebuilds the DiT from.
+/// LoRAs merged on the device, for strength changes.
 pub(super) struct DeviceLoras {
     merge: DeviceMerge,
-    /// The DiT's weights the LoRAs leave unchanged (on the host, as read).
-    rest: BTreeMap<String, Weight>,
-    cfg: DitConfig,
     /// Each LoRA's strength now.
     pub strengths: Vec<f32>,
 }
@@ -53,12 +51,17 @@ impl std::fmt::Debug for DeviceLoras {
 }
 
 impl DeviceLoras {
-    /// The DiT with every LoRA at `strengths`, re-merged on the device from the pristine
-    /// weights, placed on `device` with `swap` blocks swapped.
-    pub fn rebuild(&self, strengths: &[f32], device: Device, swap: usize) -> Result<WanDit> {
-        let mut weights = self.rest.clone();
-        weights.extend(self.merge.merge(strengths)?);
-        WanDit::new(weights, self.cfg.clone())?.to_device_with_swap(device, swap)
+    /// Re-merges every LoRA into `dit` at `strengths`, in place, one block at a time, from the
+    /// pristine weights on the host; the strengths kept once it is done.
+    pub fn remerge(&mut self, dit: &mut WanDit, strengths: &[f32]) -> Result<()> {
+        self.merge.apply(dit, strengths, Pristine::Host)?;
+        self.strengths = strengths.to_vec();
+        Ok(())
+    }
+
+    /// The device bytes of the merge, for plans.
+    fn bytes(&self) -> &LoraMergeBytes {
+        self.merge.bytes()
     }
 }
 
@@ -104,15 +107,20 @@ pub(super) fn needs_of(
 
 /// The plan at load, from `free` device bytes: for the default request's size, with the
 /// options' bounds (`max_device_memory`, `blocks_to_swap`, `t5_device`). Its inputs are the
-/// DiT's config and stored bytes per block and the text encoder's and the VAE's configs, so
-/// models read from files and the same models built in memory plan alike.
+/// DiT's config and stored bytes per block, the text encoder's and the VAE's configs and the
+/// device merge's bytes (`lora`, when LoRAs are merged there), so models read from files and
+/// the same models built in memory plan alike.
 pub(super) fn load_plan(
     dit: (&DitConfig, &DitBytes),
     configs: (&T5Config, &VaeConfig),
     options: &LoadOptions,
     free: u64,
+    lora: Option<&LoraMergeBytes>,
 ) -> Result<DevicePlan> {
-    let needs = needs_of(&GenerateRequest::default(), 1, dit, configs.0, configs.1);
+    let mut needs = needs_of(&GenerateRequest::default(), 1, dit, configs.0, configs.1);
+    if let Some(l) = lora {
+        needs.lora = l.clone();
+    }
     device_plan::plan(&needs, &plan_request(options, free))
 }
 
@@ -134,9 +142,10 @@ pub(super) fn build(
         (Mode::Merged, false) => Some(DeviceMerge::new(&base, loras, ordinal)?),
         _ => None,
     };
-    // Measured with the pristine weights and factors of a device merge already there.
+    // Nothing of the merge is on the device yet: it copies in one part at a time.
     let free = cuda::free_memory(ordinal)?;
-    let plan = load_plan((&cfg, &dit_bytes), configs, options, free)?;
+    let lora = merge.as_ref().map(DeviceMerge::bytes);
+    let plan = load_plan((&cfg, &dit_bytes), configs, options, free, lora)?;
     log::info!("device plan at load: {}", plan.summary());
     if let Some(max) = options.max_device_memory {
         cuda::set_memory_limit(ordinal, max)?;
@@ -145,24 +154,16 @@ pub(super) fn build(
     let swap = plan.blocks_to_swap;
     let (dit, report, weights, loras) = match merge {
         Some(merge) => {
-            let rest: BTreeMap<String, Weight> = base
-                .into_iter()
-                .filter(|(name, _)| !merge.targets().any(|t| t == name))
-                .collect();
+            // The pristine model placed as planned, then merged over its own bytes.
             let strengths: Vec<f32> = loras.iter().map(|(_, s)| *s).collect();
-            let report = merge.report.clone();
-            let kept = DeviceLoras {
-                merge,
-                rest,
-                cfg,
-                strengths,
-            };
-            let dit = kept.rebuild(&kept.strengths, device, swap)?;
+            let mut dit = WanDit::new(base, cfg)?.to_device_with_swap(device, swap)?;
+            merge.apply(&mut dit, &strengths, Pristine::InModel)?;
             let weights = WeightMemory {
                 dit: dit_bytes.total(),
                 ..WeightMemory::default()
             };
-            (dit, report, weights, Some(kept))
+            let report = merge.report.clone();
+            (dit, report, weights, Some(DeviceLoras { merge, strengths }))
         }
         None => {
             let (dit, report, weights) = build_dit(base, cfg, loras, options.lora_mode)?;
@@ -203,7 +204,10 @@ impl OnDevice {
             text_encoder: Some(self.plan.text_encoder),
         };
         let plan = |batch: usize| {
-            let needs = needs_of(req, batch, (dit, &self.dit_bytes), configs.0, configs.1);
+            let mut needs = needs_of(req, batch, (dit, &self.dit_bytes), configs.0, configs.1);
+            if let Some(l) = &self.loras {
+                needs.lora = l.bytes().clone();
+            }
             device_plan::plan(&needs, &plan_req)
         };
         if batched {

@@ -193,6 +193,16 @@ impl Tensor {
         }
     }
 
+    /// The device memory of a CUDA tensor for writing in place; `None` for a host tensor or
+    /// one whose storage another tensor shares.
+    #[cfg(feature = "cuda")]
+    pub(crate) fn cuda_storage_mut(&mut self) -> Option<&mut CudaStorage> {
+        match Arc::get_mut(&mut self.storage)? {
+            Storage::Cuda(c) => Some(c),
+            _ => None,
+        }
+    }
+
     /// The storage behind this tensor.
     pub fn storage(&self) -> &Storage {
         &self.storage

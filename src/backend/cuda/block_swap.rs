@@ -86,6 +86,28 @@ impl BlockSwap {
             .collect()
     }
 
+    /// Overwrites swapped block `index`'s pinned parts with the device bytes `parts` (one per
+    /// part, each as long), waiting for the copies: a block changed on the device (LoRAs
+    /// re-merged) kept.
+    pub fn store(&mut self, index: usize, parts: &[&CudaStorage]) -> Result<()> {
+        let count = self.host.len();
+        let host = self
+            .host
+            .get_mut(index)
+            .ok_or_else(|| Error::InvalidArgument(format!("swapped block {index} of {count}")))?;
+        if host.len() != parts.len() || host.iter().zip(parts).any(|(h, p)| h.len() != p.len()) {
+            return Err(Error::InvalidArgument(
+                "block swap: storing parts of other sizes than the block's".into(),
+            ));
+        }
+        let main = self.device.stream();
+        for (dst, src) in host.iter_mut().zip(parts) {
+            let view = src.view::<u8>(src.len())?;
+            driver("block swap copy back", || main.memcpy_dtoh(&view, dst))?;
+        }
+        driver("block swap copy back", || main.synchronize())
+    }
+
     /// One forward: `compute(block, parts)` for every block in order, `parts` the device copies
     /// of a swapped block's parts (each as long as the part given to [`BlockSwap::new`]; `None`
     /// for a resident block). The computation must be queued on the device's stream; the parts

@@ -1,14 +1,23 @@
-//! LoRA merge on a CUDA device (issue #16 item 3): the pristine weights and the LoRA factors stay
-//! on the device, and each merge computes every targeted weight in one batched launch
-//! (`kernels/lora_merge.cu`, preceded by a max-reduction launch when a scaled fp8 weight needs a
-//! new scale), so changing a strength re-merges without reading the disk or the host again.
+//! LoRA merge on a CUDA device (issue #16 item 3), one part of the DiT at a time: the pristine
+//! weights and the LoRA factors stay on the host (the pristine ones as read: the memory-mapped
+//! file's bytes, or the host copy a format conversion made) and never all on the device. For
+//! each block in order, then for the parameters outside the blocks, the merge copies in what it
+//! needs (the factors, and on a re-merge the pristine weights), computes every targeted weight
+//! of that part in one batched launch (`kernels/lora_merge.cu`, preceded by a max-reduction
+//! launch when a scaled fp8 weight needs a new scale) writing each into the model's own device
+//! bytes where it can, and frees the copies before the next part ([`WanDit::update_params`]
+//! streams a swapped block in and out of its pinned host memory around it). So the device holds
+//! at most one part's extra copies ([`crate::lora::LoraMergeBytes`]), and changing a strength
+//! re-merges in place without reading the disk.
 //!
 //! The kernel is hand-written rather than a cuBLASLt `up @ down` GEMM plus element-wise passes:
 //! a LoRA's rank (4 to 128) makes the product a few FMAs per weight value, so the merge is bound
 //! by reading and writing the weight once, which one fused kernel does (a GEMM would write an f32
 //! delta of the weight's size and read it back, 8 more bytes per value against an fp8 weight's
 //! 2); and its fixed rounding order (one fma chain over the rank) is emulated bit for bit on the
-//! CPU (`src/lora/kernel_emulation.rs`), where cuBLASLt's summation order is unspecified.
+//! CPU (`src/lora/kernel_emulation.rs`), where cuBLASLt's summation order is unspecified. Each
+//! value is read and written by the same thread, so a weight merged over its own bytes (in
+//! place, at load) reads every pristine value before it is overwritten.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -21,12 +30,14 @@ use super::{driver, CudaDevice, CudaStorage};
 use crate::backend::Device;
 use crate::error::{Error, Result};
 use crate::lora::{
-    check_strength, fp8_scale, pair_scale, Change, Lora, MergePlan, Report, StoreAs,
+    by_block, check_strength, fp8_scale, pair_scale, Change, Lora, LoraMergeBytes, MergePlan,
+    Pristine, Report, StoreAs,
 };
-use crate::tensor::{DType, Shape, Tensor, Weight};
+use crate::model::dit::WanDit;
+use crate::tensor::{DType, Tensor, Weight};
 
-/// One change of a weight, its tensors on the device.
-struct DeviceChange {
+/// One change of a weight, its tensors on the host.
+struct HostChange {
     /// The index of its LoRA.
     lora: usize,
     /// `Some((alpha, rank))` for a pair, `None` for a full delta.
@@ -38,33 +49,38 @@ struct DeviceChange {
 }
 
 /// One weight that LoRAs change.
-struct DeviceTarget {
+struct Target {
     name: String,
-    /// The weight as read, on the device (its scale kept).
+    /// The weight as read, on the host (its scale kept).
     pristine: Weight,
     /// Its merged dtype and whether that carries a new fp8 scale.
     stored: (DType, bool),
     /// The inner dimension the kernel tiles (the weight's `in` for a pair).
     cols: usize,
-    changes: Vec<DeviceChange>,
+    changes: Vec<HostChange>,
 }
 
-/// LoRAs ready to merge on a CUDA device at any strengths: [`DeviceMerge::merge`] computes the
-/// changed weights as the CPU's [`crate::lora::merge`] with [`StoreAs::Same`] (within one
-/// rounding step: the fp8 weights requantized with round to nearest even and saturation, scaled
-/// fp8 ones with a new scale `max|W'| / fp8 max`). DoRA pairs are merged on the CPU only.
+/// LoRAs ready to merge on a CUDA device at any strengths, one part of the DiT at a time:
+/// [`DeviceMerge::apply`] computes the changed weights as the CPU's [`crate::lora::merge`] with
+/// [`StoreAs::Same`] (within one rounding step: the fp8 weights requantized with round to
+/// nearest even and saturation, scaled fp8 ones with a new scale `max|W'| / fp8 max`). DoRA
+/// pairs are merged on the CPU only.
 pub struct DeviceMerge {
     device: Arc<CudaDevice>,
+    ordinal: usize,
     loras: Vec<PathBuf>,
-    targets: Vec<DeviceTarget>,
+    /// The targets by part of the model, in merge order.
+    groups: Vec<(Option<usize>, Vec<Target>)>,
+    bytes: LoraMergeBytes,
     /// What the merge applies and ignores (matching as in [`crate::lora::merge`]).
     pub report: Report,
 }
 
 impl DeviceMerge {
-    /// Matches `loras` against `weights` (the strengths only need to be valid here) and copies
-    /// to device `ordinal` every weight they change (as stored) and their factors. Errors as
-    /// [`crate::lora::merge`]'s, plus a DoRA pair and more than four changes to one weight.
+    /// Matches `loras` against `weights` (the strengths only need to be valid here) for merges
+    /// on device `ordinal`, keeping on the host the weights they change (as read: no copy) and
+    /// their factors. Errors as [`crate::lora::merge`]'s, plus a DoRA pair and more than four
+    /// changes to one weight.
     pub fn new(
         weights: &BTreeMap<String, Weight>,
         loras: &[(&Lora, f32)],
@@ -72,68 +88,56 @@ impl DeviceMerge {
     ) -> Result<DeviceMerge> {
         let device = CudaDevice::get(ordinal)?;
         let plan = MergePlan::new(weights, loras, StoreAs::Same)?;
-        let on_device = |t: &Tensor| t.to_device(Device::Cuda(ordinal));
-        let mut targets = Vec::new();
-        for (name, changes) in plan.changes()? {
-            if changes.len() > MAX_TERMS {
-                return Err(Error::InvalidArgument(format!(
-                    "`{name}` is changed {} times; the CUDA merge applies {MAX_TERMS} changes \
-                     to one weight at most",
-                    changes.len()
-                )));
-            }
-            let old = &weights[name];
-            let n = old.tensor.elem_count();
-            let mut cols = n.max(1);
-            let changes = changes
-                .into_iter()
-                .map(|(lora, change)| {
-                    Ok(match change {
-                        Change::Pair(p) => {
-                            cols = p.down.dims()[1];
-                            DeviceChange {
-                                lora,
-                                pair: Some((p.alpha, p.rank())),
-                                a: on_device(&p.up)?,
-                                b: Some(on_device(&p.down)?),
-                            }
-                        }
-                        Change::Full(t) => DeviceChange {
-                            lora,
-                            pair: None,
-                            a: on_device(t)?,
-                            b: None,
-                        },
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            targets.push(DeviceTarget {
-                name: name.to_string(),
-                pristine: Weight {
-                    tensor: on_device(&old.tensor)?,
-                    scale: old.scale,
-                },
-                stored: plan.stored_form(name, old),
-                cols,
-                changes,
-            });
-        }
+        let groups = by_block(plan.changes()?);
+        let bytes = LoraMergeBytes::of(weights, &groups);
+        let groups = groups
+            .into_iter()
+            .map(|(block, targets)| {
+                let targets = targets
+                    .into_iter()
+                    .map(|(name, changes)| target(weights, &plan, name, changes))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok((block, targets))
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(DeviceMerge {
             device,
+            ordinal,
             loras: loras.iter().map(|(l, _)| l.path.clone()).collect(),
-            targets,
+            groups,
+            bytes,
             report: plan.report,
         })
     }
 
-    /// The canonical names of the weights the LoRAs change.
-    pub fn targets(&self) -> impl Iterator<Item = &str> {
-        self.targets.iter().map(|t| t.name.as_str())
+    /// The device bytes of each part's merge, for the memory plan.
+    pub fn bytes(&self) -> &LoraMergeBytes {
+        &self.bytes
     }
 
-    /// Every changed weight merged from the pristine ones with `strengths` (one per LoRA, in
-    /// the order given to [`DeviceMerge::new`]), on the device, by canonical name.
-    pub fn merge(&self, strengths: &[f32]) -> Result<BTreeMap<String, Weight>> {
+    /// The parts of the model the LoRAs change, in merge order: blocks in order (`Some`), then
+    /// the parameters outside the blocks (`None`).
+    pub fn parts(&self) -> impl Iterator<Item = Option<usize>> + '_ {
+        self.groups.iter().map(|(block, _)| *block)
+    }
+
+    /// Merges every LoRA at `strengths` (one per LoRA, in the order given to
+    /// [`DeviceMerge::new`]) into `dit` on the device, one part at a time
+    /// ([`WanDit::update_params`]), from the pristine weights `pristine` names. Fails, changing
+    /// nothing, on a wrong count or a non-finite strength; a device error midway leaves the
+    /// parts before it merged at the new strengths.
+    pub fn apply(&self, dit: &mut WanDit, strengths: &[f32], pristine: Pristine) -> Result<()> {
+        self.check(strengths)?;
+        for part in self.parts() {
+            dit.update_params(part, &mut |params| {
+                self.merge_part(part, strengths, params, pristine)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Checks `strengths`: one finite number per LoRA.
+    fn check(&self, strengths: &[f32]) -> Result<()> {
         if strengths.len() != self.loras.len() {
             return Err(Error::InvalidArgument(format!(
                 "{} strengths for {} LoRAs",
@@ -144,23 +148,76 @@ impl DeviceMerge {
         for (path, &s) in self.loras.iter().zip(strengths) {
             check_strength(path, s)?;
         }
+        Ok(())
+    }
+
+    /// Merges the targets of `part` at `strengths` into `params` (that part's parameters on
+    /// this device, by canonical name): into a parameter's own bytes when it is stored in the
+    /// merged dtype and no other tensor shares them, else into a new buffer that replaces it
+    /// (converted to the parameter's dtype: a modulation widened to f32). The copies it makes
+    /// (factors, pristine weights) are freed when it returns.
+    pub(crate) fn merge_part(
+        &self,
+        part: Option<usize>,
+        strengths: &[f32],
+        params: &mut [(String, &mut Weight)],
+        pristine: Pristine,
+    ) -> Result<()> {
+        self.check(strengths)?;
+        let Some((_, targets)) = self.groups.iter().find(|(b, _)| *b == part) else {
+            return Ok(());
+        };
         let dev = &self.device;
         let stream = dev.stream();
         let kernels = dev.kernels()?;
-        let scaled = self.targets.iter().filter(|t| t.stored.1).count();
+        // A host tensor copied in (kept alive in `copies`) and its device address.
+        let copy_in = |t: &Tensor, copies: &mut Vec<Tensor>| -> Result<u64> {
+            let c = t.to_device(Device::Cuda(self.ordinal))?;
+            let a = address(c.cuda_storage("LoRA merge")?)?;
+            copies.push(c);
+            Ok(a)
+        };
+        let scaled = targets.iter().filter(|t| t.stored.1).count();
         let mut amax = driver("LoRA merge scratch", || {
             stream.alloc_zeros::<u32>(scaled.max(1))
         })?;
-        let mut outputs = Vec::with_capacity(self.targets.len());
-        let mut jobs = Vec::with_capacity(self.targets.len());
+        // What the launches read and the new buffers they write, alive until they end.
+        let mut copies: Vec<Tensor> = Vec::new();
+        let mut fresh: Vec<Option<CudaStorage>> = Vec::with_capacity(targets.len());
+        let mut jobs = Vec::with_capacity(targets.len());
         let mut slot = 0;
-        for t in &self.targets {
+        for t in targets {
+            let param = param(params, &t.name)?;
             let (dtype, with_scale) = t.stored;
             let n = t.pristine.tensor.elem_count();
-            let mut out = dev.alloc(n * dtype.size_in_bytes())?;
+            let kept_as = param.dtype();
+            let own = (kept_as == dtype)
+                .then(|| param.tensor.cuda_storage_mut())
+                .flatten();
+            let (out, in_model, buffer) = match own {
+                Some(own) => {
+                    let out = address_mut(own)?;
+                    (out, (pristine == Pristine::InModel).then_some(out), None)
+                }
+                None if with_scale && kept_as != dtype => {
+                    return Err(Error::InvalidArgument(format!(
+                        "LoRA merge: `{}` is kept as {kept_as:?} but merged as scaled {dtype:?}",
+                        t.name
+                    )))
+                }
+                None => {
+                    let mut buffer = dev.alloc(n * dtype.size_in_bytes())?;
+                    (address_mut(&mut buffer)?, None, Some(buffer))
+                }
+            };
+            fresh.push(buffer);
+            let w = match in_model {
+                Some(w) => w,
+                None => copy_in(&t.pristine.tensor, &mut copies)?,
+            };
             let mut job = MergeJob {
-                w: address(t.pristine.tensor.cuda_storage("LoRA merge")?)?,
-                out: address_mut(&mut out)?,
+                w,
+                out,
                 n: n as i64,
                 cols: i32::try_from(t.cols).map_err(|_| too_large(&t.name))?,
                 w_dtype: dtype_code("LoRA merge", t.pristine.dtype())?,
@@ -176,12 +233,14 @@ impl DeviceMerge {
             }
             for (term, c) in job.term.iter_mut().zip(&t.changes) {
                 let strength = strengths[c.lora];
+                let a = copy_in(&c.a, &mut copies)?;
+                let b = match &c.b {
+                    Some(b) => copy_in(b, &mut copies)?,
+                    None => 0,
+                };
                 *term = MergeTerm {
-                    a: address(c.a.cuda_storage("LoRA merge")?)?,
-                    b: match &c.b {
-                        Some(b) => address(b.cuda_storage("LoRA merge")?)?,
-                        None => 0,
-                    },
+                    a,
+                    b,
                     rank: c.pair.map_or(0, |(_, r)| r as i32),
                     scale: match c.pair {
                         Some((alpha, rank)) => pair_scale(alpha, rank, strength),
@@ -190,14 +249,14 @@ impl DeviceMerge {
                 };
             }
             jobs.push(job);
-            outputs.push(out);
         }
         let launch = |pass: MergePass, jobs: &[MergeJob]| -> Result<()> {
             let table = driver("LoRA merge jobs", || stream.clone_htod(jobs))?;
             // SAFETY: every address points into a live buffer of this device sized by the job
-            // (the pristine weight and the factors held by `self`, the outputs and the maxima
-            // above, all alive until the stream is synchronized below), and each job writes its
-            // own output and slot. All of it runs on the device's one stream, in order.
+            // (the parameters' own bytes, the copies and new buffers above, the maxima), all
+            // alive until the stream is synchronized below; each job writes its own output and
+            // slot, reading its input value before writing the same index when they are one
+            // buffer. All of it runs on the device's one stream, in order.
             unsafe { kernels.lora_merge(stream, pass, &table.as_view(), jobs) }?;
             driver("LoRA merge", || stream.synchronize())
         };
@@ -205,7 +264,7 @@ impl DeviceMerge {
             launch(MergePass::Amax, &jobs)?;
             let maxima = driver("LoRA merge maxima", || stream.clone_dtoh(&amax))?;
             let mut next = maxima.iter();
-            for (job, t) in jobs.iter_mut().zip(&self.targets) {
+            for (job, t) in jobs.iter_mut().zip(targets) {
                 if job.amax != 0 {
                     let bits = *next.next().expect("one slot per scaled target");
                     job.out_scale = fp8_scale(&t.name, t.stored.0, f32::from_bits(bits))?;
@@ -213,15 +272,79 @@ impl DeviceMerge {
             }
         }
         launch(MergePass::Store, &jobs)?;
-        let mut merged = BTreeMap::new();
-        for ((t, out), job) in self.targets.iter().zip(outputs).zip(&jobs) {
-            let shape: Shape = t.pristine.tensor.shape().clone();
-            let tensor = Tensor::from_cuda(out, t.stored.0, shape);
-            let scale = t.stored.1.then_some(job.out_scale);
-            merged.insert(t.name.clone(), Weight { tensor, scale });
+        drop(copies);
+        for ((t, buffer), job) in targets.iter().zip(fresh).zip(&jobs) {
+            let param = param(params, &t.name)?;
+            if let Some(buffer) = buffer {
+                let shape = t.pristine.tensor.shape().clone();
+                let merged = Tensor::from_cuda(buffer, t.stored.0, shape);
+                param.tensor = merged.to_dtype(param.dtype())?;
+            }
+            if t.stored.1 {
+                param.scale = Some(job.out_scale);
+            }
         }
-        Ok(merged)
+        Ok(())
     }
+}
+
+/// The target `name` of `plan` with its `changes`, kept on the host. Fails on more changes
+/// than the kernel applies to one weight.
+fn target(
+    weights: &BTreeMap<String, Weight>,
+    plan: &MergePlan<'_>,
+    name: &str,
+    changes: Vec<(usize, Change<'_>)>,
+) -> Result<Target> {
+    if changes.len() > MAX_TERMS {
+        return Err(Error::InvalidArgument(format!(
+            "`{name}` is changed {} times; the CUDA merge applies {MAX_TERMS} changes to one \
+             weight at most",
+            changes.len()
+        )));
+    }
+    let old = &weights[name];
+    let mut cols = old.tensor.elem_count().max(1);
+    let changes = changes
+        .into_iter()
+        .map(|(lora, change)| match change {
+            Change::Pair(p) => {
+                cols = p.down.dims()[1];
+                HostChange {
+                    lora,
+                    pair: Some((p.alpha, p.rank())),
+                    a: p.up.clone(),
+                    b: Some(p.down.clone()),
+                }
+            }
+            Change::Full(t) => HostChange {
+                lora,
+                pair: None,
+                a: t.clone(),
+                b: None,
+            },
+        })
+        .collect();
+    Ok(Target {
+        name: name.to_string(),
+        pristine: old.clone(),
+        stored: plan.stored_form(name, old),
+        cols,
+        changes,
+    })
+}
+
+/// The parameter `name` of `params`; an error when the part has none of that name.
+fn param<'p>(params: &'p mut [(String, &mut Weight)], name: &str) -> Result<&'p mut Weight> {
+    params
+        .iter_mut()
+        .find(|(n, _)| n == name)
+        .map(|(_, w)| &mut **w)
+        .ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "LoRA merge: `{name}` is not a parameter of this part of the model"
+            ))
+        })
 }
 
 fn too_large(name: &str) -> Error {
@@ -250,9 +373,31 @@ mod tests {
     use crate::lora::kernel_emulation::merge_as_kernel;
     use crate::lora::kernel_emulation::tests::{lora, model, STORED};
 
-    /// The device merge equals the emulation bit for bit (the emulation equals the CPU merge
-    /// within one rounding step, `src/lora/kernel_emulation.rs`), for every stored dtype, and
-    /// re-merges at new strengths from the pristine weights. Skips without a device.
+    /// Checks that `params` hold `emulated`'s bytes and scales.
+    fn assert_bits(
+        params: &[(String, &mut Weight)],
+        emulated: &BTreeMap<String, Weight>,
+        what: &str,
+    ) {
+        assert_eq!(params.len(), emulated.len());
+        for (name, d) in params {
+            let e = &emulated[name];
+            assert_eq!(d.dtype(), e.dtype(), "{name}");
+            assert_eq!(d.scale, e.scale, "{name} {what}");
+            let bytes = d.tensor.to_device(Device::Cpu).unwrap();
+            assert_eq!(
+                bytes.raw_bytes().unwrap(),
+                e.tensor.raw_bytes().unwrap(),
+                "{name} {what}"
+            );
+        }
+    }
+
+    /// The device merge of one part equals the emulation bit for bit (the emulation equals the
+    /// CPU merge within one rounding step, `src/lora/kernel_emulation.rs`), for every stored
+    /// dtype: first over the parameters' own pristine bytes, then re-merged in place at new
+    /// strengths from the host's pristine weights (the parameters keep their buffers). Skips
+    /// without a device.
     #[test]
     fn gpu_device_merge_equals_its_emulation_bit_for_bit() {
         if let Err(e) = CudaDevice::get(0) {
@@ -265,27 +410,84 @@ mod tests {
             let weights = model(out, inp, dtype, scale);
             let loras = [(&a, 1.0), (&b, 1.0)];
             let merge = DeviceMerge::new(&weights, &loras, 0).unwrap();
+            assert_eq!(merge.parts().collect::<Vec<_>>(), vec![Some(0)]);
             let plan = MergePlan::new(&weights, &loras, StoreAs::Same).unwrap();
-            for strengths in [[1.0f32, 0.6], [-0.7, 2.5], [1.0, 0.6]] {
-                let device = merge.merge(&strengths).unwrap();
-                let emulated = merge_as_kernel(&plan, &weights, &strengths).unwrap();
-                assert_eq!(device.len(), emulated.len());
-                for (name, e) in &emulated {
-                    let d = &device[name];
-                    assert_eq!(d.dtype(), e.dtype(), "{name}");
-                    assert_eq!(d.scale, e.scale, "{name} {dtype:?} {strengths:?}");
-                    let bytes = d.tensor.to_device(Device::Cpu).unwrap();
-                    assert_eq!(
-                        bytes.raw_bytes().unwrap(),
-                        e.tensor.raw_bytes().unwrap(),
-                        "{name} {dtype:?} {strengths:?}"
-                    );
-                }
+            let mut placed: BTreeMap<String, Weight> = weights
+                .iter()
+                .map(|(n, w)| (n.clone(), w.to_device(Device::Cuda(0)).unwrap()))
+                .collect();
+            let address = |w: &Weight| super::address(w.tensor.cuda_storage("test").unwrap());
+            let before: Vec<u64> = placed.values().map(|w| address(w).unwrap()).collect();
+            let sources = [Pristine::InModel, Pristine::Host, Pristine::Host];
+            for (strengths, pristine) in
+                [[1.0f32, 0.6], [-0.7, 2.5], [1.0, 0.6]].iter().zip(sources)
+            {
+                let mut params: Vec<(String, &mut Weight)> =
+                    placed.iter_mut().map(|(n, w)| (n.clone(), w)).collect();
+                merge
+                    .merge_part(Some(0), strengths, &mut params, pristine)
+                    .unwrap();
+                let emulated = merge_as_kernel(&plan, &weights, strengths).unwrap();
+                assert_bits(
+                    &params,
+                    &emulated,
+                    &format!("{dtype:?} {strengths:?} {pristine:?}"),
+                );
             }
+            let after: Vec<u64> = placed.values().map(|w| address(w).unwrap()).collect();
+            assert_eq!(before, after, "merged in place");
         }
         let weights = model(out, inp, DType::BF16, None);
         let merge = DeviceMerge::new(&weights, &[(&a, 1.0)], 0).unwrap();
-        assert!(merge.merge(&[f32::NAN]).is_err());
-        assert!(merge.merge(&[1.0, 1.0]).is_err());
+        let mut w = weights["blocks.0.norm3.bias"]
+            .to_device(Device::Cuda(0))
+            .unwrap();
+        let mut params = vec![("blocks.0.norm3.bias".to_string(), &mut w)];
+        for bad in [&[f32::NAN][..], &[1.0, 1.0]] {
+            assert!(merge
+                .merge_part(Some(0), bad, &mut params, Pristine::Host)
+                .is_err());
+        }
+        // A part without the targeted parameter is refused by name.
+        let e = merge
+            .merge_part(Some(0), &[1.0], &mut params, Pristine::Host)
+            .unwrap_err();
+        assert!(e.to_string().contains("blocks.0.self_attn.q.weight"), "{e}");
+    }
+
+    /// The whole path on a tiny fp8 DiT with its last three blocks swapped (one of them
+    /// changed, its modulation too): merged at load over the model's own bytes, then re-merged
+    /// at new strengths from the host, every parameter equals the model built from the
+    /// emulated whole merge, resident and swapped blocks alike. Skips without a device.
+    #[test]
+    fn gpu_block_by_block_merge_of_a_swapped_dit_equals_the_emulated_whole_merge() {
+        use crate::lora::blockwise::tests::{every_param, lora, weights};
+        use crate::model::dit::tests::tiny;
+        if let Err(e) = CudaDevice::get(0) {
+            println!("gpu_block_by_block_merge_of_a_swapped_dit_equals_the_emulated_whole_merge: SKIP: {e}");
+            return;
+        }
+        let cfg = tiny(11);
+        let w = weights(&cfg, DType::F8E4M3);
+        let (a, b) = (lora(&cfg, 4, 1), lora(&cfg, 8, 50));
+        let merge = DeviceMerge::new(&w, &[(&a, 1.0), (&b, 1.0)], 0).unwrap();
+        let dit = WanDit::new(w.clone(), cfg.clone()).unwrap();
+        let mut dit = dit.to_device_with_swap(Device::Cuda(0), 3).unwrap();
+        for (strengths, pristine) in [
+            ([1.0f32, 0.5], Pristine::InModel),
+            ([-0.3, 2.0], Pristine::Host),
+        ] {
+            merge.apply(&mut dit, &strengths, pristine).unwrap();
+            let plan = MergePlan::new(&w, &[(&a, 1.0), (&b, 1.0)], StoreAs::Same).unwrap();
+            let mut whole = w.clone();
+            whole.extend(merge_as_kernel(&plan, &w, &strengths).unwrap());
+            let mut want = WanDit::new(whole, cfg.clone()).unwrap();
+            assert_eq!(
+                every_param(&mut dit),
+                every_param(&mut want),
+                "{strengths:?}"
+            );
+        }
+        assert_eq!(dit.swapped_blocks(), 3);
     }
 }

@@ -4,7 +4,9 @@ pub(super) mod backward;
 
 use super::nag::{nag_combine, NagParams};
 use super::rope::RopeTable;
-use super::weights::{map_weight, Linear, Take, TensorMap};
+use super::weights::{
+    map_weight, update_checked, with_table, Linear, ParamUpdate, Take, TensorMap,
+};
 use super::{DitConfig, SelfAttention};
 use crate::backend::Device;
 use crate::error::Result;
@@ -36,6 +38,20 @@ impl Attn {
             norm_q: t.weight(&format!("{prefix}.norm_q.weight"), &[dim])?,
             norm_k: t.weight(&format!("{prefix}.norm_k.weight"), &[dim])?,
         })
+    }
+
+    /// The layers' weights and biases and the norms, named under `prefix`, appended to `out`.
+    fn params<'a>(&'a mut self, prefix: &str, out: &mut Vec<(String, &'a mut Weight)>) {
+        for (name, l) in [
+            ("q", &mut self.q),
+            ("k", &mut self.k),
+            ("v", &mut self.v),
+            ("o", &mut self.o),
+        ] {
+            l.params(&format!("{prefix}.{name}"), out);
+        }
+        out.push((format!("{prefix}.norm_q.weight"), &mut self.norm_q));
+        out.push((format!("{prefix}.norm_k.weight"), &mut self.norm_k));
     }
 
     fn map_tensors(&self, f: &mut TensorMap<'_>) -> Result<Attn> {
@@ -128,6 +144,25 @@ impl Block {
             ffn2: self.ffn2.map_tensors(f)?,
             heads: self.heads,
             eps: self.eps,
+        })
+    }
+
+    /// Runs `update` on every parameter of the block, named as block `index`'s in a checkpoint
+    /// (the modulation as the f32 table the block computes with), checked as
+    /// [`update_checked`] says.
+    pub fn update(&mut self, index: usize, update: &mut ParamUpdate<'_>) -> Result<()> {
+        let p = format!("blocks.{index}");
+        with_table(&mut self.modulation, |modulation| {
+            let mut params = vec![(format!("{p}.modulation"), modulation)];
+            self.self_attn
+                .params(&format!("{p}.self_attn"), &mut params);
+            params.push((format!("{p}.norm3.weight"), &mut self.norm3_w));
+            params.push((format!("{p}.norm3.bias"), &mut self.norm3_b));
+            self.cross_attn
+                .params(&format!("{p}.cross_attn"), &mut params);
+            self.ffn0.params(&format!("{p}.ffn.0"), &mut params);
+            self.ffn2.params(&format!("{p}.ffn.2"), &mut params);
+            update_checked(&mut params, update)
         })
     }
 

@@ -12,6 +12,7 @@ mod attention;
 mod block;
 pub(crate) mod embed;
 mod nag;
+mod params;
 pub(crate) mod rope;
 mod swap;
 mod weights;
@@ -28,6 +29,7 @@ pub use nag::NagParams;
 pub use rope::RopeTable;
 pub use weights::weight_shapes;
 pub use weights::LinearDelta;
+pub use weights::ParamUpdate;
 
 use block::{Block, BlockInputs};
 use swap::SwappedBlocks;

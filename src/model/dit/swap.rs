@@ -7,6 +7,7 @@
 use std::sync::Mutex;
 
 use super::block::Block;
+use super::weights::ParamUpdate;
 use crate::backend::cuda::{BlockSwap, CudaStorage};
 use crate::backend::Device;
 use crate::error::{Error, Result};
@@ -105,6 +106,34 @@ impl SwappedBlocks {
             None => f(i, &resident[i]),
             Some(p) => f(i, &self.skeletons[i - first].on_device(p)?),
         })
+    }
+
+    /// Runs `update` on swapped block `index`'s parameters (counted from the first swapped one;
+    /// block `block` of the model): the block is copied to the device for it, then its pinned
+    /// host bytes are overwritten with what `update` left and its skeleton takes the new scales.
+    /// On an error the pinned bytes stay as they were.
+    pub fn update(
+        &mut self,
+        index: usize,
+        block: usize,
+        update: &mut ParamUpdate<'_>,
+    ) -> Result<()> {
+        let stream = self.stream.get_mut().unwrap_or_else(|e| e.into_inner());
+        let skeleton = &mut self.skeletons[index];
+        let mut on_device = skeleton.on_device(stream.fetch(index)?)?;
+        on_device.update(block, update)?;
+        let mut parts = Vec::with_capacity(skeleton.tensors.len());
+        let emptied = on_device.map_tensors(&mut |t| {
+            parts.push(t.clone());
+            Ok(Tensor::zeros([0], t.dtype()))
+        })?;
+        let storages = parts
+            .iter()
+            .map(|t| t.cuda_storage("block swap"))
+            .collect::<Result<Vec<_>>>()?;
+        stream.store(index, &storages)?;
+        skeleton.block = emptied;
+        Ok(())
     }
 
     /// Swapped block `index` (counted from the first swapped one) copied to the device alone.

@@ -159,6 +159,13 @@ impl Linear {
         })
     }
 
+    /// The layer's weight and bias named `{prefix}.weight` and `{prefix}.bias`, appended to
+    /// `out` for [`update_checked`].
+    pub fn params<'a>(&'a mut self, prefix: &str, out: &mut Vec<(String, &'a mut Weight)>) {
+        out.push((format!("{prefix}.weight"), &mut self.w));
+        out.push((format!("{prefix}.bias"), &mut self.b));
+    }
+
     fn apply(
         &self,
         x: &Tensor,
@@ -170,6 +177,43 @@ impl Linear {
             Some(d) => y.add(&linear(&linear(x, &d.down, None)?, &d.up, None)?),
         }
     }
+}
+
+/// A change to some of a DiT's parameters, given them by canonical name (`blocks.3.ffn.0.weight`,
+/// `head.modulation`) where they live ([`super::WanDit::update_params`]): it may overwrite their
+/// device bytes in place, change their fp8 scales, or replace a weight by another of the same
+/// dtype, shape and device.
+pub type ParamUpdate<'a> = dyn FnMut(&mut [(String, &mut Weight)]) -> Result<()> + 'a;
+
+/// Runs `update` on `params`, then checks that it kept every parameter's dtype, shape and
+/// device (an update that changed one fails, naming it, the parameters left as it left them).
+pub(super) fn update_checked(
+    params: &mut [(String, &mut Weight)],
+    update: &mut ParamUpdate<'_>,
+) -> Result<()> {
+    let form = |w: &Weight| (w.dtype(), w.tensor.shape().clone(), w.tensor.device());
+    let before: Vec<_> = params.iter().map(|(_, w)| form(w)).collect();
+    update(params)?;
+    for ((name, w), was) in params.iter().zip(before) {
+        let now = form(w);
+        if now != was {
+            return Err(Error::InvalidArgument(format!(
+                "`{name}` was {:?} {} on {} and became {:?} {} on {}: an update keeps each \
+                 parameter's dtype, shape and device",
+                was.0, was.1, was.2, now.0, now.1, now.2
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Runs `run` with an f32 table (a modulation, which the model keeps widened) taken out of
+/// `slot` as a weight without a scale, and puts it back after.
+pub(super) fn with_table<R>(slot: &mut Tensor, run: impl FnOnce(&mut Weight) -> R) -> R {
+    let mut table = Weight::new(std::mem::replace(slot, Tensor::zeros([0], DType::F32)));
+    let out = run(&mut table);
+    *slot = table.tensor;
+    out
 }
 
 /// Removes named tensors from the map, checking their shapes.

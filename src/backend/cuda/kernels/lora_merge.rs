@@ -31,7 +31,8 @@ pub(crate) struct MergeTerm {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct MergeJob {
-    /// Device address of the pristine weight.
+    /// Device address of the pristine weight (`out` itself for a merge in place: each value is
+    /// read before the same index is written).
     pub w: u64,
     /// Device address of the merged weight.
     pub out: u64,
