@@ -17,8 +17,6 @@
 //! a 1 MiB L2 cache. Threads take contiguous ranges of column panels (or of row panels when
 //! there are few columns).
 
-use rayon::prelude::*;
-
 use super::gemm::{sgemm_raw, MatRef, RawMatMut};
 
 /// Rows of `c` per micro-kernel call.
@@ -26,11 +24,11 @@ pub const MR: usize = 14;
 /// Columns of `c` per micro-kernel call (two 16-lane vectors).
 pub const NR: usize = 32;
 /// Depth pairs per block (1024 elements of depth).
-const KC_PAIRS: usize = 512;
+const KC_PAIRS: usize = 192;
 /// Column panels per block (256 columns).
-const NC_PANELS: usize = 8;
+const NC_PANELS: usize = 16;
 /// Row panels per block (112 rows).
-const MC_PANELS: usize = 8;
+const MC_PANELS: usize = 16;
 
 /// True when this CPU multiplies bf16 in hardware (AVX512-BF16), so that [`bgemm`] runs at the
 /// bf16 rate rather than through rounded f32 copies.
@@ -153,60 +151,104 @@ fn fits(m: &MatRef<'_>) -> bool {
     (m.rows - 1) * m.row_stride + (m.cols - 1) * m.col_stride < m.data.len()
 }
 
-/// Packs `width` lines of `m` starting at line `l0` into `out` (`[pair][width]` words), where a
-/// line is a row of `m` (`along_rows`, the `a` side) or a column (the `b` side) and pairs run
-/// along the other axis. Lines and depth past the matrix's end are zeros.
-fn pack_panel(m: &MatRef<'_>, along_rows: bool, l0: usize, width: usize, out: &mut [u32]) {
-    let (lines, depth, line_stride, depth_stride) = if along_rows {
-        (m.rows, m.cols, m.row_stride, m.col_stride)
-    } else {
-        (m.cols, m.rows, m.col_stride, m.row_stride)
-    };
-    let pairs = depth.div_ceil(2);
-    debug_assert_eq!(out.len(), pairs * width);
-    let live = width.min(lines.saturating_sub(l0));
-    for (p, words) in out.chunks_exact_mut(width).enumerate() {
-        let d0 = 2 * p;
-        for (l, w) in words.iter_mut().enumerate() {
-            *w = if l < live {
-                let base = (l0 + l) * line_stride + d0 * depth_stride;
-                let x0 = m.data[base];
-                let x1 = if d0 + 1 < depth {
-                    m.data[base + depth_stride]
-                } else {
-                    0.0
-                };
-                pair(x0, x1)
-            } else {
-                0
-            };
-        }
-    }
-}
-
-/// Packs every panel of `m` (rows of `MR` for `a`, columns of `NR` for `b`), in parallel.
-fn pack(m: &MatRef<'_>, along_rows: bool, width: usize, buf: &mut Vec<u32>) -> usize {
-    let (lines, depth) = if along_rows {
-        (m.rows, m.cols)
-    } else {
-        (m.cols, m.rows)
-    };
-    let panel_words = depth.div_ceil(2) * width;
-    buf.clear();
-    buf.resize(lines.div_ceil(width) * panel_words, 0);
-    buf.par_chunks_mut(panel_words)
-        .enumerate()
-        .for_each(|(i, out)| pack_panel(m, along_rows, i * width, width, out));
-    panel_words
-}
-
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
 
     use rayon::prelude::*;
 
-    use super::{pack, MatRef, RawMatMut, KC_PAIRS, MC_PANELS, MR, NC_PANELS, NR};
+    use super::{pair, MatRef, RawMatMut, KC_PAIRS, MC_PANELS, MR, NC_PANELS, NR};
+
+    /// Packs `width` lines of `m` starting at line `l0` into `out` (`[pair][width]` words), where a
+    /// line is a row of `m` (`along_rows`, the `a` side) or a column (the `b` side) and pairs run
+    /// along the other axis. Lines and depth past the matrix's end are zeros. The loop runs along
+    /// whichever axis is contiguous in memory, so reads stream.
+    ///
+    /// # Safety
+    /// The CPU has AVX512F and AVX512-BF16.
+    unsafe fn pack_panel(
+        m: &MatRef<'_>,
+        along_rows: bool,
+        l0: usize,
+        width: usize,
+        out: &mut [u32],
+    ) {
+        let (lines, depth, line_stride, depth_stride) = if along_rows {
+            (m.rows, m.cols, m.row_stride, m.col_stride)
+        } else {
+            (m.cols, m.rows, m.col_stride, m.row_stride)
+        };
+        debug_assert_eq!(out.len(), depth.div_ceil(2) * width);
+        let live = width.min(lines.saturating_sub(l0));
+        if live < width {
+            out.fill(0);
+        }
+        let at = |l: usize, d: usize| m.data[(l0 + l) * line_stride + d * depth_stride];
+        if depth_stride == 1 {
+            // Each line is contiguous: walk it pair by pair.
+            for l in 0..live {
+                let base = (l0 + l) * line_stride;
+                // SAFETY: the CPU has AVX512-BF16 (this module's precondition).
+                unsafe { pack_line(&m.data[base..base + depth], &mut out[l..], width) };
+            }
+        } else {
+            // The lines are side by side: walk the depth, two neighbouring rows of lines at a time.
+            for (p, words) in out.chunks_exact_mut(width).enumerate() {
+                let d0 = 2 * p;
+                for (l, w) in words.iter_mut().enumerate().take(live) {
+                    let x1 = if d0 + 1 < depth { at(l, d0 + 1) } else { 0.0 };
+                    *w = pair(at(l, d0), x1);
+                }
+            }
+        }
+    }
+
+    /// Packs every panel of `m` (rows of `MR` for `a`, columns of `NR` for `b`), in parallel, into
+    /// `buf` (resized); returns the words per panel.
+    ///
+    /// # Safety
+    /// The CPU has AVX512F and AVX512-BF16.
+    unsafe fn pack(m: &MatRef<'_>, along_rows: bool, width: usize, buf: &mut Vec<u32>) -> usize {
+        let (lines, depth) = if along_rows {
+            (m.rows, m.cols)
+        } else {
+            (m.cols, m.rows)
+        };
+        let panel_words = depth.div_ceil(2) * width;
+        buf.clear();
+        buf.resize(lines.div_ceil(width) * panel_words, 0);
+        buf.par_chunks_mut(panel_words)
+            .enumerate()
+            // SAFETY: forwarded precondition.
+            .for_each(|(i, out)| unsafe { pack_panel(m, along_rows, i * width, width, out) });
+        panel_words
+    }
+
+    /// Converts one contiguous line to pair words, 32 values per vector conversion, and stores word
+    /// `p` at `out[p * width]`.
+    ///
+    /// # Safety
+    /// The CPU has AVX512F and AVX512-BF16; `out` holds `(line.len() + 1) / 2` words at stride
+    /// `width`.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn pack_line(line: &[f32], out: &mut [u32], width: usize) {
+        let full = line.len() / 32;
+        let mut words = [0u32; 16];
+        for c in 0..full {
+            let lo = _mm512_loadu_ps(line.as_ptr().add(32 * c));
+            let hi = _mm512_loadu_ps(line.as_ptr().add(32 * c + 16));
+            // Lanes 0-15 from `lo`, 16-31 from `hi`: word i holds values 2i (low half) and 2i + 1.
+            let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+            _mm512_storeu_si512(words.as_mut_ptr().cast(), v);
+            for (i, &w) in words.iter().enumerate() {
+                out[(16 * c + i) * width] = w;
+            }
+        }
+        let rest = &line[32 * full..];
+        for (i, w) in rest.chunks(2).enumerate() {
+            out[(16 * full + i) * width] = pair(w[0], w.get(1).copied().unwrap_or(0.0));
+        }
+    }
 
     /// The packed operands of one product and where its output goes.
     struct Packed<'a> {
@@ -230,7 +272,9 @@ mod avx512 {
         accumulate: bool,
         threads: usize,
     ) {
-        let (mut abuf, mut bbuf) = (Vec::new(), Vec::new());
+        // Taken, not borrowed, from the thread's cache: a nested call (rayon may run another job
+        // on this thread while it waits) allocates its own.
+        let (mut abuf, mut bbuf) = PACKED.take();
         let a_panel = pack(&a, true, MR, &mut abuf);
         let b_panel = pack(&b, false, NR, &mut bbuf);
         let p = Packed {
@@ -266,6 +310,13 @@ mod avx512 {
         } else {
             (0..jobs).into_par_iter().for_each(run);
         }
+        PACKED.set((abuf, bbuf));
+    }
+
+    thread_local! {
+        /// The packed operands' buffers, kept between calls so that they are not re-faulted in.
+        static PACKED: std::cell::Cell<(Vec<u32>, Vec<u32>)> =
+            const { std::cell::Cell::new((Vec::new(), Vec::new())) };
     }
 
     /// Computes the `c` block of row panels `mp` and column panels `np` (half-open ranges).
