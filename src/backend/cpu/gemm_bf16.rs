@@ -12,9 +12,9 @@
 //! (`[panel][pair][NR]`); an odd depth and the last partial panels are padded with zeros. The
 //! micro-kernel keeps an `MR × NR` block of `c` in 28 of the 32 vector registers and, per depth
 //! pair, loads two vectors of `b` and broadcasts one word of `a` per row. The loops around it
-//! block the depth by [`KC_PAIRS`] and the columns and rows by [`NC_PANELS`] and [`MC_PANELS`]
-//! so that the `b` block (256 KiB), the `a` block (224 KiB) and the `c` block being summed stay in
-//! a 1 MiB L2 cache. Threads take contiguous ranges of column panels (or of row panels when
+//! block the depth by 192 pairs, so that one call's operands (24 KiB of `b`, 10.5 KiB of `a`)
+//! stay in a 48 KiB L1 cache, and the columns and rows by 16 panels, so that the `b` block
+//! (384 KiB) and the `a` block (168 KiB) stay in a 1 MiB L2 cache. Threads take contiguous ranges of column panels (or of row panels when
 //! there are few columns).
 
 use super::gemm::{sgemm_raw, MatRef, RawMatMut};
@@ -23,11 +23,11 @@ use super::gemm::{sgemm_raw, MatRef, RawMatMut};
 pub const MR: usize = 14;
 /// Columns of `c` per micro-kernel call (two 16-lane vectors).
 pub const NR: usize = 32;
-/// Depth pairs per block (1024 elements of depth).
+/// Depth pairs per block (384 elements of depth).
 const KC_PAIRS: usize = 192;
-/// Column panels per block (256 columns).
+/// Column panels per block (512 columns).
 const NC_PANELS: usize = 16;
-/// Row panels per block (112 rows).
+/// Row panels per block (224 rows).
 const MC_PANELS: usize = 16;
 
 /// True when this CPU multiplies bf16 in hardware (AVX512-BF16), so that [`bgemm`] runs at the
