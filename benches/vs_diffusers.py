@@ -5,8 +5,10 @@ run with the same threads: per-stage times and the ratio.
 wanrt: `wanrt bench pipeline --json` (random weights of the real config, the code path of
 `wanrt generate`). diffusers: `WanPipeline` with random weights of the same config built from
 configs (see `wan_diffusers.py`; nothing is downloaded), fed the same number of prompt tokens.
-Both store the DiT and UMT5-XXL in bf16 (diffusers also computes in bf16; wanrt computes in f32
-from bf16 weights) and the VAE in f32. The two run one after the other, never at the same time:
+Both store the DiT and UMT5-XXL in bf16 and the VAE in f32. diffusers computes the DiT and
+UMT5 in bf16 and the VAE in f32; wanrt computes in its compute mode (`--compute`, the
+`WANRT_COMPUTE` variable: `bf16` by default here, bf16 products with f32 sums on AVX512-BF16 for
+every GEMM-class op, the VAE's included; `f32` for the reference arithmetic). The two run one after the other, never at the same time:
 UMT5-XXL alone is 11.4 GB in bf16, so the machine needs about 16 GB free (checked first).
 
 The issue's CPU target: the real 1.3B config, 384x208x45, 6 steps, CFG 1, in at most 6 minutes
@@ -52,6 +54,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--min-free-gib", type=float, default=16.0,
                     help="refuse to start with less memory available")
+    ap.add_argument("--compute", default="bf16", choices=["bf16", "f32"],
+                    help="wanrt's compute mode (WANRT_COMPUTE)")
     ap.add_argument("--skip-diffusers", action="store_true", help="time wanrt only")
     ap.add_argument("--json", help="also write both records to this file")
     a = ap.parse_args()
@@ -64,13 +68,14 @@ def main():
              "--threads", str(a.threads), "--device", "cpu"]
     if a.layers:
         shape += ["--layers", str(a.layers)]
+    os.environ["WANRT_COMPUTE"] = a.compute
     load = [os.getloadavg()[0]]
-    print(f"wanrt: {a.wanrt} bench pipeline {' '.join(shape)} "
+    print(f"wanrt: WANRT_COMPUTE={a.compute} {a.wanrt} bench pipeline {' '.join(shape)} "
           f"(load {load[0]:.1f}, {free:.1f} GiB available)", flush=True)
     w = wd.run_wanrt(a.wanrt, shape, timeout=4 * 3600)
     load.append(os.getloadavg()[0])
     print(json.dumps(w), flush=True)
-    out = {"wanrt": w, "load": load}
+    out = {"wanrt": w, "load": load, "wanrt_compute": a.compute}
     if not a.skip_diffusers:
         import torch
 

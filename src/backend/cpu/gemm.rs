@@ -168,7 +168,8 @@ pub unsafe fn sgemm_raw(
 }
 
 /// Batched `c[i] = a[i] · b[i]` for `batch` row-major `m × k` and `k × n` matrices into row-major
-/// `m × n` outputs; with `b_shared` one `b` serves every batch entry.
+/// `m × n` outputs; with `b_shared` one `b` serves every batch entry. With `bf16` the inputs are
+/// rounded to bf16 and multiplied with f32 sums ([`super::gemm_bf16::bgemm`]).
 ///
 /// # Panics
 /// If a slice length disagrees with the sizes (a bug in the caller).
@@ -182,6 +183,7 @@ pub fn matmul_batched(
     k: usize,
     n: usize,
     b_shared: bool,
+    bf16: bool,
 ) {
     use rayon::prelude::*;
     let b_count = if b_shared { 1 } else { batch };
@@ -197,7 +199,11 @@ pub fn matmul_batched(
         let bi = if b_shared { 0 } else { i };
         let a = MatRef::row_major(&a[i * m * k..(i + 1) * m * k], m, k);
         let b = MatRef::row_major(&b[bi * k * n..(bi + 1) * k * n], k, n);
-        sgemm(a, b, c, false, threads);
+        if bf16 {
+            super::gemm_bf16::bgemm(a, b, c, false, threads);
+        } else {
+            sgemm(a, b, c, false, threads);
+        }
     };
     if batch >= threads {
         // Enough independent products: one per thread, each single-threaded.

@@ -5,10 +5,13 @@
 //! activations by the panel and writes the matching output columns in place. Widening costs
 //! O(out·in) against the GEMM's O(rows·out·in), so it is cheap once rows is in the hundreds.
 //! An f32 weight without a scale whose bytes are aligned is multiplied directly, with no copy.
+//! In bf16 compute the product runs through [`bgemm_raw`], which rounds activations and weight
+//! to bf16 as it packs them.
 
 use rayon::prelude::*;
 
 use super::gemm::{sgemm, sgemm_raw, MatRef, RawMatMut};
+use super::gemm_bf16::bgemm_raw;
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Weight};
 
@@ -17,20 +20,23 @@ use crate::tensor::{DType, Weight};
 /// at a quarter of the speed of 512 (3744 tokens, in 8960). 512 columns of the widest Wan weight
 /// (14B FFN down, in 13824) take 28 MB of scratch, a tenth of that weight in f32.
 const PANEL_BYTES: usize = 8 << 20;
+/// The same for the bf16 product, which packs (converts) all the activations once per panel:
+/// wider panels, so that the 1.3B model's FFN weights take one or two.
+const BF16_PANEL_BYTES: usize = 64 << 20;
 const MIN_PANEL: usize = 512;
 /// Weight rows each parallel widening job converts.
 const WIDEN_ROWS: usize = 16;
 
 /// `out[r, o] = Σ_i x[r, i] · w[o, i] + bias[o]`: `x` is row-major `[rows, in]`, the weight
 /// `[out, in]` (any float dtype, scale applied), `bias` has `out` values and `out` is
-/// row-major `[rows, out]`. With `bf16_weight` every widened weight value is rounded to bf16
-/// first (the bf16 compute emulation of [`super::compute`]).
+/// row-major `[rows, out]`. With `bf16` the activations and every weight value are rounded to
+/// bf16 and multiplied with f32 sums (the bf16 compute of [`super::compute`]).
 pub fn linear(
     x: &[f32],
     rows: usize,
     weight: &Weight,
     bias: Option<&[f32]>,
-    bf16_weight: bool,
+    bf16: bool,
     out: &mut [f32],
 ) -> Result<()> {
     let &[n_out, n_in] = weight.dims() else {
@@ -63,7 +69,7 @@ pub fn linear(
     let threads = rayon::current_num_threads();
     let xv = MatRef::row_major(x, rows, n_in);
 
-    if weight.dtype() == DType::F32 && weight.scale.is_none() && !bf16_weight {
+    if weight.dtype() == DType::F32 && weight.scale.is_none() && !bf16 {
         if let Ok(w) = bytemuck::try_cast_slice::<u8, f32>(weight.tensor.raw_bytes()?) {
             sgemm(
                 xv,
@@ -76,7 +82,8 @@ pub fn linear(
         }
     }
 
-    let panel = (PANEL_BYTES / 4 / n_in)
+    let panel_bytes = if bf16 { BF16_PANEL_BYTES } else { PANEL_BYTES };
+    let panel = (panel_bytes / 4 / n_in)
         .max(MIN_PANEL)
         .min(n_out.next_multiple_of(WIDEN_ROWS));
     let panel = panel / WIDEN_ROWS * WIDEN_ROWS;
@@ -98,17 +105,18 @@ pub fn linear(
                 .enumerate()
                 .try_for_each(|(i, chunk)| {
                     let r0 = o0 + i * WIDEN_ROWS;
-                    weight.widen_rows(r0..r0 + chunk.len() / n_in, chunk)?;
-                    if bf16_weight {
-                        chunk
-                            .iter_mut()
-                            .for_each(|v| *v = half::bf16::from_f32(*v).to_f32());
-                    }
-                    Ok::<(), Error>(())
+                    weight.widen_rows(r0..r0 + chunk.len() / n_in, chunk)
                 })?;
             let wv = MatRef::row_major(w, n, n_in).t();
+            let block = out_all.block(0, o0, rows, n);
             // SAFETY: the block lies inside `out`, which this function borrows exclusively.
-            unsafe { sgemm_raw(xv, wv, out_all.block(0, o0, rows, n), true, threads) };
+            unsafe {
+                if bf16 {
+                    bgemm_raw(xv, wv, block, true, threads)
+                } else {
+                    sgemm_raw(xv, wv, block, true, threads)
+                }
+            };
         }
         Ok(())
     })();
@@ -193,6 +201,29 @@ mod tests {
                 (3, 129, 7),
             ] {
                 check(rows, n_out, n_in, dtype, None, true);
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_product_matches_rounded_reference() {
+        let round = |v: &[f32]| -> Vec<f32> {
+            v.iter()
+                .map(|&x| half::bf16::from_f32(x).to_f32())
+                .collect()
+        };
+        for (rows, n_out, n_in, dtype) in [(7, 65, 129, DType::F32), (30, 600, 4096, DType::BF16)] {
+            let x = values(rows * n_in, 1);
+            let w32 = Tensor::from_f32(values(n_out * n_in, 2), [n_out, n_in]).unwrap();
+            let weight = Weight::new(w32.to_dtype(dtype).unwrap());
+            let w = weight.to_f32().unwrap().to_f32_vec().unwrap();
+            let bias = values(n_out, 3);
+            let mut out = vec![f32::NAN; rows * n_out];
+            linear(&x, rows, &weight, Some(&bias), true, &mut out).unwrap();
+            let want = reference(&round(&x), &round(&w), Some(&bias), rows, n_out, n_in);
+            for (i, (&g, &e)) in out.iter().zip(&want).enumerate() {
+                let tol = 1e-5 * (n_in as f64).sqrt() * (1.0 + e.abs());
+                assert!((g as f64 - e).abs() <= tol, "{dtype:?} at {i}: {g} vs {e}");
             }
         }
     }

@@ -10,6 +10,7 @@ pub mod compute;
 pub mod conv;
 pub mod elementwise;
 pub mod gemm;
+pub mod gemm_bf16;
 pub mod grad;
 pub mod linear;
 pub mod norm;

@@ -65,7 +65,7 @@ impl Tensor {
         let b = bf16_if(round, f32_input(rhs, OP)?);
         let mut out = vec![0.0; shape.elem_count()];
         let batch = batch_dims.iter().product();
-        gemm::matmul_batched(&a, &b, &mut out, batch, m, k, n, b_shared);
+        gemm::matmul_batched(&a, &b, &mut out, batch, m, k, n, b_shared, round);
         if round {
             round_to_bf16(&mut out);
         }
