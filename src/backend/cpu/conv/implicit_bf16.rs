@@ -29,9 +29,17 @@ pub(super) fn applies(g: &Conv3dGeom) -> bool {
     g.stride == [1, 1, 1] && super::super::gemm_bf16::has_bf16_dot()
 }
 
-/// The bits of `x` rounded to the nearest bf16 (ties to even).
+/// The bits of `x` rounded to the nearest bf16 (ties to even; NaN stays NaN, quieted), as
+/// `half::bf16::from_f32`, written so that loops over it vectorise.
+#[inline(always)]
 fn bf16_bits(x: f32) -> u32 {
-    u32::from(half::bf16::from_f32(x).to_bits())
+    let b = x.to_bits();
+    let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16;
+    if x.is_nan() {
+        (b >> 16) | 0x40
+    } else {
+        rounded
+    }
 }
 
 /// The padded input grid and where the output positions lie on it.
@@ -76,13 +84,22 @@ impl Grid {
         offs
     }
 
-    /// The output index of grid position `v` (within one channel), if it is an output position.
-    fn output_index(&self, v: usize) -> Option<usize> {
+    /// The runs of output positions among grid positions `v0..v1`: `(v, p, len)` for the grid
+    /// positions `v..v + len`, which are outputs `p..p + len` (within one channel).
+    fn output_runs(&self, v0: usize, v1: usize, runs: &mut Vec<Run>) {
         let [_, hp, wp] = self.padded;
         let [_, ho, wo] = self.out;
-        let (t, r) = (v / (hp * wp), v % (hp * wp));
-        let (h, w) = (r / wp, r % wp);
-        (h < ho && w < wo).then_some((t * ho + h) * wo + w)
+        runs.clear();
+        let mut v = v0;
+        while v < v1 {
+            let (row, w) = (v / wp, v % wp);
+            let (t, h) = (row / hp, row % hp);
+            let end = (v1 - row * wp).min(wo);
+            if h < ho && w < end {
+                runs.push((v, (t * ho + h) * wo + w, end - w));
+            }
+            v = (row + 1) * wp;
+        }
     }
 }
 
@@ -128,22 +145,15 @@ fn pack_weight(weight: &[f32], cout: usize, cin: usize, taps: usize) -> Vec<u32>
     let mut packed = vec![0u32; cout.div_ceil(MR) * panel];
     packed
         .par_chunks_mut(panel)
-        .enumerate()
-        .for_each(|(p, dst)| {
-            for (q, words) in dst.chunks_exact_mut(MR).enumerate() {
-                let (tap, pair) = (q / pairs, q % pairs);
-                for (r, word) in words.iter_mut().enumerate() {
-                    let co = p * MR + r;
-                    if co >= cout {
-                        break;
+        .zip(weight.par_chunks(MR * cin * taps))
+        .for_each(|(dst, rows)| {
+            for (r, row) in rows.chunks_exact(cin * taps).enumerate() {
+                for (pair, ch) in row.chunks(2 * taps).enumerate() {
+                    let (lo, hi) = ch.split_at(taps);
+                    for tap in 0..taps {
+                        let high = hi.get(tap).map_or(0, |&v| bf16_bits(v) << 16);
+                        dst[(tap * pairs + pair) * MR + r] = bf16_bits(lo[tap]) | high;
                     }
-                    let at = |ci: usize| weight[(co * cin + ci) * taps + tap];
-                    let hi = if 2 * pair + 1 < cin {
-                        bf16_bits(at(2 * pair + 1)) << 16
-                    } else {
-                        0
-                    };
-                    *word = bf16_bits(at(2 * pair)) | hi;
                 }
             }
         });
@@ -157,6 +167,16 @@ struct SharedOut(*mut f32);
 unsafe impl Send for SharedOut {}
 // SAFETY: as above.
 unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// Element `i` (a method, so that closures capture the whole `Send` wrapper).
+    fn at(&self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
+
+/// Grid positions `v..v + len` that are outputs `p..p + len`: `(v, p, len)`.
+type Run = (usize, usize, usize);
 
 /// Convolves `x` (`[B, cin, t, h, w]`) with `weight` (`[cout, cin, kt, kh, kw]`) at stride 1
 /// into `out` (`[B, cout, t', h', w']`): `bf16(bias + Σ bf16(x)·bf16(w))`, the bias already
@@ -183,28 +203,33 @@ pub(super) fn conv3d(
     let offsets = grid.tap_offsets(g.kernel);
     let a = pack_weight(weight, g.cout, g.cin, taps);
     let a_panel = taps * pairs * MR;
-    let mut packed = vec![0u32; pairs * grid.plane];
     let in_len = g.cin * g.input.iter().product::<usize>();
-    let out_len = g.cout * o.iter().product::<usize>();
     let positions = o.iter().product::<usize>();
-    let jobs = grid.virtual_len.div_ceil(NR * JOB_PANELS);
     let tile_cols = NR * JOB_PANELS;
-    for (xb, ob) in x.chunks_exact(in_len).zip(out.chunks_exact_mut(out_len)) {
+    let jobs = grid.virtual_len.div_ceil(tile_cols);
+    // Taken out of the thread-local, not borrowed: a nested call on this thread (rayon may run
+    // other work while it waits) then simply allocates its own.
+    let mut packed = PACKED_INPUT.take();
+    packed.resize(pairs * grid.plane, 0);
+    for (xb, ob) in x
+        .chunks_exact(in_len)
+        .zip(out.chunks_exact_mut(g.cout * positions))
+    {
         pack_input(xb, g, &grid, &mut packed);
         let dst = SharedOut(ob.as_mut_ptr());
         let packed = &packed[..];
-        (0..jobs).into_par_iter().for_each_init(
-            || vec![0f32; g.cout * tile_cols],
-            |tile, job| {
-                let v0 = job * tile_cols;
-                let panels = JOB_PANELS.min((grid.virtual_len - v0).div_ceil(NR));
+        (0..jobs).into_par_iter().for_each(|job| {
+            let v0 = job * tile_cols;
+            let v1 = (v0 + tile_cols).min(grid.virtual_len);
+            TILE.with_borrow_mut(|(tile, runs)| {
+                tile.resize(g.cout * tile_cols, 0.0);
                 for (i, ap) in a.chunks_exact(a_panel).enumerate() {
                     let rows = MR.min(g.cout - i * MR);
-                    for j in 0..panels {
+                    for j in 0..(v1 - v0).div_ceil(NR) {
                         let c = &mut tile[i * MR * tile_cols + j * NR..];
-                        // SAFETY: the CPU has AVX512-BF16 (`applies`); the panel reads `pairs`
-                        // words per tap from `v0 + j·NR + offset` on, 32 of them, which lie in
-                        // each plane (`Grid::plane` covers the last panel and largest offset);
+                        // SAFETY: the CPU has AVX512-BF16 (`applies`); the panel reads 32
+                        // words per tap and pair from `v0 + j·NR + offset` on in each plane,
+                        // which `Grid::plane` covers (the last panel, the largest offset);
                         // `c` holds `rows` rows of `tile_cols` from the panel's column on.
                         unsafe {
                             kernel::block(
@@ -217,23 +242,32 @@ pub(super) fn conv3d(
                         };
                     }
                 }
-                let dst = dst;
-                for v in v0..(v0 + panels * NR).min(grid.virtual_len) {
-                    let Some(p) = grid.output_index(v) else {
-                        continue;
-                    };
-                    for co in 0..g.cout {
-                        let sum = tile[co * tile_cols + v - v0] + bias.map_or(0.0, |b| b[co]);
-                        // SAFETY: `p < positions`, so the element lies in `ob`; grid positions
-                        // map to distinct outputs and each job owns its positions.
-                        unsafe {
-                            *dst.0.add(co * positions + p) = half::bf16::from_f32(sum).to_f32()
+                grid.output_runs(v0, v1, runs);
+                for (co, sums) in tile.chunks_exact(tile_cols).enumerate() {
+                    let b = bias.map_or(0.0, |b| b[co]);
+                    for &(v, p, len) in runs.iter() {
+                        // SAFETY: outputs `p..p + len` of channel `co` lie in `ob`; the jobs'
+                        // grid positions, hence their outputs, are disjoint.
+                        let out = unsafe {
+                            std::slice::from_raw_parts_mut(dst.at(co * positions + p), len)
                         };
+                        for (o, &s) in out.iter_mut().zip(&sums[v - v0..]) {
+                            *o = f32::from_bits(bf16_bits(s + b) << 16);
+                        }
                     }
                 }
-            },
-        );
+            });
+        });
     }
+    PACKED_INPUT.set(packed);
+}
+
+thread_local! {
+    /// The packed input of the calling thread's convolutions (kept: no page faults per call).
+    static PACKED_INPUT: std::cell::Cell<Vec<u32>> = const { std::cell::Cell::new(Vec::new()) };
+    /// A job's output tile and its output runs, per worker thread.
+    static TILE: std::cell::RefCell<(Vec<f32>, Vec<Run>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
 #[cfg(target_arch = "x86_64")]
