@@ -233,7 +233,7 @@ pub(super) fn conv3d(
                         // `c` holds `rows` rows of `tile_cols` from the panel's column on.
                         unsafe {
                             kernel::block(
-                                ap.as_ptr(),
+                                ap.as_chunks::<MR>().0,
                                 packed.as_ptr().add(v0 + j * NR),
                                 (&offsets, pairs, grid.plane),
                                 c.as_mut_ptr(),
@@ -276,41 +276,43 @@ mod kernel {
 
     use super::{MR, NR};
 
-    /// `c[..rows, ..32] = Σ_tap Σ_pair a · b`: `a` holds `MR` words per (tap, pair), tap-major;
-    /// the `b` words of tap `t` and pair `p` are the 32 at `b + offsets[t] + p·plane`; `c` has
-    /// row stride `ldc`.
+    /// `c[..rows, ..32] = Σ_tap Σ_pair a · b`: `a` holds the `MR` words of each (tap, pair),
+    /// tap-major; the `b` words of tap `t` and pair `p` are the 32 at `b + offsets[t] + p·plane`;
+    /// `c` has row stride `ldc`.
     ///
     /// # Safety
-    /// The CPU has AVX512F and AVX512-BF16; every read lies in its buffer and `c`'s block is
-    /// valid and ours.
+    /// The CPU has AVX512F and AVX512-BF16; `a` holds `offsets.len() · pairs` entries, every
+    /// `b` read lies in its buffer and `c`'s block is valid and ours.
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub(super) unsafe fn block(
-        a: *const u32,
+        a: &[[u32; MR]],
         b: *const u32,
         (offsets, pairs, plane): (&[usize], usize, usize),
         c: *mut f32,
         (ldc, rows): (usize, usize),
     ) {
+        // Nothing in the loop may panic, not even a debug build's pointer checks (those of
+        // `ptr::add` and unaligned reads): a possible exit keeps the accumulators in memory. So
+        // `a` is a slice, pointers step by `wrapping_add` and `b` comes in by masked loads.
         let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-        let mut aq = a;
-        for &off in offsets {
-            let mut bq = b.add(off);
-            for _ in 0..pairs {
-                let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(bq.cast()));
-                let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(bq.add(NR / 2).cast()));
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    let ar: __m512bh = std::mem::transmute(_mm512_set1_epi32(*aq.add(r) as i32));
+        for (a_tap, &off) in a.chunks_exact(pairs).zip(offsets) {
+            let mut bq = b.wrapping_add(off).cast::<i32>();
+            for words in a_tap {
+                let b0: __m512bh = std::mem::transmute(_mm512_maskz_loadu_epi32(!0, bq));
+                let b1: __m512bh =
+                    std::mem::transmute(_mm512_maskz_loadu_epi32(!0, bq.wrapping_add(NR / 2)));
+                for (acc, &word) in acc.iter_mut().zip(words) {
+                    let ar: __m512bh = std::mem::transmute(_mm512_set1_epi32(word as i32));
                     acc[0] = _mm512_dpbf16_ps(acc[0], ar, b0);
                     acc[1] = _mm512_dpbf16_ps(acc[1], ar, b1);
                 }
-                aq = aq.add(MR);
-                bq = bq.add(plane);
+                bq = bq.wrapping_add(plane);
             }
         }
         for (r, acc) in acc.iter().enumerate().take(rows) {
-            let row = c.add(r * ldc);
+            let row = c.wrapping_add(r * ldc);
             _mm512_storeu_ps(row, acc[0]);
-            _mm512_storeu_ps(row.add(NR / 2), acc[1]);
+            _mm512_storeu_ps(row.wrapping_add(NR / 2), acc[1]);
         }
     }
 }
@@ -319,7 +321,7 @@ mod kernel {
 mod kernel {
     /// Never called: [`super::applies`] is false off x86-64.
     pub(super) unsafe fn block(
-        _: *const u32,
+        _: &[[u32; super::MR]],
         _: *const u32,
         _: (&[usize], usize, usize),
         _: *mut f32,
