@@ -6,7 +6,8 @@
 //! `out[Cout, tile] = W[Cout, K] · cols[K, tile]` with `K = Cin·kt·kh·kw`.
 //! A 1×1×1 kernel with stride 1 and no padding needs no columns: it is one GEMM on the input.
 //! In bf16 ([`conv3d_bf16`]) stride-1 convolutions on CPUs with AVX512-BF16 skip the columns
-//! altogether ([`implicit_bf16`]); the others multiply the columns with [`bgemm`].
+//! altogether (an implicit GEMM on a bf16 copy of the input, `conv/implicit_bf16.rs`); the
+//! others multiply the columns with [`bgemm`].
 
 mod implicit_bf16;
 
