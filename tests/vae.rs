@@ -439,7 +439,8 @@ fn peak_rss_mib() -> f64 {
 /// Decodes a 832×480 latent (`[1, 16, T, 60, 104]`) with random weights of the real VAE
 /// (dim 96), prints the peak RSS and checks it stays under 6 GB; frames are converted to RGB8
 /// and dropped as they come.
-/// `WANRT_VAE_LATENT_FRAMES` (default 2 = 5 video frames; 21 = 81), `WANRT_VAE_TILING`
+/// `WANRT_VAE_LATENT_FRAMES` (default 2 = 5 video frames; 21 = 81), `WANRT_VAE_LATENT_SIZE`
+/// (`h,w` in latent pixels; default `60,104`, 832×480; `26,48` is 384×208), `WANRT_VAE_TILING`
 /// (`tile,overlap` in latent pixels, or `default`; unset: untiled). Run alone, in release:
 /// `cargo test --release --test vae -- --ignored --nocapture decode_memory`.
 #[test]
@@ -459,8 +460,12 @@ fn decode_memory_832x480() {
             overlap: b.parse().unwrap(),
         }
     });
+    let (h, w) = std::env::var("WANRT_VAE_LATENT_SIZE").map_or((60, 104), |v| {
+        let (h, w) = v.split_once(',').expect("WANRT_VAE_LATENT_SIZE=h,w");
+        (h.parse().unwrap(), w.parse().unwrap())
+    });
     let vae = WanVae::new(random_vae_weights(96, 7), VaeConfig::default()).unwrap();
-    let z = smooth_latent(t, 60, 104);
+    let z = smooth_latent(t, h, w);
     let before = peak_rss_mib();
     let start = std::time::Instant::now();
     let mut frames = 0;
@@ -476,8 +481,10 @@ fn decode_memory_832x480() {
     .unwrap();
     assert_eq!(frames, vae.video_frames(t));
     eprintln!(
-        "VAE decode 832x480, {frames} frames, tiling {tiling:?}: {:.0} s, peak RSS {:.0} MiB \
+        "VAE decode {}x{}, {frames} frames, tiling {tiling:?}: {:.1} s, peak RSS {:.0} MiB \
          (weights and latent alone: {before:.0} MiB), {} threads",
+        8 * w,
+        8 * h,
         start.elapsed().as_secs_f64(),
         peak_rss_mib(),
         rayon::current_num_threads()

@@ -5,10 +5,20 @@
 //! column matrix (and the GEMM result) stays within `COLS_BUDGET` floats; each tile is one GEMM
 //! `out[Cout, tile] = W[Cout, K] · cols[K, tile]` with `K = Cin·kt·kh·kw`.
 //! A 1×1×1 kernel with stride 1 and no padding needs no columns: it is one GEMM on the input.
+//! In bf16 ([`conv3d_bf16`]) stride-1 convolutions on CPUs with AVX512-BF16 skip the columns
+//! altogether (an implicit GEMM on a bf16 copy of the input, `conv/implicit_bf16.rs`); the
+//! others multiply the columns with [`bgemm`].
+
+mod implicit_bf16;
 
 use rayon::prelude::*;
 
+use super::compute::round_to_bf16;
 use super::gemm::{sgemm, MatRef};
+use super::gemm_bf16::bgemm;
+
+/// A GEMM with [`sgemm`]'s contract: `c (+)= a · b` over `threads` threads.
+type Gemm = fn(MatRef<'_>, MatRef<'_>, &mut [f32], bool, usize);
 
 /// Floats in one scratch matrix of a tile (16 MiB).
 const COLS_BUDGET: usize = 4 << 20;
@@ -65,27 +75,77 @@ pub fn conv3d(
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
-    conv3d_tiled(x, batch, g, weight, bias, out, COLS_BUDGET);
+    check_sizes(x, batch, g, weight, bias, out);
+    conv3d_tiled(x, g, weight, bias, out, COLS_BUDGET, sgemm);
 }
 
-/// [`conv3d`] with im2col tiles of at most `budget` floats (at least one position per tile).
-fn conv3d_tiled(
+/// [`conv3d`] in bf16: `out = bf16(bf16(bias) + Σ bf16(x)·bf16(weight))`, every product exact
+/// and the sums in f32 (the numerics of the CUDA backend's bf16 convolution). The inputs need not
+/// be rounded already.
+///
+/// # Panics
+/// As [`conv3d`].
+pub fn conv3d_bf16(
     x: &[f32],
     batch: usize,
     g: &Conv3dGeom,
     weight: &[f32],
     bias: Option<&[f32]>,
     out: &mut [f32],
+) {
+    check_sizes(x, batch, g, weight, bias, out);
+    if out.is_empty() {
+        return;
+    }
+    let mut bias = bias.map(<[f32]>::to_vec);
+    if let Some(b) = &mut bias {
+        round_to_bf16(b);
+    }
+    if implicit_bf16::applies(g) {
+        implicit_bf16::conv3d(x, g, weight, bias.as_deref(), out);
+        return;
+    }
+    conv3d_tiled(x, g, weight, bias.as_deref(), out, COLS_BUDGET, bgemm);
+    round_to_bf16(out);
+}
+
+/// Asserts the slice lengths agree with `g` (and `g` is valid).
+fn check_sizes(
+    x: &[f32],
+    batch: usize,
+    g: &Conv3dGeom,
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    out: &[f32],
+) {
+    let o = g.output().expect("conv3d: invalid geometry");
+    let in_len = g.cin * g.input.iter().product::<usize>();
+    assert_eq!(x.len(), batch * in_len, "conv3d: input size");
+    assert_eq!(
+        out.len(),
+        batch * g.cout * o.iter().product::<usize>(),
+        "conv3d: output size"
+    );
+    assert_eq!(weight.len(), g.cout * g.depth(), "conv3d: weight size");
+    assert!(bias.is_none_or(|b| b.len() == g.cout), "conv3d: bias size");
+}
+
+/// [`conv3d`] with im2col tiles of at most `budget` floats (at least one position per tile),
+/// multiplied by `gemm`; the sizes are checked.
+#[allow(clippy::too_many_arguments)]
+fn conv3d_tiled(
+    x: &[f32],
+    g: &Conv3dGeom,
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
     budget: usize,
+    gemm: Gemm,
 ) {
     let o = g.output().expect("conv3d: invalid geometry");
     let in_len = g.cin * g.input.iter().product::<usize>();
     let positions = o.iter().product::<usize>();
     let k = g.depth();
-    assert_eq!(x.len(), batch * in_len, "conv3d: input size");
-    assert_eq!(out.len(), batch * g.cout * positions, "conv3d: output size");
-    assert_eq!(weight.len(), g.cout * k, "conv3d: weight size");
-    assert!(bias.is_none_or(|b| b.len() == g.cout), "conv3d: bias size");
     if out.is_empty() {
         return;
     }
@@ -110,7 +170,7 @@ fn conv3d_tiled(
     {
         if pointwise {
             fill_bias(ob, bias, positions);
-            sgemm(
+            gemm(
                 w,
                 MatRef::row_major(xb, g.cin, positions),
                 ob,
@@ -126,11 +186,11 @@ fn conv3d_tiled(
             let b = MatRef::row_major(cols, k, n);
             if n == positions {
                 fill_bias(ob, bias, n);
-                sgemm(w, b, ob, bias.is_some(), threads);
+                gemm(w, b, ob, bias.is_some(), threads);
             } else {
                 let tmp = &mut tmp[..g.cout * n];
                 fill_bias(tmp, bias, n);
-                sgemm(w, b, tmp, bias.is_some(), threads);
+                gemm(w, b, tmp, bias.is_some(), threads);
                 for (orow, trow) in ob.chunks_exact_mut(positions).zip(tmp.chunks_exact(n)) {
                     orow[p0..p0 + n].copy_from_slice(trow);
                 }
@@ -315,7 +375,7 @@ mod tests {
         let bias = with_bias.then_some(&bias[..]);
         let o = g.output().unwrap();
         let mut out = vec![f32::NAN; batch * g.cout * o.iter().product::<usize>()];
-        conv3d_tiled(&x, batch, &g, &wt, bias, &mut out, budget);
+        conv3d_tiled(&x, &g, &wt, bias, &mut out, budget, sgemm);
         let want = conv3d_reference(&x, batch, &g, &wt, bias);
         assert_close(&out, &want, 1e-5, &format!("{g:?} budget {budget}"));
     }
@@ -389,6 +449,51 @@ mod tests {
             40,
             true,
         );
+    }
+
+    /// `conv3d_bf16` against the f64 reference on bf16-rounded inputs, its output rounded.
+    fn check_bf16(batch: usize, g: Conv3dGeom) {
+        let rounded = |n: usize, seed: u32| {
+            let mut v = values(n, seed);
+            round_to_bf16(&mut v);
+            v
+        };
+        let [t, h, w] = g.input;
+        // Unrounded inputs: the conv rounds them itself.
+        let x = values(batch * g.cin * t * h * w, 5);
+        let wt = values(g.cout * g.depth(), 6);
+        let bias = rounded(g.cout, 7);
+        let o = g.output().unwrap();
+        let mut out = vec![f32::NAN; batch * g.cout * o.iter().product::<usize>()];
+        conv3d_bf16(&x, batch, &g, &wt, Some(&bias), &mut out);
+        let (mut xr, mut wr) = (x.clone(), wt.clone());
+        round_to_bf16(&mut xr);
+        round_to_bf16(&mut wr);
+        let want = conv3d_reference(&xr, batch, &g, &wr, Some(&bias));
+        assert!(out.iter().all(|v| half::bf16::from_f32(*v).to_f32() == *v));
+        // The output's own bf16 rounding (2^-9 relative) dominates the f32 sums' error.
+        assert_close(&out, &want, 4e-3, &format!("bf16 {g:?}"));
+    }
+
+    #[test]
+    fn bf16_matches_reference_on_rounded_inputs() {
+        // Stride 1 (the implicit GEMM where the CPU has AVX512-BF16): several position jobs,
+        // output-channel panels with a partial last one, odd input channels, every VAE kernel.
+        let cases = [
+            ([3, 3, 3], [1, 1, 1]),
+            ([3, 3, 3], [0, 1, 1]),
+            ([1, 1, 1], [0, 0, 0]),
+            ([3, 1, 1], [0, 0, 0]),
+            ([1, 3, 3], [0, 1, 1]),
+            ([2, 3, 1], [1, 0, 2]),
+        ];
+        for (kernel, padding) in cases {
+            check_bf16(2, geom(5, [3, 9, 40], 17, kernel, [1, 1, 1], padding));
+            check_bf16(1, geom(4, [1, 2, 3], 30, kernel, [1, 1, 1], [1, 1, 1]));
+        }
+        // Strided (im2col and bgemm).
+        check_bf16(2, geom(3, [4, 7, 9], 5, [1, 3, 3], [1, 2, 2], [0, 1, 1]));
+        check_bf16(1, geom(6, [5, 6, 8], 4, [3, 1, 1], [2, 1, 1], [0, 0, 0]));
     }
 
     #[test]

@@ -1,10 +1,8 @@
 //! Convolutions and nearest upsampling: shape checks, then [`crate::backend::cpu::conv`].
 
-use std::borrow::Cow;
-
 use super::nn::{f32_input, widen_weight, with_weights};
-use super::{bf16_if, on_cuda};
-use crate::backend::cpu::compute::{round_to_bf16, rounds_to_bf16};
+use super::on_cuda;
+use crate::backend::cpu::compute::rounds_to_bf16;
 use crate::backend::cpu::conv::{self, Conv3dGeom};
 use crate::backend::cuda::ops as cuda;
 use crate::error::{Error, Result};
@@ -72,19 +70,16 @@ impl Tensor {
         if on_cuda(OP, &with_weights(self, [Some(w), bias]))? {
             return cuda::conv3d(self, w, bias, &g, &shape);
         }
-        let round = rounds_to_bf16()?;
-        let x = bf16_if(round, f32_input(self, OP)?);
-        let weight = bf16_if(
-            round,
-            Cow::Owned(widen_weight(w, w.tensor.elem_count(), OP)?),
-        );
+        let x = f32_input(self, OP)?;
+        let weight = widen_weight(w, w.tensor.elem_count(), OP)?;
         let bias = bias.map(|bw| widen_weight(bw, cout, OP)).transpose()?;
-        let bias = bias.map(|bv| bf16_if(round, Cow::Owned(bv)));
         let mut out = vec![0.0; shape.elem_count()];
-        conv::conv3d(&x, b, &g, &weight, bias.as_deref(), &mut out);
-        if round {
-            round_to_bf16(&mut out);
-        }
+        let conv = if rounds_to_bf16()? {
+            conv::conv3d_bf16
+        } else {
+            conv::conv3d
+        };
+        conv(&x, b, &g, &weight, bias.as_deref(), &mut out);
         Tensor::from_f32(out, shape)
     }
 
