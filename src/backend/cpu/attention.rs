@@ -7,6 +7,9 @@
 //! result goes straight to its rows of the `[B, Sq, H, D]` output. Memory is O(tile) per job plus
 //! one transposed copy of k, O(tokens·D) overall, never O(tokens²). The exponentials, the other
 //! hot loop, use a polynomial that vectorises (AVX-512 or AVX2 chosen at run time).
+//! [`attention_bf16`] (the bf16 compute mode) runs the same scheme with bf16 products, on
+//! `vdpbf16ps` with each head's keys and values packed once (`bf16` below) where the CPU has
+//! AVX512-BF16.
 
 use rayon::prelude::*;
 

@@ -595,6 +595,9 @@ mod pack_avx512 {
 }
 
 #[cfg(test)]
+mod tests_packed;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
