@@ -7,11 +7,20 @@
 //! result goes straight to its rows of the `[B, Sq, H, D]` output. Memory is O(tile) per job plus
 //! one transposed copy of k, O(tokens·D) overall, never O(tokens²). The exponentials, the other
 //! hot loop, use a polynomial that vectorises (AVX-512 or AVX2 chosen at run time).
+//! [`attention_bf16`] (the bf16 compute mode) runs the same scheme with bf16 products, on
+//! `vdpbf16ps` with each head's keys and values packed once (`bf16` below) where the CPU has
+//! AVX512-BF16.
 
 use rayon::prelude::*;
 
+use super::compute::round_to_bf16;
 use super::gemm::{sgemm, MatRef, RawMatMut};
+use super::gemm_bf16::has_bf16_dot;
 use crate::error::{Error, Result};
+
+mod bf16;
+#[cfg(test)]
+mod tests_bf16;
 
 /// Queries per job. Big tiles amortise the gemm crate's per-call packing of the k and v tiles
 /// (256 x 256 ran about 10% faster than 128 x 256 at 3744 tokens, d 128).
@@ -94,7 +103,120 @@ pub fn attention(
     opts: &AttnOpts<'_>,
     out: &mut [f32],
 ) -> Result<()> {
-    dims.check_buffers("attention", q, k, v, out)?;
+    if has_work("attention", q, k, v, dims, opts, out)? {
+        attention_f32(q, k, v, dims, opts, out, false);
+    }
+    Ok(())
+}
+
+/// [`attention`] with bf16 products, the arithmetic of the CUDA kernel: the logits are
+/// `bf16(q)·bf16(k)ᵀ` summed in f32, then scaled (and biased) in f32; the softmax, its row maxima
+/// and sums stay f32; the probabilities are rounded to bf16 for the product with `bf16(v)`,
+/// which sums in f32. q, k and v are rounded here (they may be f32 values). On CPUs with
+/// AVX512-BF16 the products run on `vdpbf16ps` with each head's keys and values packed once
+/// (`bf16` below); elsewhere on f32 copies of the rounded values, slower, the same products.
+pub fn attention_bf16(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    dims: AttnDims,
+    opts: &AttnOpts<'_>,
+    out: &mut [f32],
+) -> Result<()> {
+    if has_work("attention_bf16", q, k, v, dims, opts, out)? {
+        if has_bf16_dot() {
+            bf16::attention(q, k, v, dims, opts, out);
+        } else {
+            attention_bf16_rounded_copies(q, k, v, dims, opts, out);
+        }
+    }
+    Ok(())
+}
+
+/// [`attention_bf16`] through the f32 tiles: rounded copies of q, k and v, probabilities rounded
+/// before the value product.
+fn attention_bf16_rounded_copies(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    dims: AttnDims,
+    opts: &AttnOpts<'_>,
+    out: &mut [f32],
+) {
+    let rounded = |x: &[f32]| {
+        let mut x = x.to_vec();
+        round_to_bf16(&mut x);
+        x
+    };
+    let (q, k, v) = (rounded(q), rounded(k), rounded(v));
+    attention_f32(&q, &k, &v, dims, opts, out, true);
+}
+
+/// Checks the buffers and options; false when there is nothing to compute (no queries, or no
+/// keys: then `out` is zeros).
+fn has_work(
+    op: &str,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    dims: AttnDims,
+    opts: &AttnOpts<'_>,
+    out: &mut [f32],
+) -> Result<bool> {
+    dims.check_buffers(op, q, k, v, out)?;
+    let AttnDims {
+        batch,
+        q_len,
+        kv_len,
+        heads,
+        ..
+    } = dims;
+    let bias_size = if opts.bias_per_batch { batch } else { 1 } * heads * q_len * kv_len;
+    if opts.bias.is_some_and(|b| b.len() != bias_size) {
+        return Err(Error::InvalidArgument(format!(
+            "{op}: bias size does not match {dims:?}"
+        )));
+    }
+    if let Some(lens) = opts.kv_lens {
+        if lens.len() != batch || lens.iter().any(|&l| l > kv_len) {
+            return Err(Error::InvalidArgument(format!(
+                "{op}: kv_lens {lens:?} for batch {batch} and {kv_len} keys"
+            )));
+        }
+    }
+    if kv_len == 0 {
+        // No keys: every query row is fully masked.
+        out.fill(0.0);
+        return Ok(false);
+    }
+    Ok(!q.is_empty())
+}
+
+/// One parallel job of the attention: a (batch, head, query tile).
+struct Tile<'a> {
+    b: usize,
+    h: usize,
+    /// First query and number of queries.
+    q0: usize,
+    tq: usize,
+    /// Keys attended to (`kv_lens[b]`).
+    keys: usize,
+    /// Row `i` of the tile's bias starts at `i * kv_len`.
+    bias: Option<&'a [f32]>,
+    /// The tile's `tq × head_dim` block of the output.
+    dst: RawMatMut,
+}
+
+/// Runs `job` on every (batch, head, query tile of `tile_q` queries) in parallel, with per-thread
+/// scratch from `scratch`. Each tile's `dst` is its own block of `out`: jobs may write it.
+fn for_each_tile<S>(
+    dims: AttnDims,
+    opts: &AttnOpts<'_>,
+    tile_q: usize,
+    out: &mut [f32],
+    scratch: impl Fn() -> S + Send + Sync,
+    job: impl Fn(&mut S, Tile<'_>) + Send + Sync,
+) {
     let AttnDims {
         batch,
         q_len,
@@ -102,34 +224,64 @@ pub fn attention(
         heads,
         head_dim: d,
     } = dims;
-    let (q_size, kv_size) = (q.len(), k.len());
-    let bias_size = if opts.bias_per_batch { batch } else { 1 } * heads * q_len * kv_len;
-    if opts.bias.is_some_and(|b| b.len() != bias_size) {
-        return Err(Error::InvalidArgument(format!(
-            "attention: bias size does not match {dims:?}"
-        )));
-    }
-    if let Some(lens) = opts.kv_lens {
-        if lens.len() != batch || lens.iter().any(|&l| l > kv_len) {
-            return Err(Error::InvalidArgument(format!(
-                "attention: kv_lens {lens:?} for batch {batch} and {kv_len} keys"
-            )));
-        }
-    }
-    if kv_len == 0 {
-        // No keys: every query row is fully masked.
-        out.fill(0.0);
-        return Ok(());
-    }
-    if q_size == 0 {
-        return Ok(());
-    }
-    let q_tiles = q_len.div_ceil(TILE_Q);
+    let q_tiles = q_len.div_ceil(tile_q);
+    let row = heads * d;
+    let out_all = RawMatMut {
+        ptr: out.as_mut_ptr(),
+        rows: batch * q_len,
+        cols: row,
+        row_stride: row,
+    };
+    (0..batch * heads * q_tiles)
+        .into_par_iter()
+        .for_each_init(scratch, |scratch, i| {
+            let (b, h, t) = (i / (heads * q_tiles), i / q_tiles % heads, i % q_tiles);
+            let q0 = t * tile_q;
+            let tq = tile_q.min(q_len - q0);
+            let plane = if opts.bias_per_batch {
+                b * heads + h
+            } else {
+                h
+            };
+            let tile = Tile {
+                b,
+                h,
+                q0,
+                tq,
+                keys: opts.kv_lens.map_or(kv_len, |l| l[b]),
+                bias: opts.bias.map(|bias| &bias[(plane * q_len + q0) * kv_len..]),
+                // Distinct (batch, head, query tile)s own disjoint blocks of `out`, which this
+                // function borrows exclusively for the whole parallel loop.
+                dst: out_all.block(b * q_len + q0, h * d, tq, d),
+            };
+            job(scratch, tile)
+        });
+}
+
+/// The f32 tiles: two sgemm per key tile. `round_p` rounds the probabilities to bf16 before the
+/// value product ([`attention_bf16`] without AVX512-BF16).
+#[allow(clippy::too_many_arguments)]
+fn attention_f32(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    dims: AttnDims,
+    opts: &AttnOpts<'_>,
+    out: &mut [f32],
+    round_p: bool,
+) {
+    let AttnDims {
+        q_len,
+        kv_len,
+        heads,
+        head_dim: d,
+        ..
+    } = dims;
     let row = heads * d;
     // k transposed to [batch, heads, d, kv_len]: the logits GEMM then reads contiguous rows.
     // Packed from the strided [kv_len, heads, d] layout, the gemm crate copies element by
     // element, which took a tenth of the whole attention time.
-    let mut kt = vec![0.0; kv_size];
+    let mut kt = vec![0.0; k.len()];
     kt.par_chunks_mut(d * kv_len)
         .enumerate()
         .for_each(|(bh, dst)| {
@@ -141,48 +293,30 @@ pub fn attention(
                     .for_each(|(c, &x)| dst[c * kv_len + j] = x);
             }
         });
-    let out_all = RawMatMut {
-        ptr: out.as_mut_ptr(),
-        rows: batch * q_len,
-        cols: row,
-        row_stride: row,
-    };
-    (0..batch * heads * q_tiles).into_par_iter().for_each_init(
+    for_each_tile(
+        dims,
+        opts,
+        TILE_Q,
+        out,
         || Scratch::new(d),
-        |scratch, job| {
-            let (b, h, t) = (
-                job / (heads * q_tiles),
-                job / q_tiles % heads,
-                job % q_tiles,
-            );
-            let q0 = t * TILE_Q;
-            let tq = TILE_Q.min(q_len - q0);
-            let dst = out_all.block(b * q_len + q0, h * d, tq, d);
+        |scratch, t| {
             let job = Job {
-                q: &q[(b * q_len + q0) * row + h * d..],
-                kt: &kt[(b * heads + h) * d * kv_len..],
-                v: &v[b * kv_len * row + h * d..],
-                bias: opts.bias.map(|bias| {
-                    let plane = if opts.bias_per_batch {
-                        b * heads + h
-                    } else {
-                        h
-                    };
-                    &bias[(plane * q_len + q0) * kv_len..]
-                }),
-                tq,
-                keys: opts.kv_lens.map_or(kv_len, |l| l[b]),
+                q: &q[(t.b * q_len + t.q0) * row + t.h * d..],
+                kt: &kt[(t.b * heads + t.h) * d * kv_len..],
+                v: &v[t.b * kv_len * row + t.h * d..],
+                bias: t.bias,
+                tq: t.tq,
+                keys: t.keys,
                 kv_len,
                 row,
                 d,
                 scale: opts.scale,
+                round_p,
             };
-            // SAFETY: jobs write disjoint blocks (distinct batch, head or query rows) of `out`,
-            // which this function borrows exclusively for the whole parallel loop.
-            unsafe { job.run(scratch, dst) };
+            // SAFETY: the tile's block of `out` is ours (`for_each_tile`).
+            unsafe { job.run(scratch, t.dst) };
         },
     );
-    Ok(())
 }
 
 /// Per-thread buffers, reused across jobs.
@@ -226,6 +360,8 @@ struct Job<'a> {
     row: usize,
     d: usize,
     scale: f32,
+    /// Round the probabilities to bf16 before the value product.
+    round_p: bool,
 }
 
 impl<'a> Job<'a> {
@@ -265,15 +401,27 @@ impl<'a> Job<'a> {
             sgemm(qv, kt, logits, false, 1);
             let bias = self.bias.map(|b| (&b[k0..], self.kv_len));
             softmax_update(logits, tk, bias, &mut s.m[..tq], &mut s.l[..tq], o, d);
+            if self.round_p {
+                round_to_bf16(logits);
+            }
             sgemm(MatRef::row_major(logits, tq, tk), v, o, true, 1);
         }
-        for (i, r) in o.chunks_exact(d).enumerate() {
-            let l = s.l[i];
-            let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
-            // SAFETY: row `i < tq` of `dst` holds `d` elements we may write (the caller's contract).
-            let out = unsafe { std::slice::from_raw_parts_mut(dst.ptr.add(i * dst.row_stride), d) };
-            out.iter_mut().zip(r).for_each(|(y, &x)| *y = x * inv);
-        }
+        // SAFETY: forwarded caller contract.
+        unsafe { write_normalized(o, &s.l[..tq], d, dst) };
+    }
+}
+
+/// Writes the output rows `o[i] / l[i]` (zeros where `l[i]` is 0: no key) into `dst`.
+///
+/// # Safety
+/// `dst` (`l.len()` rows of `d`) must be valid for writes and not accessed by anyone else during
+/// the call.
+unsafe fn write_normalized(o: &[f32], l: &[f32], d: usize, dst: RawMatMut) {
+    for (i, (r, &l)) in o.chunks_exact(d).zip(l).enumerate() {
+        let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
+        // SAFETY: row `i` of `dst` holds `d` elements we may write (the caller's contract).
+        let out = unsafe { std::slice::from_raw_parts_mut(dst.ptr.add(i * dst.row_stride), d) };
+        out.iter_mut().zip(r).for_each(|(y, &x)| *y = x * inv);
     }
 }
 

@@ -17,6 +17,8 @@
 //! (384 KiB) and the `a` block (168 KiB) stay in a 1 MiB L2 cache. Threads take contiguous ranges of column panels (or of row panels when
 //! there are few columns).
 
+use std::ops::Range;
+
 use super::gemm::{sgemm_raw, MatRef, RawMatMut};
 
 /// Rows of `c` per micro-kernel call.
@@ -208,7 +210,12 @@ mod avx512 {
     ///
     /// # Safety
     /// The CPU has AVX512F and AVX512-BF16.
-    unsafe fn pack(m: &MatRef<'_>, along_rows: bool, width: usize, buf: &mut Vec<u32>) -> usize {
+    pub(super) unsafe fn pack(
+        m: &MatRef<'_>,
+        along_rows: bool,
+        width: usize,
+        buf: &mut Vec<u32>,
+    ) -> usize {
         let (lines, depth) = if along_rows {
             (m.rows, m.cols)
         } else {
@@ -353,7 +360,7 @@ mod avx512 {
     /// `a` and `b` are valid for `kp` pairs; `c`'s `rows × cols` block is valid and ours.
     #[target_feature(enable = "avx512f,avx512bf16")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn kernel(
+    pub(super) unsafe fn kernel(
         kp: usize,
         a: *const u32,
         b: *const u32,
@@ -395,6 +402,261 @@ mod avx512 {
         }
     }
 }
+
+/// A matrix packed once into bf16 pairs as the left operand of [`bgemm_packed`]: panels of
+/// [`MR`] rows, pairs along the columns (the layout [`bgemm`] packs `a` into). For products that
+/// reuse an operand (an attention head's keys across its query tiles): rounded and packed once.
+#[derive(Default)]
+pub struct PackedA(Panels);
+
+/// A matrix packed once into bf16 pairs as the right operand of [`bgemm_packed`]: panels of
+/// [`NR`] columns, pairs along the rows (the layout [`bgemm`] packs `b` into).
+#[derive(Default)]
+pub struct PackedB(Panels);
+
+/// A block of a [`PackedA`] or [`PackedB`]: whole panels and a range of depth pairs.
+#[derive(Clone, Copy)]
+pub struct PackedBlock<'a> {
+    /// The words from the block's first panel on.
+    words: &'a [u32],
+    /// Lines (rows of `a`, columns of `b`) per panel, and words per panel.
+    width: usize,
+    panel_words: usize,
+    /// The block's lines, first depth pair and depth.
+    lines: usize,
+    pair0: usize,
+    depth: usize,
+}
+
+impl PackedA {
+    /// Packs `a` (every value rounded to the nearest bf16) into this buffer, reusing its memory.
+    ///
+    /// # Panics
+    /// If the view does not fit its slice.
+    pub fn pack(&mut self, a: MatRef<'_>) {
+        self.0.pack(&a, true, MR);
+    }
+
+    /// The block of rows `rows` and columns `cols`: `rows.start` a multiple of [`MR`],
+    /// `cols.start` even, `cols.end` even or the last column.
+    ///
+    /// # Panics
+    /// If the ranges break those rules or lie outside the matrix.
+    pub fn block(&self, rows: Range<usize>, cols: Range<usize>) -> PackedBlock<'_> {
+        self.0.block(MR, rows, cols)
+    }
+}
+
+impl PackedB {
+    /// Packs `b` (every value rounded to the nearest bf16) into this buffer, reusing its memory.
+    ///
+    /// # Panics
+    /// If the view does not fit its slice.
+    pub fn pack(&mut self, b: MatRef<'_>) {
+        self.0.pack(&b, false, NR);
+    }
+
+    /// The block of rows `rows` and columns `cols`: `rows.start` even, `rows.end` even or the
+    /// last row, `cols.start` a multiple of [`NR`].
+    ///
+    /// # Panics
+    /// If the ranges break those rules or lie outside the matrix.
+    pub fn block(&self, rows: Range<usize>, cols: Range<usize>) -> PackedBlock<'_> {
+        self.0.block(NR, cols, rows)
+    }
+}
+
+/// Packed panels of `lines` lines (rows of `a` or columns of `b`) and `depth` elements along the
+/// pairs: `[panel][pair][width]` words, as `avx512::pack` writes them.
+#[derive(Default)]
+struct Panels {
+    words: Vec<u32>,
+    lines: usize,
+    depth: usize,
+}
+
+impl Panels {
+    fn pack(&mut self, m: &MatRef<'_>, along_rows: bool, width: usize) {
+        assert!(fits(m), "PackedA/PackedB: view outside its slice");
+        (self.lines, self.depth) = if along_rows {
+            (m.rows, m.cols)
+        } else {
+            (m.cols, m.rows)
+        };
+        if self.lines == 0 || self.depth == 0 {
+            self.words.clear();
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            let (line_stride, depth_stride) = if along_rows {
+                (m.row_stride, m.col_stride)
+            } else {
+                (m.col_stride, m.row_stride)
+            };
+            if line_stride == 1 && std::arch::is_x86_feature_detected!("avx512f") {
+                let panel_words = self.depth.div_ceil(2) * width;
+                self.words.clear();
+                self.words
+                    .resize(self.lines.div_ceil(width) * panel_words, 0);
+                let lines = (self.lines, self.depth, depth_stride);
+                // SAFETY: the CPU has AVX512F; `m` fits its slice (asserted above).
+                unsafe { pack_avx512::contiguous_lines(m.data, lines, width, &mut self.words) };
+                return;
+            }
+        }
+        assert!(has_bf16_dot(), "PackedA/PackedB: needs AVX512-BF16");
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX512-BF16 (asserted).
+        unsafe {
+            avx512::pack(m, along_rows, width, &mut self.words)
+        };
+    }
+
+    fn block(&self, width: usize, lines: Range<usize>, depth: Range<usize>) -> PackedBlock<'_> {
+        assert!(
+            lines.start.is_multiple_of(width)
+                && lines.start <= lines.end
+                && lines.end <= self.lines
+                && depth.start.is_multiple_of(2)
+                && depth.start <= depth.end
+                && (depth.end.is_multiple_of(2) || depth.end == self.depth)
+                && depth.end <= self.depth,
+            "PackedA/PackedB: block {lines:?} x {depth:?} of {} x {}",
+            self.lines,
+            self.depth
+        );
+        let panel_words = self.depth.div_ceil(2) * width;
+        PackedBlock {
+            words: &self.words[(lines.start / width * panel_words).min(self.words.len())..],
+            width,
+            panel_words,
+            lines: lines.len(),
+            pair0: depth.start / 2,
+            depth: depth.len(),
+        }
+    }
+}
+
+/// `c = a · b` (or `c += a · b` when `accumulate`) for packed blocks: `a` from a [`PackedA`],
+/// `b` from a [`PackedB`], the same sums as [`bgemm`] of the unpacked matrices, on the calling
+/// thread (callers parallelise over blocks). Meant for blocks of a few hundred rows and columns,
+/// which stay in the caller's cache without further blocking.
+///
+/// # Safety
+/// As [`bgemm_raw`] for `c`.
+///
+/// # Panics
+/// If the CPU lacks AVX512-BF16 (see [`has_bf16_dot`]), the depths differ, `c` is not
+/// `a`'s rows × `b`'s columns, or `a` and `b` come from the wrong sides.
+pub unsafe fn bgemm_packed(a: PackedBlock<'_>, b: PackedBlock<'_>, c: RawMatMut, accumulate: bool) {
+    assert!(has_bf16_dot(), "bgemm_packed: needs AVX512-BF16");
+    assert!(
+        a.width == MR && b.width == NR,
+        "bgemm_packed: operands' sides"
+    );
+    assert_eq!(a.depth, b.depth, "bgemm_packed: inner dimensions differ");
+    assert!(
+        c.rows == a.lines && c.cols == b.lines,
+        "bgemm_packed: output shape"
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        let pairs = a.depth.div_ceil(2);
+        for j in 0..b.lines.div_ceil(NR) {
+            let bp = b.words[j * b.panel_words + b.pair0 * NR..].as_ptr();
+            let cols = NR.min(c.cols - j * NR);
+            for i in 0..a.lines.div_ceil(MR) {
+                let ap = a.words[i * a.panel_words + a.pair0 * MR..].as_ptr();
+                let rows = MR.min(c.rows - i * MR);
+                // SAFETY: the CPU has AVX512-BF16; the panels hold `pairs` pairs from `pair0` on
+                // (the blocks' ranges were checked); `c` block `(i, j)` lies in `c`, which the
+                // caller lends us.
+                unsafe {
+                    let out = c.ptr.add(i * MR * c.row_stride + j * NR);
+                    avx512::kernel(pairs, ap, bp, out, c.row_stride, rows, cols, accumulate);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod pack_avx512 {
+    use std::arch::x86_64::*;
+
+    /// Packs `lines` lines of `data` that lie next to each other in memory (line stride 1; the
+    /// depth elements `depth_stride` apart) into `out`, `[panel][pair][width]` words like
+    /// [`super::pack`], 16 lines per step.
+    ///
+    /// # Safety
+    /// The CPU has AVX512F; every element `l + e·depth_stride` (`l < lines`, `e < depth`) lies
+    /// in `data`, and `out` holds the whole panels.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn contiguous_lines(
+        data: &[f32],
+        (lines, depth, depth_stride): (usize, usize, usize),
+        width: usize,
+        out: &mut [u32],
+    ) {
+        let pairs = depth.div_ceil(2);
+        for (panel, words) in out.chunks_exact_mut(pairs * width).enumerate() {
+            let l0 = panel * width;
+            let live = width.min(lines - l0);
+            for (p, words) in words.chunks_exact_mut(width).enumerate() {
+                for c in (0..width).step_by(16) {
+                    let n = live.saturating_sub(c).min(16);
+                    let at = |e: usize| (e < depth && n > 0).then(|| l0 + c + e * depth_stride);
+                    // SAFETY: the `n` lanes read lie in `data` (the caller's contract).
+                    let (x0, x1) =
+                        unsafe { (load(data, at(2 * p), n), load(data, at(2 * p + 1), n)) };
+                    let pair = _mm512_or_si512(
+                        _mm512_srli_epi32::<16>(rounded(x0)),
+                        _mm512_and_si512(rounded(x1), _mm512_set1_epi32(0xffff_0000u32 as i32)),
+                    );
+                    let store = words[c..].as_mut_ptr().cast();
+                    // SAFETY: `min(16, width - c)` words from `c` lie in this pair's `width`.
+                    unsafe { _mm512_mask_storeu_epi32(store, mask(width - c), pair) };
+                }
+            }
+        }
+    }
+
+    /// The first `n` lanes of 16 floats of `data` from `at` (zeros in the others; all zeros
+    /// without `at`).
+    ///
+    /// # Safety
+    /// The CPU has AVX512F; `data[at..at + n]` exists.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load(data: &[f32], at: Option<usize>, n: usize) -> __m512 {
+        match at {
+            // SAFETY: the caller's contract; masked-off lanes are not accessed.
+            Some(at) => unsafe { _mm512_maskz_loadu_ps(mask(n), data.as_ptr().add(at)) },
+            None => _mm512_setzero_ps(),
+        }
+    }
+
+    /// The first `n` lanes (all 16 from `n = 16` on).
+    fn mask(n: usize) -> __mmask16 {
+        (1u32 << n.min(16)).wrapping_sub(1) as __mmask16
+    }
+
+    /// The bits of `x` with the bf16 rounding added (nearest, ties to even) and NaN quieted, as
+    /// [`super::bf16_bits`]: the bf16 is the high half.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn rounded(x: __m512) -> __m512i {
+        let b = _mm512_castps_si512(x);
+        let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(1));
+        let r = _mm512_add_epi32(b, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)));
+        let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
+        _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(b, _mm512_set1_epi32(0x40_0000)))
+    }
+}
+
+#[cfg(test)]
+mod tests_packed;
 
 #[cfg(test)]
 mod tests {

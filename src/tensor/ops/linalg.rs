@@ -168,8 +168,9 @@ pub struct AttentionParams<'a> {
 /// `softmax(scale · q kᵀ + bias) v` per batch entry and head: q `[B, Sq, H, D]`, k and v
 /// `[B, Sk, H, D]` (f32) -> `[B, Sq, H, D]`. Computed in tiles with an online softmax, so memory
 /// stays O(tokens · D). A query whose keys are all masked gets zeros. q, k, v and the output are
-/// in the backend's compute dtype (bf16 on CUDA and under `WANRT_COMPUTE=bf16`); the logits, the
-/// softmax and the bias are f32.
+/// in the backend's compute dtype (bf16 on CUDA and under `WANRT_COMPUTE=bf16`, where both
+/// products multiply bf16 values, the probabilities rounded to bf16 for the second); the logits,
+/// the softmax and the bias are f32.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams<'_>) -> Result<Tensor> {
     const OP: &str = "attention";
     let dims = attn_dims(q, k, v, OP)?;
@@ -203,11 +204,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams<'_>) ->
         return cuda::attention(q, k, v, p);
     }
     let round = rounds_to_bf16()?;
-    let (qs, ks, vs) = (
-        bf16_if(round, f32_input(q, OP)?),
-        bf16_if(round, f32_input(k, OP)?),
-        bf16_if(round, f32_input(v, OP)?),
-    );
+    let (qs, ks, vs) = (f32_input(q, OP)?, f32_input(k, OP)?, f32_input(v, OP)?);
     let bias = p.bias.map(|b| f32_input(b, OP)).transpose()?;
     let opts = attn::AttnOpts {
         scale: p.scale,
@@ -216,7 +213,12 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams<'_>) ->
         bias_per_batch,
     };
     let mut out = vec![0.0; q.elem_count()];
-    attn::attention(&qs, &ks, &vs, dims, &opts, &mut out)?;
+    if round {
+        // Rounds q, k and v itself, and multiplies in bf16.
+        attn::attention_bf16(&qs, &ks, &vs, dims, &opts, &mut out)?;
+    } else {
+        attn::attention(&qs, &ks, &vs, dims, &opts, &mut out)?;
+    }
     if round {
         round_to_bf16(&mut out);
     }
