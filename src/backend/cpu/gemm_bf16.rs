@@ -193,8 +193,14 @@ mod avx512 {
                 // SAFETY: the CPU has AVX512-BF16 (this module's precondition).
                 unsafe { pack_line(&m.data[base..base + depth], &mut out[l..], width) };
             }
+        } else if line_stride == 1 {
+            // The lines are side by side: 16 lines per vector, two depth rows at a time.
+            let lines = (live, depth, depth_stride);
+            // SAFETY: the CPU has AVX512F; the panel's lines and depth lie in `m.data[l0..]`
+            // (the view fits its slice) and `out` is one whole panel.
+            unsafe { super::pack_avx512::contiguous_lines(&m.data[l0..], lines, width, out) };
         } else {
-            // The lines are side by side: walk the depth, two neighbouring rows of lines at a time.
+            // Neither axis is contiguous: element by element.
             for (p, words) in out.chunks_exact_mut(width).enumerate() {
                 let d0 = 2 * p;
                 for (l, w) in words.iter_mut().enumerate().take(live) {
@@ -222,8 +228,10 @@ mod avx512 {
             (m.cols, m.rows)
         };
         let panel_words = depth.div_ceil(2) * width;
-        buf.clear();
-        buf.resize(lines.div_ceil(width) * panel_words, 0);
+        // Every word is written below: keep the old contents rather than zeroing them first.
+        let len = lines.div_ceil(width) * panel_words;
+        buf.truncate(len);
+        buf.resize(len, 0);
         buf.par_chunks_mut(panel_words)
             .enumerate()
             // SAFETY: forwarded precondition.
@@ -487,24 +495,6 @@ impl Panels {
             self.words.clear();
             return;
         }
-        #[cfg(target_arch = "x86_64")]
-        {
-            let (line_stride, depth_stride) = if along_rows {
-                (m.row_stride, m.col_stride)
-            } else {
-                (m.col_stride, m.row_stride)
-            };
-            if line_stride == 1 && std::arch::is_x86_feature_detected!("avx512f") {
-                let panel_words = self.depth.div_ceil(2) * width;
-                self.words.clear();
-                self.words
-                    .resize(self.lines.div_ceil(width) * panel_words, 0);
-                let lines = (self.lines, self.depth, depth_stride);
-                // SAFETY: the CPU has AVX512F; `m` fits its slice (asserted above).
-                unsafe { pack_avx512::contiguous_lines(m.data, lines, width, &mut self.words) };
-                return;
-            }
-        }
         assert!(has_bf16_dot(), "PackedA/PackedB: needs AVX512-BF16");
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX512-BF16 (asserted).
@@ -586,8 +576,8 @@ mod pack_avx512 {
     use std::arch::x86_64::*;
 
     /// Packs `lines` lines of `data` that lie next to each other in memory (line stride 1; the
-    /// depth elements `depth_stride` apart) into `out`, `[panel][pair][width]` words like
-    /// [`super::pack`], 16 lines per step.
+    /// depth elements `depth_stride` apart) into `out`, `[panel][pair][width]` words (every word
+    /// written, zeros past the lines and the depth), 16 lines per step.
     ///
     /// # Safety
     /// The CPU has AVX512F; every element `l + e·depth_stride` (`l < lines`, `e < depth`) lies
