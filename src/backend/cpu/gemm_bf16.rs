@@ -3,8 +3,10 @@
 //!
 //! On CPUs with AVX512-BF16 (Zen 4 and later, Intel Cooper Lake and Sapphire Rapids and later)
 //! the product runs on `vdpbf16ps`, which multiplies 32 bf16 pairs and adds them into 16 f32 sums
-//! per instruction: twice the f32 FMA rate, and half the bytes per operand. Elsewhere the inputs
-//! are rounded into f32 copies and multiplied by [`sgemm_raw`]: the same values, slower.
+//! per instruction: twice the multiply-adds of an f32 FMA, and half the bytes per operand
+//! (1.4-1.5× the f32 gemm crate's rate measured on Zen 5, `examples/gemm_rate.rs`). Elsewhere
+//! the inputs are rounded into f32 copies and multiplied by [`sgemm_raw`]: the same values,
+//! slower.
 //!
 //! Layout. Both operands are packed once per call into bf16 *pairs* (`u32` words holding
 //! elements `2p` and `2p + 1` of the depth, `2p` in the low half), the unit `vdpbf16ps` reads:
